@@ -1,0 +1,200 @@
+"""FER2013 readers: the Kaggle CSV (`emotion,pixels,Usage`) and the image-folder layout.
+
+Both return `{split: (x uint8 (N, 48, 48), y int64 (N,))}` for the splits train
+(Training), val (PublicTest) and test (PrivateTest), plus a list of skipped items when
+`on_bad_row="skip"`. Every malformed input raises `DataError` naming the line or file.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from emovision.data import CLASSES, IMAGE_SIZE, SPLITS, USAGE_TO_SPLIT
+from emovision.errors import DataError
+
+CSV_NAME = "fer2013.csv"
+CSV_COLUMNS = ("emotion", "pixels", "Usage")
+N_PIXELS = IMAGE_SIZE * IMAGE_SIZE
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm")
+# Folder-layout file-name prefixes carry the original Usage of fer2013.csv.
+PREFIX_TO_SPLIT = {f"{usage}_": split for usage, split in USAGE_TO_SPLIT.items()}
+
+Splits = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class ReadResult:
+    splits: Splits
+    layout: str  # "csv" or "folders"
+    path: Path
+    skipped: list[str] = field(default_factory=list)  # "where: why", one per skipped row/file
+
+
+def find_fer2013(raw_dir: Path) -> tuple[str, Path] | None:
+    """Locate FER2013 under raw_dir: ('csv', file) or ('folders', dir with train/ and test/)."""
+    for base in (raw_dir, raw_dir / "fer2013"):
+        if (base / CSV_NAME).is_file():
+            return "csv", base / CSV_NAME
+        if (base / "train").is_dir() and (base / "test").is_dir():
+            return "folders", base
+    return None
+
+
+def read_fer2013(raw_dir: Path, on_bad_row: str = "error") -> ReadResult:
+    found = find_fer2013(raw_dir)
+    if found is None:
+        raise DataError(
+            f"no FER2013 found in {raw_dir}/: put fer2013.csv there, or unpack the image folders "
+            f"(train/<class>/*.jpg, test/<class>/*.jpg) into {raw_dir}/fer2013/"
+        )
+    layout, path = found
+    reader = read_csv if layout == "csv" else read_folders
+    return reader(path, on_bad_row)
+
+
+def _bad(skipped: list[str], on_bad_row: str, where: str, why: str) -> None:
+    if on_bad_row == "error":
+        raise DataError(f"{where}: {why} (set data.on_bad_row: skip to drop such rows)")
+    skipped.append(f"{where}: {why}")
+
+
+def _parse_pixels(text: str) -> np.ndarray | str:
+    """One row's pixel string -> (2304,) uint8 array, or the reason it is malformed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy warns (not raises) on a non-numeric token
+        try:
+            values = np.fromstring(text, dtype=np.int64, sep=" ")
+        except (DeprecationWarning, ValueError):
+            bad = next((t for t in text.split() if not t.lstrip("-").isdigit()), text[:20])
+            return f"pixels has a non-integer value {bad!r}"
+    if values.size != N_PIXELS:
+        return f"pixels has {values.size} values, expected {N_PIXELS} (48x48)"
+    low, high = values.min(), values.max()
+    if low < 0 or high > 255:
+        return f"pixels has a value outside 0..255 ({low if low < 0 else high})"
+    return values.astype(np.uint8)
+
+
+def read_csv(path: Path, on_bad_row: str = "error") -> ReadResult:
+    """Kaggle fer2013.csv; bad rows are named by their line number (the header is line 1)."""
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
+    missing = [c for c in CSV_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(CSV_COLUMNS)}, "
+            f"found {','.join(map(str, df.columns))}"
+        )
+    valid_labels = {str(i): i for i in range(len(CLASSES))}
+    skipped: list[str] = []
+    x = np.empty((len(df), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    y = np.empty(len(df), dtype=np.int64)
+    split_of = np.empty(len(df), dtype=object)
+    keep = 0
+    rows = zip(df["emotion"].to_numpy(), df["pixels"].to_numpy(), df["Usage"].to_numpy())
+    for i, (emotion, pixels, usage) in enumerate(rows):
+        where = f"{path.name} line {i + 2}"
+        label = valid_labels.get(emotion.strip())
+        if label is None:
+            _bad(skipped, on_bad_row, where, f"emotion {emotion!r} is not a label 0..{len(CLASSES) - 1}")
+            continue
+        if usage not in USAGE_TO_SPLIT:
+            _bad(skipped, on_bad_row, where,
+                 f"unknown Usage {usage!r} (expected {', '.join(USAGE_TO_SPLIT)})")
+            continue
+        values = _parse_pixels(pixels)
+        if isinstance(values, str):
+            _bad(skipped, on_bad_row, where, values)
+            continue
+        x[keep] = values.reshape(IMAGE_SIZE, IMAGE_SIZE)
+        y[keep] = label
+        split_of[keep] = USAGE_TO_SPLIT[usage]
+        keep += 1
+    x, y, split_of = x[:keep], y[:keep], split_of[:keep]
+    splits = {s: (x[split_of == s], y[split_of == s]) for s in SPLITS}
+    return ReadResult(splits, "csv", path, skipped)
+
+
+def _split_for(path: Path, folder_split: str) -> str:
+    """Original split from the file-name prefix; without one, train/ is train and test/ is
+    divided into val and test by a stable hash of the file name (about half each)."""
+    for prefix, split in PREFIX_TO_SPLIT.items():
+        if path.name.startswith(prefix):
+            return split
+    if folder_split == "train":
+        return "train"
+    digest = hashlib.md5(path.name.encode()).digest()[0]
+    return "val" if digest % 2 == 0 else "test"
+
+
+def _class_dirs(folder: Path) -> dict[int, Path]:
+    """Class sub-folders of train/ or test/, matched case-insensitively to CLASSES."""
+    found = {}
+    for child in sorted(folder.iterdir()):
+        if child.is_dir():
+            name = child.name.lower()
+            if name not in CLASSES:
+                raise DataError(f"{child}: unknown class folder; expected {', '.join(CLASSES)} (any case)")
+            found[CLASSES.index(name)] = child
+    return found
+
+
+def _read_image(path: Path) -> np.ndarray | None:
+    """Any size or colour -> 48x48 grayscale (INTER_AREA when shrinking), None if unreadable."""
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        return None
+    if img.shape != (IMAGE_SIZE, IMAGE_SIZE):
+        shrink = min(img.shape) > IMAGE_SIZE
+        img = cv2.resize(img, (IMAGE_SIZE, IMAGE_SIZE),
+                         interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return img
+
+
+def read_folders(base: Path, on_bad_row: str = "error") -> ReadResult:
+    """Kaggle image-folder layout: base/{train,test}/<class>/*.jpg|png."""
+    files: list[tuple[Path, int, str]] = []
+    for folder_split in ("train", "test"):
+        for label, class_dir in _class_dirs(base / folder_split).items():
+            for entry in os.scandir(class_dir):
+                if entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
+                    path = Path(entry.path)
+                    files.append((path, label, _split_for(path, folder_split)))
+    files.sort(key=lambda f: (f[2], f[1], f[0].name))  # stable order across file systems
+    # cv2 releases the GIL while decoding, so threads use both cores.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        images = list(pool.map(_read_image, (f[0] for f in files), chunksize=256))
+    skipped: list[str] = []
+    keep = []
+    for i, (img, (path, _, _)) in enumerate(zip(images, files)):
+        if img is None:
+            _bad(skipped, on_bad_row, str(path), "unreadable image file")
+        else:
+            keep.append(i)
+    x = np.stack([images[i] for i in keep]) if keep else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    y = np.array([files[i][1] for i in keep], dtype=np.int64)
+    split_of = np.array([files[i][2] for i in keep], dtype=object)
+    splits = {s: (x[split_of == s], y[split_of == s]) for s in SPLITS}
+    return ReadResult(splits, "folders", base, skipped)
+
+
+SPLIT_TO_USAGE = {split: usage for usage, split in USAGE_TO_SPLIT.items()}
+
+
+def write_csv(splits: Splits, path: Path) -> None:
+    """Write splits in the Kaggle fer2013.csv schema (emotion,pixels,Usage)."""
+    frames = []
+    for split, (x, y) in splits.items():
+        pixels = [" ".join(map(str, img.ravel().tolist())) for img in x]
+        frames.append(pd.DataFrame({"emotion": y, "pixels": pixels, "Usage": SPLIT_TO_USAGE[split]}))
+    pd.concat(frames, ignore_index=True).to_csv(path, index=False)

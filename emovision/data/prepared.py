@@ -1,0 +1,75 @@
+"""The prepared dataset on disk: one uncompressed `.npz` per split plus `meta.json`.
+
+    data/prepared/train.npz   x: uint8 (N, 48, 48), y: int64 (N,)
+    data/prepared/val.npz     (PublicTest)
+    data/prepared/test.npz    (PrivateTest)
+    data/prepared/meta.json   {"source", "classes", "counts": {split: {class: n}}, ...}
+
+Written to a temporary sibling folder and renamed into place, so a crash never leaves a
+half-written dataset behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emovision.data import CLASSES, SPLITS
+from emovision.errors import DataError
+
+META_NAME = "meta.json"
+
+
+def class_counts(y: np.ndarray, classes: tuple[str, ...] = CLASSES) -> dict[str, int]:
+    counts = np.bincount(y, minlength=len(classes))
+    return {name: int(n) for name, n in zip(classes, counts)}
+
+
+def write_prepared(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]],
+                   meta: dict[str, Any]) -> dict[str, Any]:
+    """Atomically replace `out_dir` with the splits and meta.json (counts are added here)."""
+    for split in SPLITS:
+        if split not in splits or len(splits[split][1]) == 0:
+            raise DataError(f"split '{split}' is empty: the dataset has no images for it")
+    meta = {**meta, "classes": list(CLASSES),
+            "counts": {s: class_counts(splits[s][1]) for s in SPLITS}}
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        for split in SPLITS:
+            x, y = splits[split]
+            np.savez(tmp / f"{split}.npz", x=np.ascontiguousarray(x, np.uint8), y=y.astype(np.int64))
+        (tmp / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def load_meta(prepared_dir: Path) -> dict[str, Any]:
+    path = Path(prepared_dir) / META_NAME
+    if not path.is_file():
+        raise DataError(f"no prepared dataset at {prepared_dir}/ (run `python -m stages.prepare` first)")
+    return json.loads(path.read_text())
+
+
+def load_split(prepared_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x uint8 (N, 48, 48), y int64 (N,)) of one prepared split."""
+    path = Path(prepared_dir) / f"{split}.npz"
+    if not path.is_file():
+        raise DataError(f"missing {path} (run `python -m stages.prepare` first)")
+    with np.load(path) as data:
+        return data["x"], data["y"]

@@ -1,0 +1,71 @@
+"""Stage 1: raw FER2013 (CSV or image folders) or the built-in demo set -> data/prepared/."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from emovision.config import Params
+from emovision.data import SPLITS
+from emovision.data.fer2013 import find_fer2013, read_fer2013
+from emovision.data.prepared import write_prepared
+
+from emovision.errors import DataError, cli_main
+from stages import parse, stage_parser
+
+BANNER = "=" * 72
+
+
+def prepare(params: Params) -> dict:
+    """Choose the source, read or generate it, and write data/prepared/. Returns meta."""
+    data = params.data
+    raw_dir = Path(data.raw_dir)
+    source = data.source
+    if source == "auto":
+        source = "fer2013" if find_fer2013(raw_dir) else "synthetic"
+    started = time.perf_counter()
+    if source == "fer2013":
+        result = read_fer2013(raw_dir, data.on_bad_row)
+        splits, skipped = result.splits, result.skipped
+        meta = {"source": "fer2013", "layout": result.layout, "raw_path": str(result.path)}
+        print(f"source: FER2013 ({result.layout}) from {result.path}")
+    else:
+        from emovision.data.synthetic import generate_synthetic
+
+        splits = generate_synthetic(data.synthetic_train_per_class, params.base.seed)
+        skipped = []
+        meta = {"source": "synthetic", "seed": params.base.seed,
+                "train_per_class": data.synthetic_train_per_class}
+        print(f"{BANNER}\nsource: SYNTHETIC demo faces (no FER2013 in {raw_dir}/).\n"
+              f"A model trained on them runs the pipeline end to end but is no use on real faces.\n"
+              f"For real data put fer2013.csv or the train/ test/ folders in {raw_dir}/fer2013/.\n{BANNER}")
+    if skipped:
+        print(f"skipped {len(skipped)} bad rows/files (data.on_bad_row: skip); first ones:", file=sys.stderr)
+        for line in skipped[:10]:
+            print(f"  {line}", file=sys.stderr)
+    meta["skipped"] = len(skipped)
+    meta = write_prepared(Path(data.prepared_dir), splits, meta)
+    elapsed = time.perf_counter() - started
+    for split in SPLITS:
+        counts = meta["counts"][split]
+        print(f"{split:>5}: {sum(counts.values()):>6,}  " + " ".join(f"{k}={v}" for k, v in counts.items()))
+    print(f"wrote {data.prepared_dir}/ in {elapsed:.1f}s")
+    return meta
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__)
+    _, params = parse(parser, argv)
+    if params.data.source == "fer2013" and not find_fer2013(Path(params.data.raw_dir)):
+        raise DataError(
+            f"data.source is fer2013 but no dataset is in {params.data.raw_dir}/: put fer2013.csv there "
+            f"or unpack the image folders with `mkdir -p {params.data.raw_dir}/fer2013 && tar -xJf "
+            f"fer2013-images.tar.xz -C {params.data.raw_dir}/fer2013`"
+        )
+    prepare(params)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

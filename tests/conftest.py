@@ -1,0 +1,48 @@
+"""Shared fixtures: small params files, prepared demo data, an isolated MLflow store."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "fer2013-images.tar.xz"
+
+# Small, fast settings every end-to-end test starts from.
+TINY = {
+    "data": {"synthetic_train_per_class": 20},
+    "model": {"width": 8},
+    "train": {"epochs": 1, "batch_size": 32, "patience": 0, "threads": 1},
+    "evaluate": {"batch_size": 256},
+    "bench": {"repeats": 2, "train_batches": 2, "video_frames": 20},
+    "tune": {"n_trials": 3, "epochs": 1},
+}
+
+
+def write_params(path: Path, overrides: dict | None = None, base: dict | None = None) -> Path:
+    """Write a params file: `base` (default TINY) deep-merged with `overrides`."""
+    merged: dict = {k: dict(v) for k, v in (base if base is not None else TINY).items()}
+    for section, values in (overrides or {}).items():
+        merged.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(merged, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    """A real MLflow SQLite store in a temp dir, used through MLFLOW_TRACKING_URI."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None) if hasattr(mlflow, "set_tracking_uri") else None
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run with the temp dir as the project root (stages write data/, models/, reports/)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

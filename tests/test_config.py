@@ -1,0 +1,73 @@
+import re
+import subprocess
+import sys
+
+import pytest
+
+from emovision.config import Params, load_params, params_from_dict
+from emovision.errors import ConfigError
+from tests.conftest import REPO
+
+
+def test_repo_params_load_and_cover_every_field():
+    params = load_params(REPO / "params.yaml")
+    # The shipped file sets every key explicitly (each with its comment).
+    text = (REPO / "params.yaml").read_text()
+    for dotted in params.flat():
+        assert f"  {dotted.split('.')[1]}:" in text, f"{dotted} missing from params.yaml"
+    assert params.registry.model_name == "fer"
+    assert params.data.source in ("auto", "fer2013", "synthetic")
+
+
+def test_every_key_has_a_comment():
+    for line in (REPO / "params.yaml").read_text().splitlines():
+        if line.startswith("  ") and ":" in line:
+            assert "#" in line, f"uncommented key: {line.strip()}"
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({"trian": {"epochs": 1}}, "unknown section 'trian' (did you mean 'train'?)"),
+    ({"train": {"epoch": 1}}, "unknown key 'epoch' (did you mean 'epochs'?)"),
+    ({"train": {"lr": "fast"}}, "train.lr must be float, got str"),
+    ({"train": {"epochs": 1.5}}, "train.epochs must be int"),
+    ({"train": {"channels_last": "yes"}}, "train.channels_last must be bool"),
+    ({"data": {"source": "imagenet"}}, "data.source must be one of auto | fer2013 | synthetic"),
+    ({"model": {"dropout": 1.5}}, "model.dropout must be in [0, 1)"),
+    ({"tune": {"lr_low": 0.1, "lr_high": 0.01}}, "tune.lr_low must be > 0 and below tune.lr_high"),
+    (["a"], "expected a mapping"),
+])
+def test_bad_params_fail_naming_the_key(raw, match):
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        params_from_dict(raw)
+
+
+def test_ints_accepted_for_floats_and_defaults_fill_in():
+    p = params_from_dict({"train": {"lr": 1}})
+    assert p.train.lr == 1.0 and isinstance(p.train.lr, float)
+    assert p.train.epochs == Params().train.epochs
+
+
+def test_replace_validates_overrides():
+    p = Params().replace(**{"train.lr": 0.01, "model.dropout": 0.2})
+    assert (p.train.lr, p.model.dropout) == (0.01, 0.2)
+    with pytest.raises(ConfigError, match="unknown key 'dropot'"):
+        Params().replace(**{"model.dropot": 0.2})
+
+
+def test_cli_reports_bad_params_in_one_line(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train:\n  epohcs: 3\n")
+    out = subprocess.run([sys.executable, "-m", "stages.prepare", "--params", str(bad)],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().count("\n") == 0
+    assert "unknown key 'epohcs' (did you mean 'epochs'?)" in out.stderr
+
+
+def test_missing_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(tmp_path / "bad.yaml")

@@ -1,0 +1,192 @@
+"""The prepare stage: readers, split mapping, bad input, atomic output."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+
+import cv2
+import numpy as np
+import pytest
+
+from emovision.data import CLASSES
+from emovision.data.fer2013 import read_csv, read_folders, write_csv
+from emovision.data.prepared import load_meta, load_split
+from stages.prepare import main as prepare_main
+from tests.conftest import REPO, SHARED_ARCHIVE, write_params
+
+FER_COUNTS = {  # ../shared/data/README.md
+    "train": [3995, 436, 4097, 7215, 4830, 3171, 4965],
+    "val": [467, 56, 496, 895, 653, 415, 607],
+    "test": [491, 55, 528, 879, 594, 416, 626],
+}
+
+
+def tiny_splits(n_per_class: int = 2, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split in ("train", "val", "test"):
+        y = np.repeat(np.arange(len(CLASSES)), n_per_class)
+        x = rng.integers(0, 256, (len(y), 48, 48), dtype=np.uint8)
+        out[split] = (x, y)
+    return out
+
+
+def run_prepare(tmp_path, raw_dir, **data):
+    params = write_params(tmp_path / "params.yaml", {"data": {
+        "source": "fer2013", "raw_dir": str(raw_dir), "prepared_dir": str(tmp_path / "prepared"), **data}})
+    return prepare_main(["--params", str(params)])
+
+
+def test_csv_roundtrip_and_split_mapping(tmp_path):
+    splits = tiny_splits()
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_csv(splits, raw / "fer2013.csv")
+    assert run_prepare(tmp_path, raw) == 0
+    for split in ("train", "val", "test"):
+        x, y = load_split(tmp_path / "prepared", split)
+        assert x.dtype == np.uint8 and x.shape == (14, 48, 48) and y.dtype == np.int64
+        np.testing.assert_array_equal(x, splits[split][0])
+        np.testing.assert_array_equal(y, splits[split][1])
+    meta = load_meta(tmp_path / "prepared")
+    assert meta["source"] == "fer2013" and meta["classes"] == list(CLASSES)
+    assert meta["counts"]["val"] == {c: 2 for c in CLASSES}
+
+
+def write_folder_layout(base, splits, prefixes=True, ext=".png", case=str.lower):
+    usage = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
+    for split, (x, y) in splits.items():
+        folder = "train" if split == "train" else "test"
+        for i, (img, label) in enumerate(zip(x, y)):
+            d = base / folder / case(CLASSES[label])
+            d.mkdir(parents=True, exist_ok=True)
+            name = f"{usage[split]}_{split}{i}{ext}" if prefixes else f"im{split}{i}{ext}"
+            cv2.imwrite(str(d / name), img)
+
+
+def test_folder_layout_prefixes_give_the_split(tmp_path):
+    splits = tiny_splits()
+    raw = tmp_path / "raw"
+    write_folder_layout(raw / "fer2013", splits, case=str.capitalize)  # class folders in any case
+    assert run_prepare(tmp_path, raw) == 0
+    for split in ("train", "val", "test"):
+        x, y = load_split(tmp_path / "prepared", split)
+        assert sorted(y.tolist()) == sorted(splits[split][1].tolist())
+        # PNG is lossless: the same set of images comes back
+        assert {img.tobytes() for img in x} == {img.tobytes() for img in splits[split][0]}
+
+
+def test_folder_layout_without_prefixes_splits_test_folder_in_halves(tmp_path):
+    splits = tiny_splits(n_per_class=10)
+    write_folder_layout(tmp_path / "raw", splits, prefixes=False)
+    result = read_folders(tmp_path / "raw")
+    assert len(result.splits["train"][1]) == 70
+    n_val, n_test = len(result.splits["val"][1]), len(result.splits["test"][1])
+    assert n_val + n_test == 140 and 40 <= n_val <= 100  # a stable hash split, about half each
+    again = read_folders(tmp_path / "raw")
+    np.testing.assert_array_equal(result.splits["val"][0], again.splits["val"][0])
+
+
+def test_other_sizes_and_colour_become_48x48_gray(tmp_path):
+    base = tmp_path / "raw"
+    for folder, prefix in (("train", "Training"), ("test", "PublicTest"), ("test", "PrivateTest")):
+        d = base / folder / "happy"
+        d.mkdir(parents=True, exist_ok=True)
+        colour = np.full((96, 120, 3), (0, 128, 255), np.uint8)
+        cv2.imwrite(str(d / f"{prefix}_1.jpg"), colour)
+    result = read_folders(base)
+    x, y = result.splits["val"]
+    assert x.shape == (1, 48, 48) and y.tolist() == [CLASSES.index("happy")]
+    assert abs(x.mean() - 151) <= 2  # BGR (0,128,255): 0.299*255 + 0.587*128 = 151
+
+
+CSV_HEADER = "emotion,pixels,Usage\n"
+GOOD_PIXELS = " ".join(["7"] * 2304)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("emotion,pix,Usage\n0,1,Training\n", "missing column(s) pixels"),
+    (CSV_HEADER + f"0,{GOOD_PIXELS},Training\n3,1 2 3,Training\n", "line 3: pixels has 3 values, expected 2304"),
+    (CSV_HEADER + f"0,{' '.join(['7'] * 2303)} x,Training\n", "line 2: pixels has a non-integer value 'x'"),
+    (CSV_HEADER + f"0,{' '.join(['7'] * 2303)} 300,Training\n", "line 2: pixels has a value outside 0..255 (300)"),
+    (CSV_HEADER + f"9,{GOOD_PIXELS},Training\n", "line 2: emotion '9' is not a label 0..6"),
+    (CSV_HEADER + f"1,{GOOD_PIXELS},Validation\n", "line 2: unknown Usage 'Validation'"),
+    (CSV_HEADER + f"1,{GOOD_PIXELS},Training\n", "split 'val' is empty"),
+])
+def test_bad_csv_exits_2_naming_the_problem(tmp_path, capsys, body, message):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "fer2013.csv").write_text(body)
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared" / "keep.txt").write_text("previous output")
+    assert run_prepare(tmp_path, raw) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    # nothing half-written: the previous output is untouched, no temp folders remain
+    assert (tmp_path / "prepared" / "keep.txt").read_text() == "previous output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "prepared", "raw"]
+
+
+def test_skip_mode_drops_bad_rows_and_reports(tmp_path, capsys):
+    splits = tiny_splits()
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_csv(splits, raw / "fer2013.csv")
+    with open(raw / "fer2013.csv", "a") as f:
+        f.write("12,1 2,Training\n4,1 2,Training\n")
+    assert run_prepare(tmp_path, raw, on_bad_row="skip") == 0
+    out = capsys.readouterr()
+    assert "skipped 2 bad rows" in out.err
+    assert load_meta(tmp_path / "prepared")["skipped"] == 2
+    assert len(load_split(tmp_path / "prepared", "train")[1]) == 14
+
+
+def test_unreadable_image_is_named(tmp_path, capsys):
+    splits = tiny_splits(1)
+    raw = tmp_path / "raw"
+    write_folder_layout(raw, splits)
+    bad = raw / "train" / "sad" / "Training_broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    assert run_prepare(tmp_path, raw) == 2
+    assert f"{bad}: unreadable image file" in capsys.readouterr().err
+
+
+def test_fer2013_source_without_data_says_where_to_put_it(tmp_path):
+    params = write_params(tmp_path / "p.yaml", {"data": {"source": "fer2013", "raw_dir": str(tmp_path / "raw")}})
+    out = subprocess.run([sys.executable, "-m", "stages.prepare", "--params", str(params)],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "no dataset is in" in out.stderr and "fer2013.csv" in out.stderr
+
+
+def test_auto_without_data_builds_the_demo_set(tmp_path):
+    params = write_params(tmp_path / "p.yaml", {"data": {
+        "source": "auto", "raw_dir": str(tmp_path / "raw"), "prepared_dir": str(tmp_path / "prepared")}})
+    out = subprocess.run([sys.executable, "-m", "stages.prepare", "--params", str(params)],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "SYNTHETIC" in out.stdout
+    meta = json.loads((tmp_path / "prepared" / "meta.json").read_text())
+    assert meta["source"] == "synthetic"
+    assert all(meta["counts"][s][c] > 0 for s in ("train", "val", "test") for c in CLASSES)
+
+
+@pytest.mark.skipif(not SHARED_ARCHIVE.is_file(), reason="FER2013 archive (../shared/data) not present")
+def test_real_fer2013_counts(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "fer2013").mkdir(parents=True)
+    with tarfile.open(SHARED_ARCHIVE) as tar:
+        tar.extractall(raw / "fer2013", filter="data")
+    assert run_prepare(tmp_path, raw) == 0
+    meta = load_meta(tmp_path / "prepared")
+    for split, counts in FER_COUNTS.items():
+        assert [meta["counts"][split][c] for c in CLASSES] == counts
+    # the CSV path on the same real pixels (a 3,000-row slice keeps the test fast)
+    result = read_folders(raw / "fer2013")
+    subset = {s: (x[:1000], y[:1000]) for s, (x, y) in result.splits.items()}
+    write_csv(subset, tmp_path / "fer2013.csv")
+    back = read_csv(tmp_path / "fer2013.csv")
+    for s in subset:
+        np.testing.assert_array_equal(back.splits[s][0], subset[s][0])

@@ -1,0 +1,93 @@
+"""Champion / challenger promotion in the MLflow registry.
+
+The champion is the version with alias `champion` (and registry stage `Production`; both
+are kept in step). A challenger replaces it when there is none, or when it beats it by at
+least `min_delta` accuracy on the *same* test split, both scored side by side in the
+current run. A model trained on the demo dataset never replaces a FER2013 champion, and a
+FER2013 model always replaces a demo-data champion (their scores are never compared).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+from emovision import tracking
+
+REAL_DATASET = "fer2013"
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+    challenger_acc: float
+    champion_version: str | None = None
+    champion_acc: float | None = None
+
+
+def current_champion(name: str):
+    """The champion ModelVersion (alias first, then stage Production), or None."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        return client.get_model_version_by_alias(name, tracking.CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            latest = client.get_latest_versions(name, stages=[tracking.PRODUCTION])
+        except mlflow.exceptions.MlflowException:
+            return None
+    return latest[0] if latest else None
+
+
+def decide(challenger_dataset: str, challenger_acc: float, champion, min_delta: float,
+           score_champion: Callable[[str], float]) -> Decision:
+    """The gate. `score_champion(version)` evaluates the champion on the challenger's test split."""
+    if champion is None:
+        return Decision(True, "no champion yet", challenger_acc)
+    champion_dataset = champion.tags.get("dataset", "unknown")
+    if challenger_dataset != REAL_DATASET and champion_dataset == REAL_DATASET:
+        return Decision(False, f"a {challenger_dataset} model never replaces a FER2013 champion",
+                        challenger_acc, champion.version)
+    if challenger_dataset == REAL_DATASET and champion_dataset != REAL_DATASET:
+        return Decision(True, f"a FER2013 model replaces a {champion_dataset} champion",
+                        challenger_acc, champion.version)
+    champion_acc = score_champion(champion.version)
+    gain = challenger_acc - champion_acc
+    if gain >= min_delta:
+        reason = f"beats champion v{champion.version} by {gain:+.4f} (>= {min_delta})"
+    else:
+        reason = f"does not beat champion v{champion.version} by {min_delta} ({gain:+.4f})"
+    return Decision(gain >= min_delta, reason, challenger_acc, champion.version, champion_acc)
+
+
+def promote(name: str, version: str) -> None:
+    """Make `version` Production (archiving the previous one) and the `champion` alias."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        client.transition_model_version_stage(name, version, tracking.PRODUCTION,
+                                              archive_existing_versions=True)
+    client.set_registered_model_alias(name, tracking.CHAMPION, version)
+
+
+def record(name: str, version: str, decision: Decision) -> None:
+    """Store the decision and both scores as tags of the challenger version."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    tags = {"promotion": "promoted" if decision.promote else "rejected",
+            "promotion_reason": decision.reason,
+            "challenger_test_acc": f"{decision.challenger_acc:.4f}"}
+    if decision.champion_version is not None:
+        tags["champion_version"] = str(decision.champion_version)
+    if decision.champion_acc is not None:
+        tags["champion_test_acc"] = f"{decision.champion_acc:.4f}"
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)

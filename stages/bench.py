@@ -1,0 +1,165 @@
+"""Stage 4: speed of training, inference and the real-time pipeline -> reports/bench.json.
+
+Every figure is a median over `bench.repeats` timed repetitions (after a warm-up), so a
+shared, noisy machine gives stable numbers. Logged into the training run in MLflow.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from emovision import tracking
+from emovision.config import Params
+from emovision.data.augment import augment_batch
+from emovision.data.prepared import load_meta
+from emovision.errors import DataError, cli_main
+from emovision.inference import load_classifier, resolve_device
+from emovision.models import count_macs, count_params, create_model
+from emovision.preprocess import normalize
+from emovision.training import amp_dtype, preprocess_config
+from stages import parse, stage_parser
+from stages.train import MODELS_DIR, RUN_FILE
+
+BENCH_JSON = Path("reports/bench.json")
+LATENCY_SAMPLES = 50  # batch-1 calls per repeat, for median and p95
+
+
+def timed(fn: Callable[[], None], repeats: int, sync: Callable[[], None]) -> list[float]:
+    """Seconds per call of `fn`, one warm-up call first."""
+    fn()
+    sync()
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def train_throughput(params: Params, device: torch.device, sync) -> dict:
+    """Images/s of full training steps with and without augmentation on the same batches."""
+    cfg, bs = params.train, params.train.batch_size
+    model = create_model(params.model.name, **params.model.kwargs()).to(device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (params.bench.train_batches, bs, 1, 48, 48), dtype=torch.uint8,
+                           generator=gen).to(device)
+    labels = torch.randint(0, 7, (params.bench.train_batches, bs), generator=gen).to(device)
+    pre = preprocess_config(params)
+    dtype = amp_dtype(cfg.amp, device)
+
+    def epoch(augment: bool) -> Callable[[], None]:
+        def run() -> None:
+            for x, y in zip(pixels, labels):
+                x = normalize(x, pre)
+                if augment:
+                    x = augment_batch(x, params.augment, gen)
+                with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                    loss = F.cross_entropy(model(x.contiguous(memory_format=fmt)).float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        return run
+
+    images = params.bench.train_batches * bs
+    result = {}
+    for name, aug in (("bare", False), ("augmented", True)):
+        result[f"images_per_s_{name}"] = images / statistics.median(timed(epoch(aug), params.bench.repeats, sync))
+    result["augmentation_overhead"] = result["images_per_s_bare"] / result["images_per_s_augmented"]
+    return result
+
+
+def inference_speed(clf, params: Params, sync) -> dict:
+    rng = np.random.default_rng(0)
+    one = rng.integers(0, 256, (1, 48, 48), dtype=np.uint8)
+    many = rng.integers(0, 256, (params.bench.batch_size, 48, 48), dtype=np.uint8)
+    lat = []
+    for _ in range(params.bench.repeats):
+        lat += timed(lambda: clf.predict_proba(one), LATENCY_SAMPLES, sync)
+    batch = statistics.median(timed(lambda: clf.predict_proba(many), params.bench.repeats, sync))
+    return {"latency_ms_batch1_median": 1000 * statistics.median(lat),
+            "latency_ms_batch1_p95": 1000 * float(np.percentile(lat, 95)),
+            f"images_per_s_batch{params.bench.batch_size}": params.bench.batch_size / batch,
+            "params": count_params(clf.model), "macs": count_macs(clf.model)}
+
+
+def realtime(clf, params: Params) -> dict | None:
+    """Per-frame time of detect / classify / draw on a generated 640x480 video with a real face."""
+    try:
+        from emovision.webcam import benchmark_pipeline
+        from emovision.webcam import make_benchmark_video
+    except ImportError:  # the webcam app is optional for the pipeline
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        video = make_benchmark_video(Path(tmp) / "face.mp4", frames=params.bench.video_frames)
+        runs = [benchmark_pipeline(clf, video) for _ in range(max(1, params.bench.repeats // 2))]
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0] if isinstance(runs[0][k], (int, float))}
+
+
+def bench(params: Params, models_dir: Path = MODELS_DIR) -> dict:
+    if params.train.threads > 0:
+        torch.set_num_threads(params.train.threads)
+    device = resolve_device(params.base.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    train = train_throughput(params, device, sync)
+    n_train = sum(load_meta(Path(params.data.prepared_dir))["counts"]["train"].values())
+    train["est_epoch_s"] = n_train / train["images_per_s_augmented"]
+    train["est_total_s"] = train["est_epoch_s"] * params.train.epochs
+    ckpt = models_dir / "best.pt"
+    if not ckpt.is_file():
+        raise DataError(f"no trained model at {ckpt} (run `python -m stages.train` first)")
+    clf = load_classifier(str(ckpt), params.base.device)
+    report = {
+        "train": train,
+        "inference": inference_speed(clf, params, sync),
+        "realtime": realtime(clf, params),
+        "env": {"device": str(device), "threads": torch.get_num_threads(),
+                "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+                "python": platform.python_version(), "repeats": params.bench.repeats,
+                **({"gpu": torch.cuda.get_device_name()} if device.type == "cuda" else {})},
+    }
+    BENCH_JSON.parent.mkdir(exist_ok=True)
+    BENCH_JSON.write_text(json.dumps(report, indent=2) + "\n")
+    t, i = report["train"], report["inference"]
+    print(f"train: {t['images_per_s_augmented']:.0f} img/s augmented, {t['images_per_s_bare']:.0f} bare "
+          f"(x{t['augmentation_overhead']:.2f}); ~{t['est_epoch_s']:.0f}s/epoch, ~{t['est_total_s'] / 60:.1f} min "
+          f"for {params.train.epochs} epochs")
+    print(f"inference: {i['latency_ms_batch1_median']:.2f} ms/face median (p95 {i['latency_ms_batch1_p95']:.2f}), "
+          f"{i[f'images_per_s_batch{params.bench.batch_size}']:.0f} faces/s at batch {params.bench.batch_size}; "
+          f"{i['params']:,} params, {i['macs'] / 1e6:.1f} M MACs")
+    if report["realtime"]:
+        print("realtime: " + ", ".join(f"{k} {v:.2f}" for k, v in report["realtime"].items()))
+    run_file = models_dir / RUN_FILE.name
+    if run_file.is_file():
+        tracking.setup()
+        import mlflow
+
+        with tracking.tracked_run(run_id=json.loads(run_file.read_text())["run_id"]):
+            flat = {f"bench_{section}_{k}": v for section in ("train", "inference", "realtime")
+                    for k, v in (report[section] or {}).items()}
+            mlflow.log_metrics(flat)
+            mlflow.log_artifact(str(BENCH_JSON))
+    return report
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    _, params = parse(stage_parser(__doc__.splitlines()[0]), argv)
+    bench(params)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

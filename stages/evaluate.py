@@ -1,0 +1,122 @@
+"""Stage 3: score the trained model on test (PrivateTest) and val (PublicTest), log it into
+the training run, and run the champion/challenger promotion gate.
+
+Writes reports/metrics.json (DVC metrics), reports/confusion.json (DVC confusion plot),
+reports/confusion_matrix.png and reports/per_class_f1.png.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from emovision import plots, promotion, tracking
+from emovision.config import Params
+from emovision.data.prepared import load_meta, load_split
+from emovision.errors import DataError, cli_main
+from emovision.inference import EmotionClassifier, load_classifier
+from emovision.metrics import classification_report
+from stages import parse, stage_parser
+from stages.train import MODELS_DIR, RUN_FILE
+
+REPORTS = Path("reports")
+METRICS_JSON = REPORTS / "metrics.json"
+CONFUSION_JSON = REPORTS / "confusion.json"
+CONFUSION_PNG = REPORTS / "confusion_matrix.png"
+F1_PNG = REPORTS / "per_class_f1.png"
+
+
+def score(clf: EmotionClassifier, x: np.ndarray, y: np.ndarray, tta: bool, batch_size: int) -> dict:
+    """Classification report of `clf` on raw uint8 crops, through its own preprocessing."""
+    pred = clf.predict_proba(x, tta=tta, batch_size=batch_size).argmax(1)
+    return {**classification_report(y, pred, clf.classes), "predictions": pred}
+
+
+def print_table(results: dict, classes: list[str]) -> None:
+    print()
+    header = f"{'class':>10} | " + " | ".join(f"{split:^20}" for split in results)
+    print(header)
+    print(f"{'':>10} | " + " | ".join(f"{'prec':>6} {'recall':>6} {'F1':>6}" for _ in results))
+    print("-" * len(header))
+    for name in classes:
+        cells = [results[s]["per_class"][name] for s in results]
+        print(f"{name:>10} | " + " | ".join(f"{c['precision']:6.3f} {c['recall']:6.3f} {c['f1']:6.3f}" for c in cells))
+    print("-" * len(header))
+    print(f"{'accuracy':>10} | " + " | ".join(f"{results[s]['accuracy']:^20.4f}" for s in results))
+    print(f"{'macro-F1':>10} | " + " | ".join(f"{results[s]['macro_f1']:^20.4f}" for s in results))
+
+
+def evaluate(params: Params, models_dir: Path = MODELS_DIR) -> dict:
+    run_file = models_dir / RUN_FILE.name
+    if not run_file.is_file() or not (models_dir / "best.pt").is_file():
+        raise DataError(f"no trained model in {models_dir}/ (run `python -m stages.train` first)")
+    info = json.loads(run_file.read_text())
+    prepared = Path(params.data.prepared_dir)
+    meta = load_meta(prepared)
+    tta, bs = params.evaluate.tta, params.evaluate.batch_size
+    clf = load_classifier(str(models_dir / "best.pt"), params.base.device)
+    splits = {s: load_split(prepared, s) for s in ("test", "val")}
+    results = {s: score(clf, *splits[s], tta, bs) for s in splits}
+    print(f"{clf.info['arch']} on {meta['source']} (test = PrivateTest, val = PublicTest), "
+          f"test-time augmentation: {'hflip' if tta else 'none'}")
+    print_table(results, list(clf.classes))
+
+    REPORTS.mkdir(exist_ok=True)
+    metrics = {s: {k: r[k] for k in ("accuracy", "macro_f1", "per_class")} for s, r in results.items()}
+    metrics["tta"] = "hflip" if tta else "none"
+    metrics["dataset"] = meta["source"]
+    METRICS_JSON.write_text(json.dumps(metrics, indent=2) + "\n")
+    y_test = splits["test"][1]
+    CONFUSION_JSON.write_text(json.dumps(
+        [{"actual": clf.classes[a], "predicted": clf.classes[p]}
+         for a, p in zip(y_test.tolist(), results["test"]["predictions"].tolist())]))
+    plots.confusion_matrix(np.array(results["test"]["confusion"]), clf.classes, CONFUSION_PNG,
+                           f"PrivateTest ({meta['source']}), acc {results['test']['accuracy']:.3f}")
+    plots.per_class_bars({c: results["test"]["per_class"][c]["f1"] for c in clf.classes}, F1_PNG,
+                         "PrivateTest F1 per class")
+
+    tracking.setup()
+    import mlflow
+
+    with tracking.tracked_run(run_id=info["run_id"]):
+        flat = {f"{s}_{k}": results[s][k] for s in results for k in ("accuracy", "macro_f1")}
+        flat.update({f"test_f1_{c}": results["test"]["per_class"][c]["f1"] for c in clf.classes})
+        mlflow.log_metrics(flat)
+        mlflow.set_tag("tta", metrics["tta"])
+        for path in (METRICS_JSON, CONFUSION_PNG, F1_PNG):
+            mlflow.log_artifact(str(path), "evaluation")
+        if params.registry.promote:
+            gate(params, info, meta["source"], results["test"]["accuracy"], splits["test"], tta, bs)
+    return metrics
+
+
+def gate(params: Params, info: dict, dataset: str, acc: float, test: tuple, tta: bool, bs: int) -> None:
+    """Champion/challenger: both scored on this run's test split, decision stored as tags."""
+    name, version = info["model_name"], str(info["model_version"])
+    champion = promotion.current_champion(name)
+    if champion is not None and champion.version == version:
+        print(f"{name} v{version} is already the champion")
+        return
+
+    def score_champion(v: str) -> float:
+        return score(load_classifier(f"models:/{name}/{v}", params.base.device), *test, tta, bs)["accuracy"]
+
+    decision = promotion.decide(dataset, acc, champion, params.registry.min_delta, score_champion)
+    promotion.record(name, version, decision)
+    if decision.promote:
+        promotion.promote(name, version)
+    champ = "" if decision.champion_acc is None else f", champion v{decision.champion_version} test acc {decision.champion_acc:.4f}"
+    print(f"promotion: {name} v{version} {'PROMOTED to Production (@champion)' if decision.promote else 'not promoted'}"
+          f" — {decision.reason} (challenger test acc {acc:.4f}{champ})")
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    _, params = parse(stage_parser(__doc__.splitlines()[0]), argv)
+    evaluate(params)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

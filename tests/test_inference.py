@@ -1,0 +1,76 @@
+"""load_classifier: every kind of model reference, and clear errors for bad ones."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import emovision
+from emovision.errors import ModelRefError
+from emovision.inference import WEIGHTS_DIR, load_classifier
+from stages.prepare import main as prepare_main
+from stages.promote import main as promote_main
+from stages.train import main as train_main
+from tests.conftest import REPO, write_params
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny trained + registered model (v1) in a module-wide MLflow store."""
+    root = tmp_path_factory.mktemp("proj")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    write_params(root / "params.yaml")
+    assert prepare_main(["--params", "params.yaml"]) == 0
+    assert train_main(["--params", "params.yaml"]) == 0
+    assert promote_main(["--params", "params.yaml", "--version", "1"]) == 0
+    yield root
+    mp.undo()
+
+
+def test_every_reference_kind_loads_the_same_model(trained):
+    import json
+
+    run_id = json.loads((trained / "models" / "run.json").read_text())["run_id"]
+    faces = [np.full((30, 40), 90, np.uint8), np.arange(64 * 64, dtype=np.uint8).reshape(64, 64)]
+    refs = ["models:/fer/Production", "models:/fer@champion", "models:/fer/1", f"runs:/{run_id}/model",
+            "models/best.pt"]
+    probs = [load_classifier(ref, "cpu").predict_proba(faces) for ref in refs]
+    for p in probs:
+        assert p.shape == (2, 7) and np.allclose(p.sum(1), 1, atol=1e-5)
+        np.testing.assert_allclose(p, probs[0], atol=1e-6)
+    clf = emovision.load_classifier("models:/fer/Production", device="cpu")
+    assert clf.classes == ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+    assert clf.predict_proba(np.zeros((0, 48, 48), np.uint8)).shape == (0, 7)
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("models:/nope/Production", "Registered Model with name=nope not found"),
+    ("models:/fer/Staging", "stages: Production"),
+    ("models:/fer@challenger", "aliases: champion"),
+    ("models:/fer/7", "has versions 1"),
+    ("models:/", "malformed model URI"),
+    ("does/not/exist.pt", "not found"),
+])
+def test_bad_references_say_what_exists(trained, ref, message):
+    with pytest.raises(ModelRefError, match=message.replace("(", r"\(")):
+        load_classifier(ref, "cpu")
+
+
+def test_foreign_file_is_refused_without_unpickling(trained, tmp_path):
+    bad = tmp_path / "evil.pt"
+    import pickle
+
+    bad.write_bytes(pickle.dumps({"a": object()}))
+    with pytest.raises(ModelRefError, match="not a readable emovision checkpoint"):
+        load_classifier(str(bad), "cpu")
+
+
+@pytest.mark.skipif(not (WEIGHTS_DIR / "config.json").is_file(), reason="no shipped weights yet")
+def test_pretrained_loads_offline():
+    clf = load_classifier("pretrained", "cpu")
+    assert clf.info["dataset"] == "fer2013" and len(clf.classes) == 7

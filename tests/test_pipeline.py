@@ -1,0 +1,155 @@
+"""End to end: `dvc repro` in a temp git repo, evaluation outputs and the promotion gate."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from stages.evaluate import main as evaluate_main
+from stages.prepare import main as prepare_main
+from stages.promote import main as promote_main
+from stages.train import main as train_main
+from tests.conftest import REPO, TINY, write_params
+
+PROJECT_FILES = ["stages", "emovision", "dvc.yaml", "pyproject.toml", ".gitignore", ".dvcignore",
+                 "data/raw/.gitkeep"]
+
+
+def copy_project(dst: Path) -> Path:
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__", "weights"))
+        else:
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dst / name)
+    return dst
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def versions(name="fer"):
+    return {v.version: v for v in mlflow.MlflowClient().search_model_versions(f"name='{name}'")}
+
+
+def champion(name="fer"):
+    return mlflow.MlflowClient().get_model_version_by_alias(name, "champion")
+
+
+def production(name="fer"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return [v.version for v in mlflow.MlflowClient().get_latest_versions(name, stages=["Production"])]
+
+
+def test_dvc_repro_end_to_end(tmp_path, mlflow_store):
+    repo = copy_project(tmp_path / "proj")
+    write_params(repo / "params.yaml", base=TINY)
+    # the full params file keeps every key (DVC tracks exact keys); tiny values on top
+    full = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in TINY.items():
+        full[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store,
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    git(repo, "init", "-q")
+    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True, env=env)
+    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
+
+    out = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"prepare", "train", "evaluate", "bench"}
+    assert lock["stages"]["train"]["params"]["params.yaml"]["train.epochs"] == 1
+    metrics = json.loads((repo / "reports" / "metrics.json").read_text())
+    assert 0 <= metrics["test"]["accuracy"] <= 1 and "macro_f1" in metrics["val"]
+    bench = json.loads((repo / "reports" / "bench.json").read_text())
+    assert bench["train"]["images_per_s_augmented"] > 0
+    assert (repo / "reports" / "confusion_matrix.png").stat().st_size > 1000
+    v = versions()
+    assert list(v) == ["1"] and champion().version == "1" and production() == ["1"]
+
+    again = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "didn't change" in again.stdout + again.stderr
+    assert list(versions()) == ["1"]  # nothing re-ran
+
+    shown = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], cwd=repo, env=env,
+                           capture_output=True, text=True)
+    assert shown.returncode == 0 and "accuracy" in shown.stdout
+
+
+@pytest.fixture
+def project(in_tmp, mlflow_store):
+    return in_tmp
+
+
+def train_and_evaluate(params_overrides: dict, raw_dir: str | None = None) -> dict:
+    overrides = {"train": {"epochs": 3, "patience": 0}, "data": {"synthetic_train_per_class": 60},
+                 **params_overrides}
+    if raw_dir:
+        overrides["data"] = {**overrides["data"], "raw_dir": raw_dir}
+    write_params(Path("params.yaml"), overrides)
+    assert prepare_main(["--params", "params.yaml"]) == 0
+    assert train_main(["--params", "params.yaml"]) == 0
+    assert evaluate_main(["--params", "params.yaml"]) == 0
+    return json.loads(Path("models/run.json").read_text())
+
+
+def test_promotion_gate(project, capsys):
+    # v1: trained normally -> first champion
+    first = train_and_evaluate({})
+    assert champion().version == first["model_version"] == "1"
+    acc1 = float(versions()["1"].tags["challenger_test_acc"])
+    assert acc1 > 0.3  # well above chance (1/7) on the demo set
+    # v2: learning rate so small it cannot learn -> worse, not promoted
+    train_and_evaluate({"train": {"epochs": 1, "lr": 1e-7, "warmup_epochs": 0.0}})
+    v2 = versions()["2"]
+    assert v2.tags["promotion"] == "rejected" and champion().version == "1"
+    assert float(v2.tags["champion_test_acc"]) == pytest.approx(acc1, abs=1e-4)
+    # v3: the same recipe as v1 with a min_delta it cannot clear -> rejected
+    train_and_evaluate({"registry": {"min_delta": 0.5}})
+    assert versions()["3"].tags["promotion"] == "rejected"
+    # forced promotion archives the old Production version
+    assert promote_main(["--params", "params.yaml", "--version", "2"]) == 0
+    assert champion().version == "2" and production() == ["2"]
+    assert versions()["1"].current_stage == "Archived"
+    # v4: better than the (bad) champion v2 -> promoted
+    train_and_evaluate({})
+    assert versions()["4"].tags["promotion"] == "promoted" and champion().version == "4"
+    assert "PROMOTED" in capsys.readouterr().out
+
+
+def test_demo_model_never_replaces_fer2013_champion(project, tmp_path):
+    from emovision.data.fer2013 import write_csv
+    from emovision.data.synthetic import generate_synthetic
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_csv(generate_synthetic(10, seed=1), raw / "fer2013.csv")  # a tiny real-format FER2013 CSV
+    fer = train_and_evaluate({"train": {"epochs": 1, "lr": 1e-7, "warmup_epochs": 0.0}}, raw_dir=str(raw))
+    assert versions()[fer["model_version"]].tags["dataset"] == "fer2013"
+    assert champion().version == fer["model_version"]
+    demo = train_and_evaluate({}, raw_dir=str(tmp_path / "empty"))  # better, but demo data
+    tags = versions()[demo["model_version"]].tags
+    assert tags["dataset"] == "synthetic" and tags["promotion"] == "rejected"
+    assert "never replaces a FER2013 champion" in tags["promotion_reason"]
+    assert champion().version == fer["model_version"]
+
+
+def test_unknown_version_and_missing_model(project, capsys):
+    write_params(Path("params.yaml"))
+    assert promote_main(["--params", "params.yaml", "--version", "9"]) == 2
+    assert "no version 9 of model 'fer'" in capsys.readouterr().err
+    assert evaluate_main(["--params", "params.yaml"]) == 2
+    assert "run `python -m stages.train` first" in capsys.readouterr().err

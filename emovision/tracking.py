@@ -147,7 +147,7 @@ def register_model(name: str, source: str, run_id: str | None, tags: dict[str, s
         client.create_registered_model(name, description="Facial emotion recognition (emovision)")
     version = client.create_model_version(name, source=source, run_id=run_id,
                                           tags={k: str(v) for k, v in tags.items()})
-    return version.version
+    return str(version.version)
 
 
 # ---------------------------------------------------------------- resolving references
@@ -170,7 +170,7 @@ def _registry_hint(name: str) -> str:
     versions = client.search_model_versions(f"name='{name}'")
     stages = sorted({v.current_stage for v in versions if v.current_stage != "None"})
     aliases = sorted(client.get_registered_model(name).aliases)
-    return (f"'{name}' has versions {', '.join(sorted((v.version for v in versions), key=int))}"
+    return (f"'{name}' has versions {', '.join(sorted((str(v.version) for v in versions), key=int))}"
             f"; stages: {', '.join(stages) or 'none'}; aliases: {', '.join(aliases) or 'none'}"
             f"; make one with `python -m stages.promote --version N`")
 

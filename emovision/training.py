@@ -74,10 +74,14 @@ class ModelEma:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        ema_params = list(self.module.parameters())
-        torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1.0 - self.decay)
-        for ema_b, b in zip(self.module.buffers(), model.buffers()):
-            ema_b.copy_(b)
+        # BatchNorm statistics are averaged with the weights (as in timm's ModelEmaV2):
+        # copying the live model's statistics onto averaged weights mismatches them.
+        ema_state, live_state = self.module.state_dict(), model.state_dict()
+        floats = [k for k, v in ema_state.items() if v.is_floating_point()]
+        torch._foreach_lerp_([ema_state[k] for k in floats], [live_state[k] for k in floats], 1.0 - self.decay)
+        for k, v in ema_state.items():
+            if not v.is_floating_point():
+                v.copy_(live_state[k])
 
 
 def build_optimizer(model: nn.Module, cfg: TrainParams) -> torch.optim.Optimizer:

@@ -95,7 +95,7 @@ def gate(params: Params, info: dict, dataset: str, acc: float, test: tuple, tta:
     """Champion/challenger: both scored on this run's test split, decision stored as tags."""
     name, version = info["model_name"], str(info["model_version"])
     champion = promotion.current_champion(name)
-    if champion is not None and champion.version == version:
+    if champion is not None and str(champion.version) == str(version):
         print(f"{name} v{version} is already the champion")
         return
 

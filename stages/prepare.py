@@ -9,6 +9,7 @@ from emovision.config import Params
 from emovision.data import SPLITS
 from emovision.data.fer2013 import find_fer2013, read_fer2013
 from emovision.data.prepared import write_prepared
+from emovision.data.synthetic import generate_synthetic
 
 from emovision.errors import DataError, cli_main
 from stages import parse, stage_parser
@@ -30,8 +31,6 @@ def prepare(params: Params) -> dict:
         meta = {"source": "fer2013", "layout": result.layout, "raw_path": str(result.path)}
         print(f"source: FER2013 ({result.layout}) from {result.path}")
     else:
-        from emovision.data.synthetic import generate_synthetic
-
         splits = generate_synthetic(data.synthetic_train_per_class, params.base.seed)
         skipped = []
         meta = {"source": "synthetic", "seed": params.base.seed,

@@ -57,7 +57,7 @@ def register_pretrained(params: Params) -> str:
                       "test_acc": f"{test_acc:.4f}", "val_acc": f"{config['metrics']['val']['accuracy']:.4f}"})
         print(f"registered the shipped FER2013 model as {name} v{version}")
     champion = promotion.current_champion(name)
-    if champion is not None and champion.version == version:
+    if champion is not None and str(champion.version) == str(version):
         print(f"{name} v{version} is already Production (@{tracking.CHAMPION})")
         return version
 

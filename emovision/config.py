@@ -33,7 +33,7 @@ class DataParams:
     raw_dir: str = "data/raw"
     prepared_dir: str = "data/prepared"
     on_bad_row: Literal["error", "skip"] = "error"
-    synthetic_train_per_class: int = 500
+    synthetic_train_per_class: int = 300
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class PreprocessParams:
 class ModelParams:
     name: str = "cnn_small"
     dropout: float = 0.3
-    width: int = 32
+    width: int = 48
     activation: Literal["elu", "relu", "silu", "gelu"] = "elu"
 
     def kwargs(self) -> dict[str, Any]:
@@ -57,11 +57,11 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 30
+    epochs: int = 24
     batch_size: int = 128
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 0.002
-    weight_decay: float = 0.0005
+    lr: float = 0.003
+    weight_decay: float = 0.05
     momentum: float = 0.9
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
     warmup_epochs: float = 1.0
@@ -69,7 +69,7 @@ class TrainParams:
     class_weighted: bool = False
     mixup: float = 0.0
     ema_decay: float = 0.0
-    patience: int = 8
+    patience: int = 6
     min_delta: float = 0.001
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = True
@@ -84,7 +84,7 @@ class AugmentParams:
     rotation: float = 10.0
     scale: float = 0.1
     translate: float = 0.1
-    erasing: float = 0.25
+    erasing: float = 0.4
 
 
 @dataclass(frozen=True)

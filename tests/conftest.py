@@ -46,3 +46,33 @@ def in_tmp(tmp_path, monkeypatch):
     """Run with the temp dir as the project root (stages write data/, models/, reports/)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """One tiny demo model, trained, registered as fer v1 and promoted, in its own MLflow
+    store; tests that use it get MLFLOW_TRACKING_URI and the working directory set to it."""
+    from stages.prepare import main as prepare_main
+    from stages.promote import main as promote_main
+    from stages.train import main as train_main
+
+    root = tmp_path_factory.mktemp("trained")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    write_params(root / "params.yaml")
+    assert prepare_main(["--params", "params.yaml"]) == 0
+    assert train_main(["--params", "params.yaml"]) == 0
+    assert promote_main(["--params", "params.yaml", "--version", "1"]) == 0
+    mp.undo()
+    return root
+
+
+@pytest.fixture
+def in_trained(trained, monkeypatch):
+    monkeypatch.chdir(trained)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained / 'mlflow.db'}")
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{trained / 'mlflow.db'}")
+    return trained

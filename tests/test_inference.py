@@ -1,38 +1,16 @@
 """load_classifier: every kind of model reference, and clear errors for bad ones."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 import emovision
 from emovision.errors import ModelRefError
 from emovision.inference import WEIGHTS_DIR, load_classifier
-from stages.prepare import main as prepare_main
-from stages.promote import main as promote_main
-from stages.train import main as train_main
-from tests.conftest import REPO, write_params
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny trained + registered model (v1) in a module-wide MLflow store."""
-    root = tmp_path_factory.mktemp("proj")
-    mp = pytest.MonkeyPatch()
-    mp.chdir(root)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    write_params(root / "params.yaml")
-    assert prepare_main(["--params", "params.yaml"]) == 0
-    assert train_main(["--params", "params.yaml"]) == 0
-    assert promote_main(["--params", "params.yaml", "--version", "1"]) == 0
-    yield root
-    mp.undo()
-
-
-def test_every_reference_kind_loads_the_same_model(trained):
+def test_every_reference_kind_loads_the_same_model(in_trained):
+    trained = in_trained
     import json
 
     run_id = json.loads((trained / "models" / "run.json").read_text())["run_id"]
@@ -56,12 +34,12 @@ def test_every_reference_kind_loads_the_same_model(trained):
     ("models:/", "malformed model URI"),
     ("does/not/exist.pt", "not found"),
 ])
-def test_bad_references_say_what_exists(trained, ref, message):
+def test_bad_references_say_what_exists(in_trained, ref, message):
     with pytest.raises(ModelRefError, match=message.replace("(", r"\(")):
         load_classifier(ref, "cpu")
 
 
-def test_foreign_file_is_refused_without_unpickling(trained, tmp_path):
+def test_foreign_file_is_refused_without_unpickling(in_trained, tmp_path):
     bad = tmp_path / "evil.pt"
     import pickle
 

@@ -1,0 +1,155 @@
+"""Frame sources: camera index, video file, image file, folder of images, or stream URL.
+
+Files are read in order, every frame. Live sources (cameras, streams) are read by a
+thread that keeps only the newest frame, so a slow consumer sees the present, not a
+growing backlog.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from emovision.errors import SourceError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm")
+STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+LIVE_READ_TIMEOUT_S = 5.0
+
+Frame = tuple[int, float, np.ndarray]  # (index, timestamp in seconds, BGR image)
+
+
+class FrameSource:
+    """Iterate (index, timestamp_s, frame_bgr); use as a context manager to release it."""
+
+    fps: float = 30.0
+    live: bool = False
+
+    def __iter__(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "FrameSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ImageSource(FrameSource):
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+        self.fps = 1.0
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i, path in enumerate(self.paths):
+            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if frame is None:
+                raise SourceError(f"cannot read image {path}: unreadable or not an image")
+            yield i, float(i), frame
+
+
+class VideoSource(FrameSource):
+    """A video file, read frame by frame with no drops."""
+
+    def __init__(self, path: Path):
+        self.cap = cv2.VideoCapture(str(path))
+        if not self.cap.isOpened():
+            raise SourceError(f"cannot open video {path}: unreadable or unsupported format")
+        ok, first = self.cap.read()
+        if not ok:
+            self.cap.release()
+            raise SourceError(f"cannot read video {path}: no frames could be decoded")
+        self._first = first
+        self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 30.0
+
+    def __iter__(self) -> Iterator[Frame]:
+        frame, i = self._first, 0
+        while frame is not None:
+            yield i, i / self.fps, frame
+            ok, frame = self.cap.read()
+            frame = frame if ok else None
+            i += 1
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+class LiveSource(FrameSource):
+    """A camera or stream: a reader thread keeps only the newest frame (a 1-slot buffer)."""
+
+    live = True
+
+    def __init__(self, cap: cv2.VideoCapture, name: str):
+        self.cap, self.name = cap, name
+        self.fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+        self._frame: np.ndarray | None = None
+        self._stamp = 0.0
+        self._seq = 0
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop:
+            ok, frame = self.cap.read()
+            with self._cond:
+                if not ok:
+                    self._stop = True
+                else:
+                    self._frame, self._stamp, self._seq = frame, time.monotonic(), self._seq + 1
+                self._cond.notify_all()
+
+    def __iter__(self) -> Iterator[Frame]:
+        seen, start, i = 0, time.monotonic(), 0
+        while True:
+            with self._cond:
+                if not self._cond.wait_for(lambda: self._seq > seen or self._stop, LIVE_READ_TIMEOUT_S):
+                    raise SourceError(f"{self.name}: no frame for {LIVE_READ_TIMEOUT_S:.0f}s")
+                if self._seq == seen:  # stopped and nothing new
+                    return
+                frame, stamp, seen = self._frame, self._stamp, self._seq
+            yield i, stamp - start, frame
+            i += 1
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(timeout=2)
+        self.cap.release()
+
+
+def open_source(spec: str | int) -> FrameSource:
+    """Open a camera index ("0"), a video or image file, a folder of images, or a stream URL."""
+    spec = str(spec)
+    # OpenCV's backends print multi-line warnings for a missing camera; our error says it once.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    if spec.isdigit():
+        cap = cv2.VideoCapture(int(spec))
+        if not cap.isOpened() or not cap.read()[0]:
+            cap.release()
+            raise SourceError(f"cannot open camera {spec}: no such device or it is busy; "
+                              f"pass --source PATH for a video file, image or folder")
+        return LiveSource(cap, f"camera {spec}")
+    if spec.lower().startswith(STREAM_PREFIXES):
+        cap = cv2.VideoCapture(spec)
+        if not cap.isOpened():
+            raise SourceError(f"cannot open stream {spec}")
+        return LiveSource(cap, f"stream {spec}")
+    path = Path(spec)
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not images:
+            raise SourceError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}")
+        return ImageSource(images)
+    if not path.is_file():
+        raise SourceError(f"source not found: {spec} (a camera index, video, image, folder or stream URL)")
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return ImageSource([path])
+    return VideoSource(path)

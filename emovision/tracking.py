@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import subprocess
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,6 +29,7 @@ MODEL_ARTIFACT = "model"
 WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "config.json"
 PRODUCTION = "Production"
+STORE_INIT_RETRIES = 5
 CHAMPION = "champion"
 # `dvc exp run --temp/--queue` runs stages in <root>/.dvc/tmp/exps/<name>/: log to <root>.
 _DVC_TEMP = re.compile(r"^(?P<root>.*?)/\.dvc/tmp/exps/")
@@ -58,8 +61,15 @@ def setup(experiment: str = EXPERIMENT) -> str:
 
     quiet_mlflow()
     mlflow.set_tracking_uri(tracking_uri())
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
+    for attempt in range(STORE_INIT_RETRIES):
+        try:  # the first client creates the SQLite schema; parallel workers may race on it
+            client = mlflow.MlflowClient()
+            exp = client.get_experiment_by_name(experiment)
+            break
+        except Exception:
+            if attempt == STORE_INIT_RETRIES - 1:
+                raise
+            time.sleep(0.5 + random.random())
     if exp is None:
         location = None
         if tracking_uri().startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:

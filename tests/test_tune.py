@@ -108,7 +108,7 @@ def test_two_workers_share_a_journal_study(project, mlflow_store):
     storage = tuning.open_storage(f"journal:///{journal}")
     study = optuna.load_study(study_name="fer-lr-dropout", storage=storage)
     assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
-    assert all(t.state.name == "COMPLETE" for t in study.trials)
+    assert {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}  # the median pruner may stop one
 
 
 def test_stale_running_trial_is_failed_and_retried(project, monkeypatch):

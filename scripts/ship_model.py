@@ -1,0 +1,114 @@
+"""Ship a trained FER2013 checkpoint inside the package and print its model-card figures.
+
+    python scripts/ship_model.py models/best.pt            # -> emovision/weights/, reports/pretrained.json
+    python scripts/ship_model.py --check                   # re-score the shipped model (no writing)
+
+Scores come from the classifier's own `predict_proba` on the raw 48x48 crops of
+data/prepared/ (which must be FER2013): PublicTest (val) and PrivateTest (test), with and
+without flip test-time augmentation, plus macro-F1, per-class F1, the confusion matrix,
+parameters, MACs and CPU latency per face (median of repeated batch-1 calls).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emovision import tracking
+from emovision.data.prepared import load_meta, load_split
+from emovision.errors import DataError, cli_main
+from emovision.inference import WEIGHTS_DIR, load_classifier
+from emovision.metrics import classification_report
+from emovision.models import count_macs, count_params
+from emovision.training import load_checkpoint
+
+LATENCY_CALLS = 200
+
+
+def score_all(clf, prepared: Path) -> dict:
+    out = {}
+    for split in ("val", "test"):
+        x, y = load_split(prepared, split)
+        for tta in (False, True):
+            rep = classification_report(y, clf.predict_proba(x, tta=tta).argmax(1), clf.classes)
+            out[f"{split}{'_tta' if tta else ''}"] = rep
+    return out
+
+
+def latency_ms(clf) -> float:
+    face = np.random.default_rng(0).integers(0, 256, (1, 48, 48), dtype=np.uint8)
+    clf.predict_proba(face)
+    times = []
+    for _ in range(LATENCY_CALLS):
+        t = time.perf_counter()
+        clf.predict_proba(face)
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def card_tables(scores: dict, classes: tuple[str, ...]) -> str:
+    lines = ["| split | TTA | accuracy | macro-F1 |", "|---|---|---|---|"]
+    for key, name in (("test", "PrivateTest"), ("val", "PublicTest")):
+        for tta in ("", "_tta"):
+            r = scores[key + tta]
+            lines.append(f"| {name} | {'flip' if tta else 'none'} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} |")
+    lines += ["", "| class | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    r = scores["test_tta"]
+    lines.append("| PrivateTest F1 (TTA) | " + " | ".join(f"{r['per_class'][c]['f1']:.3f}" for c in classes) + " |")
+    lines += ["", "Confusion matrix, PrivateTest with TTA (rows: true, columns: predicted):", "",
+              "| | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for c, row in zip(classes, r["confusion"]):
+        lines.append(f"| **{c}** | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", nargs="?", type=Path)
+    p.add_argument("--check", action="store_true", help="score the shipped model instead")
+    p.add_argument("--prepared", type=Path, default=Path("data/prepared"))
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for the latency figure")
+    args = p.parse_args(argv)
+    if load_meta(args.prepared)["source"] != "fer2013":
+        raise DataError(f"{args.prepared} is not FER2013; prepare the real dataset first")
+    torch.set_num_threads(args.threads)
+    if args.check or args.checkpoint is None:
+        clf = load_classifier("pretrained", "cpu")
+    else:
+        ckpt = load_checkpoint(args.checkpoint)
+        clf = load_classifier(str(args.checkpoint), "cpu")
+    scores = score_all(clf, args.prepared)
+    summary = {
+        "val": {"accuracy": scores["val_tta"]["accuracy"], "macro_f1": scores["val_tta"]["macro_f1"]},
+        "test": {"accuracy": scores["test_tta"]["accuracy"], "macro_f1": scores["test_tta"]["macro_f1"]},
+        "tta": "hflip",
+        "no_tta": {s: {"accuracy": scores[s]["accuracy"], "macro_f1": scores[s]["macro_f1"]} for s in ("val", "test")},
+        "params": count_params(clf.model), "macs": count_macs(clf.model),
+        "cpu_latency_ms_batch1": latency_ms(clf), "threads": args.threads,
+    }
+    print(json.dumps(summary, indent=2))
+    print(card_tables(scores, clf.classes))
+    Path("reports").mkdir(exist_ok=True)
+    Path("reports/pretrained.json").write_text(json.dumps({"summary": summary, "scores": scores}, indent=2) + "\n")
+    if not args.check and args.checkpoint is not None:
+        ckpt = {**ckpt, "metrics": {k: summary[k] for k in ("val", "test", "tta", "no_tta")}, "dataset": "fer2013"}
+        with tempfile.TemporaryDirectory() as tmp:
+            staged = tracking.write_model_dir(ckpt, Path(tmp) / "weights")
+            WEIGHTS_DIR.mkdir(exist_ok=True)
+            for name in (tracking.WEIGHTS_FILE, tracking.CONFIG_FILE):
+                shutil.copy(staged / name, WEIGHTS_DIR / name)
+        print(f"shipped {args.checkpoint} -> {WEIGHTS_DIR}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

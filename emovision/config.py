@@ -33,7 +33,7 @@ class DataParams:
     raw_dir: str = "data/raw"
     prepared_dir: str = "data/prepared"
     on_bad_row: Literal["error", "skip"] = "error"
-    synthetic_train_per_class: int = 300
+    synthetic_train_per_class: int = 200
 
 
 @dataclass(frozen=True)

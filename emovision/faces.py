@@ -191,7 +191,10 @@ def draw(frame: np.ndarray, result: FrameResult, classes: tuple[str, ...], fps: 
         x, y, w, h = face.box
         cv2.rectangle(frame, (x, y), (x + w, y + h), (0, 220, 0), 2)
         text = f"#{face.track_id} {face.label} {face.confidence:.0%}"
-        cv2.putText(frame, text, (x, max(14, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 220, 0), 1, cv2.LINE_AA)
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        ty = max(th + 6, y)  # label on a filled strip above the box, readable on any background
+        cv2.rectangle(frame, (x, ty - th - 6), (x + tw + 6, ty), (0, 160, 0), -1)
+        cv2.putText(frame, text, (x + 3, ty - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
     if result.faces:
         largest = max(result.faces, key=lambda f: f.box[2] * f.box[3])
         for i, name in enumerate(classes):

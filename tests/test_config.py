@@ -71,3 +71,8 @@ def test_missing_and_invalid_yaml(tmp_path):
     (tmp_path / "bad.yaml").write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(tmp_path / "bad.yaml")
+
+
+def test_code_defaults_match_params_yaml():
+    # a params file may omit keys; their defaults must be what params.yaml documents
+    assert load_params(REPO / "params.yaml") == Params()

@@ -2,7 +2,8 @@
 
 Files are read in order, every frame. Live sources (cameras, streams) are read by a
 thread that keeps only the newest frame, so a slow consumer sees the present, not a
-growing backlog.
+growing backlog. An unreadable image in a folder stops the run with an error naming the
+file (rather than a skip the user might not notice); outputs are then not written.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ class FrameSource:
     """Iterate (index, timestamp_s, frame_bgr); use as a context manager to release it."""
 
     fps: float = 30.0
-    live: bool = False
+    live: bool = False  # frames may be dropped to stay current
+    stills: bool = False  # unrelated images: nothing to track or smooth between them
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
@@ -43,6 +45,10 @@ class FrameSource:
 
 
 class ImageSource(FrameSource):
+    """Image files in the given order, each read when it is reached."""
+
+    stills = True
+
     def __init__(self, paths: list[Path]):
         self.paths = paths
         self.fps = 1.0
@@ -91,7 +97,9 @@ class LiveSource(FrameSource):
         self.fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
         self._frame: np.ndarray | None = None
         self._stamp = 0.0
-        self._seq = 0
+        self._seq = 0  # frames read by the thread
+        self._opened = time.monotonic()
+        self.dropped = 0  # frames replaced before the consumer took them
         self._cond = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -108,15 +116,16 @@ class LiveSource(FrameSource):
                 self._cond.notify_all()
 
     def __iter__(self) -> Iterator[Frame]:
-        seen, start, i = 0, time.monotonic(), 0
+        seen, i = 0, 0
         while True:
             with self._cond:
                 if not self._cond.wait_for(lambda: self._seq > seen or self._stop, LIVE_READ_TIMEOUT_S):
                     raise SourceError(f"{self.name}: no frame for {LIVE_READ_TIMEOUT_S:.0f}s")
                 if self._seq == seen:  # stopped and nothing new
                     return
+                self.dropped += self._seq - seen - 1
                 frame, stamp, seen = self._frame, self._stamp, self._seq
-            yield i, stamp - start, frame
+            yield i, stamp - self._opened, frame
             i += 1
 
     def close(self) -> None:
@@ -128,20 +137,8 @@ class LiveSource(FrameSource):
 def open_source(spec: str | int) -> FrameSource:
     """Open a camera index ("0"), a video or image file, a folder of images, or a stream URL."""
     spec = str(spec)
-    # OpenCV's backends print multi-line warnings for a missing camera; our error says it once.
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    if spec.isdigit():
-        cap = cv2.VideoCapture(int(spec))
-        if not cap.isOpened() or not cap.read()[0]:
-            cap.release()
-            raise SourceError(f"cannot open camera {spec}: no such device or it is busy; "
-                              f"pass --source PATH for a video file, image or folder")
-        return LiveSource(cap, f"camera {spec}")
-    if spec.lower().startswith(STREAM_PREFIXES):
-        cap = cv2.VideoCapture(spec)
-        if not cap.isOpened():
-            raise SourceError(f"cannot open stream {spec}")
-        return LiveSource(cap, f"stream {spec}")
+    if spec.isdigit() or spec.lower().startswith(STREAM_PREFIXES):
+        return _open_live(spec)
     path = Path(spec)
     if path.is_dir():
         images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -153,3 +150,21 @@ def open_source(spec: str | int) -> FrameSource:
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return ImageSource([path])
     return VideoSource(path)
+
+
+def _open_live(spec: str) -> LiveSource:
+    # OpenCV's backends print multi-line warnings for a missing camera; our error says it once.
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        cap = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
+        ok = cap.isOpened() and cap.read()[0]
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    if not ok:
+        cap.release()
+        if spec.isdigit():
+            raise SourceError(f"cannot open camera {spec}: no such device or it is busy; "
+                              f"pass --source PATH for a video file, image or folder")
+        raise SourceError(f"cannot open stream {spec}: check the URL and that the stream is reachable")
+    return LiveSource(cap, f"camera {spec}" if spec.isdigit() else f"stream {spec}")

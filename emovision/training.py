@@ -48,6 +48,21 @@ def to_tensors(x: np.ndarray, y: np.ndarray, pre: PreprocessConfig, device: torc
     return SplitTensors(pixels.to(device), torch.from_numpy(np.asarray(y, np.int64)).to(device))
 
 
+def load_train_val(params: Params) -> tuple[dict[str, Any], SplitTensors, SplitTensors]:
+    """Prepared meta plus the train and val splits on the configured device."""
+    from emovision.data.prepared import load_meta, load_split
+    from emovision.inference import resolve_device
+
+    if params.train.threads > 0:
+        torch.set_num_threads(params.train.threads)
+    device = resolve_device(params.base.device)
+    prepared = Path(params.data.prepared_dir)
+    meta = load_meta(prepared)
+    pre = preprocess_config(params)
+    return (meta, to_tensors(*load_split(prepared, "train"), pre, device),
+            to_tensors(*load_split(prepared, "val"), pre, device))
+
+
 def preprocess_config(params: Params) -> PreprocessConfig:
     return PreprocessConfig(clahe=params.preprocess.clahe, mean=params.preprocess.mean,
                             std=params.preprocess.std)
@@ -184,7 +199,7 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, x: torch.Tensor, pre: PreprocessConfig, batch_size: int = 512,
+def predict_probs(model: nn.Module, x: torch.Tensor, pre: PreprocessConfig, batch_size: int = 512,
                    tta: bool = False, amp: str = "off") -> torch.Tensor:
     """Softmax probabilities (N, C) for uint8 pixels (N, 1, H, W); with TTA, averaged with the mirror."""
     model.eval()
@@ -203,7 +218,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, pre: PreprocessConfig, bat
 def evaluate(model: nn.Module, data: SplitTensors, pre: PreprocessConfig, batch_size: int = 512,
              tta: bool = False, amp: str = "off") -> dict[str, Any]:
     """Loss and accuracy on a split, plus the probabilities for further metrics."""
-    probs = predict_logits(model, data.x, pre, batch_size, tta, amp)
+    probs = predict_probs(model, data.x, pre, batch_size, tta, amp)
     loss = F.nll_loss(probs.clamp_min(1e-8).log(), data.y).item()
     acc = (probs.argmax(1) == data.y).float().mean().item()
     return {"loss": loss, "acc": acc, "probs": probs.cpu()}

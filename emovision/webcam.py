@@ -9,24 +9,31 @@ s saves a snapshot.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
 
-from emovision.errors import SourceError, cli_main
-from emovision.faces import EmotionPipeline, HaarFaceDetector, draw
-from emovision.sources import open_source
+from emovision.errors import ConfigError, SourceError, cli_main
+from emovision.faces import DETECT_EVERY, MIN_FACE, SMOOTH, EmotionPipeline, HaarFaceDetector
+from emovision.sources import FrameSource, open_source
 
 WINDOW = "emovision"
 KEY_QUIT = (ord("q"), 27)
 KEY_PAUSE = ord(" ")
 KEY_SNAPSHOT = ord("s")
+DEFAULT_FPS = 30.0  # for the output video when the source does not say
+FPS_SMOOTH = 0.9  # the on-screen fps is an EMA, so the number is readable rather than flickering
+# One face is too small a job to split across cores: a second thread barely helps on an idle
+# CPU and is ~7x slower on a busy one (threads spin waiting for each other).
+INFERENCE_THREADS = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,14 +47,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, help="write the annotated video here (.mp4)")
     p.add_argument("--log", type=Path, help="write one JSON record per frame here (.jsonl)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: no limit)")
-    p.add_argument("--detect-every", type=int, default=2, help="run the face detector every N frames")
-    p.add_argument("--min-face", type=int, default=40, help="smallest face side in pixels")
+    p.add_argument("--detect-every", type=int, default=DETECT_EVERY,
+                   help="run the face detector every N frames; faces are classified every frame (default: %(default)s)")
+    p.add_argument("--min-face", type=int, default=MIN_FACE, help="smallest face side in pixels (default: %(default)s)")
     p.add_argument("--max-faces", type=int, default=0, help="keep the N largest faces (0: all)")
-    p.add_argument("--smooth", type=float, default=0.6,
-                   help="weight of the past in the per-face probability average, 0..1 (0: off)")
+    p.add_argument("--smooth", type=float, default=SMOOTH,
+                   help="weight of the past in the per-face probability average, 0..1 (0: off; default: %(default)s)")
     p.add_argument("--cascade", type=Path, help="Haar cascade XML (default: OpenCV's frontal face)")
-    p.add_argument("--tta", action="store_true", help="average each face with its mirror image")
+    p.add_argument("--tta", action="store_true", help="average each face with its mirror image (2x classify time)")
+    p.add_argument("--threads", type=int, default=INFERENCE_THREADS,
+                   help="CPU threads for the classifier (default: %(default)s; see the note in webcam.py)")
     return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if not 0.0 <= args.smooth < 1.0:
+        raise ConfigError(f"--smooth must be in [0, 1), got {args.smooth}")
+    for name in ("detect_every", "min_face", "threads"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("max_faces", "max_frames"):
+        if getattr(args, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if not args.no_display and not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
+        raise ConfigError("no display available (DISPLAY is unset); add --no-display, "
+                          "with --output out.mp4 or --log faces.jsonl to keep the results")
 
 
 class AtomicVideoWriter:
@@ -59,7 +83,7 @@ class AtomicVideoWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
         if not self.writer.isOpened():
-            raise SourceError(f"cannot write video {path}")
+            raise SourceError(f"cannot write video {path}: check the folder and the .mp4 extension")
         self.frames = 0
 
     def write(self, frame: np.ndarray) -> None:
@@ -74,107 +98,148 @@ class AtomicVideoWriter:
             self.tmp.unlink(missing_ok=True)
 
 
-def run(pipeline: EmotionPipeline, source, args) -> dict:
-    """The main loop; returns a summary of frames, faces and median per-stage times."""
+@contextlib.contextmanager
+def atomic_text(path: Path | None) -> Iterator:
+    """A text file written under a temporary name and renamed only if the block succeeds."""
+    if path is None:
+        yield None
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        with tmp.open("w") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Set torch's intra-op threads for the block, then restore them."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def summarize(times: dict[str, list[float]], detect_frames: list[bool], frames: int, faces: int,
+              track_ids: set[int], seconds: float) -> dict:
+    """Median per-stage ms; fps from the total processing time (detect + classify + draw)."""
+    med = {k: statistics.median(v) if v else 0.0 for k, v in times.items()}
+    detect_only = [t for t, d in zip(times["detect"], detect_frames) if d]
+    per_frame = [d + c + w for d, c, w in zip(times["detect"], times["classify"], times["draw"])]
+    total_s = sum(per_frame) / 1000
+    return {"frames": frames, "faces": faces, "tracks": len(track_ids), "seconds": seconds,
+            "decode_ms": med["decode"],
+            "detect_ms": statistics.median(detect_only) if detect_only else 0.0,  # on frames that detect
+            "detect_ms_amortized": statistics.fmean(times["detect"]) if frames else 0.0,  # over all frames
+            "classify_ms": med["classify"], "draw_ms": med["draw"],
+            "process_ms": statistics.median(per_frame) if per_frame else 0.0,
+            "process_fps": frames / total_s if total_s else 0.0,  # decode excluded
+            "end_to_end_fps": frames / seconds if seconds else 0.0}  # decode, logging, writing included
+
+
+def run(pipeline: EmotionPipeline, source: FrameSource, args: argparse.Namespace) -> dict:
+    """The main loop; returns a summary of frames, faces and per-stage times."""
     display = not args.no_display
-    writer = log = None
     times: dict[str, list[float]] = {"decode": [], "detect": [], "classify": [], "draw": []}
+    detect_frames: list[bool] = []
+    track_ids: set[int] = set()
     faces_seen = frames = 0
     paused = False
+    writer: AtomicVideoWriter | None = None
+    fps = None
     ok = False
     started = time.perf_counter()
     try:
-        if args.log:
-            args.log.parent.mkdir(parents=True, exist_ok=True)
-            log_tmp = args.log.with_name(f".{args.log.name}.partial")
-            log = log_tmp.open("w")
-        fps = None
-        t_prev = time.perf_counter()
-        it = iter(source)
-        while True:
-            t0 = time.perf_counter()
-            item = next(it, None)
-            if item is None:
-                break
-            index, stamp, frame = item
-            t1 = time.perf_counter()
-            result = pipeline.process(frame)
-            t2 = time.perf_counter()
-            draw(frame, result, pipeline.classifier.classes, fps)
-            t3 = time.perf_counter()
-            times["decode"].append(1000 * (t1 - t0))
-            times["detect"].append(result.times_ms["detect"])
-            times["classify"].append(result.times_ms["classify"])
-            times["draw"].append(1000 * (t3 - t2))
-            fps = 1.0 / max(t3 - t_prev, 1e-6)
-            t_prev = t3
-            faces_seen += len(result.faces)
-            frames += 1
-            if args.output is not None:
-                if writer is None:
-                    h, w = frame.shape[:2]
-                    writer = AtomicVideoWriter(args.output, source.fps, (w, h))
-                writer.write(frame)
-            if log is not None:
-                log.write(json.dumps({"frame": index, "time": round(stamp, 4), "faces": [
-                    {"track_id": f.track_id, "box": f.box, "label": f.label, "probs": f.probs}
-                    for f in result.faces]}) + "\n")
-            if display:
-                cv2.imshow(WINDOW, frame)
-                key = cv2.waitKey(0 if paused else 1) & 0xFF
-                if key in KEY_QUIT:
+        with atomic_text(args.log) as log:
+            t_prev = time.perf_counter()
+            it = iter(source)
+            while True:
+                t0 = time.perf_counter()
+                item = next(it, None)
+                if item is None:
                     break
-                if key == KEY_PAUSE:
-                    paused = not paused
-                if key == KEY_SNAPSHOT:
-                    snap = Path(f"snapshot_{index:06d}.png")
-                    cv2.imwrite(str(snap), frame)
-                    print(f"saved {snap}")
-            if args.max_frames and frames >= args.max_frames:
-                break
+                index, stamp, frame = item
+                decode_ms = 1000 * (time.perf_counter() - t0)
+                result = pipeline.process(frame)
+                pipeline.annotate(frame, result, fps)
+                now = time.perf_counter()
+                rate = 1.0 / max(now - t_prev, 1e-6)
+                fps = rate if fps is None else FPS_SMOOTH * fps + (1 - FPS_SMOOTH) * rate
+                t_prev = now
+                times["decode"].append(decode_ms)
+                for stage in ("detect", "classify", "draw"):
+                    times[stage].append(result.times_ms[stage])
+                detect_frames.append(result.detected)
+                faces_seen += len(result.faces)
+                track_ids.update(f.track_id for f in result.faces)
+                frames += 1
+                if args.output is not None:
+                    if writer is None:
+                        h, w = frame.shape[:2]
+                        writer = AtomicVideoWriter(args.output, source.fps if source.fps > 1 else DEFAULT_FPS, (w, h))
+                    writer.write(frame)
+                if log is not None:
+                    log.write(json.dumps({"frame": index, "time": round(stamp, 4),
+                                          "faces": [f.to_dict() for f in result.faces]}) + "\n")
+                if display:
+                    cv2.imshow(WINDOW, frame)
+                    key = cv2.waitKey(0 if paused else 1) & 0xFF
+                    if key in KEY_QUIT:
+                        break
+                    if key == KEY_PAUSE:
+                        paused = not paused
+                    if key == KEY_SNAPSHOT:
+                        snap = Path(f"snapshot_{index:06d}.png")
+                        cv2.imwrite(str(snap), frame)
+                        print(f"saved {snap}")
+                if args.max_frames and frames >= args.max_frames:
+                    break
         ok = True
     finally:
         if writer is not None:
             writer.close(ok)
-        if log is not None:
-            log.close()
-            if ok:
-                os.replace(log_tmp, args.log)
-            else:
-                log_tmp.unlink(missing_ok=True)
         if display:
             cv2.destroyAllWindows()
-    elapsed = time.perf_counter() - started
-    med = {k: statistics.median(v) if v else 0.0 for k, v in times.items()}
-    processing = med["detect"] + med["classify"] + med["draw"]
-    return {"frames": frames, "faces": faces_seen, "seconds": elapsed,
-            **{f"{k}_ms": v for k, v in med.items()},
-            "process_ms": processing, "process_fps": 1000.0 / processing if processing else 0.0}
+    summary = summarize(times, detect_frames, frames, faces_seen, track_ids, time.perf_counter() - started)
+    if source.live:
+        summary["dropped"] = getattr(source, "dropped", 0)
+    return summary
+
+
+def summary_line(s: dict) -> str:
+    return (f"{s['frames']} frames, {s['faces']} faces found ({s['tracks']} tracks); median ms: "
+            f"decode {s['decode_ms']:.1f} | detect {s['detect_ms']:.1f} (on detection frames), "
+            f"classify {s['classify_ms']:.1f}, draw {s['draw_ms']:.1f}, per frame {s['process_ms']:.1f} -> "
+            f"{s['process_fps']:.0f} fps processing (decode excluded), {s['end_to_end_fps']:.0f} fps end to end"
+            + (f"; {s['dropped']} stale frames dropped" if "dropped" in s else ""))
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not 0.0 <= args.smooth < 1.0:
-        raise SourceError(f"--smooth must be in [0, 1), got {args.smooth}")
-    if args.detect_every < 1:
-        raise SourceError(f"--detect-every must be >= 1, got {args.detect_every}")
-    if not args.no_display and not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
-        raise SourceError("no display available (DISPLAY is unset); add --no-display, "
-                          "with --output out.mp4 or --log faces.jsonl to keep the results")
+    check_args(args)
     from emovision.inference import load_classifier
 
+    detector = HaarFaceDetector(args.cascade, min_face=args.min_face)  # cheap: fails before the model loads
     classifier = load_classifier(args.model, args.device)
-    detector = HaarFaceDetector(args.cascade, min_face=args.min_face)
-    pipeline = EmotionPipeline(classifier, detector, args.detect_every, args.smooth, args.max_faces, args.tta)
-    with open_source(args.source) as source:
+    with open_source(args.source) as source, torch_threads(args.threads):
         print(f"model {args.model} ({classifier.info.get('arch')}, trained on "
               f"{classifier.info.get('dataset') or 'unknown data'}) on {classifier.device}; source {args.source}")
+        if source.stills:  # unrelated images: detect in each, nothing to confirm, track or smooth
+            print("images are independent stills: detecting on every image, no smoothing across them")
+            pipeline = EmotionPipeline(classifier, detector, 1, 0.0, args.max_faces, args.tta, min_hits=1)
+        else:
+            pipeline = EmotionPipeline(classifier, detector, args.detect_every, args.smooth, args.max_faces, args.tta)
         summary = run(pipeline, source, args)
-    print(f"{summary['frames']} frames, {summary['faces']} face detections; median ms per frame: "
-          f"decode {summary['decode_ms']:.1f}, detect {summary['detect_ms']:.1f}, "
-          f"classify {summary['classify_ms']:.1f}, draw {summary['draw_ms']:.1f} -> "
-          f"{summary['process_fps']:.0f} fps processing (decode excluded)")
+    print(summary_line(summary))
     return 0
 
 
@@ -189,7 +254,7 @@ def make_benchmark_video(path: Path, frames: int = 120, size: tuple[int, int] = 
         face = cv2.imdecode(np.frombuffer(f.read(), np.uint8), cv2.IMREAD_COLOR)
     face = cv2.resize(face, (200, 250))
     w, h = size
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), DEFAULT_FPS, size)
     for i in range(frames):
         canvas = np.full((h, w, 3), 90, np.uint8)
         x = int(40 + (w - 280) * (0.5 + 0.5 * np.sin(i / 15)))
@@ -199,11 +264,16 @@ def make_benchmark_video(path: Path, frames: int = 120, size: tuple[int, int] = 
     return path
 
 
-def benchmark_pipeline(classifier, video: Path, detect_every: int = 2) -> dict:
-    """Median per-stage milliseconds and processing fps of the default pipeline on a video."""
+def benchmark_pipeline(classifier, video: Path, detect_every: int = DETECT_EVERY,
+                       threads: int | None = INFERENCE_THREADS) -> dict:
+    """Median per-stage ms and fps of the default pipeline, headless, on a video file.
+
+    Keys: frames, faces, tracks, decode_ms, detect_ms (frames that detect), detect_ms_amortized,
+    classify_ms, draw_ms, process_ms (per frame), process_fps (decode excluded), end_to_end_fps.
+    """
     args = argparse.Namespace(no_display=True, output=None, log=None, max_frames=0)
     pipeline = EmotionPipeline(classifier, HaarFaceDetector(), detect_every)
-    with open_source(str(video)) as source:
+    with open_source(str(video)) as source, torch_threads(threads):
         return run(pipeline, source, args)
 
 

@@ -11,14 +11,10 @@ import csv
 import json
 from pathlib import Path
 
-import torch
-
 from emovision import plots, tracking
 from emovision.config import Params
-from emovision.data.prepared import load_meta, load_split
 from emovision.errors import cli_main
-from emovision.inference import resolve_device
-from emovision.training import fit, load_checkpoint, preprocess_config, to_tensors
+from emovision.training import fit, load_checkpoint, load_train_val
 from stages import parse, stage_parser
 
 MODELS_DIR = Path("models")
@@ -36,16 +32,9 @@ def write_history(history: list[dict], path: Path) -> None:
 
 
 def train(params: Params, resume: bool = False, models_dir: Path = MODELS_DIR) -> dict:
-    if params.train.threads > 0:
-        torch.set_num_threads(params.train.threads)
-    device = resolve_device(params.base.device)
-    prepared = Path(params.data.prepared_dir)
-    meta = load_meta(prepared)
-    pre = preprocess_config(params)
-    train_set = to_tensors(*load_split(prepared, "train"), pre, device)
-    val_set = to_tensors(*load_split(prepared, "val"), pre, device)
+    meta, train_set, val_set = load_train_val(params)
     print(f"training {params.model.name} on {meta['source']} ({len(train_set):,} train / "
-          f"{len(val_set):,} val) on {device}")
+          f"{len(val_set):,} val) on {train_set.x.device}")
 
     run_file = models_dir / RUN_FILE.name
     run_id = None
@@ -58,7 +47,7 @@ def train(params: Params, resume: bool = False, models_dir: Path = MODELS_DIR) -
     import mlflow
 
     with tracking.tracked_run(run_name=f"train-{params.model.name}", run_id=run_id,
-                              tags=run_tags(meta)) as run:
+                              tags={**tracking.run_tags(meta), "stage": "train"}) as run:
         models_dir.mkdir(parents=True, exist_ok=True)
         run_file.write_text(json.dumps({"run_id": run.info.run_id}) + "\n")
         if run_id is None:
@@ -92,10 +81,6 @@ def train(params: Params, resume: bool = False, models_dir: Path = MODELS_DIR) -
     print(f"best val_acc {result['best_val_acc']:.4f} at epoch {result['best_epoch']}; "
           f"registered {params.registry.model_name} version {version} (run {run.info.run_id})")
     return info
-
-
-def run_tags(meta: dict) -> dict[str, str]:
-    return {**tracking.run_tags(meta), "stage": "train"}
 
 
 @cli_main

@@ -12,10 +12,8 @@ import optuna
 
 from emovision import tracking, tuning
 from emovision.config import Params
-from emovision.data.prepared import load_meta, load_split
 from emovision.errors import ConfigError, cli_main
-from emovision.inference import resolve_device
-from emovision.training import preprocess_config, to_tensors
+from emovision.training import load_train_val
 from stages import parse, stage_parser
 
 OUT_DIR = Path("reports/tune")
@@ -27,12 +25,7 @@ def tune(params: Params, n_trials: int, timeout: int, epochs: int, study_name: s
          apply: bool = False) -> dict:
     storage = tuning.open_storage(storage_url)
     study = tuning.load_study(params, storage, study_name, pruner or tuning.make_pruner(params.tune.pruner))
-    device = resolve_device(params.base.device)
-    prepared = Path(params.data.prepared_dir)
-    meta = load_meta(prepared)
-    pre = preprocess_config(params)
-    train = to_tensors(*load_split(prepared, "train"), pre, device)
-    val = to_tensors(*load_split(prepared, "val"), pre, device)
+    meta, train, val = load_train_val(params)
     before = len(study.trials)
     print(f"study '{study_name}' in {storage_url}: {before} earlier trials; running {n_trials} more "
           f"({epochs} epochs each on {meta['source']})")

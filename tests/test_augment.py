@@ -1,55 +1,97 @@
 """Batched augmentation: per-sample randomness, reproducible, each switch does what it says."""
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import torch
 
 from emovision.config import AugmentParams
 from emovision.data.augment import augment_batch
 
 OFF = AugmentParams(hflip=False, rotation=0.0, scale=0.0, translate=0.0, erasing=0.0)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def batch(n=64):
+def only(**switches) -> AugmentParams:
+    return dataclasses.replace(OFF, **switches)
+
+
+def faces(n: int = 64, h: int = 48, w: int = 48) -> torch.Tensor:
+    """An asymmetric ramp plus noise, so flips and shifts are visible."""
     g = torch.Generator().manual_seed(1)
-    # an asymmetric ramp plus noise, so flips and shifts are visible
-    ramp = torch.linspace(-1, 1, 48).view(1, 1, 1, 48).expand(n, 1, 48, 48)
-    return ramp + 0.1 * torch.randn(n, 1, 48, 48, generator=g)
+    ramp = torch.linspace(-1, 1, w).view(1, 1, 1, w).expand(n, 1, h, w)
+    return ramp + 0.1 * torch.randn(n, 1, h, w, generator=g)
 
 
-def test_shape_dtype_and_reproducible():
-    x = batch()
-    a = augment_batch(x, AugmentParams(), torch.Generator().manual_seed(0))
-    b = augment_batch(x, AugmentParams(), torch.Generator().manual_seed(0))
-    assert a.shape == x.shape and a.dtype == x.dtype
-    torch.testing.assert_close(a, b)
-    c = augment_batch(x, AugmentParams(), torch.Generator().manual_seed(1))
-    assert not torch.allclose(a, c)
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
-def test_everything_off_is_identity():
-    x = batch()
-    torch.testing.assert_close(augment_batch(x, OFF), x)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_keeps_shape_dtype_and_device(device, dtype):
+    x = faces(8, 48, 40).to(device, dtype)
+    out = augment_batch(x, AugmentParams(rotation=15.0, erasing=1.0), seeded())
+    assert out.shape == x.shape and out.dtype == dtype and out.device == x.device
+    assert torch.isfinite(out.float()).all()
+
+
+def test_reproducible_with_a_seeded_generator():
+    x = faces()
+    first, again, other = (augment_batch(x, AugmentParams(), seeded(s)) for s in (0, 0, 1))
+    torch.testing.assert_close(first, again)
+    assert not torch.allclose(first, other)
+
+
+def test_everything_off_returns_the_input():
+    x = faces()
+    assert augment_batch(x, OFF, seeded()) is x
 
 
 def test_flip_only_gives_image_or_mirror_both_occurring():
-    x = batch()
-    out = augment_batch(x, AugmentParams(**{**vars(OFF), "hflip": True}), torch.Generator().manual_seed(0))
-    same = (out - x).abs().amax((1, 2, 3)) < 1e-4
-    mirrored = (out - x.flip(-1)).abs().amax((1, 2, 3)) < 1e-4
+    x = faces()
+    out = augment_batch(x, only(hflip=True), seeded())
+    same = (out - x).abs().amax((1, 2, 3)) < 1e-5
+    mirrored = (out - x.flip(-1)).abs().amax((1, 2, 3)) < 1e-5
     assert (same | mirrored).all() and same.any() and mirrored.any()
 
 
-def test_geometry_is_per_sample_and_keeps_content():
-    x = batch()
-    cfg = AugmentParams(**{**vars(OFF), "rotation": 15.0, "scale": 0.1, "translate": 0.1})
-    out = augment_batch(x, cfg, torch.Generator().manual_seed(0))
-    diffs = (out - x).abs().mean((1, 2, 3))
-    assert (diffs > 1e-3).all() and diffs.std() > 0  # every sample moved, by different amounts
-    assert (out.mean() - x.mean()).abs() < 0.1
+def test_rotation_only_moves_each_sample_and_keeps_its_brightness():
+    x = faces()
+    out = augment_batch(x, only(rotation=15.0), seeded())
+    moved = (out - x).abs().mean((1, 2, 3))
+    assert (moved > 1e-3).all() and moved.std() > 0  # every sample rotated, by different angles
+    torch.testing.assert_close(out.mean((1, 2, 3)), x.mean((1, 2, 3)), atol=0.05, rtol=0)
 
 
-def test_erasing_probability():
-    x = batch()
-    all_on = augment_batch(x, AugmentParams(**{**vars(OFF), "erasing": 1.0}), torch.Generator().manual_seed(0))
-    changed = ((all_on - x).abs() > 1e-6).flatten(1).sum(1)
-    assert (changed > 0).all() and (changed < 0.25 * 48 * 48).all()  # one rectangle, 2-20% of the area
+def test_scale_and_translate_vary_per_sample():
+    x = faces()
+    for cfg in (only(scale=0.1), only(translate=0.1)):
+        moved = (augment_batch(x, cfg, seeded()) - x).abs().mean((1, 2, 3))
+        assert (moved > 1e-4).all() and moved.std() > 0
+
+
+def test_erasing_changes_one_rectangle_in_every_sample_at_probability_one():
+    x = faces()
+    out = augment_batch(x, only(erasing=1.0), seeded())
+    changed = (out != x).squeeze(1)
+    area = changed.flatten(1).sum(1)
+    assert (area > 0).all() and (area < 0.25 * 48 * 48).all()
+    rows, cols = changed.any(2), changed.any(1)
+    # the changed pixels fill the bounding box of their rows and columns: one rectangle
+    assert torch.equal(area, rows.sum(1) * cols.sum(1))
+
+
+def test_erasing_probability_zero_and_half():
+    x = faces(256)
+    assert torch.equal(augment_batch(x, only(erasing=0.0, rotation=0.0), seeded()), x)
+    erased = (augment_batch(x, only(erasing=0.5), seeded()) != x).flatten(1).any(1).float().mean()
+    assert 0.35 < erased < 0.65
+
+
+def test_erasing_fill_follows_the_images_value_range():
+    x = (faces() * 60 + 120).clamp(0, 255)  # uint8-range floats instead of normalised ones
+    out = augment_batch(x, only(erasing=1.0), seeded())
+    fill = out[out != x]
+    assert abs(fill.mean() - x.mean()) < 10 and 30 < fill.std() < 90

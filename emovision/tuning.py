@@ -1,26 +1,35 @@
 """Optuna tuning of `train.lr` and `model.dropout`, one short training run per trial.
 
 The study lives in its own storage (default `sqlite:///<project root>/optuna.db`, never
-mlflow.db). SQL storages run a heartbeat, so a trial left RUNNING by a killed worker is
-failed and re-queued; any number of workers may share one storage (PostgreSQL or MySQL
-across machines, a journal file on one machine). Every trial is a nested MLflow run.
+mlflow.db) and any number of workers may share it: a PostgreSQL or MySQL URL across
+machines, a SQLite file or a journal file (`journal:///abs/path/study.log`, or any path
+ending in .log / .journal) between processes on one machine. SQL storages run a
+heartbeat, so a trial left RUNNING by a killed worker is failed and re-queued with the
+same params; journal files have no heartbeat, so such a trial stays RUNNING there.
+A study remembers its search space and epochs per trial and refuses to mix in trials run
+with others. Every trial is a nested MLflow run under the invocation's run.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
+import random
 import re
+import stat
 import tempfile
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import warnings
-
+import numpy as np
 import optuna
 from optuna.distributions import FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
 
 from emovision import tracking
 from emovision.config import Params
@@ -30,33 +39,74 @@ from emovision.training import SplitTensors, fit
 HEARTBEAT_S = 20  # a running trial proves it is alive this often
 GRACE_S = 60  # ...and is declared dead (FAIL, then retried) after this long without a beat
 MAX_RETRY = 2  # re-queue a dead trial at most this often
+TPE_STARTUP_TRIALS = 5  # random trials before TPE models the results
+PRUNE_STARTUP_TRIALS = 5  # the median pruner waits for this many finished trials...
+PRUNE_WARMUP_EPOCHS = 2  # ...and never judges epoch 1, all of it lr warm-up (train.warmup_epochs)
+STORAGE_INIT_ATTEMPTS = 5  # workers starting together on a new database race to create it
 JOURNAL_PREFIX = "journal:///"
+JOURNAL_SUFFIXES = (".log", ".journal")
 SEARCH_SPACE_ATTR = "search_space"
+EPOCHS_ATTR = "epochs_per_trial"
 TUNED_KEYS = ("train.lr", "model.dropout")
+LOGGED_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
+DEFAULT_FILE_MODE = 0o644
+
+
+# ---------------------------------------------------------------- storage and study
 
 
 def default_storage() -> str:
     return f"sqlite:///{tracking.project_root() / 'optuna.db'}"
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for a URL; `journal:///path` or a *.log / *.journal path is a journal file."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # heartbeat and journal APIs are marked experimental; they are the documented way to do this
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    try:
-        if url.startswith(JOURNAL_PREFIX) or url.endswith((".log", ".journal")):
-            path = url[len(JOURNAL_PREFIX) - 1:] if url.startswith(JOURNAL_PREFIX) else url
-            from optuna.storages.journal import JournalFileBackend, JournalStorage
+def is_journal(url: str) -> bool:
+    return url.startswith(JOURNAL_PREFIX) or url.endswith(JOURNAL_SUFFIXES)
 
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(path))
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
-    except Exception as err:  # SQLAlchemy and drivers raise many kinds for a bad URL
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"cannot open Optuna storage {url!r}: {first[:200]}") from None
+
+def display_url(url: str) -> str:
+    """The URL for messages and MLflow, with any database password masked."""
+    return re.sub(r"^([a-z0-9+]+://[^:/@]*):[^/]*@", r"\1:***@", url)
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for a URL: `journal:///path` or a *.log / *.journal path is a
+    journal file; anything else is a SQLAlchemy URL (sqlite:///, postgresql://, mysql://)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # heartbeat, fail_stale_trials and journal files are marked experimental; they are the
+    # documented way to recover from killed workers and to share a study without a server
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    attempts = 0
+    while True:
+        try:
+            return _open_storage(url)
+        except Exception as err:  # SQLAlchemy, drivers and the file system raise many kinds
+            attempts += 1
+            text = str(err).strip()
+            if attempts < STORAGE_INIT_ATTEMPTS and _is_schema_race(text):
+                time.sleep(0.2 + random.random())  # another worker is creating the tables
+                continue
+            first = text.splitlines()[0] if text else type(err).__name__
+            raise ConfigError(f"cannot open Optuna storage {display_url(url)!r}: {first[:200]}; "
+                              f"use sqlite:///abs/path.db, postgresql://user@host/db, mysql://… "
+                              f"or journal:///abs/path/study.log") from None
+
+
+def _open_storage(url: str) -> optuna.storages.BaseStorage:
+    if is_journal(url):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(url[len(JOURNAL_PREFIX) - 1:] if url.startswith(JOURNAL_PREFIX) else url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    return optuna.storages.RDBStorage(
+        url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+
+
+def _is_schema_race(message: str) -> bool:
+    """Workers starting together on a new database race to create Optuna's tables."""
+    return any(s in message for s in ("already exists", "UNIQUE constraint failed", "database is locked",
+                                      "Duplicate entry", "duplicate key"))
 
 
 def search_space(p: Params) -> dict[str, FloatDistribution]:
@@ -64,116 +114,214 @@ def search_space(p: Params) -> dict[str, FloatDistribution]:
             "model.dropout": FloatDistribution(p.tune.dropout_low, p.tune.dropout_high)}
 
 
-def make_pruner(name: str) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    """`median` | `hyperband` | `none`, sized for trials of `epochs` epochs."""
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1))
     if name == "none":
         return optuna.pruners.NopPruner()
-    # Prune after the first epoch once 3 trials have finished: trials are short.
-    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    return optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS,
+                                       n_warmup_steps=PRUNE_WARMUP_EPOCHS)
 
 
-def load_study(params: Params, storage: optuna.storages.BaseStorage, study_name: str,
-               pruner: optuna.pruners.BasePruner) -> optuna.Study:
-    """Create or resume the study; refuse one recorded with another search space."""
-    space = {k: {"low": d.low, "high": d.high, "log": d.log} for k, d in search_space(params).items()}
-    study = optuna.create_study(
-        study_name=study_name, storage=storage, direction="maximize", load_if_exists=True, pruner=pruner,
-        sampler=optuna.samplers.TPESampler(seed=params.base.seed, n_startup_trials=5))
+class TrialSeededTPESampler(optuna.samplers.TPESampler):
+    """TPE whose random draws are seeded by (seed, trial number).
+
+    A plain seeded sampler restarts its random stream in every process, so a resumed
+    study or a second worker re-proposes the first worker's start-up points. Seeding per
+    trial keeps one worker's study reproducible and gives every trial its own draws.
+    """
+
+    def __init__(self, seed: int, **kwargs: Any):
+        super().__init__(seed=seed, **kwargs)
+        self._base_seed = seed
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        super().before_trial(study, trial)
+        trial_seed = int(np.random.SeedSequence([self._base_seed, trial.number]).generate_state(1)[0])
+        # TPESampler keeps no public way to reseed with a given seed; these are its two
+        # generators in Optuna 4-5 (test_seeded_sampler_gives_every_trial_its_own_draws)
+        self._rng.rng.seed(trial_seed)
+        self._random_sampler._rng.rng.seed(trial_seed)
+
+
+def _space_record(space: dict[str, FloatDistribution]) -> dict[str, dict[str, Any]]:
+    return {k: {"low": d.low, "high": d.high, "log": d.log} for k, d in space.items()}
+
+
+def _recorded_space(study: optuna.Study) -> dict[str, dict[str, Any]] | None:
+    """The space the study was made with; for a study made without our attrs, its trials'."""
     recorded = study.user_attrs.get(SEARCH_SPACE_ATTR)
-    if recorded is None:
+    if recorded is not None:
+        return recorded
+    for trial in study.get_trials(deepcopy=False):
+        if trial.distributions:
+            return {k: {"low": d.low, "high": d.high, "log": getattr(d, "log", False)}
+                    for k, d in trial.distributions.items()}
+    return None
+
+
+def load_study(params: Params, storage: optuna.storages.BaseStorage,
+               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """Create or resume study `tune.study_name`; refuse one recorded with another search
+    space, another number of epochs per trial or another direction."""
+    t = params.tune
+    name = t.study_name
+    study = optuna.create_study(
+        study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+        pruner=pruner or make_pruner(t.pruner, t.epochs),
+        sampler=TrialSeededTPESampler(seed=params.base.seed, n_startup_trials=TPE_STARTUP_TRIALS))
+    hint = "use --study-name NEW for a new study, or restore the tune section it was run with"
+    if study.directions != [optuna.study.StudyDirection.MAXIMIZE]:
+        raise ConfigError(f"study '{name}' exists and does not maximise one value "
+                          f"(it is not a val-accuracy study); {hint}")
+    space = _space_record(search_space(params))
+    recorded = _recorded_space(study)
+    if recorded is not None and recorded != space:
+        diff = "; ".join(f"{k}: study {recorded.get(k)}, now {space.get(k)}"
+                         for k in sorted(set(space) | set(recorded)) if recorded.get(k) != space.get(k))
+        raise ConfigError(f"study '{name}' exists with another search space ({diff}); {hint}")
+    recorded_epochs = study.user_attrs.get(EPOCHS_ATTR)
+    if recorded_epochs is not None and recorded_epochs != t.epochs:
+        raise ConfigError(f"study '{name}' exists with {recorded_epochs} epochs per trial, now "
+                          f"{t.epochs} (their accuracies do not compare); add to it with "
+                          f"--epochs {recorded_epochs}, or use --study-name NEW")
+    if SEARCH_SPACE_ATTR not in study.user_attrs:
         study.set_user_attr(SEARCH_SPACE_ATTR, space)
-    elif recorded != space:
-        diff = ", ".join(f"{k} {recorded.get(k)} -> {space[k]}" for k in space if recorded.get(k) != space[k])
-        raise ConfigError(f"study '{study_name}' exists with another search space ({diff}); "
-                          f"use --study-name NEW or restore the ranges in the tune section")
-    if isinstance(storage, optuna.storages.RDBStorage):
-        optuna.storages.fail_stale_trials(study)  # trials of killed workers: FAIL, re-queued
+    if recorded_epochs is None:
+        study.set_user_attr(EPOCHS_ATTR, t.epochs)
+    # trials of killed workers: FAIL, re-queued (a no-op for storages without a heartbeat)
+    optuna.storages.fail_stale_trials(study)
     return study
+
+
+def existing_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    """A study to report on or apply, without adding trials (so any ranges and epochs)."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = optuna.get_all_study_names(storage)
+        raise ConfigError(f"no study '{name}' in this storage (it has: {', '.join(names) or 'none'}); "
+                          f"pass --study-name, or run trials first") from None
+
+
+# ---------------------------------------------------------------- objective and MLflow
 
 
 @dataclass
 class TrialLogger:
-    """Each trial as a nested MLflow run under the tune run (thread-safe client calls)."""
+    """Each trial as a nested MLflow run under the tune run. Only `MlflowClient` calls
+    with explicit run ids: MLflow's active-run stack is per thread, trials (n_jobs > 1)
+    run in worker threads."""
 
     experiment_id: str
     parent_run_id: str
 
     def start(self, trial: optuna.Trial, values: dict[str, float]) -> str:
         import mlflow
+        from mlflow.entities import Param
 
         client = mlflow.MlflowClient()
-        run = client.create_run(self.experiment_id, run_name=f"trial-{trial.number}",
-                                tags={"mlflow.parentRunId": self.parent_run_id,
-                                      "trial_number": str(trial.number)})
-        for key, value in values.items():
-            client.log_param(run.info.run_id, key, value)
+        tags = {"mlflow.parentRunId": self.parent_run_id, "trial_number": str(trial.number),
+                "study": trial.study.study_name}
+        retry_of = retried_trial_number(trial)
+        if retry_of is not None:
+            tags["retry_of_trial"] = str(retry_of)
+        run = client.create_run(self.experiment_id, run_name=f"trial-{trial.number}", tags=tags)
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in values.items()])
         return run.info.run_id
 
     @staticmethod
     def epoch(run_id: str, epoch: int, metrics: dict[str, float]) -> None:
         import mlflow
+        from mlflow.entities import Metric
 
-        client = mlflow.MlflowClient()
-        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
-            client.log_metric(run_id, key, metrics[key], step=epoch)
+        now = int(time.time() * 1000)  # one write per epoch, not one per metric
+        mlflow.MlflowClient().log_batch(
+            run_id, metrics=[Metric(k, float(metrics[k]), now, epoch) for k in LOGGED_METRICS])
 
     @staticmethod
-    def end(run_id: str, state: str) -> None:
+    def end(run_id: str, state: str, value: float | None) -> None:
         import mlflow
 
         client = mlflow.MlflowClient()
+        if value is not None:
+            client.log_metric(run_id, "best_val_acc", value)
         client.set_tag(run_id, "trial_state", state)
-        client.set_terminated(run_id, "FINISHED" if state != "FAIL" else "FAILED")
+        client.set_terminated(run_id, "FAILED" if state == "FAIL" else "FINISHED")
+
+
+def retried_trial_number(trial: optuna.Trial) -> int | None:
+    """The trial a re-queued trial retries (Optuna 5's `Trial` no longer shows system attrs)."""
+    for frozen in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if frozen.number == trial.number:
+            return frozen.system_attrs.get("failed_trial")
+    return None
 
 
 def make_objective(params: Params, train: SplitTensors, val: SplitTensors, classes: list[str],
-                   epochs: int, logger: TrialLogger | None) -> Callable[[optuna.Trial], float]:
+                   logger: TrialLogger | None = None) -> Callable[[optuna.Trial], float]:
+    """Val accuracy of `tune.epochs` epochs of training with the trial's lr and dropout,
+    reported every epoch so the pruner can stop a laggard."""
     space = search_space(params)
+    epochs = params.tune.epochs
 
     def objective(trial: optuna.Trial) -> float:
         values = {k: trial.suggest_float(k, d.low, d.high, log=d.log) for k, d in space.items()}
+        # patience off: a trial's budget is fixed, the pruner decides who stops early
         trial_params = params.replace(**values, **{"train.epochs": epochs, "train.patience": 0})
         run_id = logger.start(trial, values) if logger else None
-        best = {"acc": 0.0}
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
             if run_id:
                 logger.epoch(run_id, epoch, metrics)
-            best["acc"] = max(best["acc"], metrics["val_acc"])
             trial.report(metrics["val_acc"], epoch)
-            return trial.should_prune()
+            # pruning after the last epoch would save nothing and throw the result away
+            return epoch < epochs and trial.should_prune()
 
-        state = "FAIL"
+        state, value = "FAIL", None
         try:
             result = fit(trial_params, train, val, classes, on_epoch=on_epoch)
             if result["stopped"] == "pruned":
                 state = "PRUNED"
-                raise optuna.TrialPruned(f"pruned at epoch {result['epochs_run']}")
-            state = "COMPLETE"
-            return result["best_val_acc"]
+                raise optuna.TrialPruned(f"pruned after epoch {result['epochs_run']}")
+            state, value = "COMPLETE", result["best_val_acc"]
+            return value
         finally:
             if run_id:
-                logger.end(run_id, state)
+                logger.end(run_id, state, value)
 
     return objective
 
 
+# ---------------------------------------------------------------- results
+
+
 def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per trial: state, value, the two params, epochs run, duration, retry origin."""
     rows = []
-    for t in study.trials:
-        rows.append({"number": t.number, "state": t.state.name, "val_acc": t.value,
-                     "train.lr": t.params.get("train.lr"), "model.dropout": t.params.get("model.dropout"),
-                     "epochs": len(t.intermediate_values)})
+    for t in study.get_trials(deepcopy=False):
+        rows.append({
+            "number": t.number, "state": t.state.name, "val_acc": t.value,
+            "train.lr": t.params.get("train.lr"), "model.dropout": t.params.get("model.dropout"),
+            "epochs": len(t.intermediate_values),
+            "duration_s": round(t.duration.total_seconds(), 2) if t.duration else None,
+            "retry_of": t.system_attrs.get("failed_trial"),
+        })
     return rows
 
 
+def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    done = [r for r in rows if r["state"] == TrialState.COMPLETE.name]
+    return max(done, key=lambda r: r["val_acc"]) if done else None
+
+
 def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["number"])
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["number"])
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(path, buffer.getvalue())  # workers sharing a study may write it at once
     return path
 
 
@@ -193,7 +341,7 @@ def plot_study(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     for r in done:
         running = max(running, r["val_acc"])
         best.append(running)
-    ax.plot([r["number"] for r in done], best, color="tab:red", label="best so far")
+    ax.step([r["number"] for r in done], best, where="post", color="tab:red", label="best so far")
     ax.set(xlabel="trial", ylabel="val accuracy", title="Optimisation history")
     ax.legend()
     paths = [out_dir / "optimization_history.png"]
@@ -203,9 +351,10 @@ def plot_study(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     for key, log in (("train.lr", True), ("model.dropout", False)):
         fig, ax = plt.subplots(figsize=(6, 3.6))
         ax.scatter([r[key] for r in done], [r["val_acc"] for r in done], label="complete")
-        if pruned:  # pruned trials have no final value: show them on the floor
+        if pruned:  # a pruned trial has no final value: shown at the floor of the plot
             floor = min((r["val_acc"] for r in done), default=0.0)
-            ax.scatter([r[key] for r in pruned], [floor] * len(pruned), marker="x", color="gray", label="pruned")
+            ax.scatter([r[key] for r in pruned], [floor] * len(pruned), marker="x", color="gray",
+                       label="pruned")
         if log:
             ax.set_xscale("log")
         ax.set(xlabel=key, ylabel="val accuracy", title=f"val accuracy vs {key}")
@@ -218,7 +367,28 @@ def plot_study(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     return paths
 
 
+def write_best(study: optuna.Study, path: Path) -> dict[str, Any]:
+    """best_params.json: the two tuned values, their val accuracy, the study and its size."""
+    best = study.best_trial
+    data = {**{k: best.params[k] for k in TUNED_KEYS}, "val_acc": best.value, "trial": best.number,
+            "study": study.study_name, "n_trials": len(study.trials)}
+    _write_atomic(path, json.dumps(data, indent=2) + "\n")
+    return data
+
+
+# ---------------------------------------------------------------- params.yaml editing
+
 _KEY_LINE = r"^(?P<indent>[ \t]+){key}:(?P<space>[ \t]*)(?P<value>[^#\n]*?)(?P<tail>[ \t]*(#.*)?)$"
+
+
+def yaml_float(value: float) -> str:
+    """Six significant digits that YAML 1.1 (PyYAML) reads back as a float: it reads
+    `5e-05` as a string, so an exponent always gets a mantissa with a dot."""
+    text = f"{value:.6g}"
+    if "e" in text and "." not in text.split("e")[0]:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}.0e{exponent}"
+    return text
 
 
 def apply_to_params_file(path: Path, values: dict[str, float]) -> None:
@@ -227,7 +397,7 @@ def apply_to_params_file(path: Path, values: dict[str, float]) -> None:
     text = Path(path).read_text()
     for dotted, value in values.items():
         section, key = dotted.split(".")
-        new_value = f"{value:.6g}"
+        new_value = yaml_float(value)
         sec = re.search(rf"^{re.escape(section)}:[ \t]*(#.*)?$", text, re.M)
         if sec is None:  # a params file may leave sections to their defaults
             text = text.rstrip("\n") + f"\n{section}:\n  {key}: {new_value}  # set by stages.tune --apply\n"
@@ -240,21 +410,23 @@ def apply_to_params_file(path: Path, values: dict[str, float]) -> None:
             text = text[:sec.end()] + f"\n  {key}: {new_value}  # set by stages.tune --apply" + text[sec.end():]
             continue
         # keep the comment in its column when the new value is not longer than the old one
-        pad = max(1, len(line["value"]) + len(line["tail"]) - len(line["tail"].lstrip()) - len(new_value))
         tail = line["tail"].lstrip()
+        pad = max(1, len(line["value"]) + len(line["tail"]) - len(tail) - len(new_value))
         new_line = f"{line['indent']}{key}:{line['space']}{new_value}" + (" " * pad + tail if tail else "")
         block = block[:line.start()] + new_line + block[line.end():]
         text = text[:sec.end()] + block + text[block_end:]
-    fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", dir=Path(path).parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    _write_atomic(Path(path), text)
 
 
-def write_best(study: optuna.Study, path: Path) -> dict[str, Any]:
-    best = study.best_trial
-    data = {**best.params, "val_acc": best.value, "trial": best.number, "study": study.study_name,
-            "n_trials": len(study.trials)}
+def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        # mkstemp makes the file private (0600); keep the mode the file had (or 0644)
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else DEFAULT_FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

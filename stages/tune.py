@@ -1,8 +1,9 @@
 """Tune train.lr and model.dropout with Optuna: `python -m stages.tune [--n-trials N] [--apply]`.
 
 Each trial trains `tune.epochs` epochs on data/prepared/ and is scored on val (PublicTest).
-The study is resumable (run the same command again) and shareable (`--storage` with a
-PostgreSQL/MySQL URL or a journal file for several workers). Results: reports/tune/.
+The study is resumable (run the same command again) and shareable: point several workers
+at one `--storage` (a PostgreSQL/MySQL URL across machines; a SQLite file or
+`journal:///abs/path/study.log` between processes on one machine). Results: reports/tune/.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import optuna
 
 from emovision import tracking, tuning
-from emovision.config import Params
+from emovision.config import DEFAULT_PARAMS, Params
 from emovision.errors import ConfigError, cli_main
 from emovision.training import load_train_val
 from stages import parse, stage_parser
@@ -20,67 +21,116 @@ OUT_DIR = Path("reports/tune")
 TOP_ROWS = 8
 
 
-def tune(params: Params, n_trials: int, timeout: int, epochs: int, study_name: str, storage_url: str,
-         n_jobs: int, pruner: optuna.pruners.BasePruner | None = None, params_path: Path | None = None,
-         apply: bool = False) -> dict:
-    storage = tuning.open_storage(storage_url)
-    study = tuning.load_study(params, storage, study_name, pruner or tuning.make_pruner(params.tune.pruner))
-    meta, train, val = load_train_val(params)
-    before = len(study.trials)
-    print(f"study '{study_name}' in {storage_url}: {before} earlier trials; running {n_trials} more "
-          f"({epochs} epochs each on {meta['source']})")
-    exp_id = tracking.setup()
-    import mlflow
-
-    with tracking.tracked_run(run_name=f"tune-{study_name}",
-                              tags={**tracking.run_tags(meta), "stage": "tune", "study": study_name}) as run:
-        mlflow.log_params({"tune.n_trials": n_trials, "tune.epochs": epochs, "tune.study_name": study_name,
-                           **{f"tune.{k}": getattr(params.tune, k) for k in
-                              ("lr_low", "lr_high", "dropout_low", "dropout_high", "pruner")}})
-        logger = tuning.TrialLogger(exp_id, run.info.run_id)
-        objective = tuning.make_objective(params, train, val, meta["classes"], epochs, logger)
-        study.optimize(objective, n_trials=n_trials, timeout=timeout or None, n_jobs=n_jobs,
-                       catch=(RuntimeError, ValueError))
+def tune(params: Params, pruner: optuna.pruners.BasePruner | None = None,
+         params_path: Path | None = None, apply: bool = False, out_dir: Path = OUT_DIR) -> dict:
+    """Run `tune.n_trials` more trials of study `tune.study_name` (0: none, just report),
+    log them to MLflow, write reports; with `apply`, write the best values into
+    `params_path`. Returns best_params.json's content."""
+    t = params.tune
+    url = t.storage or tuning.default_storage()
+    storage = tuning.open_storage(url)
+    if t.n_trials == 0:
+        study = tuning.existing_study(storage, t.study_name)
+        print(f"study '{t.study_name}' in {tuning.display_url(url)}: {len(study.trials)} trials; no new ones")
         rows = tuning.trials_table(study)
-        csv_path = tuning.write_csv(rows, OUT_DIR / "trials.csv")
-        pngs = tuning.plot_study(rows, OUT_DIR)
-        if not any(r["state"] == "COMPLETE" for r in rows):
-            raise ConfigError(f"no trial of study '{study_name}' completed; see the FAILED runs in MLflow")
-        best = tuning.write_best(study, OUT_DIR / "best_params.json")
-        mlflow.log_params({f"best.{k}": best[k] for k in tuning.TUNED_KEYS})
-        mlflow.log_metric("best_val_acc", best["val_acc"])
-        for path in (csv_path, OUT_DIR / "best_params.json", *pngs):
-            mlflow.log_artifact(str(path))
-    print_summary(rows, best)
+        best = write_reports(study, rows, out_dir)
+    else:
+        rows, best = run_trials(params, tuning.load_study(params, storage, pruner), url, out_dir)
+    apply_cmd = " ".join(["python -m stages.tune --n-trials 0 --apply",
+                          *([f"--params {params_path}"] if params_path and str(params_path) != DEFAULT_PARAMS else []),
+                          f"--study-name {t.study_name}",
+                          *([f"--storage '{tuning.display_url(url)}'"] if t.storage else [])])
+    print_summary(rows, best, out_dir / "best_params.json", None if apply else apply_cmd)
     if apply:
         tuning.apply_to_params_file(params_path, {k: best[k] for k in tuning.TUNED_KEYS})
-        print(f"wrote train.lr={best['train.lr']:.6g} model.dropout={best['model.dropout']:.6g} into "
-              f"{params_path}; `dvc repro` now trains the tuned model")
+        print(f"wrote train.lr={tuning.yaml_float(best['train.lr'])} "
+              f"model.dropout={tuning.yaml_float(best['model.dropout'])} into {params_path}; "
+              f"`dvc repro` now trains with them")
     return best
 
 
-def print_summary(rows: list[dict], best: dict) -> None:
+def run_trials(params: Params, study: optuna.Study, url: str, out_dir: Path) -> tuple[list[dict], dict]:
+    """The trials of one invocation under one MLflow run, each trial a nested run."""
+    t = params.tune
+    meta, train, val = load_train_val(params)
+    print(f"study '{t.study_name}' in {tuning.display_url(url)}: {len(study.trials)} earlier trials; "
+          f"running {t.n_trials} more ({t.epochs} epochs each, {t.n_jobs} at a time, on {meta['source']} "
+          f"{len(train):,} train / {len(val):,} val)")
+    exp_id = tracking.setup()
+    import mlflow
+
+    with tracking.tracked_run(run_name=f"tune-{t.study_name}",
+                              tags={**tracking.run_tags(meta), "stage": "tune", "study": t.study_name}) as run:
+        mlflow.log_params({"tune.storage": tuning.display_url(url),
+                           **{f"tune.{k}": getattr(t, k) for k in
+                              ("study_name", "n_trials", "timeout", "epochs", "n_jobs", "pruner",
+                               "lr_low", "lr_high", "dropout_low", "dropout_high")}})
+        logger = tuning.TrialLogger(exp_id, run.info.run_id)
+        objective = tuning.make_objective(params, train, val, meta["classes"], logger)
+        # a failed trial (CUDA out of memory, NaN loss) is recorded as FAIL and the study goes on
+        study.optimize(objective, n_trials=t.n_trials, timeout=t.timeout or None, n_jobs=t.n_jobs,
+                       catch=(RuntimeError, ValueError), callbacks=[print_trial])
+        rows = tuning.trials_table(study)
+        mlflow.log_metrics({f"trials_{s.lower()}": sum(r["state"] == s for r in rows)
+                            for s in ("COMPLETE", "PRUNED", "FAIL")})
+        try:
+            best = write_reports(study, rows, out_dir)
+        finally:  # the trial table and plots are worth keeping even when nothing completed
+            for path in out_dir.glob("*"):
+                mlflow.log_artifact(str(path))
+        mlflow.log_params({f"best.{k}": best[k] for k in tuning.TUNED_KEYS} | {"best.trial": best["trial"]})
+        mlflow.log_metric("best_val_acc", best["val_acc"])
+    return rows, best
+
+
+def write_reports(study: optuna.Study, rows: list[dict], out_dir: Path) -> dict:
+    """trials.csv and the PNGs, then best_params.json (an error when no trial completed)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "best_params.json").unlink(missing_ok=True)  # never leave a stale best behind
+    tuning.write_csv(rows, out_dir / "trials.csv")
+    tuning.plot_study(rows, out_dir)
+    if tuning.best_row(rows) is None:
+        pruned, failed = (sum(r["state"] == s for r in rows) for s in ("PRUNED", "FAIL"))
+        raise ConfigError(f"no trial of study '{study.study_name}' has completed ({pruned} pruned, "
+                          f"{failed} failed); see the trial runs in MLflow, or run more with --pruner none")
+    return tuning.write_best(study, out_dir / "best_params.json")
+
+
+def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    value = f"val_acc {trial.value:.4f}" if trial.value is not None else ""
+    took = f"{trial.duration.total_seconds():.1f}s" if trial.duration else ""
+    print(f"trial {trial.number:>3} {trial.state.name:<8} {value:<14} lr {trial.params.get('train.lr', 0):.3g}  "
+          f"dropout {trial.params.get('model.dropout', 0):.3f}  ({len(trial.intermediate_values)} epochs, "
+          f"{took})", flush=True)
+
+
+def print_summary(rows: list[dict], best: dict, best_path: Path, apply_cmd: str | None) -> None:
+    """Top trials, counts by state, the best, and (unless applied) the commands to use it."""
     done = sorted((r for r in rows if r["state"] == "COMPLETE"), key=lambda r: -r["val_acc"])
-    states = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL")}
-    print(f"\n{'trial':>6} {'val_acc':>8} {'train.lr':>10} {'dropout':>8}")
+    states = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    print(f"\ntop trials\n{'trial':>6} {'val_acc':>8} {'train.lr':>10} {'dropout':>8}")
     for r in done[:TOP_ROWS]:
         print(f"{r['number']:>6} {r['val_acc']:8.4f} {r['train.lr']:10.3g} {r['model.dropout']:8.3f}")
-    print(f"\n{len(rows)} trials: " + ", ".join(f"{n} {s.lower()}" for s, n in states.items()))
-    print(f"best: trial {best['trial']} val_acc {best['val_acc']:.4f}  train.lr {best['train.lr']:.4g}  "
-          f"model.dropout {best['model.dropout']:.3f}")
-    print(f"next: python -m stages.tune --apply   (or: dvc exp run -S train.lr={best['train.lr']:.4g} "
-          f"-S model.dropout={best['model.dropout']:.3f})")
+    print(f"\n{len(rows)} trials: " + ", ".join(f"{n} {s.lower()}" for s, n in states.items() if n))
+    print(f"best: trial {best['trial']}  val_acc {best['val_acc']:.4f}  train.lr {best['train.lr']:.4g}  "
+          f"model.dropout {best['model.dropout']:.3f}  ({best_path})")
+    if apply_cmd:
+        print(f"next: {apply_cmd}   (writes them into the params file)\n"
+              f"  or: dvc exp run -S train.lr={tuning.yaml_float(best['train.lr'])} "
+              f"-S model.dropout={tuning.yaml_float(best['model.dropout'])}   (an experiment; params.yaml untouched)")
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__.splitlines()[0])
-    parser.add_argument("--n-trials", type=int, help="trials to run now (default: tune.n_trials)")
+    parser.add_argument("--n-trials", type=int, help="trials to run now; 0 reports (and with --apply, "
+                        "applies) the study as it is (default: tune.n_trials)")
     parser.add_argument("--timeout", type=int, help="stop starting trials after N seconds (default: tune.timeout)")
     parser.add_argument("--epochs", type=int, help="epochs per trial (default: tune.epochs)")
     parser.add_argument("--study-name", help="study to create or resume (default: tune.study_name)")
-    parser.add_argument("--storage", help="Optuna storage URL: sqlite:///…, postgresql://…, mysql://…, "
-                        "or journal:///path/to/study.log (default: sqlite:///<project>/optuna.db)")
+    parser.add_argument("--storage", help="Optuna storage: sqlite:///abs/path.db, postgresql://user@host/db, "
+                        "mysql://…, or a journal file journal:///abs/path/study.log (also any path ending "
+                        "in .log or .journal); default: sqlite:///<project root>/optuna.db")
     parser.add_argument("--n-jobs", type=int, help="parallel trials in this process (default: tune.n_jobs)")
     parser.add_argument("--pruner", choices=["median", "hyperband", "none"], help="default: tune.pruner")
     parser.add_argument("--apply", action="store_true",
@@ -91,11 +141,15 @@ def main(argv: list[str] | None = None) -> int:
                                             ("storage", args.storage), ("n_jobs", args.n_jobs),
                                             ("pruner", args.pruner)) if v is not None}
     params = params.replace(**overrides)  # validated like the file
-    t = params.tune
-    if t.n_trials < 1:
-        raise ConfigError(f"--n-trials must be >= 1, got {t.n_trials}")
-    tune(params, t.n_trials, t.timeout, t.epochs, t.study_name, t.storage or tuning.default_storage(),
-         t.n_jobs, params_path=Path(args.params), apply=args.apply)
+    if params.tune.n_trials < 0:
+        raise ConfigError(f"--n-trials / tune.n_trials must be >= 0 (0: report the study, no new trials), "
+                          f"got {params.tune.n_trials}")
+    if params.tune.timeout < 0:
+        raise ConfigError(f"--timeout / tune.timeout must be >= 0 seconds (0: no limit), "
+                          f"got {params.tune.timeout}")
+    if not params.tune.study_name.strip():
+        raise ConfigError("--study-name / tune.study_name must not be empty")
+    tune(params, params_path=Path(args.params), apply=args.apply)
     return 0
 
 

@@ -1,49 +1,55 @@
 """Batch prediction: `python -m emovision.predict --model REF IMAGE...`.
 
-Prints one JSON record per detected face per image, using the same detector and
-classifier as the webcam app.
+Prints one JSON record per detected face per image, using the same detector, crops and
+classifier as the webcam app; an image with no face prints a note on stderr.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import cv2
 
 from emovision.errors import SourceError, cli_main
-from emovision.faces import HaarFaceDetector, square_crop
+from emovision.faces import MIN_FACE, HaarFaceDetector, classify_boxes, to_gray
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m emovision.predict", description=__doc__.splitlines()[0])
     p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--model", default="models:/fer/Production")
+    p.add_argument("--model", default="models:/fer/Production",
+                   help="registry URI, runs:/ID/model, checkpoint or 'pretrained' (default: %(default)s)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--min-face", type=int, default=40)
-    p.add_argument("--cascade", type=Path)
+    p.add_argument("--min-face", type=int, default=MIN_FACE, help="smallest face side in pixels")
+    p.add_argument("--max-faces", type=int, default=0, help="keep the N largest faces per image (0: all)")
+    p.add_argument("--cascade", type=Path, help="Haar cascade XML (default: OpenCV's frontal face)")
+    p.add_argument("--tta", action="store_true", help="average each face with its mirror image")
     args = p.parse_args(argv)
-    frames = {}
+    grays = {}
     for path in args.images:  # read all first: a bad file fails before any output
-        frame = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)  # then BGR -> gray, exactly as the webcam app
         if frame is None:
             raise SourceError(f"cannot read image {path}: missing, unreadable or not an image")
-        frames[path] = frame
+        grays[path] = to_gray(frame)
     from emovision.inference import load_classifier
 
-    classifier = load_classifier(args.model, args.device)
     detector = HaarFaceDetector(args.cascade, min_face=args.min_face)
-    for path, gray in frames.items():
+    classifier = load_classifier(args.model, args.device)
+    for path, gray in grays.items():
         boxes = detector.detect(gray)
+        if args.max_faces:
+            boxes = boxes[(-boxes[:, 2] * boxes[:, 3]).argsort(kind="stable")[: args.max_faces]]
         if len(boxes) == 0:
+            print(f"no face found in {path}", file=sys.stderr)
             continue
-        probs = classifier.predict_proba([square_crop(gray, b) for b in boxes])
-        for box, p_face in zip(boxes, probs):
-            best = int(p_face.argmax())
+        for box, probs in zip(boxes, classify_boxes(classifier, gray, boxes, args.tta)):
+            best = int(probs.argmax())
             print(json.dumps({"image": str(path), "box": [int(v) for v in box], "label": classifier.classes[best],
-                              "confidence": round(float(p_face[best]), 4),
-                              "probs": {c: round(float(v), 4) for c, v in zip(classifier.classes, p_face)}}))
+                              "confidence": round(float(probs[best]), 4),
+                              "probs": {c: round(float(v), 4) for c, v in zip(classifier.classes, probs)}}))
     return 0
 
 

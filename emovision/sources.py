@@ -7,6 +7,7 @@ file (rather than a skip the user might not notice); outputs are then not writte
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,18 @@ STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp:/
 LIVE_READ_TIMEOUT_S = 5.0
 
 Frame = tuple[int, float, np.ndarray]  # (index, timestamp in seconds, BGR image)
+
+
+@contextlib.contextmanager
+def quiet_opencv():
+    """Silence OpenCV and FFmpeg while opening: a missing camera or a broken file makes them
+    print several lines of their own; our SourceError says it once."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
 
 
 class FrameSource:
@@ -65,10 +78,13 @@ class VideoSource(FrameSource):
     """A video file, read frame by frame with no drops."""
 
     def __init__(self, path: Path):
-        self.cap = cv2.VideoCapture(str(path))
+        with quiet_opencv():
+            self.cap = cv2.VideoCapture(str(path))
+            ok = self.cap.isOpened()
+            if ok:
+                ok, first = self.cap.read()
         if not self.cap.isOpened():
             raise SourceError(f"cannot open video {path}: unreadable or unsupported format")
-        ok, first = self.cap.read()
         if not ok:
             self.cap.release()
             raise SourceError(f"cannot read video {path}: no frames could be decoded")
@@ -153,14 +169,9 @@ def open_source(spec: str | int) -> FrameSource:
 
 
 def _open_live(spec: str) -> LiveSource:
-    # OpenCV's backends print multi-line warnings for a missing camera; our error says it once.
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    try:
+    with quiet_opencv():
         cap = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
         ok = cap.isOpened() and cap.read()[0]
-    finally:
-        cv2.utils.logging.setLogLevel(level)
     if not ok:
         cap.release()
         if spec.isdigit():

@@ -1,4 +1,4 @@
-"""Test media built from real photos shipped in pip packages (no downloads).
+"""Test media built from real photos shipped in pip packages (no downloads), and a model.
 
 Faces: matplotlib's grace_hopper.jpg and scikit-image's astronaut.png. No face:
 scikit-image's camera.png and blank frames.
@@ -11,12 +11,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-FRAME_SIZE = (640, 480)
+FRAME_SIZE = (640, 480)  # width, height
+# Face boxes [x, y, w, h] in the original photos: OpenCV's frontal-face cascade at full
+# resolution, checked by eye (forehead to chin, ear to ear).
+HOPPER_FACE = (153, 102, 225, 225)  # in the 512x600 photo
+ASTRONAUT_FACE = (175, 64, 101, 101)  # in the 512x512 photo
+SCENES = ("blank", "hopper", "camera", "astronaut", "two", "blank_end")
+FACE_SCENES = ("hopper", "astronaut", "two")
 
 
 def grace_hopper() -> np.ndarray:
     from matplotlib import cbook
 
+    # get_sample_data returns an open binary file for non-.npy/.npz samples in matplotlib >= 3.8
     with cbook.get_sample_data("grace_hopper.jpg") as f:
         return cv2.imdecode(np.frombuffer(f.read(), np.uint8), cv2.IMREAD_COLOR)
 
@@ -33,41 +40,74 @@ def camera() -> np.ndarray:
     return cv2.cvtColor(data.camera(), cv2.COLOR_GRAY2BGR)
 
 
+def blank() -> np.ndarray:
+    return np.full((FRAME_SIZE[1], FRAME_SIZE[0], 3), 128, np.uint8)
+
+
 @dataclass
 class VideoTruth:
     path: Path
-    has_face: list[bool]  # per frame
+    boxes: list[list[tuple[int, int, int, int]]]  # per frame: approximate face boxes [x, y, w, h]
     segment: list[str]  # per frame: which scene
 
+    @property
+    def has_face(self) -> list[bool]:
+        return [bool(b) for b in self.boxes]
 
-def _place(canvas: np.ndarray, img: np.ndarray, x: int, y: int) -> None:
-    h, w = img.shape[:2]
-    canvas[y:y + h, x:x + w] = img
+
+def _place(canvas: np.ndarray, photo: np.ndarray, face: tuple, x: int, y: int, scale: float) -> tuple:
+    """Paste `photo` scaled by `scale` at (x, y), clipped to the canvas; return the face's box."""
+    img = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    h, w = min(img.shape[0], canvas.shape[0] - y), min(img.shape[1], canvas.shape[1] - x)
+    canvas[y:y + h, x:x + w] = img[:h, :w]
+    fx, fy, fw, fh = face
+    return (round(x + fx * scale), round(y + fy * scale), round(fw * scale), round(fh * scale))
 
 
 def make_video(path: Path, frames_per_scene: int = 20, fps: int = 30) -> VideoTruth:
-    """Scenes: blank, grace_hopper moving right and growing, camera.png (no face),
-    astronaut moving down, blank. Written as mp4v at 640x480."""
-    w, h = FRAME_SIZE
+    """640x480 mp4v video, one scene after another (`SCENES`): blank; grace_hopper moving
+    right and growing (face ~125-160 px); camera.png (no face); astronaut moving right and
+    down (face ~87 px); both photos side by side; blank."""
     hopper, astro, cam = grace_hopper(), astronaut(), camera()
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, FRAME_SIZE)
-    has_face, segment = [], []
+    boxes, segment = [], []
     n = frames_per_scene
-    for scene in ("blank", "hopper", "camera", "astronaut", "blank_end"):
+    for scene in SCENES:
         for i in range(n):
             t = i / max(1, n - 1)
-            canvas = np.full((h, w, 3), 128, np.uint8)
+            canvas, faces = blank(), []
             if scene == "hopper":
-                scale = 0.55 + 0.15 * t  # face grows
-                img = cv2.resize(hopper, None, fx=scale, fy=scale)
-                _place(canvas, img[: h - 40], int(20 + 200 * t), 20)
+                faces.append(_place(canvas, hopper, HOPPER_FACE, int(20 + 200 * t), 20, 0.55 + 0.15 * t))
             elif scene == "camera":
-                _place(canvas, cv2.resize(cam, (400, 400)), 120, 40)
+                canvas[40:440, 120:520] = cv2.resize(cam, (400, 400), interpolation=cv2.INTER_AREA)
             elif scene == "astronaut":
-                img = cv2.resize(astro, (440, 440))  # face about 90 px
-                _place(canvas, img, int(60 + 120 * t), int(40 * t))
+                faces.append(_place(canvas, astro, ASTRONAUT_FACE, int(60 + 120 * t), int(40 * t), 440 / 512))
+            elif scene == "two":
+                faces.append(_place(canvas, hopper, HOPPER_FACE, 10, 60, 0.5))
+                faces.append(_place(canvas, astro, ASTRONAUT_FACE, 300 + int(20 * t), 60, 0.75))
             writer.write(canvas)
-            has_face.append(scene in ("hopper", "astronaut"))
+            boxes.append(faces)
             segment.append(scene)
     writer.release()
-    return VideoTruth(path, has_face, segment)
+    return VideoTruth(path, boxes, segment)
+
+
+def model_ref(tmp_path: Path, width: int = 16) -> str:
+    """A model reference the apps accept: an untrained cnn_small saved as a training checkpoint
+    (`emovision.training.save_checkpoint`, the format `stages.train` writes). Its predictions
+    are meaningless but deterministic; the tests check the plumbing, not the accuracy."""
+    import torch
+
+    from emovision.data import CLASSES
+    from emovision.models import create_model
+    from emovision.preprocess import PreprocessConfig
+    from emovision.training import save_checkpoint
+
+    torch.manual_seed(0)
+    kwargs = {"width": width}
+    model = create_model("cnn_small", num_classes=len(CLASSES), **kwargs)
+    path = Path(tmp_path) / "model.pt"
+    save_checkpoint(path, {"arch": "cnn_small", "arch_kwargs": kwargs, "classes": list(CLASSES),
+                           "preprocess": PreprocessConfig().to_dict(), "dataset": "untrained (tests)",
+                           "metrics": {}, "state_dict": model.state_dict()})
+    return str(path)

@@ -61,6 +61,31 @@ def setup(experiment: str = EXPERIMENT) -> str:
 
     quiet_mlflow()
     mlflow.set_tracking_uri(tracking_uri())
+    with _store_lock(tracking_uri()):
+        return _setup_experiment(mlflow, experiment)
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise store creation between processes for a local SQLite store: the first client
+    creates the schema, and two doing so at once (parallel tuning workers) can fail."""
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    try:
+        import fcntl
+    except ImportError:  # Windows: rely on the retries alone
+        fcntl = None
+    if path is None or fcntl is None or not Path(path).parent.is_dir():
+        yield
+        return
+    with open(f"{path}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _setup_experiment(mlflow, experiment: str) -> str:
     for attempt in range(STORE_INIT_RETRIES):
         try:  # the first client creates the SQLite schema; parallel workers may race on it
             client = mlflow.MlflowClient()

@@ -106,3 +106,24 @@ def test_missing_prepared_data(in_tmp, mlflow_store, capsys):
     write_params(in_tmp / "params.yaml")
     assert train_main(["--params", "params.yaml"]) == 2
     assert "run `python -m stages.prepare` first" in capsys.readouterr().err
+
+
+def test_weight_ema_is_bias_corrected():
+    """After one step the average is that step's model, not a blend with the random init;
+    it then weighs recent models by decay^age, normalised to sum to one."""
+    from torch import nn
+
+    from emovision.training import ModelEma
+
+    model = nn.Linear(3, 2)
+    ema = ModelEma(model, decay=0.9)
+    seen = []
+    for step in range(5):
+        with torch.no_grad():
+            model.weight.fill_(float(step + 1))
+        seen.append(float(step + 1))
+        ema.update(model)
+        weights = [0.9 ** (len(seen) - 1 - i) for i in range(len(seen))]
+        expected = sum(w * v for w, v in zip(weights, seen)) / sum(weights)
+        assert torch.allclose(ema.module.weight, torch.full_like(model.weight, expected), atol=1e-5)
+    assert ema.updates == 5

@@ -47,7 +47,7 @@ class PreprocessParams:
 class ModelParams:
     name: str = "cnn_small"
     dropout: float = 0.3
-    width: int = 48
+    width: int = 32
     activation: Literal["elu", "relu", "silu", "gelu"] = "elu"
 
     def kwargs(self) -> dict[str, Any]:
@@ -57,7 +57,7 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 24
+    epochs: int = 70
     batch_size: int = 128
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 0.003
@@ -68,8 +68,8 @@ class TrainParams:
     label_smoothing: float = 0.1
     class_weighted: bool = False
     mixup: float = 0.0
-    ema_decay: float = 0.0
-    patience: int = 6
+    ema_decay: float = 0.999
+    patience: int = 0
     min_delta: float = 0.001
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = True

@@ -76,3 +76,16 @@ def in_trained(trained, monkeypatch):
 
     mlflow.set_tracking_uri(f"sqlite:///{trained / 'mlflow.db'}")
     return trained
+
+
+@pytest.fixture(scope="session")
+def fer2013_raw(tmp_path_factory) -> Path:
+    """The real FER2013 archive unpacked once per session (skips when ../shared is absent)."""
+    import tarfile
+
+    if not SHARED_ARCHIVE.is_file():
+        pytest.skip("FER2013 archive (../shared/data) not present")
+    raw = tmp_path_factory.mktemp("fer2013_raw")
+    with tarfile.open(SHARED_ARCHIVE) as tar:
+        tar.extractall(raw / "fer2013", filter="data")
+    return raw

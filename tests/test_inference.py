@@ -48,7 +48,24 @@ def test_foreign_file_is_refused_without_unpickling(in_trained, tmp_path):
         load_classifier(str(bad), "cpu")
 
 
-@pytest.mark.skipif(not (WEIGHTS_DIR / "config.json").is_file(), reason="no shipped weights yet")
 def test_pretrained_loads_offline():
     clf = load_classifier("pretrained", "cpu")
     assert clf.info["dataset"] == "fer2013" and len(clf.classes) == 7
+    assert clf.predict_proba(np.zeros((2, 48, 48), np.uint8)).shape == (2, 7)
+
+
+def test_pretrained_scores_what_it_claims_on_privatetest(fer2013_raw):
+    """The model card's PrivateTest figures, from predict_proba on the raw 48x48 crops."""
+    import json
+
+    from emovision.data.fer2013 import read_folders
+    from emovision.metrics import classification_report
+
+    claimed = json.loads((WEIGHTS_DIR / "config.json").read_text())["metrics"]
+    x, y = read_folders(fer2013_raw / "fer2013").splits["test"]
+    assert len(y) == 3589
+    clf = load_classifier("pretrained", "cpu")
+    for tta, figures in ((True, claimed["test"]), (False, claimed["no_tta"]["test"])):
+        report = classification_report(y, clf.predict_proba(x, tta=tta).argmax(1), clf.classes)
+        assert report["accuracy"] == pytest.approx(figures["accuracy"], abs=0.002), tta  # 0.2% = 7 faces
+    assert claimed["test"]["accuracy"] >= 0.68  # the compact-model target, with flip TTA

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tarfile
 
 import cv2
 import numpy as np
@@ -14,7 +13,7 @@ from emovision.data import CLASSES
 from emovision.data.fer2013 import read_csv, read_folders, write_csv
 from emovision.data.prepared import load_meta, load_split
 from stages.prepare import main as prepare_main
-from tests.conftest import REPO, SHARED_ARCHIVE, write_params
+from tests.conftest import REPO, write_params
 
 FER_COUNTS = {  # ../shared/data/README.md
     "train": [3995, 436, 4097, 7215, 4830, 3171, 4965],
@@ -173,12 +172,8 @@ def test_auto_without_data_builds_the_demo_set(tmp_path):
     assert all(meta["counts"][s][c] > 0 for s in ("train", "val", "test") for c in CLASSES)
 
 
-@pytest.mark.skipif(not SHARED_ARCHIVE.is_file(), reason="FER2013 archive (../shared/data) not present")
-def test_real_fer2013_counts(tmp_path):
-    raw = tmp_path / "raw"
-    (raw / "fer2013").mkdir(parents=True)
-    with tarfile.open(SHARED_ARCHIVE) as tar:
-        tar.extractall(raw / "fer2013", filter="data")
+def test_real_fer2013_counts(tmp_path, fer2013_raw):
+    raw = fer2013_raw
     assert run_prepare(tmp_path, raw) == 0
     meta = load_meta(tmp_path / "prepared")
     for split, counts in FER_COUNTS.items():

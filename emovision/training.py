@@ -91,10 +91,10 @@ def cpu_has_fast_bf16() -> bool:
 class ModelEma:
     """Exponential moving average of weights (evaluated and saved instead of the raw model).
 
-    Bias-corrected, as Adam's moments: after t updates the average weighs the t models seen
-    as a decay-`decay` EMA started from zero and divided by 1 - decay^t, so a short run (the
-    demo set, a tuning trial) averages its own few steps instead of staying near the random
-    initial weights; after a few thousand steps it is the plain EMA.
+    With the usual warm-up (TensorFlow's `num_updates`): after t updates the decay is
+    min(decay, (1 + t) / (10 + t)), so the average spans about the last tenth of a short run
+    (the demo set, a 5-epoch tuning trial) instead of staying near the random initial
+    weights or averaging the whole trajectory; 0.999 is reached after about 9,000 steps.
     """
 
     def __init__(self, model: nn.Module, decay: float, updates: int = 0):
@@ -109,8 +109,7 @@ class ModelEma:
         # BatchNorm statistics are averaged with the weights (as in timm's ModelEmaV2):
         # copying the live model's statistics onto averaged weights mismatches them.
         self.updates += 1
-        d, t = self.decay, self.updates
-        keep = d * (1.0 - d ** (t - 1)) / (1.0 - d ** t)  # the corrected average's per-step decay
+        keep = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
         ema_state, live_state = self.module.state_dict(), model.state_dict()
         floats = [k for k, v in ema_state.items() if v.is_floating_point()]
         torch._foreach_lerp_([ema_state[k] for k in floats], [live_state[k] for k in floats], 1.0 - keep)

@@ -47,7 +47,7 @@ class PreprocessParams:
 class ModelParams:
     name: str = "cnn_small"
     dropout: float = 0.3
-    width: int = 32
+    width: int = 48
     activation: Literal["elu", "relu", "silu", "gelu"] = "elu"
 
     def kwargs(self) -> dict[str, Any]:

@@ -138,7 +138,10 @@ class TrialSeededTPESampler(optuna.samplers.TPESampler):
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         super().before_trial(study, trial)
-        trial_seed = int(np.random.SeedSequence([self._base_seed, trial.number]).generate_state(1)[0])
+        # A 4-word key (MT19937's init_by_array): seeding with one int gives first draws that
+        # cluster (0.449, 0.451, 0.463 for trials 0-2 of seed 42), so the first trials'
+        # learning rates came out almost equal.
+        trial_seed = np.random.SeedSequence([self._base_seed, trial.number]).generate_state(4)
         # TPESampler keeps no public way to reseed with a given seed; these are its two
         # generators in Optuna 4-5 (test_seeded_sampler_gives_every_trial_its_own_draws)
         self._rng.rng.seed(trial_seed)

@@ -10,6 +10,7 @@ import threading
 import time
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 
@@ -207,6 +208,12 @@ def test_seeded_sampler_gives_every_trial_its_own_draws(tmp_path):
     resumed = draws("resumed", 2)
     assert len(set(resumed)) == 4
     assert draws("once", 1) == resumed  # reproducible: trial n's draws depend on (seed, n) alone
+    # ... and spread out: one-int MT19937 seeds gave first draws within 0.2% of each other
+    space = tuning.search_space(params)
+    for i, (name, d) in enumerate(space.items()):
+        lo, hi = (np.log(d.low), np.log(d.high)) if d.log else (d.low, d.high)
+        pos = sorted(((np.log(r[i]) if d.log else r[i]) - lo) / (hi - lo) for r in resumed)
+        assert min(np.diff(pos)) > 0.01, (name, pos)
 
 
 def test_workers_starting_together_share_one_new_storage_and_study(tmp_path):

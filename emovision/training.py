@@ -97,9 +97,9 @@ class ModelEma:
     weights or averaging the whole trajectory; 0.999 is reached after about 9,000 steps.
     """
 
-    def __init__(self, model: nn.Module, decay: float, updates: int = 0):
+    def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
-        self.updates = updates
+        self.updates = 0  # restored from the checkpoint on --resume
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)

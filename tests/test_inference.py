@@ -68,4 +68,4 @@ def test_pretrained_scores_what_it_claims_on_privatetest(fer2013_raw):
     for tta, figures in ((True, claimed["test"]), (False, claimed["no_tta"]["test"])):
         report = classification_report(y, clf.predict_proba(x, tta=tta).argmax(1), clf.classes)
         assert report["accuracy"] == pytest.approx(figures["accuracy"], abs=0.002), tta  # 0.2% = 7 faces
-    assert claimed["test"]["accuracy"] >= 0.68  # the compact-model target, with flip TTA
+    assert claimed["test"]["accuracy"] >= 0.70  # issue 7's target for the shipped model, with flip TTA

@@ -2,8 +2,9 @@
 
 The champion is the version with alias `champion` (and registry stage `Production`; both
 are kept in step). A challenger replaces it when there is none, or when it beats it by at
-least `min_delta` accuracy on the *same* test split, both scored side by side in the
-current run. A model trained on the demo dataset never replaces a FER2013 champion, and a
+least `min_delta` accuracy on the *same* validation split (FER2013 PublicTest), both scored
+side by side in the current run. Choosing a model is selection, so it never looks at the
+test split (PrivateTest), which is only reported. A model trained on the demo dataset never replaces a FER2013 champion, and a
 FER2013 model always replaces a demo-data champion (their scores are never compared).
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ def current_champion(name: str):
 
 def decide(challenger_dataset: str, challenger_acc: float, champion, min_delta: float,
            score_champion: Callable[[str], float]) -> Decision:
-    """The gate. `score_champion(version)` evaluates the champion on the challenger's test split."""
+    """The gate. `score_champion(version)` evaluates the champion on the challenger's validation split."""
     if champion is None:
         return Decision(True, "no champion yet", challenger_acc)
     champion_dataset = champion.tags.get("dataset", "unknown")
@@ -84,10 +85,10 @@ def record(name: str, version: str, decision: Decision) -> None:
     client = mlflow.MlflowClient()
     tags = {"promotion": "promoted" if decision.promote else "rejected",
             "promotion_reason": decision.reason,
-            "challenger_test_acc": f"{decision.challenger_acc:.4f}"}
+            "challenger_val_acc": f"{decision.challenger_acc:.4f}"}
     if decision.champion_version is not None:
         tags["champion_version"] = str(decision.champion_version)
     if decision.champion_acc is not None:
-        tags["champion_test_acc"] = f"{decision.champion_acc:.4f}"
+        tags["champion_val_acc"] = f"{decision.champion_acc:.4f}"
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)

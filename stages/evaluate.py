@@ -1,5 +1,6 @@
 """Stage 3: score the trained model on test (PrivateTest) and val (PublicTest), log it into
-the training run, and run the champion/challenger promotion gate.
+the training run, and run the champion/challenger promotion gate (on val: selection never
+looks at PrivateTest).
 
 Writes reports/metrics.json (DVC metrics), reports/confusion.json (DVC confusion plot),
 reports/confusion_matrix.png and reports/per_class_f1.png.
@@ -87,12 +88,12 @@ def evaluate(params: Params, models_dir: Path = MODELS_DIR) -> dict:
         for path in (METRICS_JSON, CONFUSION_PNG, F1_PNG):
             mlflow.log_artifact(str(path), "evaluation")
         if params.registry.promote:
-            gate(params, info, meta["source"], results["test"]["accuracy"], splits["test"], tta, bs)
+            gate(params, info, meta["source"], results["val"]["accuracy"], splits["val"], tta, bs)
     return metrics
 
 
-def gate(params: Params, info: dict, dataset: str, acc: float, test: tuple, tta: bool, bs: int) -> None:
-    """Champion/challenger: both scored on this run's test split, decision stored as tags."""
+def gate(params: Params, info: dict, dataset: str, acc: float, val: tuple, tta: bool, bs: int) -> None:
+    """Champion/challenger: both scored on this run's val split (PublicTest), decision stored as tags."""
     name, version = info["model_name"], str(info["model_version"])
     champion = promotion.current_champion(name)
     if champion is not None and str(champion.version) == str(version):
@@ -100,15 +101,15 @@ def gate(params: Params, info: dict, dataset: str, acc: float, test: tuple, tta:
         return
 
     def score_champion(v: str) -> float:
-        return score(load_classifier(f"models:/{name}/{v}", params.base.device), *test, tta, bs)["accuracy"]
+        return score(load_classifier(f"models:/{name}/{v}", params.base.device), *val, tta, bs)["accuracy"]
 
     decision = promotion.decide(dataset, acc, champion, params.registry.min_delta, score_champion)
     promotion.record(name, version, decision)
     if decision.promote:
         promotion.promote(name, version)
-    champ = "" if decision.champion_acc is None else f", champion v{decision.champion_version} test acc {decision.champion_acc:.4f}"
+    champ = "" if decision.champion_acc is None else f", champion v{decision.champion_version} val acc {decision.champion_acc:.4f}"
     print(f"promotion: {name} v{version} {'PROMOTED to Production (@champion)' if decision.promote else 'not promoted'}"
-          f" — {decision.reason} (challenger test acc {acc:.4f}{champ})")
+          f" — {decision.reason} (challenger val acc {acc:.4f}{champ})")
 
 
 @cli_main

@@ -38,7 +38,7 @@ def register_pretrained(params: Params) -> str:
         raise ModelRefError(f"no pretrained weights shipped in {WEIGHTS_DIR}")
     digest = hashlib.sha256((WEIGHTS_DIR / tracking.WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
     config = json.loads((WEIGHTS_DIR / tracking.CONFIG_FILE).read_text())
-    test_acc = config["metrics"]["test"]["accuracy"]
+    test_acc, val_acc = config["metrics"]["test"]["accuracy"], config["metrics"]["val"]["accuracy"]
     client = mlflow.MlflowClient()
     existing = [v for v in client.search_model_versions(f"name='{name}'")
                 if v.tags.get("pretrained_sha256") == digest] if client.search_registered_models(
@@ -50,11 +50,11 @@ def register_pretrained(params: Params) -> str:
         with tracking.tracked_run(run_name="register-pretrained", tags={"dataset": "fer2013",
                                                                         "stage": "promote"}) as run:
             mlflow.log_artifacts(str(WEIGHTS_DIR), tracking.MODEL_ARTIFACT)
-            mlflow.log_metrics({"test_accuracy": test_acc, "val_accuracy": config["metrics"]["val"]["accuracy"]})
+            mlflow.log_metrics({"test_accuracy": test_acc, "val_accuracy": val_acc})
             version = tracking.register_model(
                 name, mlflow.get_artifact_uri(tracking.MODEL_ARTIFACT), run.info.run_id,
                 tags={"dataset": "fer2013", "pretrained_sha256": digest, "arch": config["arch"],
-                      "test_acc": f"{test_acc:.4f}", "val_acc": f"{config['metrics']['val']['accuracy']:.4f}"})
+                      "test_acc": f"{test_acc:.4f}", "val_acc": f"{val_acc:.4f}"})
         print(f"registered the shipped FER2013 model as {name} v{version}")
     champion = promotion.current_champion(name)
     if champion is not None and str(champion.version) == str(version):
@@ -62,11 +62,12 @@ def register_pretrained(params: Params) -> str:
         return version
 
     def recorded_acc(v: str) -> float:
-        # Both numbers are FER2013 PrivateTest accuracies recorded when each was evaluated.
+        # Both numbers are FER2013 PublicTest accuracies recorded when each was evaluated
+        # (selection never looks at PrivateTest).
         tags = client.get_model_version(name, v).tags
-        return float(tags.get("test_acc") or tags.get("challenger_test_acc") or "inf")
+        return float(tags.get("challenger_val_acc") or tags.get("val_acc") or "inf")
 
-    decision = promotion.decide("fer2013", test_acc, champion, params.registry.min_delta, recorded_acc)
+    decision = promotion.decide("fer2013", val_acc, champion, params.registry.min_delta, recorded_acc)
     promotion.record(name, version, decision)
     if decision.promote:
         promotion.promote(name, version)

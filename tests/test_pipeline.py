@@ -115,13 +115,15 @@ def test_promotion_gate(project, capsys):
     # v1: trained normally -> first champion
     first = train_and_evaluate({})
     assert champion() == first["model_version"] == "1"
-    acc1 = float(versions()["1"].tags["challenger_test_acc"])
+    acc1 = float(versions()["1"].tags["challenger_val_acc"])
+    # the gate selects on val (PublicTest), never on test (PrivateTest)
+    assert acc1 == pytest.approx(json.loads(Path("reports/metrics.json").read_text())["val"]["accuracy"], abs=1e-4)
     assert acc1 > 0.3  # well above chance (1/7) on the demo set
     # v2: learning rate so small it cannot learn -> worse, not promoted
     train_and_evaluate({"train": {"epochs": 1, "lr": 1e-7, "warmup_epochs": 0.0}})
     v2 = versions()["2"]
     assert v2.tags["promotion"] == "rejected" and champion() == "1"
-    assert float(v2.tags["champion_test_acc"]) == pytest.approx(acc1, abs=1e-4)
+    assert float(v2.tags["champion_val_acc"]) == pytest.approx(acc1, abs=1e-4)
     # v3: the same recipe as v1 with a min_delta it cannot clear -> rejected
     train_and_evaluate({"registry": {"min_delta": 0.5}})
     assert versions()["3"].tags["promotion"] == "rejected"
@@ -150,6 +152,38 @@ def test_demo_model_never_replaces_fer2013_champion(project, tmp_path):
     assert tags["dataset"] == "synthetic" and tags["promotion"] == "rejected"
     assert "never replaces a FER2013 champion" in tags["promotion_reason"]
     assert champion() == fer["model_version"]
+
+
+def test_pretrained_is_gated_against_fer2013_champions(project, tmp_path, capsys):
+    from emovision.data.fer2013 import write_csv
+    from emovision.data.synthetic import generate_synthetic
+    from emovision.inference import WEIGHTS_DIR
+
+    shipped = json.loads((WEIGHTS_DIR / "config.json").read_text())["metrics"]["val"]["accuracy"]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_csv(generate_synthetic(10, seed=1), raw / "fer2013.csv")
+    weak = train_and_evaluate({"train": {"epochs": 1, "lr": 1e-7, "warmup_epochs": 0.0}}, raw_dir=str(raw))
+    assert champion() == weak["model_version"] == "1"
+    assert float(versions()["1"].tags["challenger_val_acc"]) < shipped
+
+    # a weaker FER2013 champion is replaced by the shipped model, compared on PublicTest
+    assert promote_main(["--params", "params.yaml", "--pretrained"]) == 0
+    v2 = versions()["2"]
+    assert v2.tags["dataset"] == "fer2013" and v2.tags["promotion"] == "promoted"
+    assert float(v2.tags["challenger_val_acc"]) == pytest.approx(shipped, abs=1e-4)
+    assert champion() == "2" and production() == ["2"]
+    # registering again finds the same version by its hash
+    assert promote_main(["--params", "params.yaml", "--pretrained"]) == 0
+    assert sorted(versions()) == ["1", "2"] and "already registered as fer v2" in capsys.readouterr().out
+
+    # a champion recorded better on PublicTest keeps its place
+    mlflow.MlflowClient().set_model_version_tag("fer", "1", "challenger_val_acc", f"{shipped + 0.05:.4f}")
+    assert promote_main(["--params", "params.yaml", "--version", "1"]) == 0
+    assert promote_main(["--params", "params.yaml", "--pretrained"]) == 0
+    assert champion() == "1" and production() == ["1"]
+    assert versions()["2"].tags["promotion"] == "rejected"
+    assert "not promoted" in capsys.readouterr().out
 
 
 def test_unknown_version_and_missing_model(project, capsys):

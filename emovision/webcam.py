@@ -3,8 +3,9 @@
 Reads a camera, video, image, folder or stream; finds every face, classifies all of them
 in one batched forward pass, smooths each face's probabilities over time and draws the
 result. `--no-display` runs headless (servers, tests); `--output` writes the annotated
-video, `--log` one JSON record per frame. Keys in the window: q / Esc quit, space pauses,
-s saves a snapshot.
+video, `--log` one JSON record per frame. In the window a file plays at its own frame rate
+(an image folder at one image a second; `--fast`: as fast as it is processed). Keys in the
+window: q / Esc quit, space pauses, s saves a snapshot.
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="0", help="camera index, video/image file, folder or stream URL (default: 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-display", action="store_true", help="run without a window")
+    p.add_argument("--fast", action="store_true",
+                   help="in the window, play files as fast as they are processed, not at their own frame rate")
     p.add_argument("--output", type=Path, help="write the annotated video here (.mp4)")
     p.add_argument("--log", type=Path, help="write one JSON record per frame here (.jsonl)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: no limit)")
@@ -145,9 +148,29 @@ def summarize(times: dict[str, list[float]], detect_frames: list[bool], frames: 
             "end_to_end_fps": frames / seconds if seconds else 0.0}  # decode, logging, writing included
 
 
+class PlaybackClock:
+    """Shows a file's frames at their own timestamps: the milliseconds to wait before the
+    next frame. Starts (and restarts after a pause) from the frame at hand, so a slow frame
+    or a pause never makes it rush to catch up."""
+
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
+        self.origin: float | None = None  # wall time at which the file's time 0 would be shown
+
+    def wait_ms(self, stamp: float) -> int:
+        now = self.clock()
+        if self.origin is None or self.origin + stamp < now - 0.25:  # start, or fell behind
+            self.origin = now - stamp
+        return max(1, round(1000 * (self.origin + stamp - now)))
+
+    def restart(self) -> None:
+        self.origin = None
+
+
 def run(pipeline: EmotionPipeline, source: FrameSource, args: argparse.Namespace) -> dict:
     """The main loop; returns a summary of frames, faces and per-stage times."""
     display = not args.no_display
+    playback = PlaybackClock() if display and not source.live and not args.fast else None
     times: dict[str, list[float]] = {"decode": [], "detect": [], "classify": [], "draw": []}
     detect_frames: list[bool] = []
     track_ids: set[int] = set()
@@ -191,11 +214,14 @@ def run(pipeline: EmotionPipeline, source: FrameSource, args: argparse.Namespace
                                           "faces": [f.to_dict() for f in result.faces]}) + "\n")
                 if display:
                     cv2.imshow(WINDOW, frame)
-                    key = cv2.waitKey(0 if paused else 1) & 0xFF
+                    wait = 1 if playback is None else playback.wait_ms(stamp)
+                    key = cv2.waitKey(0 if paused else wait) & 0xFF
                     if key in KEY_QUIT:
                         break
                     if key == KEY_PAUSE:
                         paused = not paused
+                        if playback is not None:
+                            playback.restart()
                     if key == KEY_SNAPSHOT:
                         snap = Path(f"snapshot_{index:06d}.png")
                         cv2.imwrite(str(snap), frame)

@@ -140,3 +140,27 @@ def test_predict_cli(checkpoint, tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""  # a bad file fails before any output
     one_error_line(captured.err, "cannot read image nope.jpg")
+
+
+def test_playback_clock_keeps_a_files_own_frame_rate():
+    from emovision.webcam import PlaybackClock
+
+    now = [100.0]
+    clock = PlaybackClock(clock=lambda: now[0])
+
+    def show(frame: int, processing_s: float) -> int:
+        """Process a frame of a 30 fps file, then wait as the window would."""
+        now[0] += processing_s
+        wait = clock.wait_ms(frame / 30)
+        now[0] += wait / 1000
+        return wait
+
+    assert show(0, 0.010) == 1  # the first frame is shown at once (the shortest wait, 1 ms)
+    assert show(1, 0.010) == 22  # 10 ms of work: wait out the rest of the 1/30 s frame
+    assert show(2, 0.050) == 1  # 16 ms late: shown at once, the clock does not move...
+    assert show(3, 0.005) == 11  # ...so the next frame is back on time
+    assert show(4, 5.0) == 1  # far behind (a slow machine, a debugger): restart from here
+    assert show(5, 0.0) == 32  # no rush to catch up
+    clock.restart()  # after a pause
+    now[0] += 60.0
+    assert show(6, 0.0) == 1 and show(7, 0.0) == 32

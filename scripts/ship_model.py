@@ -1,7 +1,9 @@
 """Ship a trained FER2013 checkpoint inside the package and print its model-card figures.
 
     python scripts/ship_model.py models/best.pt            # -> emovision/weights/, reports/pretrained.json
-    python scripts/ship_model.py --check                   # re-score the shipped model (no writing)
+    python scripts/ship_model.py --check                   # re-score the shipped model -> reports/pretrained.json
+    python scripts/ship_model.py models/best.pt --score-only   # score a retrained model beside the
+                                                               # shipped one's claims; writes nothing
 
 Scores come from the classifier's own `predict_proba` on the raw 48x48 crops of
 data/prepared/ (which must be FER2013): PublicTest (val) and PrivateTest (test), with and
@@ -70,14 +72,30 @@ def card_tables(scores: dict, classes: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def compare_with_shipped(summary: dict) -> str:
+    """This model's accuracies beside the shipped model's claims, in points."""
+    claims = json.loads((WEIGHTS_DIR / tracking.CONFIG_FILE).read_text())["metrics"]
+    lines = ["| split | TTA | this model | shipped | difference (points) |", "|---|---|---|---|---|"]
+    for split, name in (("test", "PrivateTest"), ("val", "PublicTest")):
+        for tta, mine, theirs in (("flip", summary[split], claims[split]),
+                                  ("none", summary["no_tta"][split], claims["no_tta"][split])):
+            a, b = mine["accuracy"], theirs["accuracy"]
+            lines.append(f"| {name} | {tta} | {a:.4f} | {b:.4f} | {100 * (a - b):+.2f} |")
+    return "\n".join(lines)
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", nargs="?", type=Path)
     p.add_argument("--check", action="store_true", help="score the shipped model instead")
+    p.add_argument("--score-only", action="store_true",
+                   help="score CHECKPOINT and compare it with the shipped model's claims; write nothing")
     p.add_argument("--prepared", type=Path, default=Path("data/prepared"))
     p.add_argument("--threads", type=int, default=1, help="CPU threads for the latency figure")
     args = p.parse_args(argv)
+    if args.score_only and (args.check or args.checkpoint is None):
+        raise DataError("--score-only needs a CHECKPOINT to score (and no --check)")
     if load_meta(args.prepared)["source"] != "fer2013":
         raise DataError(f"{args.prepared} is not FER2013; prepare the real dataset first")
     torch.set_num_threads(args.threads)
@@ -97,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(summary, indent=2))
     print(card_tables(scores, clf.classes))
+    if args.score_only:
+        print(compare_with_shipped(summary))
+        return 0
     Path("reports").mkdir(exist_ok=True)
     Path("reports/pretrained.json").write_text(json.dumps({"summary": summary, "scores": scores}, indent=2) + "\n")
     if not args.check and args.checkpoint is not None:

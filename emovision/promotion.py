@@ -4,8 +4,9 @@ The champion is the version with alias `champion` (and registry stage `Productio
 are kept in step). A challenger replaces it when there is none, or when it beats it by at
 least `min_delta` accuracy on the *same* validation split (FER2013 PublicTest), both scored
 side by side in the current run. Choosing a model is selection, so it never looks at the
-test split (PrivateTest), which is only reported. A model trained on the demo dataset never replaces a FER2013 champion, and a
-FER2013 model always replaces a demo-data champion (their scores are never compared).
+test split (PrivateTest), which is only reported. A model trained on the demo dataset never
+replaces a FER2013 champion, and a FER2013 model always replaces a demo-data champion
+(their scores are never compared).
 """
 from __future__ import annotations
 

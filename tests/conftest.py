@@ -89,3 +89,15 @@ def fer2013_raw(tmp_path_factory) -> Path:
     with tarfile.open(SHARED_ARCHIVE) as tar:
         tar.extractall(raw / "fer2013", filter="data")
     return raw
+
+
+@pytest.fixture(scope="session")
+def fer2013_prepared(fer2013_raw, tmp_path_factory) -> Path:
+    """The real FER2013 through `stages.prepare`, once per session: its prepared dir."""
+    from stages.prepare import main as prepare_main
+
+    root = tmp_path_factory.mktemp("fer2013_prepared")
+    params = write_params(root / "params.yaml", {"data": {
+        "source": "fer2013", "raw_dir": str(fer2013_raw), "prepared_dir": str(root / "prepared")}})
+    assert prepare_main(["--params", str(params)]) == 0
+    return root / "prepared"

@@ -71,7 +71,7 @@ def test_pretrained_scores_what_it_claims_on_privatetest(fer2013_raw):
     assert claimed["test"]["accuracy"] >= 0.70  # issue 7's target for the shipped model, with flip TTA
 
 
-def test_ship_model_scores_a_checkpoint_beside_the_shipped_claims(fer2013_raw, tmp_path):
+def test_ship_model_scores_a_checkpoint_beside_the_shipped_claims(fer2013_prepared, tmp_path):
     """`scripts/ship_model.py CKPT --score-only`, the retrain check: the shipped weights saved
     as a training checkpoint score exactly the shipped claims, and nothing is written."""
     import json
@@ -80,12 +80,8 @@ def test_ship_model_scores_a_checkpoint_beside_the_shipped_claims(fer2013_raw, t
 
     import torch
 
-    from stages.prepare import main as prepare_main
-    from tests.conftest import REPO, write_params
+    from tests.conftest import REPO
 
-    params = write_params(tmp_path / "params.yaml", {"data": {"raw_dir": str(fer2013_raw),
-                                                               "prepared_dir": str(tmp_path / "prepared")}})
-    assert prepare_main(["--params", str(params)]) == 0
     config = json.loads((WEIGHTS_DIR / "config.json").read_text())
     shipped = {p: p.read_bytes() for p in WEIGHTS_DIR.iterdir() if p.is_file()}
     torch.save({**config, "state_dict": torch.load(WEIGHTS_DIR / "weights.pt", weights_only=True)},
@@ -93,7 +89,7 @@ def test_ship_model_scores_a_checkpoint_beside_the_shipped_claims(fer2013_raw, t
     work = tmp_path / "cwd"
     work.mkdir()
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "ship_model.py"), str(tmp_path / "best.pt"),
-                          "--score-only", "--prepared", str(tmp_path / "prepared")],
+                          "--score-only", "--prepared", str(fer2013_prepared)],
                          cwd=work, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line.split("|") for line in out.stdout.splitlines() if line.startswith(("| PrivateTest | flip",

@@ -137,14 +137,20 @@ def test_promotion_gate(project, capsys):
     assert "PROMOTED" in capsys.readouterr().out
 
 
-def test_demo_model_never_replaces_fer2013_champion(project, tmp_path):
+def tiny_fer2013_raw(tmp_path: Path) -> str:
+    """A raw dir holding a tiny real-format FER2013 CSV: its models count as FER2013 ones."""
     from emovision.data.fer2013 import write_csv
     from emovision.data.synthetic import generate_synthetic
 
     raw = tmp_path / "raw"
     raw.mkdir()
-    write_csv(generate_synthetic(10, seed=1), raw / "fer2013.csv")  # a tiny real-format FER2013 CSV
-    fer = train_and_evaluate({"train": {"epochs": 1, "lr": 1e-7, "warmup_epochs": 0.0}}, raw_dir=str(raw))
+    write_csv(generate_synthetic(10, seed=1), raw / "fer2013.csv")
+    return str(raw)
+
+
+def test_demo_model_never_replaces_fer2013_champion(project, tmp_path):
+    fer = train_and_evaluate({"train": {"epochs": 1, "lr": 1e-7, "warmup_epochs": 0.0}},
+                             raw_dir=tiny_fer2013_raw(tmp_path))
     assert versions()[fer["model_version"]].tags["dataset"] == "fer2013"
     assert champion() == fer["model_version"]
     demo = train_and_evaluate({}, raw_dir=str(tmp_path / "empty"))  # better, but demo data
@@ -155,15 +161,11 @@ def test_demo_model_never_replaces_fer2013_champion(project, tmp_path):
 
 
 def test_pretrained_is_gated_against_fer2013_champions(project, tmp_path, capsys):
-    from emovision.data.fer2013 import write_csv
-    from emovision.data.synthetic import generate_synthetic
     from emovision.inference import WEIGHTS_DIR
 
     shipped = json.loads((WEIGHTS_DIR / "config.json").read_text())["metrics"]["val"]["accuracy"]
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    write_csv(generate_synthetic(10, seed=1), raw / "fer2013.csv")
-    weak = train_and_evaluate({"train": {"epochs": 1, "lr": 1e-7, "warmup_epochs": 0.0}}, raw_dir=str(raw))
+    weak = train_and_evaluate({"train": {"epochs": 1, "lr": 1e-7, "warmup_epochs": 0.0}},
+                              raw_dir=tiny_fer2013_raw(tmp_path))
     assert champion() == weak["model_version"] == "1"
     assert float(versions()["1"].tags["challenger_val_acc"]) < shipped
 

@@ -172,15 +172,12 @@ def test_auto_without_data_builds_the_demo_set(tmp_path):
     assert all(meta["counts"][s][c] > 0 for s in ("train", "val", "test") for c in CLASSES)
 
 
-def test_real_fer2013_counts(tmp_path, fer2013_raw):
-    raw = fer2013_raw
-    assert run_prepare(tmp_path, raw) == 0
-    meta = load_meta(tmp_path / "prepared")
+def test_real_fer2013_counts(tmp_path, fer2013_prepared):
+    meta = load_meta(fer2013_prepared)
     for split, counts in FER_COUNTS.items():
         assert [meta["counts"][split][c] for c in CLASSES] == counts
     # the CSV path on the same real pixels (a 3,000-row slice keeps the test fast)
-    result = read_folders(raw / "fer2013")
-    subset = {s: (x[:1000], y[:1000]) for s, (x, y) in result.splits.items()}
+    subset = {s: tuple(a[:1000] for a in load_split(fer2013_prepared, s)) for s in FER_COUNTS}
     write_csv(subset, tmp_path / "fer2013.csv")
     back = read_csv(tmp_path / "fer2013.csv")
     for s in subset:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from emovision import fileio
 from emovision.config import AugmentParams, Params, TrainParams
 from emovision.data.augment import augment_batch
 from emovision.models import create_model
@@ -248,16 +247,8 @@ def evaluate(model: nn.Module, data: SplitTensors, pre: PreprocessConfig, batch_
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Atomic save: a crash mid-write leaves the previous checkpoint intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with fileio.atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

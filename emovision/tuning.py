@@ -18,8 +18,6 @@ import math
 import os
 import random
 import re
-import stat
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,7 +29,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from emovision import tracking
+from emovision import fileio, tracking
 from emovision.config import Params
 from emovision.errors import ConfigError
 from emovision.training import SplitTensors, fit
@@ -49,7 +47,6 @@ SEARCH_SPACE_ATTR = "search_space"
 EPOCHS_ATTR = "epochs_per_trial"
 TUNED_KEYS = ("train.lr", "model.dropout")
 LOGGED_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
-DEFAULT_FILE_MODE = 0o644
 
 
 # ---------------------------------------------------------------- storage and study
@@ -324,7 +321,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["number"])
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(path, buffer.getvalue())  # workers sharing a study may write it at once
+    fileio.write_text(path, buffer.getvalue())  # workers sharing a study may write it at once
     return path
 
 
@@ -375,7 +372,7 @@ def write_best(study: optuna.Study, path: Path) -> dict[str, Any]:
     best = study.best_trial
     data = {**{k: best.params[k] for k in TUNED_KEYS}, "val_acc": best.value, "trial": best.number,
             "study": study.study_name, "n_trials": len(study.trials)}
-    _write_atomic(path, json.dumps(data, indent=2) + "\n")
+    fileio.write_json(path, data)
     return data
 
 
@@ -418,18 +415,4 @@ def apply_to_params_file(path: Path, values: dict[str, float]) -> None:
         new_line = f"{line['indent']}{key}:{line['space']}{new_value}" + (" " * pad + tail if tail else "")
         block = block[:line.start()] + new_line + block[line.end():]
         text = text[:sec.end()] + block + text[block_end:]
-    _write_atomic(Path(path), text)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        # mkstemp makes the file private (0600); keep the mode the file had (or 0644)
-        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else DEFAULT_FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fileio.write_text(path, text)

@@ -22,6 +22,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from emovision import fileio
 from emovision.errors import ConfigError, SourceError, cli_main
 from emovision.faces import DETECT_EVERY, MIN_FACE, SMOOTH, EmotionPipeline, HaarFaceDetector
 from emovision.sources import FrameSource, open_source
@@ -57,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth", type=float, default=SMOOTH,
                    help="weight of the past in the per-face probability average, 0..1 (0: off; default: %(default)s)")
     p.add_argument("--cascade", type=Path, help="Haar cascade XML (default: OpenCV's frontal face)")
-    p.add_argument("--tta", action="store_true", help="average each face with its mirror image (2x classify time)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average each face with its mirror image (default: on, as the model card measures; "
+                        "--no-tta halves the classify time)")
     p.add_argument("--threads", type=int, default=INFERENCE_THREADS,
                    help="CPU threads for the classifier (default: %(default)s; see the note in webcam.py)")
     return p
@@ -107,14 +110,8 @@ def atomic_text(path: Path | None) -> Iterator:
     if path is None:
         yield None
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with tmp.open("w") as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with fileio.atomic_path(path) as tmp, tmp.open("w") as f:
+        yield f
 
 
 @contextlib.contextmanager

@@ -1,0 +1,49 @@
+"""Atomic file writes: a crash, Ctrl-C or a bad input never leaves a half-written output.
+
+Every output the project writes (checkpoints, reports, logs, videos, params.yaml edits)
+goes through `atomic_path`: the data is written to a hidden temporary name in the target's
+folder and renamed over the target only when the writer finished without an error.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+DEFAULT_FILE_MODE = 0o644  # what a plain open() gives under the usual umask; mkstemp gives 0600
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`, else it is removed.
+
+    The result keeps the mode of the file it replaces (or 0644 for a new file). `suffix`
+    keeps an extension for writers that pick a format from it (cv2.VideoWriter: ".mp4").
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else DEFAULT_FILE_MODE)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
+    return write_text(path, json.dumps(obj, indent=indent) + "\n")

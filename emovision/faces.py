@@ -246,11 +246,34 @@ def to_gray(frame: np.ndarray) -> np.ndarray:
     return frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
 
 
-def classify_boxes(classifier, gray: np.ndarray, boxes: Sequence[Sequence[float]], tta: bool = False) -> np.ndarray:
+def classify_boxes(classifier, gray: np.ndarray, boxes: Sequence[Sequence[float]],
+                   tta: bool | None = None) -> np.ndarray:
     """(K, n_classes) probabilities for the faces at `boxes`, in ONE batched forward pass."""
     if len(boxes) == 0:
         return np.zeros((0, len(classifier.classes)), dtype=np.float32)
     return classifier.predict_proba([square_crop(gray, b) for b in boxes], tta=tta)
+
+
+def analyze_still(classifier, image: np.ndarray, detector: HaarFaceDetector | None = None,
+                  max_faces: int = 0, tta: bool | None = None) -> list[dict]:
+    """Every face in one still image (BGR or gray): the same detector, crops and classifier
+    as the live app, with nothing carried over from other images (no tracking, no smoothing).
+
+    Returns one dict per face, largest first: box [x, y, w, h], label, confidence, probs.
+    """
+    gray = to_gray(image)
+    boxes = (detector or HaarFaceDetector()).detect(gray)
+    boxes = boxes[np.argsort(-(boxes[:, 2] * boxes[:, 3]), kind="stable")]
+    if max_faces:
+        boxes = boxes[:max_faces]
+    classes = classifier.classes
+    faces = []
+    for box, probs in zip(boxes, classify_boxes(classifier, gray, boxes, tta)):
+        best = int(probs.argmax())
+        faces.append({"box": [int(v) for v in box], "label": classes[best],
+                      "confidence": round(float(probs[best]), 4),
+                      "probs": {c: round(float(v), 4) for c, v in zip(classes, probs)}})
+    return faces
 
 
 @dataclass
@@ -284,7 +307,7 @@ class EmotionPipeline:
     """
 
     def __init__(self, classifier, detector: HaarFaceDetector | None = None, detect_every: int = DETECT_EVERY,
-                 smooth: float = SMOOTH, max_faces: int = 0, tta: bool = False, min_hits: int = MIN_HITS,
+                 smooth: float = SMOOTH, max_faces: int = 0, tta: bool | None = None, min_hits: int = MIN_HITS,
                  full_scan_every: int = FULL_SCAN_EVERY):
         self.classifier = classifier
         self.detector = detector or HaarFaceDetector()

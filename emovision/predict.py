@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 
 from emovision.errors import SourceError, cli_main
-from emovision.faces import MIN_FACE, HaarFaceDetector, classify_boxes, to_gray
+from emovision.faces import MIN_FACE, HaarFaceDetector, analyze_still, to_gray
 
 
 @cli_main
@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-face", type=int, default=MIN_FACE, help="smallest face side in pixels")
     p.add_argument("--max-faces", type=int, default=0, help="keep the N largest faces per image (0: all)")
     p.add_argument("--cascade", type=Path, help="Haar cascade XML (default: OpenCV's frontal face)")
-    p.add_argument("--tta", action="store_true", help="average each face with its mirror image")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average each face with its mirror image (default: on, as the model card measures)")
     args = p.parse_args(argv)
     grays = {}
     for path in args.images:  # read all first: a bad file fails before any output
@@ -39,17 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     detector = HaarFaceDetector(args.cascade, min_face=args.min_face)
     classifier = load_classifier(args.model, args.device)
     for path, gray in grays.items():
-        boxes = detector.detect(gray)
-        if args.max_faces:
-            boxes = boxes[(-boxes[:, 2] * boxes[:, 3]).argsort(kind="stable")[: args.max_faces]]
-        if len(boxes) == 0:
+        faces = analyze_still(classifier, gray, detector, args.max_faces, args.tta)
+        if not faces:
             print(f"no face found in {path}", file=sys.stderr)
-            continue
-        for box, probs in zip(boxes, classify_boxes(classifier, gray, boxes, args.tta)):
-            best = int(probs.argmax())
-            print(json.dumps({"image": str(path), "box": [int(v) for v in box], "label": classifier.classes[best],
-                              "confidence": round(float(probs[best]), 4),
-                              "probs": {c: round(float(v), 4) for c, v in zip(classifier.classes, probs)}}))
+        for face in faces:
+            print(json.dumps({"image": str(path), **face}))
     return 0
 
 

@@ -1,13 +1,17 @@
 """params.yaml -> frozen dataclasses, validated once at start.
 
-Every section of params.yaml is a frozen dataclass below; `load_params` rejects unknown
-sections and keys (suggesting the closest valid name) and values of the wrong type or
-outside their allowed choices, each with one line naming `section.key`.
+Every section of params.yaml is a frozen dataclass below; `load_params` rejects an empty
+file, duplicate keys, unknown sections and keys (suggesting the closest valid name), values
+of the wrong type, non-finite floats, values out of range and model names the model
+registry does not know, each with one line naming `section.key`. Numbers are read as YAML
+1.2 (`3e-5` is a float, as DVC's `-S train.lr=3e-5` writes it), not as PyYAML's YAML 1.1.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +23,9 @@ from emovision.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PARAMS = "params.yaml"
+
+
+MAX_SEED = 2**32 - 1  # numpy's seed range; torch accepts it too
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,18 @@ class DataParams:
     prepared_dir: str = "data/prepared"
     on_bad_row: Literal["error", "skip"] = "error"
     synthetic_train_per_class: int = 200
+
+
+@dataclass(frozen=True)
+class PathsParams:
+    models: str = "models"
+    reports: str = "reports"
+
+
+@dataclass(frozen=True)
+class DemoParams:
+    epochs: int = 12
+    width: int = 32
 
 
 @dataclass(frozen=True)
@@ -127,6 +146,7 @@ class TuneParams:
 class Params:
     base: BaseParams = field(default_factory=BaseParams)
     data: DataParams = field(default_factory=DataParams)
+    paths: PathsParams = field(default_factory=PathsParams)
     preprocess: PreprocessParams = field(default_factory=PreprocessParams)
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)
@@ -135,6 +155,7 @@ class Params:
     registry: RegistryParams = field(default_factory=RegistryParams)
     bench: BenchParams = field(default_factory=BenchParams)
     tune: TuneParams = field(default_factory=TuneParams)
+    demo: DemoParams = field(default_factory=DemoParams)
 
     def flat(self) -> dict[str, Any]:
         """All params as `section.key -> value` (for MLflow)."""
@@ -153,6 +174,15 @@ class Params:
             _check_name(key, raw[section], "key", where=f"override {section}")
             raw[section][key] = value
         return params_from_dict(raw, source="overrides")
+
+    def for_dataset(self, source: str) -> "Params":
+        """The params a training on `source` uses: on the built-in demo set, `train.epochs`
+        and `model.width` are capped by the `demo` section so a fresh clone's first
+        `dvc repro` takes minutes; FER2013 trains with the params as written."""
+        if source != "synthetic":
+            return self
+        return self.replace(**{"train.epochs": min(self.train.epochs, self.demo.epochs),
+                               "model.width": min(self.model.width, self.demo.width)})
 
 
 def _closest(name: str, valid: typing.Iterable[str]) -> str:
@@ -184,6 +214,8 @@ def _coerce(value: Any, annotation: Any, dotted: str, source: str) -> Any:
     elif annotation is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):
+            raise ConfigError(f"{source}: {dotted} must be a finite number, got {value!r}")
     elif annotation is str:
         ok = isinstance(value, str)
     else:  # pragma: no cover - a new field type must be handled here
@@ -223,30 +255,113 @@ def params_from_dict(raw: Any, source: str = "params") -> Params:
 
 def _check_ranges(p: Params, source: str) -> None:
     checks = [
+        ("base.seed", 0 <= p.base.seed <= MAX_SEED, f"in [0, {MAX_SEED}]"),
+        ("data.raw_dir", p.data.raw_dir.strip() != "", "a folder name"),
+        ("data.prepared_dir", p.data.prepared_dir.strip() != "", "a folder name"),
+        ("data.synthetic_train_per_class", p.data.synthetic_train_per_class >= 5, ">= 5"),
+        ("paths.models", p.paths.models.strip() != "", "a folder name"),
+        ("paths.reports", p.paths.reports.strip() != "", "a folder name"),
+        ("preprocess.mean", 0.0 <= p.preprocess.mean <= 1.0, "in [0, 1] (pixels are scaled to [0, 1])"),
+        ("preprocess.std", p.preprocess.std > 0, "> 0"),
         ("model.dropout", 0.0 <= p.model.dropout < 1.0, "in [0, 1)"),
         ("model.width", p.model.width >= 4, ">= 4"),
         ("train.epochs", p.train.epochs >= 1, ">= 1"),
         ("train.batch_size", p.train.batch_size >= 1, ">= 1"),
         ("train.lr", p.train.lr > 0, "> 0"),
+        ("train.weight_decay", p.train.weight_decay >= 0, ">= 0"),
+        ("train.momentum", 0.0 <= p.train.momentum < 1.0, "in [0, 1)"),
+        ("train.warmup_epochs", p.train.warmup_epochs >= 0, ">= 0"),
         ("train.label_smoothing", 0.0 <= p.train.label_smoothing < 1.0, "in [0, 1)"),
         ("train.mixup", 0.0 <= p.train.mixup <= 1.0, "in [0, 1]"),
         ("train.ema_decay", 0.0 <= p.train.ema_decay < 1.0, "in [0, 1)"),
         ("train.patience", p.train.patience >= 0, ">= 0"),
+        ("train.min_delta", p.train.min_delta >= 0, ">= 0"),
+        ("train.threads", p.train.threads >= 0, ">= 0 (0 keeps torch's default)"),
+        ("train.max_train_images", p.train.max_train_images >= 0, ">= 0 (0 uses all)"),
+        ("augment.rotation", 0.0 <= p.augment.rotation <= 180.0, "in [0, 180] degrees"),
+        ("augment.scale", 0.0 <= p.augment.scale < 1.0, "in [0, 1) (a zoom factor of 1 +- scale)"),
+        ("augment.translate", 0.0 <= p.augment.translate <= 0.5, "in [0, 0.5] (a fraction of the size)"),
         ("augment.erasing", 0.0 <= p.augment.erasing <= 1.0, "in [0, 1]"),
-        ("preprocess.std", p.preprocess.std > 0, "> 0"),
-        ("data.synthetic_train_per_class", p.data.synthetic_train_per_class >= 5, ">= 5"),
+        ("evaluate.batch_size", p.evaluate.batch_size >= 1, ">= 1"),
+        ("registry.model_name", re.fullmatch(MODEL_NAME_PATTERN, p.registry.model_name) is not None,
+         "a registered-model name (letters, digits, '_', '-', '.')"),
+        ("registry.min_delta", 0.0 <= p.registry.min_delta < 1.0, "in [0, 1) (an accuracy gain)"),
+        ("bench.repeats", p.bench.repeats >= 1, ">= 1"),
+        ("bench.batch_size", p.bench.batch_size >= 1, ">= 1"),
+        ("bench.train_batches", p.bench.train_batches >= 1, ">= 1"),
+        ("bench.video_frames", p.bench.video_frames >= 1, ">= 1"),
+        ("tune.n_trials", p.tune.n_trials >= 0, ">= 0 (0: report the study, no new trials)"),
+        ("tune.timeout", p.tune.timeout >= 0, ">= 0 seconds (0: no limit)"),
         ("tune.lr_low", 0 < p.tune.lr_low < p.tune.lr_high,
          f"> 0 and below tune.lr_high ({p.tune.lr_high})"),
         ("tune.dropout_low", 0 <= p.tune.dropout_low < p.tune.dropout_high < 1,
          f">= 0 and below tune.dropout_high ({p.tune.dropout_high}), which must be < 1"),
         ("tune.epochs", p.tune.epochs >= 1, ">= 1"),
         ("tune.n_jobs", p.tune.n_jobs >= 1, ">= 1"),
+        ("demo.epochs", p.demo.epochs >= 1, ">= 1"),
+        ("demo.width", p.demo.width >= 4, ">= 4"),
     ]
     for dotted, ok, rule in checks:
         if not ok:
             section, key = dotted.split(".")
             value = getattr(getattr(p, section), key)
             raise ConfigError(f"{source}: {dotted} must be {rule}, got {value!r}")
+    from emovision.models import list_models  # torch; every caller of params needs it anyway
+
+    if p.model.name not in list_models():
+        raise ConfigError(f"{source}: model.name: unknown model '{p.model.name}'"
+                          f"{_closest(p.model.name, list_models())}; valid: {', '.join(list_models())}")
+
+
+MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, first_line: int):
+        super().__init__(f"duplicate key '{key}' at line {line} (first at line {first_line})")
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats (`1e-3`, `3e-05`) and duplicate keys refused.
+
+    PyYAML implements YAML 1.1, where a float needs a dot (`1.0e-3`), so `1e-3` loads as the
+    string '1e-3'; DVC (ruamel, YAML 1.2) writes `-S train.lr=3e-5` as `lr: 3e-05`.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in first:
+                raise _DuplicateKey(key, line, first[key])
+            first[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+YAML12_FLOAT = re.compile(r"""^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?
+                              |[-+]?\.(?:inf|Inf|INF)
+                              |\.(?:nan|NaN|NAN))$""", re.X)
+ParamsLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+# Added after the int resolver, so `42` stays an int and only non-ints fall through to floats.
+ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", YAML12_FLOAT, list("-+0123456789."))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text -> Python objects with ParamsLoader; errors name `source` and the line."""
+    try:
+        return yaml.load(text, Loader=ParamsLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as err:
+        raise ConfigError(f"{source}: {err}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}") from None
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
@@ -256,11 +371,11 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"params file not found: {path}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"params file {path} is a folder") from None
+    raw = parse_yaml(text, str(path))
+    if raw is None:  # an empty file would silently mean "all defaults" (70 FER2013 epochs)
+        raise ConfigError(f"{path}: the params file is empty; copy the project's params.yaml "
+                          f"and change what you need")
     return params_from_dict(raw, source=str(path))
 

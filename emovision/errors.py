@@ -28,6 +28,10 @@ class ModelRefError(EmovisionError):
     """A model reference (registry URI, run URI, path) cannot be resolved."""
 
 
+class TrainingDiverged(EmovisionError, ValueError):
+    """The training loss became NaN or infinite (a ValueError too, so a tuning trial fails alone)."""
+
+
 class SourceError(EmovisionError):
     """A camera, video, image or stream cannot be opened or read."""
 

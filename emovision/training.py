@@ -23,6 +23,7 @@ from tqdm import tqdm
 from emovision import fileio
 from emovision.config import AugmentParams, Params, TrainParams
 from emovision.data.augment import augment_batch
+from emovision.errors import TrainingDiverged
 from emovision.models import create_model
 from emovision.preprocess import PreprocessConfig, normalize, prepare_pixels
 
@@ -67,20 +68,120 @@ def preprocess_config(params: Params) -> PreprocessConfig:
                             std=params.preprocess.std)
 
 
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for `train.amp`. 'auto': bf16 on CUDA, and on a CPU where oneDNN runs
-    bf16 (AVX-512 and newer: cnn_small trained 1.9x faster than fp32 on this project's 2-core
-    machine, see scripts/bench_train_modes.py); fp32 on older CPUs."""
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" or cpu_has_fast_bf16() else None
+# CPU flags of native bf16 arithmetic: AVX512_BF16 (Cooper Lake, Zen 4 and newer) and AMX
+# (Sapphire Rapids and newer). Plain AVX-512 runs bf16 by conversion: cnn_small trained 2.6x
+# slower in bf16 than in fp32 on such a CPU (issue 12), 1.9x faster on one with avx512_bf16.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+BF16_MIN_SPEEDUP = 1.05  # without native bf16, it must measure this much faster (else noise decides)
+PROBE_BATCH, PROBE_STEPS, PROBE_ROUNDS = 32, 2, 3  # start-up measurement: about 400 images
+
+
+@dataclass(frozen=True)
+class AmpChoice:
+    """The autocast dtype training runs in (None: fp32) and why it was chosen."""
+
+    dtype: torch.dtype | None
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
+    """The feature flags of the first CPU in /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def choose_cpu_amp(flags: set[str], bf16_supported: bool,
+                   measure: Callable[[], tuple[float, float]] | None) -> AmpChoice:
+    """`train.amp: auto` on a CPU, decided by fact: bf16 where the CPU has native bf16, else
+    only when `measure()` -> (fp32 images/s, bf16 images/s) shows bf16 clearly faster."""
+    native = [f for f in NATIVE_BF16_FLAGS if f in flags]
+    if native:
+        return AmpChoice(torch.bfloat16, f"bf16: native bf16 on this CPU ({', '.join(native)})")
+    if not bf16_supported:
+        return AmpChoice(None, "fp32: this CPU cannot run bf16 (no AVX-512 in oneDNN)")
+    if measure is None:
+        return AmpChoice(None, "fp32: no native bf16 (no avx512_bf16 / amx_bf16) and not measured")
+    fp32, bf16 = measure()
+    verdict = (f"no native bf16; measured {bf16:.0f} img/s in bf16 vs {fp32:.0f} in fp32 "
+               f"(x{bf16 / fp32:.2f}, bf16 needs x{BF16_MIN_SPEEDUP:.2f})")
+    if bf16 >= BF16_MIN_SPEEDUP * fp32:
+        return AmpChoice(torch.bfloat16, f"bf16: {verdict}")
+    return AmpChoice(None, f"fp32: {verdict}")
+
+
+def measure_train_rates(model: nn.Module, dtypes: tuple[torch.dtype | None, ...], batch_size: int = PROBE_BATCH,
+                        steps: int = PROBE_STEPS, rounds: int = PROBE_ROUNDS,
+                        channels_last: bool = True) -> list[float]:
+    """Training images/s of `model` (a copy, on the CPU) in each autocast dtype, interleaved
+    round-robin so a busy machine slows them alike; medians over `rounds` after a warm-up."""
+    model = copy.deepcopy(model).cpu().train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, 1, 48, 48, generator=gen).contiguous(memory_format=fmt)
+    y = torch.randint(0, 2, (batch_size,), generator=gen)
+
+    def run(dtype: torch.dtype | None) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                loss = F.cross_entropy(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return steps * batch_size / (time.perf_counter() - start)
+
+    for dtype in dtypes:  # warm-up: oneDNN builds its kernels on the first call
+        run(dtype)
+    rates: list[list[float]] = [[] for _ in dtypes]
+    for _ in range(rounds):
+        for i, dtype in enumerate(dtypes):
+            rates[i].append(run(dtype))
+    return [float(np.median(r)) for r in rates]
+
+
+_AUTO_AMP: dict[str, AmpChoice] = {}  # one decision per process and device type
+
+
+def resolve_amp(amp: str, device: torch.device, probe: nn.Module | None = None) -> AmpChoice:
+    """The dtype `train.amp` means on `device`. 'auto': bf16 on CUDA; on a CPU see
+    `choose_cpu_amp` (measured on `probe`, else on a default cnn_small), decided once per process."""
     if amp == "off":
-        return None
-    if amp == "fp16":
-        return torch.float16
-    return torch.bfloat16
+        return AmpChoice(None, "fp32: train.amp is off")
+    if amp in ("bf16", "fp16"):
+        return AmpChoice(torch.bfloat16 if amp == "bf16" else torch.float16, f"{amp}: set by train.amp")
+    if device.type == "cuda":
+        return AmpChoice(torch.bfloat16, "bf16: CUDA")
+    if device.type not in _AUTO_AMP:
+        if probe is None:
+            probe = create_model("cnn_small")
+
+        def measure() -> tuple[float, float]:
+            fp32, bf16 = measure_train_rates(probe, (None, torch.bfloat16))
+            return fp32, bf16
+
+        _AUTO_AMP[device.type] = choose_cpu_amp(cpu_flags(), cpu_has_bf16(), measure)
+    return _AUTO_AMP[device.type]
 
 
-def cpu_has_fast_bf16() -> bool:
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for `train.amp` on `device` (None: fp32); see `resolve_amp`."""
+    return resolve_amp(amp, device).dtype
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bf16 at all on this CPU (natively or by conversion on AVX-512)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -337,6 +438,8 @@ def fit(
         state = FitState(**ckpt["fit_state"])
         print(f"resuming from {last_path} after epoch {state.epoch}")
     runner = torch.compile(model) if cfg.compile else model
+    amp = resolve_amp(cfg.amp, device, probe=model)
+    print(f"mixed precision: {amp.reason}", flush=True)
 
     def checkpoint(kind: str, metrics: dict[str, float]) -> dict[str, Any]:
         eval_model = ema.module if ema is not None else model
@@ -353,6 +456,9 @@ def fit(
         epoch = state.epoch + 1
         stats = train_one_epoch(runner, train, optimizer, scheduler, cfg, params.augment, pre,
                                 generator, loss_weight, ema, desc=f"epoch {epoch}/{cfg.epochs}")
+        if not math.isfinite(stats["train_loss"]):  # nothing of this epoch is saved
+            raise TrainingDiverged(f"the training loss became {stats['train_loss']} in epoch {epoch} "
+                                   f"(train.lr {cfg.lr:g}, amp {amp.name}); lower train.lr")
         val_stats = evaluate(ema.module if ema is not None else model, val, pre,
                              params.evaluate.batch_size, amp=cfg.amp)
         metrics = {**stats, "val_loss": val_stats["loss"], "val_acc": val_stats["acc"],
@@ -389,5 +495,5 @@ def fit(
             print(f"early stopping: no val_acc gain > {cfg.min_delta} for {cfg.patience} epochs")
             break
     return {"best_val_acc": state.best_val_acc, "best_epoch": state.best_epoch,
-            "epochs_run": state.epoch, "stopped": stopped, "history": state.history,
+            "epochs_run": state.epoch, "stopped": stopped, "history": state.history, "amp": amp,
             "model": ema.module if ema is not None else model}

@@ -1,4 +1,4 @@
-"""Stage 4: speed of training, inference and the real-time pipeline -> reports/bench.json.
+"""Stage 4: speed of training, inference and the real-time pipeline -> <paths.reports>/bench.json.
 
 Every figure is a median over `bench.repeats` timed repetitions (after a warm-up), so a
 shared, noisy machine gives stable numbers. Logged into the training run in MLflow.
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emovision import tracking
+from emovision import fileio, tracking
 from emovision.config import Params
 from emovision.data.augment import augment_batch
 from emovision.data.prepared import load_meta
@@ -25,11 +25,11 @@ from emovision.errors import DataError, cli_main
 from emovision.inference import load_classifier, resolve_device
 from emovision.models import count_macs, count_params, create_model
 from emovision.preprocess import normalize
-from emovision.training import amp_dtype, preprocess_config
+from emovision.training import preprocess_config, resolve_amp
 from stages import parse, stage_parser
-from stages.train import MODELS_DIR, RUN_FILE
+from stages.train import RUN_FILE
 
-BENCH_JSON = Path("reports/bench.json")
+BENCH_JSON = "bench.json"  # inside paths.reports
 LATENCY_SAMPLES = 50  # batch-1 calls per repeat, for median and p95
 
 
@@ -47,7 +47,10 @@ def timed(fn: Callable[[], None], repeats: int, sync: Callable[[], None]) -> lis
 
 
 def train_throughput(params: Params, device: torch.device, sync) -> dict:
-    """Images/s of full training steps with and without augmentation on the same batches."""
+    """Images/s of full training steps on the same batches: augmented in fp32 and in bf16
+    side by side (with which one `train.amp: auto` picks and why), and without augmentation
+    in the configured precision. The series are interleaved round-robin, so a busy machine
+    slows them alike."""
     cfg, bs = params.train, params.train.batch_size
     model = create_model(params.model.name, **params.model.kwargs()).to(device)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -58,9 +61,10 @@ def train_throughput(params: Params, device: torch.device, sync) -> dict:
                            generator=gen).to(device)
     labels = torch.randint(0, 7, (params.bench.train_batches, bs), generator=gen).to(device)
     pre = preprocess_config(params)
-    dtype = amp_dtype(cfg.amp, device)
+    auto = resolve_amp("auto", device, probe=model)
+    configured = resolve_amp(cfg.amp, device)
 
-    def epoch(augment: bool) -> Callable[[], None]:
+    def epoch(augment: bool, dtype: torch.dtype | None) -> Callable[[], None]:
         def run() -> None:
             for x, y in zip(pixels, labels):
                 x = normalize(x, pre)
@@ -73,10 +77,26 @@ def train_throughput(params: Params, device: torch.device, sync) -> dict:
                 opt.step()
         return run
 
+    precisions = {"fp32": None, "bf16": torch.bfloat16, configured.name: configured.dtype}
+    series = {name: epoch(True, dtype) for name, dtype in precisions.items()}
+    series["bare"] = epoch(False, configured.dtype)
+    for run in series.values():  # warm-up
+        run()
+    sync()
+    seconds: dict[str, list[float]] = {name: [] for name in series}
+    for _ in range(params.bench.repeats):
+        for name, run in series.items():
+            start = time.perf_counter()
+            run()
+            sync()
+            seconds[name].append(time.perf_counter() - start)
     images = params.bench.train_batches * bs
-    result = {}
-    for name, aug in (("bare", False), ("augmented", True)):
-        result[f"images_per_s_{name}"] = images / statistics.median(timed(epoch(aug), params.bench.repeats, sync))
+    rate = {name: images / statistics.median(s) for name, s in seconds.items()}
+    result = {"images_per_s_fp32": rate["fp32"], "images_per_s_bf16": rate["bf16"],
+              "amp_auto": auto.name, "amp_auto_reason": auto.reason,
+              "amp_auto_vs_fastest": rate[auto.name] / max(rate["fp32"], rate["bf16"]),
+              "amp": configured.name,
+              "images_per_s_augmented": rate[configured.name], "images_per_s_bare": rate["bare"]}
     result["augmentation_overhead"] = result["images_per_s_bare"] / result["images_per_s_augmented"]
     return result
 
@@ -108,18 +128,23 @@ def realtime(clf, params: Params) -> dict | None:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0] if isinstance(runs[0][k], (int, float))}
 
 
-def bench(params: Params, models_dir: Path = MODELS_DIR) -> dict:
+def bench(params: Params, models_dir: Path | None = None) -> dict:
+    models_dir = Path(params.paths.models) if models_dir is None else models_dir
+    bench_json = Path(params.paths.reports) / BENCH_JSON
+    ckpt = models_dir / "best.pt"
+    if not ckpt.is_file():  # checked before minutes of measuring
+        raise DataError(f"no trained model at {ckpt} (run `python -m stages.train` first)")
+    meta = load_meta(Path(params.data.prepared_dir))
+    params = params.for_dataset(meta["source"])  # the model and epochs train really used
     if params.train.threads > 0:
         torch.set_num_threads(params.train.threads)
     device = resolve_device(params.base.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     train = train_throughput(params, device, sync)
-    n_train = sum(load_meta(Path(params.data.prepared_dir))["counts"]["train"].values())
+    n_train = sum(meta["counts"]["train"].values())
+    epochs = params.train.epochs
     train["est_epoch_s"] = n_train / train["images_per_s_augmented"]
-    train["est_total_s"] = train["est_epoch_s"] * params.train.epochs
-    ckpt = models_dir / "best.pt"
-    if not ckpt.is_file():
-        raise DataError(f"no trained model at {ckpt} (run `python -m stages.train` first)")
+    train["est_total_s"] = train["est_epoch_s"] * epochs
     clf = load_classifier(str(ckpt), params.base.device)
     report = {
         "train": train,
@@ -130,12 +155,13 @@ def bench(params: Params, models_dir: Path = MODELS_DIR) -> dict:
                 "python": platform.python_version(), "repeats": params.bench.repeats,
                 **({"gpu": torch.cuda.get_device_name()} if device.type == "cuda" else {})},
     }
-    BENCH_JSON.parent.mkdir(exist_ok=True)
-    BENCH_JSON.write_text(json.dumps(report, indent=2) + "\n")
+    fileio.write_json(bench_json, report)
     t, i = report["train"], report["inference"]
-    print(f"train: {t['images_per_s_augmented']:.0f} img/s augmented, {t['images_per_s_bare']:.0f} bare "
+    print(f"train precision: fp32 {t['images_per_s_fp32']:.0f} img/s, bf16 {t['images_per_s_bf16']:.0f} img/s; "
+          f"auto picks {t['amp_auto']} (x{t['amp_auto_vs_fastest']:.2f} of the faster; {t['amp_auto_reason']})")
+    print(f"train ({t['amp']}): {t['images_per_s_augmented']:.0f} img/s augmented, {t['images_per_s_bare']:.0f} bare "
           f"(x{t['augmentation_overhead']:.2f}); ~{t['est_epoch_s']:.0f}s/epoch, ~{t['est_total_s'] / 60:.1f} min "
-          f"for {params.train.epochs} epochs")
+          f"for {epochs} epochs")
     print(f"inference: {i['latency_ms_batch1_median']:.2f} ms/face median (p95 {i['latency_ms_batch1_p95']:.2f}), "
           f"{i[f'images_per_s_batch{params.bench.batch_size}']:.0f} faces/s at batch {params.bench.batch_size}; "
           f"{i['params']:,} params, {i['macs'] / 1e6:.1f} M MACs")
@@ -148,9 +174,9 @@ def bench(params: Params, models_dir: Path = MODELS_DIR) -> dict:
 
         with tracking.tracked_run(run_id=json.loads(run_file.read_text())["run_id"]):
             flat = {f"bench_{section}_{k}": v for section in ("train", "inference", "realtime")
-                    for k, v in (report[section] or {}).items()}
+                    for k, v in (report[section] or {}).items() if isinstance(v, (int, float))}
             mlflow.log_metrics(flat)
-            mlflow.log_artifact(str(BENCH_JSON))
+            mlflow.log_artifact(str(bench_json))
     return report
 
 

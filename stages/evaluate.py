@@ -2,8 +2,8 @@
 the training run, and run the champion/challenger promotion gate (on val: selection never
 looks at PrivateTest).
 
-Writes reports/metrics.json (DVC metrics), reports/confusion.json (DVC confusion plot),
-reports/confusion_matrix.png and reports/per_class_f1.png.
+Writes <paths.reports>/metrics.json (DVC metrics), confusion.json (DVC confusion plot),
+confusion_matrix.png and per_class_f1.png; every input is checked before any is replaced.
 """
 from __future__ import annotations
 
@@ -12,20 +12,20 @@ from pathlib import Path
 
 import numpy as np
 
-from emovision import plots, promotion, tracking
+from emovision import fileio, plots, promotion, tracking
 from emovision.config import Params
 from emovision.data.prepared import load_meta, load_split
 from emovision.errors import DataError, cli_main
 from emovision.inference import EmotionClassifier, load_classifier
 from emovision.metrics import classification_report
 from stages import parse, stage_parser
-from stages.train import MODELS_DIR, RUN_FILE
+from stages.train import RUN_FILE
 
-REPORTS = Path("reports")
-METRICS_JSON = REPORTS / "metrics.json"
-CONFUSION_JSON = REPORTS / "confusion.json"
-CONFUSION_PNG = REPORTS / "confusion_matrix.png"
-F1_PNG = REPORTS / "per_class_f1.png"
+# inside paths.reports
+METRICS_JSON = "metrics.json"
+CONFUSION_JSON = "confusion.json"
+CONFUSION_PNG = "confusion_matrix.png"
+F1_PNG = "per_class_f1.png"
 
 
 def score(clf: EmotionClassifier, x: np.ndarray, y: np.ndarray, tta: bool, batch_size: int) -> dict:
@@ -48,11 +48,26 @@ def print_table(results: dict, classes: list[str]) -> None:
     print(f"{'macro-F1':>10} | " + " | ".join(f"{results[s]['macro_f1']:^20.4f}" for s in results))
 
 
-def evaluate(params: Params, models_dir: Path = MODELS_DIR) -> dict:
+def finished_training(models_dir: Path) -> dict:
+    """run.json of a training that finished and registered its model, else a DataError:
+    after a killed training models/ holds a checkpoint but no registered version."""
     run_file = models_dir / RUN_FILE.name
     if not run_file.is_file() or not (models_dir / "best.pt").is_file():
         raise DataError(f"no trained model in {models_dir}/ (run `python -m stages.train` first)")
-    info = json.loads(run_file.read_text())
+    try:
+        info = json.loads(run_file.read_text())
+    except json.JSONDecodeError:
+        raise DataError(f"{run_file} is not valid JSON; run `python -m stages.train` again") from None
+    if not isinstance(info, dict) or not {"run_id", "model_name", "model_version"} <= set(info):
+        raise DataError(f"{run_file}: the training in {models_dir}/ did not finish (no registered model); "
+                        f"finish it with `python -m stages.train --resume` or run `dvc repro`")
+    return info
+
+
+def evaluate(params: Params, models_dir: Path | None = None) -> dict:
+    models_dir = Path(params.paths.models) if models_dir is None else models_dir
+    reports = Path(params.paths.reports)
+    info = finished_training(models_dir)
     prepared = Path(params.data.prepared_dir)
     meta = load_meta(prepared)
     tta, bs = params.evaluate.tta, params.evaluate.batch_size
@@ -63,18 +78,18 @@ def evaluate(params: Params, models_dir: Path = MODELS_DIR) -> dict:
           f"test-time augmentation: {'hflip' if tta else 'none'}")
     print_table(results, list(clf.classes))
 
-    REPORTS.mkdir(exist_ok=True)
     metrics = {s: {k: r[k] for k in ("accuracy", "macro_f1", "per_class")} for s, r in results.items()}
     metrics["tta"] = "hflip" if tta else "none"
     metrics["dataset"] = meta["source"]
-    METRICS_JSON.write_text(json.dumps(metrics, indent=2) + "\n")
+    metrics_json, confusion_png, f1_png = reports / METRICS_JSON, reports / CONFUSION_PNG, reports / F1_PNG
+    fileio.write_json(metrics_json, metrics)
     y_test = splits["test"][1]
-    CONFUSION_JSON.write_text(json.dumps(
-        [{"actual": clf.classes[a], "predicted": clf.classes[p]}
-         for a, p in zip(y_test.tolist(), results["test"]["predictions"].tolist())]))
-    plots.confusion_matrix(np.array(results["test"]["confusion"]), clf.classes, CONFUSION_PNG,
+    fileio.write_json(reports / CONFUSION_JSON, [
+        {"actual": clf.classes[a], "predicted": clf.classes[p]}
+        for a, p in zip(y_test.tolist(), results["test"]["predictions"].tolist())], indent=None)
+    plots.confusion_matrix(np.array(results["test"]["confusion"]), clf.classes, confusion_png,
                            f"PrivateTest ({meta['source']}), acc {results['test']['accuracy']:.3f}")
-    plots.per_class_bars({c: results["test"]["per_class"][c]["f1"] for c in clf.classes}, F1_PNG,
+    plots.per_class_bars({c: results["test"]["per_class"][c]["f1"] for c in clf.classes}, f1_png,
                          "PrivateTest F1 per class")
 
     tracking.setup()
@@ -85,7 +100,7 @@ def evaluate(params: Params, models_dir: Path = MODELS_DIR) -> dict:
         flat.update({f"test_f1_{c}": results["test"]["per_class"][c]["f1"] for c in clf.classes})
         mlflow.log_metrics(flat)
         mlflow.set_tag("tta", metrics["tta"])
-        for path in (METRICS_JSON, CONFUSION_PNG, F1_PNG):
+        for path in (metrics_json, confusion_png, f1_png):
             mlflow.log_artifact(str(path), "evaluation")
         if params.registry.promote:
             gate(params, info, meta["source"], results["val"]["accuracy"], splits["val"], tta, bs)

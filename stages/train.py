@@ -1,57 +1,106 @@
 """Stage 2: train a model on data/prepared/, track it in MLflow and register it.
 
-Writes models/best.pt, models/last.pt (both self-describing, weights_only-loadable),
-models/run.json (MLflow run id and registered version, read by later stages),
-reports/train_history.csv (DVC plots) and reports/training_curves.png.
-`--resume` continues an interrupted run from models/last.pt, in the same MLflow run.
+Writes <paths.models>/best.pt, last.pt (both self-describing, weights_only-loadable),
+run.json (MLflow run id and registered version, read by later stages), and
+<paths.reports>/train_history.csv (DVC plots) and training_curves.png.
+`--resume` continues an interrupted run from last.pt, in the same MLflow run;
+`--auto-resume` (what `dvc repro` runs) does so only when last.pt is an unfinished run of
+the same params, and starts over otherwise.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
-from emovision import plots, tracking
+from emovision import fileio, plots, tracking
 from emovision.config import Params
-from emovision.errors import cli_main
-from emovision.training import fit, load_checkpoint, load_train_val
+from emovision.errors import ConfigError, DataError, cli_main
+from emovision.models import create_model
+from emovision.training import fit, load_checkpoint, load_train_val, resolve_amp
 from stages import parse, stage_parser
 
-MODELS_DIR = Path("models")
-RUN_FILE = MODELS_DIR / "run.json"
-HISTORY_CSV = Path("reports/train_history.csv")
-CURVES_PNG = Path("reports/training_curves.png")
+RUN_FILE = Path("run.json")  # inside paths.models
+HISTORY_CSV = "train_history.csv"  # inside paths.reports
+CURVES_PNG = "training_curves.png"
+# The sections and keys whose change makes a checkpoint belong to another training: a run
+# is resumed only when all of them are unchanged (registry, bench, tune... do not matter).
+TRAINING_KEYS = ("base.", "preprocess.", "model.", "train.", "augment.", "evaluate.batch_size",
+                 "data.prepared_dir")
 
 
 def write_history(history: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    fileio.write_text(path, buffer.getvalue())
 
 
-def train(params: Params, resume: bool = False, models_dir: Path = MODELS_DIR) -> dict:
+def _training_params(flat: dict) -> dict:
+    return {k: v for k, v in flat.items() if k.startswith(TRAINING_KEYS)}
+
+
+def interrupted_run(params: Params, models_dir: Path) -> tuple[str | None, str]:
+    """(MLflow run id, why) of an unfinished training of these params in `models_dir`, or
+    (None, why not). Unfinished: run.json names a run but no registered version yet."""
+    run_file, last = models_dir / RUN_FILE.name, models_dir / "last.pt"
+    if not last.is_file() or not run_file.is_file():
+        return None, f"no interrupted run in {models_dir}/ (needs last.pt and run.json)"
+    try:
+        info = json.loads(run_file.read_text())
+        ckpt = load_checkpoint(last)
+        run_id, epoch, saved = info["run_id"], ckpt["epoch"], ckpt["params"]
+    except Exception as err:  # an unreadable leftover: never resume from it
+        return None, f"{models_dir}/ holds an unreadable run.json or last.pt ({type(err).__name__})"
+    if "model_version" in info:
+        return None, f"the run in {models_dir}/ finished (registered as version {info['model_version']})"
+    changed = sorted(k for k, v in _training_params(params.flat()).items() if saved.get(k) != v)
+    if changed:
+        return None, f"{last} was trained with other params ({', '.join(changed[:4])})"
+    return run_id, f"resuming the interrupted run {run_id} after epoch {epoch}"
+
+
+def train(params: Params, resume: bool = False, models_dir: Path | None = None,
+          auto_resume: bool = False) -> dict:
+    models_dir = Path(params.paths.models) if models_dir is None else models_dir
+    reports = Path(params.paths.reports)
     meta, train_set, val_set = load_train_val(params)
+    capped = params.for_dataset(meta["source"])
+    if capped != params:
+        print(f"demo set: train.epochs {params.train.epochs} -> {capped.train.epochs}, model.width "
+              f"{params.model.width} -> {capped.model.width} (the demo section's caps; FER2013 is not capped)")
+    params = capped
+    # Everything is checked before anything is deleted or a run starts: the architecture
+    # builds with these arguments and the outputs can be written where params say.
+    probe = create_model(params.model.name, num_classes=len(meta["classes"]), **params.model.kwargs())
+    for folder in (models_dir, reports):
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{folder} is a file, not a folder (paths in params.yaml)")
     print(f"training {params.model.name} on {meta['source']} ({len(train_set):,} train / "
           f"{len(val_set):,} val) on {train_set.x.device}")
 
     run_file = models_dir / RUN_FILE.name
-    run_id = None
-    if resume and (models_dir / "last.pt").is_file() and run_file.is_file():
-        run_id = json.loads(run_file.read_text())["run_id"]
-    elif not resume:
+    run_id, why = interrupted_run(params, models_dir) if (resume or auto_resume) else (None, "")
+    if resume and run_id is None:
+        raise DataError(f"cannot --resume: {why}; run without --resume to start over")
+    if auto_resume:
+        print(why if run_id else f"starting a new run ({why})")
+    resume = run_id is not None
+    if not resume:
         for stale in ("last.pt", "best.pt"):  # a fresh run must not resume or register old weights
             (models_dir / stale).unlink(missing_ok=True)
+    amp = resolve_amp(params.train.amp, train_set.x.device, probe=probe)  # fit() reuses the decision
     tracking.setup()
     import mlflow
 
     with tracking.tracked_run(run_name=f"train-{params.model.name}", run_id=run_id,
                               tags={**tracking.run_tags(meta), "stage": "train"}) as run:
-        models_dir.mkdir(parents=True, exist_ok=True)
-        run_file.write_text(json.dumps({"run_id": run.info.run_id}) + "\n")
+        fileio.write_json(run_file, {"run_id": run.info.run_id}, indent=None)
+        mlflow.set_tags({"amp": amp.name, "amp_reason": amp.reason})
         if run_id is None:
-            mlflow.log_params(params.flat())
+            mlflow.log_params({**params.flat(), "train.amp_resolved": amp.name})
             mlflow.log_params({"dataset.source": meta["source"],
                                **{f"dataset.{split}_count": sum(c.values())
                                   for split, c in meta["counts"].items()}})
@@ -62,10 +111,11 @@ def train(params: Params, resume: bool = False, models_dir: Path = MODELS_DIR) -
 
         result = fit(params, train_set, val_set, meta["classes"], out_dir=models_dir, resume=resume,
                      on_epoch=log_epoch, extra={"dataset": meta["source"]})
-        write_history(result["history"], HISTORY_CSV)
-        plots.training_curves(result["history"], CURVES_PNG)
-        mlflow.log_artifact(str(CURVES_PNG))
-        mlflow.log_artifact(str(HISTORY_CSV))
+        history_csv, curves_png = reports / HISTORY_CSV, reports / CURVES_PNG
+        write_history(result["history"], history_csv)
+        plots.training_curves(result["history"], curves_png)
+        mlflow.log_artifact(str(curves_png))
+        mlflow.log_artifact(str(history_csv))
         best = load_checkpoint(models_dir / "best.pt")
         mlflow.log_metrics({"best_val_acc": result["best_val_acc"], "best_epoch": result["best_epoch"]})
         mlflow.set_tag("stopped", result["stopped"])
@@ -77,7 +127,7 @@ def train(params: Params, resume: bool = False, models_dir: Path = MODELS_DIR) -
         info = {"run_id": run.info.run_id, "model_name": params.registry.model_name,
                 "model_version": version, "dataset": meta["source"],
                 "best_val_acc": result["best_val_acc"], "best_epoch": result["best_epoch"]}
-        run_file.write_text(json.dumps(info, indent=2) + "\n")
+        fileio.write_json(run_file, info)
     print(f"best val_acc {result['best_val_acc']:.4f} at epoch {result['best_epoch']}; "
           f"registered {params.registry.model_name} version {version} (run {run.info.run_id})")
     return info
@@ -86,10 +136,15 @@ def train(params: Params, resume: bool = False, models_dir: Path = MODELS_DIR) -
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__.splitlines()[0])
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from models/last.pt (same MLflow run) instead of starting over")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run in paths.models (last.pt, same MLflow run); "
+                            "an error when there is none")
+    group.add_argument("--auto-resume", action="store_true",
+                       help="resume when last.pt is an unfinished run of the same params, else start "
+                            "over (what dvc.yaml runs, so an interrupted `dvc repro` continues)")
     args, params = parse(parser, argv)
-    train(params, resume=args.resume)
+    train(params, resume=args.resume, auto_resume=args.auto_resume)
     return 0
 
 

@@ -3,7 +3,7 @@
 Each trial trains `tune.epochs` epochs on data/prepared/ and is scored on val (PublicTest).
 The study is resumable (run the same command again) and shareable: point several workers
 at one `--storage` (a PostgreSQL/MySQL URL across machines; a SQLite file or
-`journal:///abs/path/study.log` between processes on one machine). Results: reports/tune/.
+`journal:///abs/path/study.log` between processes on one machine). Results: <paths.reports>/tune/.
 """
 from __future__ import annotations
 
@@ -17,16 +17,17 @@ from emovision.errors import ConfigError, cli_main
 from emovision.training import load_train_val
 from stages import parse, stage_parser
 
-OUT_DIR = Path("reports/tune")
+OUT_DIR = "tune"  # inside paths.reports
 TOP_ROWS = 8
 
 
 def tune(params: Params, pruner: optuna.pruners.BasePruner | None = None,
-         params_path: Path | None = None, apply: bool = False, out_dir: Path = OUT_DIR) -> dict:
+         params_path: Path | None = None, apply: bool = False, out_dir: Path | None = None) -> dict:
     """Run `tune.n_trials` more trials of study `tune.study_name` (0: none, just report),
     log them to MLflow, write reports; with `apply`, write the best values into
     `params_path`. Returns best_params.json's content."""
     t = params.tune
+    out_dir = Path(params.paths.reports) / OUT_DIR if out_dir is None else out_dir
     url = t.storage or tuning.default_storage()
     storage = tuning.open_storage(url)
     if t.n_trials == 0:
@@ -140,13 +141,15 @@ def main(argv: list[str] | None = None) -> int:
                                             ("epochs", args.epochs), ("study_name", args.study_name),
                                             ("storage", args.storage), ("n_jobs", args.n_jobs),
                                             ("pruner", args.pruner)) if v is not None}
-    params = params.replace(**overrides)  # validated like the file
-    if params.tune.n_trials < 0:
+    # the flags' own rules first, so the line names the flag; then validated like the file
+    if args.n_trials is not None and args.n_trials < 0:
         raise ConfigError(f"--n-trials / tune.n_trials must be >= 0 (0: report the study, no new trials), "
-                          f"got {params.tune.n_trials}")
-    if params.tune.timeout < 0:
-        raise ConfigError(f"--timeout / tune.timeout must be >= 0 seconds (0: no limit), "
-                          f"got {params.tune.timeout}")
+                          f"got {args.n_trials}")
+    if args.timeout is not None and args.timeout < 0:
+        raise ConfigError(f"--timeout / tune.timeout must be >= 0 seconds (0: no limit), got {args.timeout}")
+    if args.study_name is not None and not args.study_name.strip():
+        raise ConfigError("--study-name / tune.study_name must not be empty")
+    params = params.replace(**overrides)
     if not params.tune.study_name.strip():
         raise ConfigError("--study-name / tune.study_name must not be empty")
     tune(params, params_path=Path(args.params), apply=args.apply)

@@ -76,3 +76,54 @@ def test_missing_and_invalid_yaml(tmp_path):
 def test_code_defaults_match_params_yaml():
     # a params file may omit keys; their defaults must be what params.yaml documents
     assert load_params(REPO / "params.yaml") == Params()
+
+
+@pytest.mark.parametrize("text, dotted, expected", [
+    ("train:\n  lr: 3e-5\n", "train.lr", 3e-5),       # YAML 1.1 (PyYAML) reads these as strings
+    ("train:\n  lr: 1e-3\n", "train.lr", 1e-3),
+    ("train:\n  lr: 3e-05\n", "train.lr", 3e-5),      # what `dvc exp run -S train.lr=3e-5` writes
+    ("train:\n  lr: 1E+0\n", "train.lr", 1.0),
+    ("train:\n  lr: .5\n", "train.lr", 0.5),
+    ("train:\n  epochs: 3\n", "train.epochs", 3),     # ints stay ints
+    ("base:\n  seed: 1_000\n", "base.seed", 1000),
+])
+def test_yaml12_numbers(tmp_path, text, dotted, expected):
+    (tmp_path / "p.yaml").write_text(text)
+    section, key = dotted.split(".")
+    value = getattr(getattr(load_params(tmp_path / "p.yaml"), section), key)
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize("text, match", [
+    # the table, one line each, naming the file and the key
+    ("model:\n  name: resnet50\n", "model.name: unknown model 'resnet50'"),
+    ("train:\n  lr: .inf\n", "train.lr must be a finite number, got inf"),
+    ("train:\n  lr: .nan\n", "train.lr must be a finite number"),
+    ("evaluate:\n  batch_size: 0\n", "evaluate.batch_size must be >= 1, got 0"),
+    ("base:\n  seed: -1\n", "base.seed must be in [0, 4294967295], got -1"),
+    ("augment:\n  scale: 1.5\n", "augment.scale must be in [0, 1)"),
+    ("train:\n  warmup_epochs: -5\n", "train.warmup_epochs must be >= 0, got -5.0"),
+    ("train:\n  weight_decay: -1\n", "train.weight_decay must be >= 0, got -1.0"),
+    ("", "the params file is empty"),
+    ("# only a comment\n", "the params file is empty"),
+    ("train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n", "duplicate key 'lr' at line 4 (first at line 2)"),
+    ("train:\n  epochs: 2\ntrain:\n  lr: 0.2\n", "duplicate key 'train' at line 3 (first at line 1)"),
+    ("registry:\n  model_name: ''\n", "registry.model_name must be a registered-model name"),
+    ("paths:\n  models: ''\n", "paths.models must be a folder name"),
+    ("bench:\n  repeats: 0\n", "bench.repeats must be >= 1"),
+    ("tune:\n  timeout: -1\n", "tune.timeout must be >= 0 seconds"),
+])
+def test_bad_params_files(tmp_path, text, match):
+    (tmp_path / "p.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(match)) as err:
+        load_params(tmp_path / "p.yaml")
+    assert str(err.value).startswith(str(tmp_path / "p.yaml")) and "\n" not in str(err.value)
+
+
+def test_demo_caps_apply_only_to_the_demo_set():
+    p = Params()
+    demo = p.for_dataset("synthetic")
+    assert (demo.train.epochs, demo.model.width) == (p.demo.epochs, p.demo.width)
+    assert demo.train.lr == p.train.lr and p.for_dataset("fer2013") == p
+    small = p.replace(**{"train.epochs": 2, "model.width": 8})
+    assert small.for_dataset("synthetic") == small  # caps, never raises

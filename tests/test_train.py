@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +39,9 @@ def test_train_logs_registers_and_checkpoints(project):
     assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "2" and run.data.params["dataset.source"] == "synthetic"
     assert run.data.tags["dataset"] == "synthetic"
+    # the precision train.amp: auto chose, and why, on the run
+    assert run.data.tags["amp"] in ("fp32", "bf16") and run.data.params["train.amp_resolved"] == run.data.tags["amp"]
+    assert run.data.tags["amp_reason"].startswith(run.data.tags["amp"])
     for name in EPOCH_METRICS:
         steps = [m.step for m in client.get_metric_history(info["run_id"], name)]
         assert steps == [1, 2], name
@@ -68,6 +72,7 @@ def test_resume_after_kill_matches_uninterrupted_run(project, mlflow_store):
     write_params(project / "params.yaml", {"train": {"epochs": 4}, "data": {"synthetic_train_per_class": 60}})
     assert train_main(["--params", "params.yaml"]) == 0
     uninterrupted = _history(project)
+    shutil.rmtree(project / "models")  # else the finished run's last.pt (epoch 4) ends the wait at once
     proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=project, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120

@@ -1,0 +1,111 @@
+"""The issue-12 table of bad inputs: each ends in one line naming what and where, exit 2,
+and leaves the previous model, reports and MLflow store exactly as they were."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from stages.bench import main as bench_main
+from stages.evaluate import main as evaluate_main
+from stages.prepare import main as prepare_main
+from stages.train import main as train_main
+from tests.conftest import write_params
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Hash of every file under models/ and reports/ (what a bad config must not touch)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for folder in ("models", "reports") for p in sorted((root / folder).rglob("*")) if p.is_file()}
+
+
+def run_count() -> int:
+    return len(mlflow.search_runs(search_all_experiments=True))
+
+
+@pytest.fixture(scope="module")
+def finished(trained, tmp_path_factory):
+    """A copy of the trained demo project, evaluated once: models/ and reports/ complete."""
+    root = tmp_path_factory.mktemp("finished") / "proj"
+    shutil.copytree(trained, root)
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    assert evaluate_main(["--params", "params.yaml"]) == 0
+    mp.undo()
+    return root
+
+
+@pytest.fixture
+def in_finished(finished, monkeypatch):
+    monkeypatch.chdir(finished)
+    uri = f"sqlite:///{finished / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    return finished
+
+
+BAD_PARAMS = [  # (params text or overrides, what the one line must say)
+    ({"model": {"name": "resnet50"}}, "model.name: unknown model 'resnet50'"),
+    ({"train": {"lr": float("inf")}}, "train.lr must be a finite number"),
+    ({"evaluate": {"batch_size": 0}}, "evaluate.batch_size must be >= 1"),
+    ({"base": {"seed": -1}}, "base.seed must be in [0,"),
+    ({"augment": {"scale": 1.5}}, "augment.scale must be in [0, 1)"),
+    ({"train": {"warmup_epochs": -5}}, "train.warmup_epochs must be >= 0"),
+    ({"train": {"weight_decay": -1}}, "train.weight_decay must be >= 0"),
+    ("", "the params file is empty"),
+    ("train:\n  epochs: 1\n  epochs: 70\n", "duplicate key 'epochs' at line 3"),
+]
+
+
+@pytest.mark.parametrize("bad, message", BAD_PARAMS)
+@pytest.mark.parametrize("stage", [train_main, evaluate_main, bench_main], ids=["train", "evaluate", "bench"])
+def test_bad_params_touch_nothing(in_finished, capsys, tmp_path, stage, bad, message):
+    before, runs = snapshot(in_finished), run_count()
+    path = tmp_path / "bad.yaml"
+    if isinstance(bad, str):
+        path.write_text(bad)
+    else:
+        write_params(path, bad)
+    assert stage(["--params", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and str(path) in err and "\n" not in err
+    assert snapshot(in_finished) == before and run_count() == runs
+
+
+def test_evaluate_after_a_killed_training_refuses_before_writing(in_finished, capsys):
+    run_file = in_finished / "models" / "run.json"
+    finished_info = run_file.read_text()
+    try:  # what a killed training leaves: run.json written at its start, no registered version
+        run_file.write_text(json.dumps({"run_id": json.loads(finished_info)["run_id"]}))
+        before, runs = snapshot(in_finished), run_count()
+        assert evaluate_main(["--params", "params.yaml"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "models/run.json: the training in models/ did not finish" in err and "\n" not in err
+        assert "--resume" in err
+        assert snapshot(in_finished) == before and run_count() == runs
+    finally:
+        run_file.write_text(finished_info)
+
+
+def test_resume_without_an_interrupted_run_is_refused(in_finished, capsys):
+    before = snapshot(in_finished)
+    assert train_main(["--params", "params.yaml", "--resume"]) == 2
+    assert "cannot --resume: the run in models/ finished" in capsys.readouterr().err
+    assert snapshot(in_finished) == before
+
+
+def test_non_finite_loss_stops_with_a_failed_run(in_tmp, mlflow_store, capsys):
+    params = write_params(in_tmp / "params.yaml", {"train": {"epochs": 3, "lr": 1e30, "warmup_epochs": 0.0}})
+    assert prepare_main(["--params", str(params)]) == 0
+    assert train_main(["--params", str(params)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the training loss became nan in epoch 1" in err and "lower train.lr" in err and "\n" not in err
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert list(runs["status"]) == ["FAILED"]
+    assert mlflow.MlflowClient().search_registered_models() == []  # nothing registered
+    assert not (in_tmp / "models" / "best.pt").exists()

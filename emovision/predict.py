@@ -12,7 +12,7 @@ from pathlib import Path
 
 import cv2
 
-from emovision.errors import SourceError, cli_main
+from emovision.errors import ConfigError, SourceError, cli_main
 from emovision.faces import MIN_FACE, HaarFaceDetector, analyze_still, to_gray
 
 
@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average each face with its mirror image (default: on, as the model card measures)")
     args = p.parse_args(argv)
+    if args.min_face < 1:
+        raise ConfigError(f"--min-face must be >= 1 pixel, got {args.min_face}")
+    if args.max_faces < 0:
+        raise ConfigError(f"--max-faces must be >= 0 (0: all faces), got {args.max_faces}")
     grays = {}
     for path in args.images:  # read all first: a bad file fails before any output
         frame = cv2.imread(str(path), cv2.IMREAD_COLOR)  # then BGR -> gray, exactly as the webcam app

@@ -90,6 +90,9 @@ class VideoSource(FrameSource):
             raise SourceError(f"cannot read video {path}: no frames could be decoded")
         self._first = first
         self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 30.0
+        # The frame count the container announces (0 when unknown): a run that reads fewer
+        # frames than this met a truncated or damaged file, and the app says so.
+        self.expected_frames = max(0, int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT)))
 
     def __iter__(self) -> Iterator[Frame]:
         frame, i = self._first, 0

@@ -36,6 +36,7 @@ FPS_SMOOTH = 0.9  # the on-screen fps is an EMA, so the number is readable rathe
 # One face is too small a job to split across cores: a second thread barely helps on an idle
 # CPU and is ~7x slower on a busy one (threads spin waiting for each other).
 INFERENCE_THREADS = 1
+EXIT_INCOMPLETE = 1  # the run finished, but the video ended before its announced frame count
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,20 +76,40 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("max_faces", "max_frames"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    for name, example in (("output", "annotated.mp4"), ("log", "faces.jsonl")):
+        check_output_file(f"--{name}", getattr(args, name), example)
     if not args.no_display and not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
         raise ConfigError("no display available (DISPLAY is unset); add --no-display, "
                           "with --output out.mp4 or --log faces.jsonl to keep the results")
 
 
+def check_output_file(flag: str, path: Path | None, example: str) -> None:
+    """An output must be a file name in a folder that exists or can be made: checked before the
+    model loads and before any frame is processed, so a typo never costs a run."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; give a file name, e.g. {flag} {path / example}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                raise ConfigError(f"{flag} {path}: folder {parent} is not writable")
+            break
+
+
 class AtomicVideoWriter:
-    """cv2.VideoWriter to a temporary name, renamed on success: no half-written video."""
+    """cv2.VideoWriter to a temporary name (`fileio.atomic_path`), renamed over `path` only on
+    success: no half-written video."""
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int]):
         self.path = path
-        self.tmp = path.with_name(f".{path.stem}.partial{path.suffix or '.mp4'}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        self._stack = contextlib.ExitStack()
+        tmp = self._stack.enter_context(fileio.atomic_path(path, suffix=path.suffix or ".mp4"))
+        self.writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
         if not self.writer.isOpened():
+            self.close(ok=False)
             raise SourceError(f"cannot write video {path}: check the folder and the .mp4 extension")
         self.frames = 0
 
@@ -99,9 +120,9 @@ class AtomicVideoWriter:
     def close(self, ok: bool) -> None:
         self.writer.release()
         if ok:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+            self._stack.close()  # renames the finished video into place
+        else:  # atomic_path removes the temporary file when its block fails
+            self._stack.__exit__(SourceError, SourceError(f"unfinished video {self.path}"), None)
 
 
 @contextlib.contextmanager
@@ -173,6 +194,7 @@ def run(pipeline: EmotionPipeline, source: FrameSource, args: argparse.Namespace
     track_ids: set[int] = set()
     faces_seen = frames = 0
     paused = False
+    stopped_early = False  # by --max-frames or a key: the end of the source was not reached
     writer: AtomicVideoWriter | None = None
     fps = None
     ok = False
@@ -199,7 +221,7 @@ def run(pipeline: EmotionPipeline, source: FrameSource, args: argparse.Namespace
                     times[stage].append(result.times_ms[stage])
                 detect_frames.append(result.detected)
                 faces_seen += len(result.faces)
-                track_ids.update(f.track_id for f in result.faces)
+                track_ids.update(f.track_id for f in result.faces if f.track_id is not None)
                 frames += 1
                 if args.output is not None:
                     if writer is None:
@@ -214,6 +236,7 @@ def run(pipeline: EmotionPipeline, source: FrameSource, args: argparse.Namespace
                     wait = 1 if playback is None else playback.wait_ms(stamp)
                     key = cv2.waitKey(0 if paused else wait) & 0xFF
                     if key in KEY_QUIT:
+                        stopped_early = True
                         break
                     if key == KEY_PAUSE:
                         paused = not paused
@@ -224,6 +247,7 @@ def run(pipeline: EmotionPipeline, source: FrameSource, args: argparse.Namespace
                         cv2.imwrite(str(snap), frame)
                         print(f"saved {snap}")
                 if args.max_frames and frames >= args.max_frames:
+                    stopped_early = True
                     break
         ok = True
     finally:
@@ -234,6 +258,9 @@ def run(pipeline: EmotionPipeline, source: FrameSource, args: argparse.Namespace
     summary = summarize(times, detect_frames, frames, faces_seen, track_ids, time.perf_counter() - started)
     if source.live:
         summary["dropped"] = getattr(source, "dropped", 0)
+    expected = getattr(source, "expected_frames", 0)
+    if not stopped_early and expected and frames < expected:
+        summary["expected_frames"] = expected
     return summary
 
 
@@ -251,18 +278,24 @@ def main(argv: list[str] | None = None) -> int:
     check_args(args)
     from emovision.inference import load_classifier
 
-    detector = HaarFaceDetector(args.cascade, min_face=args.min_face)  # cheap: fails before the model loads
-    classifier = load_classifier(args.model, args.device)
+    # The cheap checks first: a bad cascade or an unreadable source fails before the model loads.
+    detector = HaarFaceDetector(args.cascade, min_face=args.min_face)
     with open_source(args.source) as source, torch_threads(args.threads):
+        classifier = load_classifier(args.model, args.device)
         print(f"model {args.model} ({classifier.info.get('arch')}, trained on "
               f"{classifier.info.get('dataset') or 'unknown data'}) on {classifier.device}; source {args.source}")
         if source.stills:  # unrelated images: detect in each, nothing to confirm, track or smooth
             print("images are independent stills: detecting on every image, no smoothing across them")
-            pipeline = EmotionPipeline(classifier, detector, 1, 0.0, args.max_faces, args.tta, min_hits=1)
+            pipeline = EmotionPipeline(classifier, detector, max_faces=args.max_faces, tta=args.tta, stills=True)
         else:
             pipeline = EmotionPipeline(classifier, detector, args.detect_every, args.smooth, args.max_faces, args.tta)
         summary = run(pipeline, source, args)
     print(summary_line(summary))
+    if "expected_frames" in summary:  # a truncated or damaged file: say so, and exit non-zero
+        print(f"warning: {args.source} ended after {summary['frames']} of the {summary['expected_frames']} frames "
+              f"its header announces (truncated or damaged file); the outputs cover the frames read",
+              file=sys.stderr)
+        return EXIT_INCOMPLETE
     return 0
 
 

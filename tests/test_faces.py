@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from emovision.errors import SourceError
-from emovision.faces import FaceTracker, HaarFaceDetector, iou_matrix, square_crop
+from emovision.faces import FaceTracker, HaarFaceDetector, iou_matrix
+from emovision.framing import Framing, crop_faces, fer_square
 from emovision.sources import LiveSource, open_source
 from tests.media import ASTRONAUT_FACE, HOPPER_FACE, astronaut, blank, camera, grace_hopper, make_video
 
@@ -36,9 +37,9 @@ def test_no_face_where_there_is_none(detector, image):
 def test_verifier_rejects_false_faces(detector):
     from skimage import data
 
-    coins = data.coins()  # the frontal cascade alone sees a face in one coin
-    assert len(HaarFaceDetector(verify=False).detect(coins)) == 1
-    assert len(detector.detect(coins)) == 0
+    coins = cv2.resize(data.coins(), None, fx=2, fy=2)  # the primary cascade alone sees faces in two coins
+    alone = HaarFaceDetector(verify=False).detect(coins)
+    assert len(alone) == 2 and len(detector.detect(coins)) == 1
 
 
 def test_bad_cascade_file(tmp_path):
@@ -56,10 +57,16 @@ def test_iou():
     assert iou_matrix(a, np.zeros((0, 4))).shape == (1, 0)
 
 
-def test_square_crop_is_padded_and_clipped():
-    frame = np.zeros((100, 200), np.uint8)
-    assert square_crop(frame, (50, 20, 40, 50)).shape == (60, 60)  # 50 * 1.2, centred
-    assert square_crop(frame, (180, 80, 40, 40)).shape == (24, 24)  # 48 wide, clipped at the corner
+def test_framing_maps_a_box_to_a_square_and_repeats_edges_outside_the_frame():
+    frame = np.arange(100 * 200, dtype=np.int64).reshape(100, 200).astype(np.uint8)
+    framing = Framing(scale=1.2, dx=0.0, dy=0.1)
+    assert fer_square((50, 20, 40, 50), framing) == pytest.approx((40, 20, 60))  # side 50 * 1.2, centre 5 px lower
+    (inside,) = crop_faces(frame, [(50, 20, 40, 50)], framing)
+    assert inside.shape == (60, 60) and np.shares_memory(inside, frame)  # a view, no copy
+    (corner,) = crop_faces(frame, [(180, 80, 40, 40)], Framing(scale=1.0))
+    assert corner.shape == (40, 40)  # still square: the part outside repeats the edge pixels
+    np.testing.assert_array_equal(corner[:20, :20], frame[80:100, 180:200])
+    np.testing.assert_array_equal(corner[25, 25:], np.full(15, frame[99, 199]))
 
 
 def test_tracker_keeps_ids_and_drops_lost_tracks():
@@ -69,30 +76,35 @@ def test_tracker_keeps_ids_and_drops_lost_tracks():
         assert [t.id for t in tr.update(np.array([[100 + dx, 100, 80, 80]]))] == ids
     both = tr.update(np.array([[145, 100, 80, 80], [400, 50, 60, 60]]))  # a second face: a new id
     assert [t.id for t in both] == [ids[0], ids[0] + 1]
-    tr.update(np.array([[400, 50, 60, 60]]))  # first face missed once: kept
+    tr.update(np.array([[400, 50, 60, 60]]))  # first face missed once: its id is kept
     assert len(tr.tracks) == 2
     tr.update(np.array([[400, 50, 60, 60]]))  # missed twice: dropped
     assert [t.id for t in tr.tracks] == [ids[0] + 1]
 
 
-def test_new_faces_are_shown_once_confirmed_and_held_through_one_miss():
-    tr = FaceTracker(min_hits=2, max_missed=2)
+def test_a_lost_face_is_gone_at_once_but_keeps_its_id_when_refound_nearby():
+    tr = FaceTracker(min_hits=2, max_missed=3)
     face = np.array([[100, 100, 80, 80]])
     tr.update(face)
     assert tr.active() == []  # one detection could be a false face
     tr.update(face)
     (track,) = tr.active()
     tr.update(np.zeros((0, 4)))
-    assert tr.active() == [track]  # a single miss does not make the box blink
+    assert tr.active() == [] and tr.tracks == [track]  # not shown (no ghost), id kept
     tr.update(np.zeros((0, 4)))
-    assert tr.active() == [] and tr.tracks == [track]  # hidden, but the id survives one more round
+    (again,) = tr.update(np.array([[150, 110, 84, 84]]))  # moved 50 px while unseen: IoU 0.3, same face
+    assert again is track and tr.active() == [track] and list(track.box) == [150, 110, 84, 84]
+    (other,) = [t for t in tr.update(np.array([[400, 300, 80, 80]])) if t is not track]
+    assert other.id != track.id  # far away: another face
 
 
 def test_box_smoothing_damps_jitter():
-    tr = FaceTracker(box_smooth=0.5, min_hits=1)
+    tr = FaceTracker(box_smooth=0.5, size_smooth=0.75, min_hits=1)
     tr.update(np.array([[100, 100, 80, 80]]))
     (t,) = tr.update(np.array([[110, 100, 80, 80]]))
     np.testing.assert_allclose(t.box, [105, 100, 80, 80])
+    (t,) = tr.update(np.array([[101, 96, 88, 88]]))  # side 80 -> 82, centre (145, 140) -> (145, 140)
+    np.testing.assert_allclose(t.box, [104, 99, 82, 82])
 
 
 def test_max_faces_keeps_the_largest():
@@ -102,7 +114,7 @@ def test_max_faces_keeps_the_largest():
 
 
 def test_smoothing_is_an_ema_reset_for_new_tracks():
-    tr = FaceTracker(smooth=0.75)
+    tr = FaceTracker(smooth=0.75, max_missed=2)
     (t,) = tr.update(np.array([[0, 0, 50, 50]]))
     first, second = np.array([1.0, 0.0]), np.array([0.0, 1.0])
     np.testing.assert_allclose(tr.smooth_probs(t, first), first)
@@ -157,3 +169,78 @@ def test_source_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match="no images"):
         open_source(str(tmp_path / "empty"))
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    from emovision.inference import load_classifier
+    from tests.media import model_ref
+
+    return load_classifier(model_ref(tmp_path_factory.mktemp("model")), "cpu")
+
+
+def drifting_hopper(background: int, noise_frames: int = 20) -> list[np.ndarray]:
+    """The issue's video: grace_hopper resized to 300x256 (squashed by a quarter) on a flat grey
+    640x480 frame, drifting 4 px right and 2 px down per frame for 60 frames; then frames of
+    seeded noise (the slowest input for a cascade: ~90 ms a full scan)."""
+    face = cv2.resize(grace_hopper(), (300, 256), interpolation=cv2.INTER_AREA)
+    frames = []
+    for i in range(60):
+        frame = np.full((480, 640, 3), background, np.uint8)
+        frame[20 + 2 * i:276 + 2 * i, 20 + 4 * i:320 + 4 * i] = face
+        frames.append(frame)
+    rng = np.random.default_rng(0)
+    return frames + [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(noise_frames)]
+
+
+@pytest.mark.parametrize("background", [40, 90, 160, 220])
+def test_drifting_face_on_flat_backgrounds(classifier, background):
+    """Found in >= 54 of 60 frames (58 measured at every grey: the first two wait for the
+    confirmation round), one track id, nothing in the noise."""
+    from emovision.faces import EmotionPipeline
+
+    pipeline = EmotionPipeline(classifier)
+    results = [pipeline.process(f) for f in drifting_hopper(background, 20 if background == 90 else 4)]
+    faces = [r.faces for r in results[:60]]
+    assert sum(len(f) == 1 for f in faces) >= 54
+    assert {face.track_id for f in faces for face in f} == {1}
+    assert not any(r.faces for r in results[60:])
+
+
+@pytest.mark.parametrize("width", [40, 60, 100])
+def test_medium_faces_are_found_at_the_defaults(detector, width):
+    """The astronaut's face 40-100 px wide in a 640x480 frame (a face 1.5-2 m from a laptop camera)."""
+    frame = astronaut_frame(width)
+    (box,) = detector.detect(gray(frame))
+    assert abs(box[2] - width) < 0.2 * width
+
+
+def astronaut_frame(width: int, background: int = 128) -> np.ndarray:
+    """scikit-image's astronaut scaled so that her face is `width` px wide, in a grey 640x480 frame."""
+    scale = width / ASTRONAUT_FACE[2]
+    photo = cv2.resize(astronaut(), None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)[:400, :500]
+    frame = np.full((480, 640, 3), background, np.uint8)
+    frame[60:60 + photo.shape[0], 100:100 + photo.shape[1]] = photo
+    return frame
+
+
+def test_a_face_that_leaves_is_gone_by_the_next_detection_frame(classifier):
+    from emovision.faces import EmotionPipeline
+
+    face, empty = grace_hopper()[:480], np.full((480, 512, 3), 90, np.uint8)
+    pipeline = EmotionPipeline(classifier, detect_every=2)
+    results = [pipeline.process(f) for f in [face] * 7 + [empty] * 3]
+    assert [len(r.faces) for r in results] == [0, 0, 1, 1, 1, 1, 1, 1, 0, 0]
+    assert [f.detected for r in results[2:7] for f in r.faces] == [True, False, True, False, True]
+    # frame 7 is between detection rounds: the face is carried there, marked as not detected,
+    # and gone on frame 8, the next detection round, instead of being held on the background
+    assert results[7].faces[0].detected is False and not results[8].detected is False
+
+
+def test_stills_share_nothing(classifier):
+    from emovision.faces import EmotionPipeline
+
+    pipeline = EmotionPipeline(classifier, stills=True)
+    face = pipeline.process(grace_hopper())
+    blank_after = pipeline.process(blank())
+    assert len(face.faces) == 1 and face.faces[0].track_id is None and blank_after.faces == []

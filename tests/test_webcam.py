@@ -14,7 +14,7 @@ from emovision.faces import iou_matrix
 from emovision.predict import main as predict_main
 from emovision.webcam import main as webcam_main
 from tests.conftest import REPO
-from tests.media import FACE_SCENES, grace_hopper, make_video, model_ref
+from tests.media import ASTRONAUT_FACE, FACE_SCENES, astronaut, blank, grace_hopper, make_video, model_ref
 
 DETECT_EVERY = 2
 SETTLE = DETECT_EVERY * 2  # frames after a scene change before the display must agree with it
@@ -60,7 +60,9 @@ def test_headless_run_on_video(in_trained, video, tmp_path, capsys):
         ids = {f["track_id"] for i in face_frames if video.segment[i] == scene for f in records[i]["faces"]}
         assert len(ids) == (2 if scene == "two" else 1), (scene, ids)
     face = records[found[0]]["faces"][0]
-    assert set(face) == {"track_id", "box", "label", "probs"} and len(face["box"]) == 4
+    assert set(face) == {"track_id", "box", "detected", "label", "probs"} and len(face["box"]) == 4
+    flags = [f["detected"] for r in records for f in r["faces"]]
+    assert True in flags and False in flags  # found on detection frames, carried between them
     assert face["label"] == max(face["probs"], key=face["probs"].get)
     assert abs(sum(face["probs"].values()) - 1) < 1e-3 and records[1]["time"] == pytest.approx(1 / 30, abs=1e-3)
     cap = cv2.VideoCapture(str(out))
@@ -85,6 +87,27 @@ def test_checkpoint_model_on_image_folder(checkpoint, tmp_path, capsys):
     assert "independent stills" in capsys.readouterr().out
 
 
+def test_stills_are_independent(checkpoint, tmp_path):
+    """A face photo, then a blank image: nothing of the face is carried onto the blank."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name, img in (("0.jpg", grace_hopper()), ("1.png", blank()), ("2.jpg", grace_hopper()), ("3.png", blank())):
+        cv2.imwrite(str(folder / name), img)
+    log = tmp_path / "log.jsonl"
+    assert webcam_main(["--model", checkpoint, "--source", str(folder), "--no-display", "--log", str(log)]) == 0
+    records = read_log(log)
+    assert [len(r["faces"]) for r in records] == [1, 0, 1, 0]
+    assert records[0]["faces"][0]["track_id"] is None and records[0]["faces"][0]["detected"] is True
+
+
+@pytest.fixture
+def still(tmp_path):
+    """A readable image source, so that the error under test is the first one met."""
+    path = tmp_path / "still.png"
+    cv2.imwrite(str(path), blank())
+    return str(path)
+
+
 def test_crash_leaves_no_half_written_outputs(checkpoint, tmp_path, capsys):
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -104,25 +127,59 @@ def test_crash_leaves_no_half_written_outputs(checkpoint, tmp_path, capsys):
     (["--cascade", "nope.xml"], "cascade file not found: nope.xml"),
     (["--model", "nope.pt"], "model 'nope.pt' not found"),
 ])
-def test_bad_input_is_one_line(checkpoint, args, message, capsys):
-    assert webcam_main(["--model", checkpoint, "--no-display", *args]) == 2
+def test_bad_input_is_one_line(checkpoint, still, args, message, capsys):
+    source = [] if "--source" in args else ["--source", still]
+    assert webcam_main(["--model", checkpoint, "--no-display", *source, *args]) == 2
     one_error_line(capsys.readouterr().err, message)
+
+
+@pytest.mark.parametrize("flag", ["--log", "--output"])
+def test_output_that_is_a_folder_fails_before_the_model_loads(still, tmp_path, flag, capsys):
+    """With a model that would fail to load, the folder's line proves it was checked first."""
+    assert webcam_main(["--model", "nope.pt", "--no-display", "--source", still, flag, str(tmp_path)]) == 2
+    one_error_line(capsys.readouterr().err, f"{flag} {tmp_path} is a folder; give a file name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["still.png"]  # nothing written
+
+
+def test_corrupt_video_fails_before_the_model_loads(tmp_path, capsys):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00" * 4096)
+    assert webcam_main(["--model", "nope.pt", "--no-display", "--source", str(broken)]) == 2
+    one_error_line(capsys.readouterr().err, f"cannot open video {broken}")
+
+
+def test_truncated_video_is_reported(checkpoint, tmp_path, capsys):
+    """An AVI cut in half: the header still announces 40 frames. The frames that decode are
+    processed and logged; one warning line says how many of how many, and the exit is 1."""
+    full, cut, log = tmp_path / "full.avi", tmp_path / "cut.avi", tmp_path / "log.jsonl"
+    writer = cv2.VideoWriter(str(full), cv2.VideoWriter_fourcc(*"MJPG"), 30, (320, 240))
+    for i in range(40):
+        writer.write(np.full((240, 320, 3), 3 * i, np.uint8))
+    writer.release()
+    data = full.read_bytes()
+    cut.write_bytes(data[:len(data) // 2])
+    assert webcam_main(["--model", checkpoint, "--no-display", "--source", str(cut), "--log", str(log)]) == 1
+    read = len(read_log(log))
+    assert 0 < read < 40
+    one_error_line(capsys.readouterr().err, f"warning: {cut} ended after {read} of the 40 frames")
+    assert webcam_main(["--model", checkpoint, "--no-display", "--source", str(full)]) == 0  # the whole file: no warning
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("ref, message", [
     ("models:/nope/Production", "Registered Model with name=nope not found"),
     ("models:/fer/Staging", "stages: Production"),
 ])
-def test_bad_registry_refs(in_trained, ref, message, capsys):
-    assert webcam_main(["--model", ref, "--no-display", "--source", "7"]) == 2
+def test_bad_registry_refs(in_trained, still, ref, message, capsys):
+    assert webcam_main(["--model", ref, "--no-display", "--source", still]) == 2
     one_error_line(capsys.readouterr().err, message)
 
 
-def test_errors_in_a_real_process(in_trained, tmp_path):
+def test_errors_in_a_real_process(in_trained, still, tmp_path):
     """Exit code 2 and one line, without a traceback, from `python -m` with MLflow loaded."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-m", "emovision.webcam", "--model", "models:/nope/Production",
-                          "--no-display"], cwd=in_trained, env=env, capture_output=True, text=True, timeout=120)
+                          "--no-display", "--source", still], cwd=in_trained, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     one_error_line(out.stderr, "Registered Model with name=nope not found")
 
@@ -140,6 +197,32 @@ def test_predict_cli(checkpoint, tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""  # a bad file fails before any output
     one_error_line(captured.err, "cannot read image nope.jpg")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--min-face", "0"], "--min-face must be >= 1 pixel, got 0"),
+    (["--max-faces", "-1"], "--max-faces must be >= 0 (0: all faces), got -1"),
+])
+def test_predict_bad_flags(checkpoint, tmp_path, args, message, capsys):
+    img = tmp_path / "hopper.jpg"
+    cv2.imwrite(str(img), grace_hopper())
+    assert predict_main(["--model", checkpoint, *args, str(img)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    one_error_line(captured.err, message)
+
+
+def test_predict_finds_a_60_px_face_at_the_defaults(checkpoint, tmp_path, capsys):
+    scale = 60 / ASTRONAUT_FACE[2]
+    frame = np.full((480, 640, 3), 128, np.uint8)
+    photo = cv2.resize(astronaut(), None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    frame[100:100 + photo.shape[0], 150:150 + photo.shape[1]] = photo
+    img = tmp_path / "astronaut.png"
+    cv2.imwrite(str(img), frame)
+    assert predict_main(["--model", checkpoint, str(img)]) == 0
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    face = np.array([[150 + ASTRONAUT_FACE[0] * scale, 100 + ASTRONAUT_FACE[1] * scale, 60, 60]])
+    assert iou_matrix(np.array([record["box"]]), face)[0, 0] > 0.6
 
 
 def test_playback_clock_keeps_a_files_own_frame_rate():

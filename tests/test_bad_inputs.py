@@ -109,3 +109,24 @@ def test_non_finite_loss_stops_with_a_failed_run(in_tmp, mlflow_store, capsys):
     assert list(runs["status"]) == ["FAILED"]
     assert mlflow.MlflowClient().search_registered_models() == []  # nothing registered
     assert not (in_tmp / "models" / "best.pt").exists()
+
+
+def test_auto_resume_continues_only_an_unfinished_run_of_the_same_params(in_finished):
+    from emovision.config import load_params
+    from stages.train import interrupted_run
+
+    params = load_params("params.yaml").for_dataset("synthetic")
+    models = in_finished / "models"
+    run_file = models / "run.json"
+    info = run_file.read_text()
+    assert interrupted_run(params, models) == (None, f"the run in {models}/ finished (registered as version 1)")
+    try:
+        run_file.write_text(json.dumps({"run_id": json.loads(info)["run_id"]}))  # killed mid-training
+        run_id, why = interrupted_run(params, models)
+        assert run_id == json.loads(info)["run_id"] and why.startswith("resuming the interrupted run")
+        changed = params.replace(**{"train.lr": params.train.lr * 2})
+        run_id, why = interrupted_run(changed, models)
+        assert run_id is None and "was trained with other params (train.lr)" in why
+        assert interrupted_run(params.replace(**{"bench.repeats": 9}), models)[0] is not None  # not training
+    finally:
+        run_file.write_text(info)

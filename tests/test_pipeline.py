@@ -88,6 +88,36 @@ def test_dvc_repro_end_to_end(tmp_path, mlflow_store):
                            capture_output=True, text=True)
     assert shown.returncode == 0 and "accuracy" in shown.stdout
 
+    def dvc(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
+
+    # a change to the code that computes the metrics makes evaluate stale (and what imports it)
+    inference = repo / "emovision" / "inference.py"
+    original = inference.read_text()
+    inference.write_text(original + "\n# a change\n")
+    stale = json.loads(dvc("status", "--json").stdout)
+    assert {"train", "evaluate", "bench"} <= set(stale) and "prepare" not in stale
+    inference.write_text(original)
+    assert json.loads(dvc("status", "--json").stdout) == {}
+
+    # a failed `dvc repro` (a bad value of a param train reads) destroys nothing
+    kept = {p: p.read_bytes() for p in [repo / "models" / "best.pt", repo / "models" / "run.json",
+                                        *sorted((repo / "reports").glob("*"))]}
+    good = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(good.replace("weight_decay: 0.05", "weight_decay: -1"))
+    failed = dvc("repro")
+    assert failed.returncode != 0 and "train.weight_decay must be >= 0, got -1.0" in failed.stdout + failed.stderr
+    assert {p: p.read_bytes() for p in kept} == kept and list(versions()) == ["1"]
+    (repo / "params.yaml").write_text(good)
+
+    # DVC writes -S values with ruamel (YAML 1.2): 3e-05 must read as a float
+    exp = dvc("exp", "run", "-S", "train.lr=3e-5", "-S", "train.epochs=1")
+    assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
+    assert "lr: 3e-05" in (repo / "params.yaml").read_text()
+    assert sorted(versions()) == ["1", "2"]
+    run = mlflow.get_run(json.loads((repo / "models" / "run.json").read_text())["run_id"])
+    assert float(run.data.params["train.lr"]) == 3e-5 and run.data.tags.get("dvc_exp_name")
+
 
 @pytest.fixture
 def project(in_tmp, mlflow_store):

@@ -1,0 +1,84 @@
+"""dvc.yaml cannot go stale: every stage, run for real, imports exactly the project files
+and reads exactly the params its dvc.yaml entry lists (tests/stage_trace.py records both)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, write_params
+from tests.test_pipeline import tiny_fer2013_raw
+
+STAGES = ("prepare", "train", "evaluate", "bench")
+
+
+def trace(stage: str, cwd: Path, env: dict) -> dict:
+    out = subprocess.run([sys.executable, "-m", "tests.stage_trace", stage, "--params", "params.yaml"],
+                         cwd=cwd, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory) -> dict[str, dict]:
+    """What each stage imported and read, over a real run of the whole pipeline; prepare is
+    run on a FER2013-format CSV and on the demo set (each path reads its own params)."""
+    root = tmp_path_factory.mktemp("trace")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    write_params(root / "params.yaml", {"data": {"raw_dir": tiny_fer2013_raw(root)}})
+    fer = trace("prepare", root, env)
+    write_params(root / "params.yaml", {"data": {"raw_dir": str(root / "empty")}})
+    result = {stage: trace(stage, root, env) for stage in STAGES}
+    result["prepare"]["modules"] = sorted({*fer["modules"], *result["prepare"]["modules"]})
+    result["prepare"]["params"] = sorted({*fer["params"], *result["prepare"]["params"]})
+    return result
+
+
+def dvc_stage(name: str) -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][name]
+
+
+def listed_code(stage: dict) -> tuple[set[str], set[str]]:
+    """(files, folders) of project code among a stage's deps (${...} data paths aside)."""
+    deps = {d for d in stage["deps"] if d.startswith(("emovision", "stages"))}
+    return {d for d in deps if d.endswith(".py")}, {d.rstrip("/") for d in deps if not d.endswith(".py")}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_depends_on_exactly_the_code_it_imports(traces, stage):
+    files, folders = listed_code(dvc_stage(stage))
+    imported = set(traces[stage]["modules"])
+    covered = lambda f: f in files or any(f.startswith(d + "/") for d in folders)  # noqa: E731
+    missing = sorted(f for f in imported if not covered(f))
+    assert not missing, f"dvc.yaml stage {stage} lacks deps it imports: {missing}"
+    stale = sorted(f for f in files if f not in imported)
+    stale += sorted(d for d in folders if not any(f.startswith(d + "/") for f in imported))
+    assert not stale, f"dvc.yaml stage {stage} lists deps it never imports: {stale}"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_lists_exactly_the_params_it_reads(traces, stage):
+    listed = dvc_stage(stage)["params"]
+    read = set(traces[stage]["params"])
+    covered = lambda key: any(key == p or key.startswith(p + ".") for p in listed)  # noqa: E731
+    missing = sorted(k for k in read if not covered(k))
+    assert not missing, f"dvc.yaml stage {stage} reads params it does not list: {missing}"
+    unused = sorted(p for p in listed if not any(k == p or k.startswith(p + ".") for k in read))
+    assert not unused, f"dvc.yaml stage {stage} lists params it never reads: {unused}"
+
+
+def test_output_paths_come_from_params():
+    text = (REPO / "dvc.yaml").read_text()
+    for stage in STAGES:
+        entry = dvc_stage(stage)
+        outs = [next(iter(o)) if isinstance(o, dict) else o
+                for kind in ("outs", "metrics", "plots") for o in entry.get(kind, [])]
+        assert outs and all(o.startswith("${") for o in outs), (stage, outs)
+    hard_coded = re.findall(r"^\s*- (?:models|reports)\b.*$", text, re.M)
+    assert not hard_coded and "reports/" not in text.replace("${paths.reports}/", ""), hard_coded

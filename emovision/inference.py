@@ -13,17 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from emovision.errors import ConfigError, EmovisionError, ModelRefError
-from emovision.preprocess import PreprocessConfig, preprocess_faces
+from emovision import artifact, scoring
+from emovision.artifact import PRETRAINED, WEIGHTS_DIR, ModelSpec
+from emovision.device import resolve_device
+from emovision.errors import ModelRefError
+from emovision.preprocess import PreprocessConfig, prepare_pixels
 
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present; 'cuda' without a GPU is an error the caller reports."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
-    return torch.device(device)
+__all__ = ["EmotionClassifier", "load_classifier", "from_spec", "resolve_device", "PRETRAINED", "WEIGHTS_DIR"]
 
 
 class EmotionClassifier:
@@ -41,7 +37,7 @@ class EmotionClassifier:
         self.device = torch.device(device)
         # channels_last: oneDNN's convolutions run ~1.5x faster at batch 1 and ~1.9x batched
         # on CPU, with the same fp32 math (identical predictions on PrivateTest).
-        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        self.model = scoring.inference_layout(model.to(self.device))
         self.classes = tuple(classes)
         self.preprocess = preprocess
         self.info = dict(info or {})  # provenance: source ref, arch, dataset, metrics
@@ -49,7 +45,6 @@ class EmotionClassifier:
         # user of the API or the app gets that accuracy unless they switch it off.
         self.tta = tta
 
-    @torch.inference_mode()
     def predict_proba(self, faces: np.ndarray | Sequence[np.ndarray], tta: bool | None = None,
                       batch_size: int = 256) -> np.ndarray:
         """(N, H, W) uint8 crops (or a list of crops of any size) -> (N, n_classes) float32.
@@ -60,12 +55,9 @@ class EmotionClassifier:
         tta = self.tta if tta is None else tta
         out = np.zeros((len(faces), len(self.classes)), dtype=np.float32)
         for start in range(0, len(faces), batch_size):
-            x = preprocess_faces(faces[start:start + batch_size], self.preprocess, self.device)
-            x = x.contiguous(memory_format=torch.channels_last)
-            probs = self.model(x).float().softmax(1)
-            if tta:  # faces are roughly left-right symmetric; expressions are too
-                probs = (probs + self.model(x.flip(-1)).float().softmax(1)) / 2
-            out[start:start + len(x)] = probs.cpu().numpy()
+            pixels = torch.from_numpy(prepare_pixels(faces[start:start + batch_size], self.preprocess))
+            probs = scoring.predict_proba(self.model, pixels.to(self.device), self.preprocess, tta, batch_size)
+            out[start:start + len(pixels)] = probs.cpu().numpy()
         return out
 
     def predict(self, faces: np.ndarray | Sequence[np.ndarray], tta: bool | None = None) -> list[str]:
@@ -76,22 +68,12 @@ class EmotionClassifier:
         return f"EmotionClassifier({self.info.get('arch', '?')}, classes={len(self.classes)}, device={self.device})"
 
 
-PRETRAINED = "pretrained"
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-
-
-def _build(config: dict, state_dict: dict, device: torch.device, source: str) -> EmotionClassifier:
-    from emovision.models import create_model
-    from emovision.training import clean_state_dict
-
-    try:
-        model = create_model(config["arch"], num_classes=len(config["classes"]), **config["arch_kwargs"])
-        model.load_state_dict(clean_state_dict(state_dict))
-    except (KeyError, RuntimeError, EmovisionError) as err:
-        raise ModelRefError(f"{source}: weights do not match their config ({str(err).splitlines()[0]})") from None
-    info = {"source": source, "arch": config["arch"], "dataset": config.get("dataset"),
-            "metrics": config.get("metrics", {})}
-    return EmotionClassifier(model, config["classes"], PreprocessConfig.from_dict(config["preprocess"]),
+def from_spec(spec: ModelSpec, state_dict: dict, device: str | torch.device = "cpu",
+              source: str = "model") -> EmotionClassifier:
+    """An EmotionClassifier from the artifact's spec and weights (the one build)."""
+    info = {"source": source, "arch": spec.arch, "dataset": spec.dataset, "metrics": spec.metrics,
+            "weights": spec.weights}
+    return EmotionClassifier(artifact.build(spec, state_dict, source), spec.classes, spec.preprocess,
                              device, info)
 
 
@@ -100,31 +82,21 @@ def load_classifier(ref: str = PRETRAINED, device: str = "auto") -> EmotionClass
 
     `ref`: "pretrained" (the FER2013 model shipped in the package), `models:/fer/Production`,
     `models:/fer@champion`, `models:/fer/3`, `runs:/<run id>/model`, a model folder
-    (weights.pt + config.json) or a training checkpoint (`models/best.pt`).
+    (weights.pt + config.json, or a downloaded MLflow model) or a training checkpoint
+    (`models/best.pt`). Nothing is unpickled and no model code is run: weights load with
+    `torch.load(weights_only=True)`, the rest is JSON.
     """
-    from emovision import tracking
-    from emovision.training import load_checkpoint
-
     dev = resolve_device(device)
     if ref == PRETRAINED:
-        if not (WEIGHTS_DIR / tracking.CONFIG_FILE).is_file():
+        if not WEIGHTS_DIR.is_dir():
             raise ModelRefError(f"no pretrained weights shipped in {WEIGHTS_DIR}; reinstall emovision")
-        return _build(*tracking.read_model_dir(WEIGHTS_DIR), dev, ref)
+        return from_spec(*artifact.load_model_dir(WEIGHTS_DIR), dev, ref)
     if ref.startswith(("models:/", "runs:/")):
-        return _build(*tracking.read_model_dir(tracking.download_model(ref)), dev, ref)
-    path = Path(ref)
-    if path.is_dir() and (path / tracking.CONFIG_FILE).is_file():
-        return _build(*tracking.read_model_dir(path), dev, ref)
-    if not path.is_file():
+        from emovision import tracking
+
+        return from_spec(*artifact.load_model_dir(tracking.download_model(ref)), dev, ref)
+    if not Path(ref).exists():
         raise ModelRefError(
             f"model {ref!r} not found: pass {PRETRAINED}, models:/NAME/STAGE, models:/NAME@ALIAS, "
             f"runs:/ID/model, a model folder or a checkpoint file")
-    try:
-        ckpt = load_checkpoint(path)
-        config = tracking.model_config(ckpt)
-        state_dict = ckpt["state_dict"]
-    except Exception as err:  # torch raises many types for a bad or foreign file
-        raise ModelRefError(f"{ref}: not a readable emovision checkpoint ({str(err).splitlines()[0][:200]})") from None
-    if "arch" not in config:
-        raise ModelRefError(f"{ref}: not an emovision checkpoint (no architecture recorded)")
-    return _build(config, state_dict, dev, ref)
+    return from_spec(*artifact.load(ref), dev, ref)

@@ -19,6 +19,11 @@ from emovision import tracking
 REAL_DATASET = "fer2013"
 
 
+def gate_metric(tta: bool) -> str:
+    """The tag a version's gate score lives under, named after what it measures."""
+    return "val_acc_tta" if tta else "val_acc"
+
+
 @dataclass(frozen=True)
 class Decision:
     promote: bool
@@ -79,17 +84,26 @@ def promote(name: str, version: str) -> None:
     client.set_registered_model_alias(name, tracking.CHAMPION, version)
 
 
-def record(name: str, version: str, decision: Decision) -> None:
-    """Store the decision and both scores as tags of the challenger version."""
+def recorded_score(version, metric: str) -> float | None:
+    """A version's recorded gate score (`val_acc_tta` / `val_acc`), also from tags written
+    before they were named after what they measure (`challenger_val_acc`)."""
+    tags = version.tags
+    value = tags.get(metric) or tags.get("challenger_val_acc")
+    return float(value) if value else None
+
+
+def record(name: str, version: str, decision: Decision, metric: str) -> None:
+    """Store the decision and both scores as tags of the challenger version: `metric` (the
+    challenger's score, e.g. val_acc_tta) and `champion_<metric>`."""
     import mlflow
 
     client = mlflow.MlflowClient()
     tags = {"promotion": "promoted" if decision.promote else "rejected",
-            "promotion_reason": decision.reason,
-            "challenger_val_acc": f"{decision.challenger_acc:.4f}"}
+            "promotion_reason": decision.reason, "gate_metric": metric,
+            metric: f"{decision.challenger_acc:.4f}"}
     if decision.champion_version is not None:
         tags["champion_version"] = str(decision.champion_version)
     if decision.champion_acc is not None:
-        tags["champion_val_acc"] = f"{decision.champion_acc:.4f}"
+        tags[f"champion_{metric}"] = f"{decision.champion_acc:.4f}"
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)

@@ -1,33 +1,32 @@
 """MLflow: where runs live, how a model is logged and registered, how references resolve.
 
 Runs live in `sqlite:///<project root>/mlflow.db` with artifacts in `<project root>/mlruns`
-(`MLFLOW_TRACKING_URI` overrides), so plain `mlflow ui` in the project root shows all.
-A logged model is a folder `model/` holding `weights.pt` (a state dict, loadable with
-`torch.load(weights_only=True)`) and `config.json` (architecture, kwargs, classes,
-preprocessing): nothing in it is ever unpickled as code.
+(`MLFLOW_TRACKING_URI` overrides), so plain `mlflow ui` in the project root shows all. The
+project root is found, not assumed: the nearest folder holding dvc.yaml, from the working
+directory up. A logged model is an MLflow pyfunc model from code (emovision/mlflow_model.py)
+(logged by `emovision.serving.log_model`) whose artifacts are the model folder of `emovision.artifact`: `weights.pt` (a state dict,
+loaded with `torch.load(weights_only=True)`) and `config.json`; nothing in it is ever
+unpickled. Reading a model never creates a store, an experiment or a lock file.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import re
 import subprocess
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-
+from emovision import artifact
 from emovision.errors import ModelRefError
 
 EXPERIMENT = "emovision"
-MODEL_ARTIFACT = "model"
-WEIGHTS_FILE = "weights.pt"
-CONFIG_FILE = "config.json"
+PROJECT_MARKER = "dvc.yaml"
+# MLflow 3's UI opens an experiment in the view its kind names; ours trains models (not GenAI).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 PRODUCTION = "Production"
 STORE_INIT_RETRIES = 5
 CHAMPION = "champion"
@@ -36,9 +35,13 @@ _DVC_TEMP = re.compile(r"^(?P<root>.*?)/\.dvc/tmp/exps/")
 
 
 def project_root(cwd: Path | None = None) -> Path:
+    """The project the user is in: a DVC temp workspace's parent project, else the nearest
+    folder with dvc.yaml from `cwd` up, else `cwd` itself (a bare folder: tests, scripts)."""
     cwd = (cwd or Path.cwd()).resolve()
     match = _DVC_TEMP.match(str(cwd))
-    return Path(match["root"]) if match else cwd
+    if match:
+        return Path(match["root"])
+    return next((d for d in (cwd, *cwd.parents) if (d / PROJECT_MARKER).is_file()), cwd)
 
 
 def tracking_uri() -> str:
@@ -49,6 +52,9 @@ def quiet_mlflow() -> None:
     """Our own calls use registry stages on purpose (users asked for models:/fer/Production)."""
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow(\.|$)")
     warnings.filterwarnings("ignore", message=r".*[Ss]tage.*deprecated.*")
+    # our pyfunc declares its input with a signature, not with type hints
+    warnings.filterwarnings("ignore", message=r".*type hints to the `predict` method.*")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per download otherwise
     import logging
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -100,11 +106,14 @@ def _setup_experiment(mlflow, experiment: str) -> str:
         if tracking_uri().startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
             location = (project_root() / "mlruns").as_uri()
         try:
-            exp_id = client.create_experiment(experiment, artifact_location=location)
+            exp_id = client.create_experiment(experiment, artifact_location=location,
+                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except Exception:  # created concurrently by another process
             exp_id = client.get_experiment_by_name(experiment).experiment_id
     else:
         exp_id = exp.experiment_id
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # a store made before this tag
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
@@ -147,97 +156,111 @@ def run_tags(meta: dict[str, Any]) -> dict[str, str]:
     return tags
 
 
+def run_name(params, source: str) -> str:
+    """A run name a person can tell apart in the UI: DVC experiment, model, key params, data."""
+    m, t = params.model, params.train
+    parts = [os.environ.get("DVC_EXP_NAME") or "train", f"{m.name}-w{m.width}", f"lr{t.lr:g}",
+             f"{t.epochs}ep", "demo" if source == "synthetic" else source]
+    return " ".join(parts)
+
+
+def log_dataset(meta: dict[str, Any], prepared_dir: Path) -> None:
+    """Each prepared split as an MLflow dataset input (name, digest, row count in its profile),
+    so the UI says what a run was trained, selected and tested on."""
+    import mlflow
+
+    from emovision.data.prepared import load_split
+
+    name = "FER2013" if meta.get("source") == "fer2013" else "demo (synthetic faces)"
+    for split, context in (("train", "training"), ("val", "validation (PublicTest)"), ("test", "test (PrivateTest)")):
+        x, y = load_split(Path(prepared_dir), split)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "source can be interpreted in multiple ways": a local file
+            dataset = mlflow.data.from_numpy(x, targets=y, source=str(Path(prepared_dir).resolve() / f"{split}.npz"),
+                                             name=f"{name} {split}")
+        mlflow.log_input(dataset, context=context)
+
+
 # ---------------------------------------------------------------- model artifacts
 
 
-def model_config(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The JSON half of a model: everything needed to rebuild and feed it."""
-    keys = ("arch", "arch_kwargs", "classes", "preprocess", "metrics", "epoch", "dataset")
-    return {"format": "emovision-model/1", **{k: ckpt[k] for k in keys if k in ckpt}}
-
-
-def write_model_dir(ckpt: dict[str, Any], out_dir: Path) -> Path:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt["state_dict"], out_dir / WEIGHTS_FILE)
-    (out_dir / CONFIG_FILE).write_text(json.dumps(model_config(ckpt), indent=2) + "\n")
-    return out_dir
-
-
-def log_model(ckpt: dict[str, Any], artifact_path: str = MODEL_ARTIFACT) -> str:
-    """Log weights + config into the active run; returns the artifact URI."""
-    import mlflow
-
-    with tempfile.TemporaryDirectory() as tmp:
-        mlflow.log_artifacts(str(write_model_dir(ckpt, Path(tmp))), artifact_path)
-    return mlflow.get_artifact_uri(artifact_path)
-
-
-def register_model(name: str, source: str, run_id: str | None, tags: dict[str, str]) -> str:
-    """A new version of `name` pointing at a logged model folder; returns the version."""
+def register_model(name: str, model_info, tags: dict[str, str]) -> str:
+    """A new version of `name` for a logged model; returns the version."""
     import mlflow
 
     client = mlflow.MlflowClient()
     with contextlib.suppress(mlflow.exceptions.MlflowException):
         client.create_registered_model(name, description="Facial emotion recognition (emovision)")
-    version = client.create_model_version(name, source=source, run_id=run_id,
-                                          tags={k: str(v) for k, v in tags.items()})
+    version = client.create_model_version(name, source=model_info.model_uri, run_id=model_info.run_id,
+                                          tags={k: str(v) for k, v in tags.items()},
+                                          model_id=model_info.model_id)
     return str(version.version)
 
 
 # ---------------------------------------------------------------- resolving references
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<stage>[^/]+)|@(?P<alias>.+))?$")
+PROMOTE_HINT = "`python -m stages.promote --version N` makes version N Production and @champion"
 
 
-def _registry_hint(name: str) -> str:
+def _registry_hint(name: str, client=None) -> str:
     """What exists in the registry, for error messages."""
     import mlflow
 
-    client = mlflow.MlflowClient()
+    client = client or mlflow.MlflowClient()
     try:
         models = [m.name for m in client.search_registered_models()]
     except Exception:
         models = []
     if name not in models:
         have = f"registered models: {', '.join(models)}" if models else "the registry is empty"
-        return f"{have} (tracking URI {tracking_uri()}); run `dvc repro` to train and register one"
+        return f"{have} (tracking URI {client.tracking_uri}); run `dvc repro` to train and register one"
     versions = client.search_model_versions(f"name='{name}'")
     stages = sorted({v.current_stage for v in versions if v.current_stage != "None"})
     aliases = sorted(client.get_registered_model(name).aliases)
     return (f"'{name}' has versions {', '.join(sorted((str(v.version) for v in versions), key=int))}"
             f"; stages: {', '.join(stages) or 'none'}; aliases: {', '.join(aliases) or 'none'}"
-            f"; make one with `python -m stages.promote --version N`")
+            f" ({PROMOTE_HINT})")
+
+
+def read_client():
+    """A client on the project's store for reading only: a missing SQLite store is an error,
+    never created (no mlflow.db, no lock file, no experiment)."""
+    import mlflow
+
+    quiet_mlflow()
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ModelRefError(
+            f"no MLflow store at {uri.removeprefix('sqlite:///')} (the project root is the nearest folder "
+            f"with {PROJECT_MARKER} from {Path.cwd()} up); run this from the project, or set MLFLOW_TRACKING_URI")
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def download_model(ref: str) -> Path:
     """Resolve `models:/name/Stage`, `models:/name@alias`, `models:/name/3` or `runs:/id/model`
-    to a local folder with weights.pt and config.json."""
+    to a local model folder (an MLflow model, or the older weights.pt + config.json folder)."""
     import mlflow
 
-    setup()
     m = _MODELS_URI.match(ref)
     if ref.startswith("models:/") and not m:
         raise ModelRefError(f"malformed model URI {ref!r}; use models:/NAME/STAGE, models:/NAME@ALIAS "
                             f"or models:/NAME/VERSION")
+    client = read_client()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            path = Path(mlflow.artifacts.download_artifacts(ref))
+            path = Path(mlflow.artifacts.download_artifacts(ref, tracking_uri=client.tracking_uri,
+                                                            registry_uri=client.tracking_uri))
     except mlflow.exceptions.MlflowException as err:
+        first = str(err).splitlines()[0].rstrip(". ")
         if m:
-            first = str(err).splitlines()[0]
-            raise ModelRefError(f"cannot load {ref}: {first}. {_registry_hint(m['name'])}") from None
-        raise ModelRefError(f"cannot load {ref}: {str(err).splitlines()[0]}") from None
+            raise ModelRefError(f"cannot load {ref}: {first}. {_registry_hint(m['name'], client)}") from None
+        raise ModelRefError(f"cannot load {ref}: {first}") from None
     except OSError as err:
         raise ModelRefError(f"cannot load {ref}: {err}") from None
-    if not (path / WEIGHTS_FILE).is_file() or not (path / CONFIG_FILE).is_file():
-        raise ModelRefError(f"{ref} is not an emovision model (no {WEIGHTS_FILE} and {CONFIG_FILE} in it)")
+    try:
+        artifact.model_files(path)
+    except ModelRefError:
+        raise ModelRefError(f"{ref} is not an emovision model (no {artifact.CONFIG_FILE} in it)") from None
     return path
-
-
-def read_model_dir(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(config, state_dict) of a model folder, without unpickling code."""
-    config = json.loads((Path(path) / CONFIG_FILE).read_text())
-    state_dict = torch.load(Path(path) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    return config, state_dict

@@ -1,4 +1,4 @@
-"""Training: in-memory batches, batched augmentation, fit / train_one_epoch / evaluate.
+"""Training: in-memory batches, batched augmentation, fit / train_one_epoch.
 
 The whole prepared split lives on the training device as one uint8 tensor; a batch is an
 index slice of a seeded permutation, preprocessed and augmented with batched tensor ops.
@@ -20,14 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from emovision import fileio
+from emovision import artifact, scoring
+from emovision.artifact import ModelSpec
 from emovision.config import AugmentParams, Params, TrainParams
 from emovision.data.augment import augment_batch
+from emovision.device import resolve_device
 from emovision.errors import TrainingDiverged
 from emovision.models import create_model
 from emovision.preprocess import PreprocessConfig, normalize, prepare_pixels
 
-CHECKPOINT_FORMAT = "emovision-checkpoint/1"
 MIXUP_ALPHA = 0.2  # Beta(0.2, 0.2): mostly light mixes, as in the mixup paper's ImageNet runs
 
 
@@ -51,7 +52,6 @@ def to_tensors(x: np.ndarray, y: np.ndarray, pre: PreprocessConfig, device: torc
 def load_train_val(params: Params) -> tuple[dict[str, Any], SplitTensors, SplitTensors]:
     """Prepared meta plus the train and val splits on the configured device."""
     from emovision.data.prepared import load_meta, load_split
-    from emovision.inference import resolve_device
 
     if params.train.threads > 0:
         torch.set_num_threads(params.train.threads)
@@ -317,62 +317,21 @@ def train_one_epoch(
             "images_per_s": n / elapsed, "epoch_s": elapsed}
 
 
-@torch.inference_mode()
-def predict_probs(model: nn.Module, x: torch.Tensor, pre: PreprocessConfig, batch_size: int = 512,
-                   tta: bool = False, amp: str = "off") -> torch.Tensor:
-    """Softmax probabilities (N, C) for uint8 pixels (N, 1, H, W); with TTA, averaged with the mirror."""
-    model.eval()
-    dtype = amp_dtype(amp, x.device)
-    out = []
-    for start in range(0, len(x), batch_size):
-        batch = normalize(x[start:start + batch_size], pre)
-        with torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            probs = model(batch).float().softmax(1)
-            if tta:
-                probs = (probs + model(batch.flip(-1)).float().softmax(1)) / 2
-        out.append(probs)
-    return torch.cat(out)
-
-
-def evaluate(model: nn.Module, data: SplitTensors, pre: PreprocessConfig, batch_size: int = 512,
-             tta: bool = False, amp: str = "off") -> dict[str, Any]:
-    """Loss and accuracy on a split, plus the probabilities for further metrics."""
-    probs = predict_probs(model, data.x, pre, batch_size, tta, amp)
-    loss = F.nll_loss(probs.clamp_min(1e-8).log(), data.y).item()
-    acc = (probs.argmax(1) == data.y).float().mean().item()
-    return {"loss": loss, "acc": acc, "probs": probs.cpu()}
+def evaluate(model: nn.Module, data: SplitTensors, pre: PreprocessConfig,
+             batch_size: int = scoring.DEFAULT_BATCH) -> dict[str, float]:
+    """Validation metrics of a split, through the one prediction path (`scoring`): the same
+    numbers the evaluate stage and the promotion gate compute for the saved model."""
+    stats = scoring.score(model, data.x, data.y, pre, batch_size)
+    return {"val_loss": stats["loss"], "val_acc": stats["acc"], "val_acc_tta": stats["acc_tta"]}
 
 
 # ---------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomic save: a crash mid-write leaves the previous checkpoint intact."""
-    with fileio.atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint without unpickling code (weights_only=True)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def clean_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip wrappers' prefixes (torch.compile's `_orig_mod.`, DataParallel's `module.`)."""
-    out = {}
-    for k, v in state_dict.items():
-        for prefix in ("_orig_mod.", "module."):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out
-
-
-def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
-    """Rebuild the architecture from the checkpoint's own description and load its weights."""
-    model = create_model(ckpt["arch"], num_classes=len(ckpt["classes"]), **ckpt["arch_kwargs"])
-    model.load_state_dict(clean_state_dict(ckpt["state_dict"]))
-    return model.eval()
+def model_spec(params: Params, classes: list[str], dataset: str | None = None) -> ModelSpec:
+    """The artifact spec this run's params describe (before any weights exist)."""
+    return ModelSpec(arch=params.model.name, arch_kwargs=params.model.kwargs(), classes=tuple(classes),
+                     preprocess=preprocess_config(params), dataset=dataset)
 
 
 # ---------------------------------------------------------------- fit
@@ -402,13 +361,14 @@ def fit(
     out_dir: Path | None = None,
     resume: bool = False,
     on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
-    extra: dict[str, Any] | None = None,
+    dataset: str | None = None,
 ) -> dict[str, Any]:
     """Train with early stopping on val accuracy.
 
     Writes `out_dir/last.pt` every epoch and `out_dir/best.pt` on improvement (when
     out_dir is given). `on_epoch(epoch, metrics)` sees each epoch's metrics and may
-    return True to stop (Optuna pruning). Returns a summary dict.
+    return True to stop (Optuna pruning); `dataset` is recorded in the checkpoints. Returns a
+    summary dict.
     """
     cfg, device = params.train, train.x.device
     pre = preprocess_config(params)
@@ -425,8 +385,9 @@ def fit(
     loss_weight = class_weights(train.y, len(classes)) if cfg.class_weighted else None
     state = FitState()
     last_path = out_dir / "last.pt" if out_dir else None
+    spec = model_spec(params, classes, dataset)
     if resume and last_path is not None and last_path.is_file():
-        ckpt = load_checkpoint(last_path, device)
+        ckpt = artifact.read_checkpoint(last_path, device)
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -441,15 +402,13 @@ def fit(
     amp = resolve_amp(cfg.amp, device, probe=model)
     print(f"mixed precision: {amp.reason}", flush=True)
 
-    def checkpoint(kind: str, metrics: dict[str, float]) -> dict[str, Any]:
-        eval_model = ema.module if ema is not None else model
-        return {
-            "format": CHECKPOINT_FORMAT, "kind": kind,
-            "arch": params.model.name, "arch_kwargs": arch_kwargs, "classes": list(classes),
-            "preprocess": pre.to_dict(), "params": params.flat(), "epoch": state.epoch,
-            "metrics": metrics, "state_dict": clean_state_dict(eval_model.state_dict()),
-            **(extra or {}),
-        }
+    def save(path: Path, kind: str, metrics: dict[str, float], **resume_state: Any) -> None:
+        # best.pt and the registered model hold the EMA average (what was scored); last.pt
+        # holds the live weights --resume continues from, the average beside them.
+        weights = "live" if resume_state or ema is None else "ema"
+        state_dict = model.state_dict() if weights == "live" else ema.module.state_dict()
+        artifact.save_checkpoint(path, spec.replace(metrics=metrics, epoch=state.epoch, weights=weights),
+                                 state_dict, kind=kind, params=params.flat(), **resume_state)
 
     stopped = "epochs"
     while state.epoch < cfg.epochs:
@@ -459,10 +418,8 @@ def fit(
         if not math.isfinite(stats["train_loss"]):  # nothing of this epoch is saved
             raise TrainingDiverged(f"the training loss became {stats['train_loss']} in epoch {epoch} "
                                    f"(train.lr {cfg.lr:g}, amp {amp.name}); lower train.lr")
-        val_stats = evaluate(ema.module if ema is not None else model, val, pre,
-                             params.evaluate.batch_size, amp=cfg.amp)
-        metrics = {**stats, "val_loss": val_stats["loss"], "val_acc": val_stats["acc"],
-                   "lr": optimizer.param_groups[0]["lr"]}
+        val_stats = evaluate(ema.module if ema is not None else model, val, pre, params.evaluate.batch_size)
+        metrics = {**stats, **val_stats, "lr": optimizer.param_groups[0]["lr"]}
         state.epoch = epoch
         state.history.append({"epoch": epoch, **metrics})
         improved = metrics["val_acc"] > state.best_val_acc + cfg.min_delta
@@ -476,17 +433,13 @@ def fit(
               f"{metrics['images_per_s']:.0f} img/s  {metrics['epoch_s']:.1f}s", flush=True)
         if out_dir is not None:
             if improved:
-                save_checkpoint(out_dir / "best.pt", checkpoint("best", metrics))
-            last = checkpoint("last", metrics)
-            last.update({
-                "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "ema_state_dict": ema.module.state_dict() if ema is not None else None,
-                "ema_updates": ema.updates if ema is not None else 0,
-                "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state()},
-                "fit_state": vars(state),
-            })
-            save_checkpoint(last_path, last)
+                save(out_dir / "best.pt", "best", metrics)
+            save(last_path, "last", metrics,
+                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                 ema_state_dict=ema.module.state_dict() if ema is not None else None,
+                 ema_updates=ema.updates if ema is not None else 0,
+                 rng={"generator": generator.get_state(), "torch": torch.get_rng_state()},
+                 fit_state=vars(state))
         if on_epoch is not None and on_epoch(epoch, metrics):
             stopped = "pruned"
             break

@@ -24,13 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emovision import tracking
+from emovision import artifact
 from emovision.data.prepared import load_meta, load_split
 from emovision.errors import DataError, cli_main
 from emovision.inference import WEIGHTS_DIR, load_classifier
 from emovision.metrics import classification_report
 from emovision.models import count_macs, count_params
-from emovision.training import load_checkpoint
 
 LATENCY_CALLS = 200
 
@@ -74,7 +73,7 @@ def card_tables(scores: dict, classes: tuple[str, ...]) -> str:
 
 def compare_with_shipped(summary: dict) -> str:
     """This model's accuracies beside the shipped model's claims, in points."""
-    claims = json.loads((WEIGHTS_DIR / tracking.CONFIG_FILE).read_text())["metrics"]
+    claims = artifact.read_spec(WEIGHTS_DIR).metrics
     lines = ["| split | TTA | this model | shipped | difference (points) |", "|---|---|---|---|---|"]
     for split, name in (("test", "PrivateTest"), ("val", "PublicTest")):
         for tta, mine, theirs in (("flip", summary[split], claims[split]),
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check or args.checkpoint is None:
         clf = load_classifier("pretrained", "cpu")
     else:
-        ckpt = load_checkpoint(args.checkpoint)
+        spec, state_dict = artifact.load_checkpoint(args.checkpoint)
         clf = load_classifier(str(args.checkpoint), "cpu")
     scores = score_all(clf, args.prepared)
     summary = {
@@ -121,11 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     Path("reports").mkdir(exist_ok=True)
     Path("reports/pretrained.json").write_text(json.dumps({"summary": summary, "scores": scores}, indent=2) + "\n")
     if not args.check and args.checkpoint is not None:
-        ckpt = {**ckpt, "metrics": {k: summary[k] for k in ("val", "test", "tta", "no_tta")}, "dataset": "fer2013"}
+        spec = spec.replace(metrics={k: summary[k] for k in ("val", "test", "tta", "no_tta")}, dataset="fer2013")
         with tempfile.TemporaryDirectory() as tmp:
-            staged = tracking.write_model_dir(ckpt, Path(tmp) / "weights")
+            staged = artifact.save_model_dir(Path(tmp) / "weights", spec, state_dict)
             WEIGHTS_DIR.mkdir(exist_ok=True)
-            for name in (tracking.WEIGHTS_FILE, tracking.CONFIG_FILE):
+            for name in (artifact.WEIGHTS_FILE, artifact.CONFIG_FILE):
                 shutil.copy(staged / name, WEIGHTS_DIR / name)
         print(f"shipped {args.checkpoint} -> {WEIGHTS_DIR}", file=sys.stderr)
     return 0

@@ -22,7 +22,8 @@ from emovision.config import Params
 from emovision.data.augment import augment_batch
 from emovision.data.prepared import load_meta
 from emovision.errors import DataError, cli_main
-from emovision.inference import load_classifier, resolve_device
+from emovision.device import resolve_device
+from emovision.inference import load_classifier
 from emovision.models import count_macs, count_params, create_model
 from emovision.preprocess import normalize
 from emovision.training import preprocess_config, resolve_amp

@@ -17,6 +17,7 @@ from emovision.config import Params
 from emovision.data.prepared import load_meta, load_split
 from emovision.errors import DataError, cli_main
 from emovision.inference import EmotionClassifier, load_classifier
+from emovision.promotion import gate_metric
 from emovision.metrics import classification_report
 from stages import parse, stage_parser
 from stages.train import RUN_FILE
@@ -29,7 +30,8 @@ F1_PNG = "per_class_f1.png"
 
 
 def score(clf: EmotionClassifier, x: np.ndarray, y: np.ndarray, tta: bool, batch_size: int) -> dict:
-    """Classification report of `clf` on raw uint8 crops, through its own preprocessing."""
+    """Classification report of `clf` on raw uint8 crops, through the one prediction path
+    (`emovision.scoring`, as in training's validation): the same accuracy whoever asks."""
     pred = clf.predict_proba(x, tta=tta, batch_size=batch_size).argmax(1)
     return {**classification_report(y, pred, clf.classes), "predictions": pred}
 
@@ -96,9 +98,15 @@ def evaluate(params: Params, models_dir: Path | None = None) -> dict:
     import mlflow
 
     with tracking.tracked_run(run_id=info["run_id"]):
-        flat = {f"{s}_{k}": results[s][k] for s in results for k in ("accuracy", "macro_f1")}
-        flat.update({f"test_f1_{c}": results["test"]["per_class"][c]["f1"] for c in clf.classes})
+        # Named after what they measure: test_acc_tta is PrivateTest accuracy with flip TTA.
+        suffix = "_tta" if tta else ""
+        flat = {f"{s}_{k}{suffix}": results[s][key] for s in results
+                for k, key in (("acc", "accuracy"), ("macro_f1", "macro_f1"))}
+        flat.update({f"test_f1_{c}{suffix}": results["test"]["per_class"][c]["f1"] for c in clf.classes})
         mlflow.log_metrics(flat)
+        if info.get("model_id"):  # shown with the logged model in MLflow 3's model views
+            mlflow.log_metrics({k: v for k, v in flat.items() if not k.startswith("test_f1_")},
+                               model_id=info["model_id"])
         mlflow.set_tag("tta", metrics["tta"])
         for path in (metrics_json, confusion_png, f1_png):
             mlflow.log_artifact(str(path), "evaluation")
@@ -119,12 +127,12 @@ def gate(params: Params, info: dict, dataset: str, acc: float, val: tuple, tta: 
         return score(load_classifier(f"models:/{name}/{v}", params.base.device), *val, tta, bs)["accuracy"]
 
     decision = promotion.decide(dataset, acc, champion, params.registry.min_delta, score_champion)
-    promotion.record(name, version, decision)
+    promotion.record(name, version, decision, gate_metric(tta))
     if decision.promote:
         promotion.promote(name, version)
     champ = "" if decision.champion_acc is None else f", champion v{decision.champion_version} val acc {decision.champion_acc:.4f}"
     print(f"promotion: {name} v{version} {'PROMOTED to Production (@champion)' if decision.promote else 'not promoted'}"
-          f" — {decision.reason} (challenger val acc {acc:.4f}{champ})")
+          f" — {decision.reason} (challenger {gate_metric(tta)} {acc:.4f}{champ})")
 
 
 @cli_main

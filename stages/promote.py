@@ -6,13 +6,10 @@
 """
 from __future__ import annotations
 
-import hashlib
-import json
-
-from emovision import promotion, tracking
+from emovision import artifact, promotion, serving, tracking
+from emovision.artifact import WEIGHTS_DIR
 from emovision.config import Params
 from emovision.errors import ModelRefError, cli_main
-from emovision.inference import WEIGHTS_DIR
 from stages import parse, stage_parser
 
 
@@ -29,16 +26,26 @@ def force(name: str, version: str) -> None:
     print(f"{name} v{version} is now Production (@{tracking.CHAMPION})")
 
 
+def shipped_scores(spec: artifact.ModelSpec) -> dict[str, float]:
+    """The shipped model's recorded FER2013 accuracies, named as the gate names them."""
+    m = spec.metrics
+    tta = m.get("tta") == "hflip"  # the headline figures of the shipped config use flip TTA
+    plain = m.get("no_tta", m) if tta else m
+    scores = {"val_acc": plain["val"]["accuracy"], "test_acc": plain["test"]["accuracy"]}
+    if tta:
+        scores.update(val_acc_tta=m["val"]["accuracy"], test_acc_tta=m["test"]["accuracy"])
+    return scores
+
+
 def register_pretrained(params: Params) -> str:
-    """Register the shipped weights once (found again by their hash) and gate them."""
+    """Register the shipped weights once (found again by their hash) as an MLflow model, and gate them."""
     import mlflow
 
     name = params.registry.model_name
-    if not (WEIGHTS_DIR / tracking.CONFIG_FILE).is_file():
-        raise ModelRefError(f"no pretrained weights shipped in {WEIGHTS_DIR}")
-    digest = hashlib.sha256((WEIGHTS_DIR / tracking.WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
-    config = json.loads((WEIGHTS_DIR / tracking.CONFIG_FILE).read_text())
-    test_acc, val_acc = config["metrics"]["test"]["accuracy"], config["metrics"]["val"]["accuracy"]
+    metric = promotion.gate_metric(params.evaluate.tta)
+    spec, state_dict = artifact.load_model_dir(WEIGHTS_DIR)
+    digest = artifact.weights_digest(WEIGHTS_DIR)
+    scores = shipped_scores(spec)
     client = mlflow.MlflowClient()
     existing = [v for v in client.search_model_versions(f"name='{name}'")
                 if v.tags.get("pretrained_sha256") == digest] if client.search_registered_models(
@@ -47,15 +54,15 @@ def register_pretrained(params: Params) -> str:
         version = existing[0].version
         print(f"shipped weights already registered as {name} v{version}")
     else:
-        with tracking.tracked_run(run_name="register-pretrained", tags={"dataset": "fer2013",
-                                                                        "stage": "promote"}) as run:
-            mlflow.log_artifacts(str(WEIGHTS_DIR), tracking.MODEL_ARTIFACT)
-            mlflow.log_metrics({"test_accuracy": test_acc, "val_accuracy": val_acc})
+        with tracking.tracked_run(run_name=f"register-pretrained {spec.arch}-w{spec.arch_kwargs.get('width')} fer2013",
+                                  tags={"dataset": "fer2013", "stage": "promote"}) as run:
+            model_info = serving.log_model(spec, state_dict)
+            mlflow.log_metrics(scores)
+            mlflow.log_metrics(scores, model_id=model_info.model_id)
             version = tracking.register_model(
-                name, mlflow.get_artifact_uri(tracking.MODEL_ARTIFACT), run.info.run_id,
-                tags={"dataset": "fer2013", "pretrained_sha256": digest, "arch": config["arch"],
-                      "test_acc": f"{test_acc:.4f}", "val_acc": f"{val_acc:.4f}"})
-        print(f"registered the shipped FER2013 model as {name} v{version}")
+                name, model_info, tags={"dataset": "fer2013", "pretrained_sha256": digest, "arch": spec.arch,
+                                        **{k: f"{v:.4f}" for k, v in scores.items()}})
+        print(f"registered the shipped FER2013 model as {name} v{version} (run {run.info.run_id})")
     champion = promotion.current_champion(name)
     if champion is not None and str(champion.version) == str(version):
         print(f"{name} v{version} is already Production (@{tracking.CHAMPION})")
@@ -64,11 +71,11 @@ def register_pretrained(params: Params) -> str:
     def recorded_acc(v: str) -> float:
         # Both numbers are FER2013 PublicTest accuracies recorded when each was evaluated
         # (selection never looks at PrivateTest).
-        tags = client.get_model_version(name, v).tags
-        return float(tags.get("challenger_val_acc") or tags.get("val_acc") or "inf")
+        score = promotion.recorded_score(client.get_model_version(name, v), metric)
+        return float("inf") if score is None else score
 
-    decision = promotion.decide("fer2013", val_acc, champion, params.registry.min_delta, recorded_acc)
-    promotion.record(name, version, decision)
+    decision = promotion.decide("fer2013", scores[metric], champion, params.registry.min_delta, recorded_acc)
+    promotion.record(name, version, decision, metric)
     if decision.promote:
         promotion.promote(name, version)
     print(f"{name} v{version}: {'Production (@champion)' if decision.promote else 'not promoted'} — {decision.reason}")

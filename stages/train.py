@@ -14,11 +14,11 @@ import io
 import json
 from pathlib import Path
 
-from emovision import fileio, plots, tracking
+from emovision import artifact, fileio, plots, serving, tracking
 from emovision.config import Params
 from emovision.errors import ConfigError, DataError, cli_main
 from emovision.models import create_model
-from emovision.training import fit, load_checkpoint, load_train_val, resolve_amp
+from emovision.training import fit, load_train_val, resolve_amp
 from stages import parse, stage_parser
 
 RUN_FILE = Path("run.json")  # inside paths.models
@@ -50,7 +50,7 @@ def interrupted_run(params: Params, models_dir: Path) -> tuple[str | None, str]:
         return None, f"no interrupted run in {models_dir}/ (needs last.pt and run.json)"
     try:
         info = json.loads(run_file.read_text())
-        ckpt = load_checkpoint(last)
+        ckpt = artifact.read_checkpoint(last)
         run_id, epoch, saved = info["run_id"], ckpt["epoch"], ckpt["params"]
     except Exception as err:  # an unreadable leftover: never resume from it
         return None, f"{models_dir}/ holds an unreadable run.json or last.pt ({type(err).__name__})"
@@ -95,7 +95,7 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
     tracking.setup()
     import mlflow
 
-    with tracking.tracked_run(run_name=f"train-{params.model.name}", run_id=run_id,
+    with tracking.tracked_run(run_name=tracking.run_name(params, meta["source"]), run_id=run_id,
                               tags={**tracking.run_tags(meta), "stage": "train"}) as run:
         fileio.write_json(run_file, {"run_id": run.info.run_id}, indent=None)
         mlflow.set_tags({"amp": amp.name, "amp_reason": amp.reason})
@@ -105,28 +105,33 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
                                **{f"dataset.{split}_count": sum(c.values())
                                   for split, c in meta["counts"].items()}})
             mlflow.log_dict(meta, "dataset_meta.json")
+            tracking.log_dataset(meta, Path(params.data.prepared_dir))
 
         def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
             mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
 
         result = fit(params, train_set, val_set, meta["classes"], out_dir=models_dir, resume=resume,
-                     on_epoch=log_epoch, extra={"dataset": meta["source"]})
+                     on_epoch=log_epoch, dataset=meta["source"])
         history_csv, curves_png = reports / HISTORY_CSV, reports / CURVES_PNG
         write_history(result["history"], history_csv)
         plots.training_curves(result["history"], curves_png)
         mlflow.log_artifact(str(curves_png))
         mlflow.log_artifact(str(history_csv))
-        best = load_checkpoint(models_dir / "best.pt")
-        mlflow.log_metrics({"best_val_acc": result["best_val_acc"], "best_epoch": result["best_epoch"]})
+        spec, state_dict = artifact.load_checkpoint(models_dir / "best.pt")
         mlflow.set_tag("stopped", result["stopped"])
-        source = tracking.log_model(best)
+        # The registered model is best.pt's EMA weights; its val accuracies (with and without
+        # flip TTA) come from the one scoring function, as evaluate and the gate compute them.
+        model_info = serving.log_model(spec, state_dict)
+        val = {k: spec.metrics[k] for k in ("val_acc", "val_acc_tta")}
+        mlflow.log_metrics({"best_epoch": result["best_epoch"], **{f"best_{k}": v for k, v in val.items()}},
+                           model_id=model_info.model_id)  # the run's and its logged model's
         version = tracking.register_model(
-            params.registry.model_name, source, run.info.run_id,
-            tags={"dataset": meta["source"], "val_acc": f"{result['best_val_acc']:.4f}",
-                  "arch": params.model.name})
+            params.registry.model_name, model_info,
+            tags={"dataset": meta["source"], "arch": params.model.name, "epoch": spec.epoch,
+                  **{k: f"{v:.4f}" for k, v in val.items()}})
         info = {"run_id": run.info.run_id, "model_name": params.registry.model_name,
-                "model_version": version, "dataset": meta["source"],
-                "best_val_acc": result["best_val_acc"], "best_epoch": result["best_epoch"]}
+                "model_version": version, "model_id": model_info.model_id, "dataset": meta["source"],
+                "best_val_acc": result["best_val_acc"], "best_epoch": result["best_epoch"], **val}
         fileio.write_json(run_file, info)
     print(f"best val_acc {result['best_val_acc']:.4f} at epoch {result['best_epoch']}; "
           f"registered {params.registry.model_name} version {version} (run {run.info.run_id})")

@@ -94,20 +94,19 @@ def make_video(path: Path, frames_per_scene: int = 20, fps: int = 30) -> VideoTr
 
 def model_ref(tmp_path: Path, width: int = 16) -> str:
     """A model reference the apps accept: an untrained cnn_small saved as a training checkpoint
-    (`emovision.training.save_checkpoint`, the format `stages.train` writes). Its predictions
+    (`emovision.artifact.save_checkpoint`, the format `stages.train` writes). Its predictions
     are meaningless but deterministic; the tests check the plumbing, not the accuracy."""
     import torch
 
+    from emovision.artifact import ModelSpec, save_checkpoint
     from emovision.data import CLASSES
     from emovision.models import create_model
     from emovision.preprocess import PreprocessConfig
-    from emovision.training import save_checkpoint
 
     torch.manual_seed(0)
     kwargs = {"width": width}
     model = create_model("cnn_small", num_classes=len(CLASSES), **kwargs)
     path = Path(tmp_path) / "model.pt"
-    save_checkpoint(path, {"arch": "cnn_small", "arch_kwargs": kwargs, "classes": list(CLASSES),
-                           "preprocess": PreprocessConfig().to_dict(), "dataset": "untrained (tests)",
-                           "metrics": {}, "state_dict": model.state_dict()})
+    spec = ModelSpec("cnn_small", kwargs, tuple(CLASSES), PreprocessConfig(), dataset="untrained (tests)")
+    save_checkpoint(path, spec, model.state_dict())
     return str(path)

@@ -44,7 +44,7 @@ def test_foreign_file_is_refused_without_unpickling(in_trained, tmp_path):
     import pickle
 
     bad.write_bytes(pickle.dumps({"a": object()}))
-    with pytest.raises(ModelRefError, match="not a readable emovision checkpoint"):
+    with pytest.raises(ModelRefError, match="pickled Python objects, and those are never loaded"):
         load_classifier(str(bad), "cpu")
 
 

@@ -145,7 +145,7 @@ def test_promotion_gate(project, capsys):
     # v1: trained normally -> first champion
     first = train_and_evaluate({})
     assert champion() == first["model_version"] == "1"
-    acc1 = float(versions()["1"].tags["challenger_val_acc"])
+    acc1 = float(versions()["1"].tags["val_acc_tta"])
     # the gate selects on val (PublicTest), never on test (PrivateTest)
     assert acc1 == pytest.approx(json.loads(Path("reports/metrics.json").read_text())["val"]["accuracy"], abs=1e-4)
     assert acc1 > 0.3  # well above chance (1/7) on the demo set
@@ -153,7 +153,7 @@ def test_promotion_gate(project, capsys):
     train_and_evaluate({"train": {"epochs": 1, "lr": 1e-7, "warmup_epochs": 0.0}})
     v2 = versions()["2"]
     assert v2.tags["promotion"] == "rejected" and champion() == "1"
-    assert float(v2.tags["champion_val_acc"]) == pytest.approx(acc1, abs=1e-4)
+    assert float(v2.tags["champion_val_acc_tta"]) == pytest.approx(acc1, abs=1e-4)
     # v3: the same recipe as v1 with a min_delta it cannot clear -> rejected
     train_and_evaluate({"registry": {"min_delta": 0.5}})
     assert versions()["3"].tags["promotion"] == "rejected"
@@ -197,20 +197,20 @@ def test_pretrained_is_gated_against_fer2013_champions(project, tmp_path, capsys
     weak = train_and_evaluate({"train": {"epochs": 1, "lr": 1e-7, "warmup_epochs": 0.0}},
                               raw_dir=tiny_fer2013_raw(tmp_path))
     assert champion() == weak["model_version"] == "1"
-    assert float(versions()["1"].tags["challenger_val_acc"]) < shipped
+    assert float(versions()["1"].tags["val_acc_tta"]) < shipped
 
     # a weaker FER2013 champion is replaced by the shipped model, compared on PublicTest
     assert promote_main(["--params", "params.yaml", "--pretrained"]) == 0
     v2 = versions()["2"]
     assert v2.tags["dataset"] == "fer2013" and v2.tags["promotion"] == "promoted"
-    assert float(v2.tags["challenger_val_acc"]) == pytest.approx(shipped, abs=1e-4)
+    assert float(v2.tags["val_acc_tta"]) == pytest.approx(shipped, abs=1e-4)
     assert champion() == "2" and production() == ["2"]
     # registering again finds the same version by its hash
     assert promote_main(["--params", "params.yaml", "--pretrained"]) == 0
     assert sorted(versions()) == ["1", "2"] and "already registered as fer v2" in capsys.readouterr().out
 
     # a champion recorded better on PublicTest keeps its place
-    mlflow.MlflowClient().set_model_version_tag("fer", "1", "challenger_val_acc", f"{shipped + 0.05:.4f}")
+    mlflow.MlflowClient().set_model_version_tag("fer", "1", "val_acc_tta", f"{shipped + 0.05:.4f}")
     assert promote_main(["--params", "params.yaml", "--version", "1"]) == 0
     assert promote_main(["--params", "params.yaml", "--pretrained"]) == 0
     assert champion() == "1" and production() == ["1"]

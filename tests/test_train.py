@@ -1,6 +1,7 @@
 """The train stage against a real MLflow SQLite store: metrics, registry, checkpoints, resume."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -14,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from emovision import artifact
+from emovision.artifact import read_checkpoint as load_checkpoint
 from emovision.inference import load_classifier
-from emovision.training import load_checkpoint, model_from_checkpoint
 from stages.prepare import main as prepare_main
 from stages.train import main as train_main
 from tests.conftest import REPO, write_params
@@ -46,14 +48,26 @@ def test_train_logs_registers_and_checkpoints(project):
         steps = [m.step for m in client.get_metric_history(info["run_id"], name)]
         assert steps == [1, 2], name
     artifacts = {a.path for a in client.list_artifacts(info["run_id"])}
-    assert {"model", "training_curves.png", "train_history.csv"} <= artifacts
+    assert {"training_curves.png", "train_history.csv"} <= artifacts
+    # MLflow 3: the model is a logged model of the run, carrying its metrics, and the version's source
+    logged = client.get_logged_model(info["model_id"])
+    assert logged.source_run_id == info["run_id"] and logged.name == "model"
+    assert {m.key for m in logged.metrics} >= {"best_val_acc", "best_val_acc_tta"}
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"demo (synthetic faces) train", "demo (synthetic faces) val", "demo (synthetic faces) test"}
+    assert json.loads(inputs["demo (synthetic faces) train"].dataset.profile)["features_shape"][0] == 140
     version = client.get_model_version("fer", info["model_version"])
     assert version.tags["dataset"] == "synthetic" and float(version.tags["val_acc"]) >= 0
+    # one accuracy per split: the tags are the best epoch's, from the same scoring function
+    best_metrics = load_checkpoint(project / "models" / "best.pt")["metrics"]
+    for name in ("val_acc", "val_acc_tta"):
+        assert version.tags[name] == f"{best_metrics[name]:.4f}", name
 
     # The checkpoint is self-describing and reloads without unpickling code.
     ckpt = load_checkpoint(project / "models" / "best.pt")
     assert ckpt["arch"] == "cnn_small" and ckpt["classes"][3] == "happy" and "preprocess" in ckpt
-    model = model_from_checkpoint(ckpt)
+    assert ckpt["weights"] == "ema" and load_checkpoint(project / "models" / "last.pt")["weights"] == "live"
+    model = artifact.build(*artifact.load_checkpoint(project / "models" / "best.pt"))
     registered = load_classifier(f"models:/fer/{info['model_version']}", device="cpu")
     served = registered.model.state_dict()  # the registry serves exactly the checkpoint's weights
     assert model.state_dict().keys() == served.keys()
@@ -96,8 +110,9 @@ def test_resume_after_kill_matches_uninterrupted_run(project, mlflow_store):
     resumed = _history(project)
     # Same seed, restored RNG and optimizer state: the same epochs with the same numbers
     # (images/s and epoch time are wall-clock and differ).
-    strip = lambda rows: [",".join(r.split(",")[i] for i in (0, 1, 2, 5, 6, 7)) for r in rows]  # noqa: E731
-    assert strip(resumed) == strip(uninterrupted)
+    wall_clock = ("images_per_s", "epoch_s")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in wall_clock} for r in csv.DictReader(rows)]  # noqa: E731
+    assert strip(resumed) == strip(uninterrupted) and len(strip(resumed)) == 4
 
 
 def test_bad_params_fail_clearly(project, capsys):

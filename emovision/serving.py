@@ -1,0 +1,179 @@
+"""The registered model as an MLflow pyfunc: `mlflow.pyfunc.load_model`, `mlflow models serve`.
+
+A registered version of `fer` is an MLflow model *from code*: its MLmodel points at
+`emovision/mlflow_model.py` (copied into the model), whose `EmotionModel` loads
+`artifacts/weights.pt` + `artifacts/config.json` through the same artifact module and
+classifier as `load_classifier` (weights_only=True, nothing unpickled).
+
+Input: a table, one row per item, with exactly one of two columns set:
+- `crop`: a face crop, a 2-D array of uint8 grey levels (any size) or H x W x 3 (BGR);
+- `image`: a whole image (PNG/JPEG/...) as base64 text (a `data:image/...;base64,` prefix
+  is accepted); its faces are found with the app's detector and framing (`faces.analyze_still`).
+Output: one row per face: `input` (the row it came from), `box` ([x, y, w, h] in the image,
+null for a crop), `label`, and one probability column per class. Flip TTA is on, as in the app.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from emovision import artifact
+from emovision.artifact import ModelSpec
+
+MODEL_ARTIFACT = "model"  # the logged model's name in its run
+MODEL_CODE = Path(__file__).resolve().parent / "mlflow_model.py"  # the model-from-code file
+MAX_GREY = 255
+DATA_URI_MARK = ";base64,"
+
+
+def signature(classes: Sequence[str]):
+    """The MLflow signature shown in the UI and enforced by the scoring server."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    inputs = Schema([ColSpec(Array(Array(DataType.long)), "crop", required=False),
+                     ColSpec(DataType.string, "image", required=False)])
+    outputs = Schema([ColSpec(DataType.long, "input"), ColSpec(Array(DataType.long), "box", required=False),
+                      ColSpec(DataType.string, "label"),
+                      *[ColSpec(DataType.double, c) for c in classes]])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def input_example():
+    """Two crops of different sizes (what a client sends after its own face detection)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, MAX_GREY + 1, shape, dtype=np.uint8).tolist() for shape in ((48, 48), (20, 16))]
+    return pd.DataFrame({"crop": crops})
+
+
+def log_model(spec: ModelSpec, state_dict: dict[str, Any], name: str = MODEL_ARTIFACT):
+    """Log a model into the active run as an MLflow pyfunc model from code (weights + config
+    as artifacts, signature, input example); returns MLflow's ModelInfo (model_id, model_uri)."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # type-hint advice for PythonModel.predict
+        folder = artifact.save_model_dir(Path(tmp) / name, spec, state_dict)
+        return mlflow.pyfunc.log_model(
+            name=name, python_model=str(MODEL_CODE),
+            artifacts={"weights": str(folder / artifact.WEIGHTS_FILE), "config": str(folder / artifact.CONFIG_FILE)},
+            signature=signature(spec.classes), input_example=input_example(),
+            pip_requirements=_requirements(), tags={"arch": spec.arch, "dataset": str(spec.dataset)})
+
+
+def _requirements() -> list[str]:
+    """What the model needs at serve time, pinned to this environment (emovision itself must
+    be importable: `--env-manager local` from the project's environment)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for package in ("torch", "numpy", "pandas", "opencv-python", "mlflow"):
+        try:
+            out.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            out.append(package)
+    return out
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def decode_crop(value: Any, row: int) -> np.ndarray:
+    """A JSON nested list (or array) of grey levels -> uint8 crop; anything else is refused."""
+    try:
+        arr = np.asarray(value)
+        if arr.dtype == object:  # ragged rows, or arrays of arrays from pandas
+            arr = np.stack([np.asarray(r) for r in value])
+    except (ValueError, TypeError):
+        raise ValueError(f"row {row}: crop must be a rectangular 2-D array of grey levels") from None
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3) or min(arr.shape[:2]) < 1:
+        raise ValueError(f"row {row}: crop must be H x W grey levels (or H x W x 3 BGR), got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) or arr.min() < 0 or arr.max() > MAX_GREY:
+        raise ValueError(f"row {row}: crop values must be integers 0..255")
+    return arr.astype(np.uint8)
+
+
+def decode_image(text: Any, row: int) -> np.ndarray:
+    """base64 (optionally a data URI) -> BGR image."""
+    import cv2
+
+    if not isinstance(text, str):
+        raise ValueError(f"row {row}: image must be base64 text")
+    if DATA_URI_MARK in text[:100]:
+        text = text.split(DATA_URI_MARK, 1)[1]
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"row {row}: image is not valid base64") from None
+    image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"row {row}: image is not a readable picture (PNG, JPEG, ...)")
+    return image
+
+
+def predict_table(classifier, table, detector=None) -> "Any":
+    """The pyfunc's predict, on an EmotionClassifier: crops in one batch, images via analyze_still."""
+    import pandas as pd
+
+    from emovision.faces import analyze_still
+
+    columns = set(table.columns)
+    if not columns & {"crop", "image"}:
+        raise ValueError("input needs a 'crop' or an 'image' column")
+    crops, crop_rows, rows = [], [], []
+    for i, item in enumerate(table.to_dict("records")):
+        crop, image = item.get("crop"), item.get("image")
+        has_crop = not _missing(crop) if not isinstance(crop, (list, np.ndarray)) else True
+        has_image = not _missing(image)
+        if has_crop == has_image:
+            raise ValueError(f"row {i}: set exactly one of 'crop' and 'image'")
+        if has_crop:
+            crops.append(decode_crop(crop, i))
+            crop_rows.append(i)
+        else:
+            for face in analyze_still(classifier, decode_image(image, i), detector):
+                rows.append({"input": i, "box": face["box"], "label": face["label"], **face["probs"]})
+    if crops:
+        probs = classifier.predict_proba(crops)
+        for i, p in zip(crop_rows, probs):
+            rows.append({"input": i, "box": None, "label": classifier.classes[int(p.argmax())],
+                         **{c: float(v) for c, v in zip(classifier.classes, p)}})
+    out = pd.DataFrame(rows, columns=["input", "box", "label", *classifier.classes])
+    return out.sort_values("input", kind="stable").reset_index(drop=True)
+
+
+try:
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # serving needs mlflow; the rest of emovision does not import this module
+    PythonModel = object
+
+
+class EmotionModel(PythonModel):
+    """The pyfunc wrapper: loads through `load_classifier`, predicts through `predict_table`."""
+
+    def load_context(self, context) -> None:
+        from pathlib import Path
+
+        from emovision.faces import HaarFaceDetector
+        from emovision.inference import load_classifier
+
+        self.classifier = load_classifier(str(Path(context.artifacts["config"]).parent), "auto")
+        self.detector = HaarFaceDetector()
+
+    def predict(self, context, model_input, params=None):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return predict_table(self.classifier, model_input, self.detector)
+        except ValueError as err:  # the scoring server answers 400 with this one line
+            raise MlflowException.invalid_parameter_value(str(err)) from None

@@ -77,26 +77,64 @@ def from_spec(spec: ModelSpec, state_dict: dict, device: str | torch.device = "c
                              device, info)
 
 
-def load_classifier(ref: str = PRETRAINED, device: str = "auto") -> EmotionClassifier:
-    """Load any model reference as an EmotionClassifier.
+BACKENDS = ("torch", "onnx")
+
+
+def load_classifier(ref: str = PRETRAINED, device: str = "auto", backend: str = "torch"):
+    """Load any model reference as an EmotionClassifier (or, with backend "onnx", an
+    `emovision.onnx_backend.OnnxClassifier` with the same API).
 
     `ref`: "pretrained" (the FER2013 model shipped in the package), `models:/fer/Production`,
     `models:/fer@champion`, `models:/fer/3`, `runs:/<run id>/model`, a model folder
-    (weights.pt + config.json, or a downloaded MLflow model) or a training checkpoint
-    (`models/best.pt`). Nothing is unpickled and no model code is run: weights load with
-    `torch.load(weights_only=True)`, the rest is JSON.
+    (weights.pt + config.json, or a downloaded MLflow model), a training checkpoint
+    (`models/best.pt`) or an exported `.onnx` file. Nothing is unpickled and no model code
+    is run: weights load with `torch.load(weights_only=True)`, the rest is JSON.
     """
+    if backend not in BACKENDS:
+        raise ModelRefError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if str(ref).endswith(".onnx") or backend == "onnx":
+        return _load_onnx(ref)
     dev = resolve_device(device)
+    return from_spec(*_resolve(ref), dev, ref)
+
+
+def _resolve(ref: str) -> tuple[ModelSpec, dict]:
+    """(spec, state_dict) of any torch model reference."""
     if ref == PRETRAINED:
         if not WEIGHTS_DIR.is_dir():
             raise ModelRefError(f"no pretrained weights shipped in {WEIGHTS_DIR}; reinstall emovision")
-        return from_spec(*artifact.load_model_dir(WEIGHTS_DIR), dev, ref)
+        return artifact.load_model_dir(WEIGHTS_DIR)
     if ref.startswith(("models:/", "runs:/")):
         from emovision import tracking
 
-        return from_spec(*artifact.load_model_dir(tracking.download_model(ref)), dev, ref)
+        return artifact.load_model_dir(tracking.download_model(ref))
     if not Path(ref).exists():
         raise ModelRefError(
             f"model {ref!r} not found: pass {PRETRAINED}, models:/NAME/STAGE, models:/NAME@ALIAS, "
-            f"runs:/ID/model, a model folder or a checkpoint file")
-    return from_spec(*artifact.load(ref), dev, ref)
+            f"runs:/ID/model, a model folder, a checkpoint file or a .onnx file")
+    return artifact.load(ref)
+
+
+def _load_onnx(ref: str):
+    """An .onnx file as given; a registered model's exported fer.onnx (stages.export logs it with
+    the MLflow model); otherwise the model exported now, into a temporary file (seconds)."""
+    import tempfile
+
+    from emovision import onnx_backend
+
+    if str(ref).endswith(".onnx"):
+        if not Path(ref).is_file():
+            raise ModelRefError(f"{ref}: no such ONNX file (python -m stages.export writes one)")
+        return onnx_backend.OnnxClassifier(ref)
+    if ref.startswith(("models:/", "runs:/")):
+        from emovision import tracking
+
+        folder = tracking.download_model(ref)
+        if (folder / onnx_backend.ONNX_FILE).is_file():
+            return onnx_backend.OnnxClassifier(folder / onnx_backend.ONNX_FILE)
+        spec, state_dict = artifact.load_model_dir(folder)
+    else:
+        spec, state_dict = _resolve(ref)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = onnx_backend.export_onnx(spec, state_dict, Path(tmp) / onnx_backend.ONNX_FILE)
+        return onnx_backend.OnnxClassifier(path)

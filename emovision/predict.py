@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="models:/fer/Production",
                    help="registry URI, runs:/ID/model, checkpoint or 'pretrained' (default: %(default)s)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                   help="PyTorch, or ONNX Runtime (pip install onnx onnxruntime onnxscript; default: %(default)s)")
     p.add_argument("--min-face", type=int, default=MIN_FACE, help="smallest face side in pixels")
     p.add_argument("--max-faces", type=int, default=0, help="keep the N largest faces per image (0: all)")
     p.add_argument("--cascade", type=Path, help="Haar cascade XML (default: OpenCV's frontal face)")
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from emovision.inference import load_classifier
 
     detector = HaarFaceDetector(args.cascade, min_face=args.min_face)
-    classifier = load_classifier(args.model, args.device)
+    classifier = load_classifier(args.model, args.device, backend=args.backend)
     for path, gray in grays.items():
         faces = analyze_still(classifier, gray, detector, args.max_faces, args.tta)
         if not faces:

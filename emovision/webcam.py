@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "a checkpoint, or 'pretrained' (default: %(default)s)")
     p.add_argument("--source", default="0", help="camera index, video/image file, folder or stream URL (default: 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                   help="PyTorch, or ONNX Runtime (pip install onnx onnxruntime onnxscript; default: %(default)s)")
     p.add_argument("--no-display", action="store_true", help="run without a window")
     p.add_argument("--fast", action="store_true",
                    help="in the window, play files as fast as they are processed, not at their own frame rate")
@@ -281,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     # The cheap checks first: a bad cascade or an unreadable source fails before the model loads.
     detector = HaarFaceDetector(args.cascade, min_face=args.min_face)
     with open_source(args.source) as source, torch_threads(args.threads):
-        classifier = load_classifier(args.model, args.device)
+        classifier = load_classifier(args.model, args.device, backend=args.backend)
         print(f"model {args.model} ({classifier.info.get('arch')}, trained on "
               f"{classifier.info.get('dataset') or 'unknown data'}) on {classifier.device}; source {args.source}")
         if source.stills:  # unrelated images: detect in each, nothing to confirm, track or smooth

@@ -21,7 +21,7 @@ from emovision import fileio, tracking
 from emovision.config import Params
 from emovision.data.augment import augment_batch
 from emovision.data.prepared import load_meta
-from emovision.errors import DataError, cli_main
+from emovision.errors import DataError, EmovisionError, cli_main
 from emovision.device import resolve_device
 from emovision.inference import load_classifier
 from emovision.models import count_macs, count_params, create_model
@@ -116,6 +116,35 @@ def inference_speed(clf, params: Params, sync) -> dict:
             "params": count_params(clf.model), "macs": count_macs(clf.model)}
 
 
+BACKEND_BATCHES = (1, 64)
+
+
+def backend_latency(clf, models_dir: Path, params: Params) -> dict | None:
+    """PyTorch vs ONNX Runtime on the same faces, interleaved call by call (same load on the
+    machine for both): median ms per call at batch 1 and 64, flip TTA as the app runs it."""
+    from emovision.inference import load_classifier as load
+
+    onnx_file = models_dir / "fer.onnx"
+    try:  # the exported file when stages.export wrote one, else an export of best.pt now
+        onnx_clf = load(str(onnx_file) if onnx_file.is_file() else str(models_dir / "best.pt"), backend="onnx")
+    except EmovisionError as err:  # onnxruntime not installed: the PyTorch figures stand alone
+        print(f"bench: no ONNX figures ({err})")
+        return None
+    rng = np.random.default_rng(0)
+    out = {"tta": bool(clf.tta), "onnx_model": str(onnx_file) if onnx_file.is_file() else "exported from best.pt"}
+    for n in BACKEND_BATCHES:
+        faces = rng.integers(0, 256, (n, 48, 48), dtype=np.uint8)
+        times = {"torch": [], "onnx": []}
+        for _ in range(params.bench.repeats * (LATENCY_SAMPLES if n == 1 else 2)):
+            for name, model in (("torch", clf), ("onnx", onnx_clf)):
+                started = time.perf_counter()
+                model.predict_proba(faces)
+                times[name].append(time.perf_counter() - started)
+        for name, values in times.items():
+            out[f"{name}_ms_batch{n}"] = 1000 * statistics.median(values)
+    return out
+
+
 def realtime(clf, params: Params) -> dict | None:
     """Per-frame time of detect / classify / draw on a generated 640x480 video with a real face."""
     try:
@@ -151,6 +180,7 @@ def bench(params: Params, models_dir: Path | None = None) -> dict:
         "train": train,
         "inference": inference_speed(clf, params, sync),
         "realtime": realtime(clf, params),
+        "backends": backend_latency(clf, models_dir, params),
         "env": {"device": str(device), "threads": torch.get_num_threads(),
                 "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
                 "python": platform.python_version(), "repeats": params.bench.repeats,
@@ -166,6 +196,11 @@ def bench(params: Params, models_dir: Path | None = None) -> dict:
     print(f"inference: {i['latency_ms_batch1_median']:.2f} ms/face median (p95 {i['latency_ms_batch1_p95']:.2f}), "
           f"{i[f'images_per_s_batch{params.bench.batch_size}']:.0f} faces/s at batch {params.bench.batch_size}; "
           f"{i['params']:,} params, {i['macs'] / 1e6:.1f} M MACs")
+    if report["backends"]:
+        b = report["backends"]
+        print("PyTorch vs ONNX Runtime (ms per call, median, TTA {}): ".format("on" if b["tta"] else "off")
+              + ", ".join(f"batch {n}: {b[f'torch_ms_batch{n}']:.2f} vs {b[f'onnx_ms_batch{n}']:.2f}"
+                          for n in BACKEND_BATCHES))
     if report["realtime"]:
         print("realtime: " + ", ".join(f"{k} {v:.2f}" for k, v in report["realtime"].items()))
     run_file = models_dir / RUN_FILE.name

@@ -20,6 +20,7 @@ from emovision.errors import ConfigError, DataError, cli_main
 from emovision.models import create_model
 from emovision.training import fit, load_train_val, resolve_amp
 from stages import parse, stage_parser
+from stages.export import export as export_onnx_step
 
 RUN_FILE = Path("run.json")  # inside paths.models
 HISTORY_CSV = "train_history.csv"  # inside paths.reports
@@ -148,8 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--auto-resume", action="store_true",
                        help="resume when last.pt is an unfinished run of the same params, else start "
                             "over (what dvc.yaml runs, so an interrupted `dvc repro` continues)")
+    parser.add_argument("--export-onnx", action="store_true",
+                        help="then export best.pt to ONNX and check it (stages.export; what dvc.yaml runs)")
     args, params = parse(parser, argv)
     train(params, resume=args.resume, auto_resume=args.auto_resume)
+    if args.export_onnx:  # a step of this stage: fer.onnx lies inside its models/ output
+        export_onnx_step(params)
     return 0
 
 

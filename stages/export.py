@@ -1,0 +1,86 @@
+"""Stage 2b (run by train's dvc.yaml entry): export the trained model to ONNX and check it.
+
+Writes <paths.models>/fer.onnx (dynamic batch axis, the model's spec in its metadata) from
+best.pt, checks it against PyTorch on val (PublicTest): max probability difference at most
+PARITY_MAX_DIFF and identical predictions, with and without flip TTA, or it fails and
+writes nothing. Logs the file with the registered MLflow model (and the parity figures to
+the training run), so `--backend onnx --model models:/fer/Production` uses it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from emovision import artifact, tracking
+from emovision.config import Params
+from emovision.data.prepared import load_meta, load_split
+from emovision.errors import DataError, cli_main
+from emovision.inference import from_spec
+from emovision.onnx_backend import ONNX_FILE, OnnxClassifier, export_onnx
+from stages import parse, stage_parser
+
+PARITY_MAX_DIFF = 1e-4  # max |p_onnx - p_torch| over every face and class
+
+
+def parity(spec: artifact.ModelSpec, state_dict: dict, onnx_path: Path, x: np.ndarray, batch_size: int) -> dict:
+    """ONNX Runtime vs PyTorch (the classifier's path) on the same crops, both TTA modes."""
+    torch_clf, onnx_clf = from_spec(spec, state_dict, "cpu", "export"), OnnxClassifier(onnx_path)
+    out = {"faces": int(len(x))}
+    for tta in (False, True):
+        a = torch_clf.predict_proba(x, tta=tta, batch_size=batch_size)
+        b = onnx_clf.predict_proba(x, tta=tta, batch_size=batch_size)
+        key = "tta" if tta else "plain"
+        out[f"max_prob_diff_{key}"] = float(np.abs(a - b).max()) if len(x) else 0.0
+        out[f"prediction_mismatches_{key}"] = int((a.argmax(1) != b.argmax(1)).sum())
+    return out
+
+
+def export(params: Params, models_dir: Path | None = None) -> dict:
+    models_dir = Path(params.paths.models) if models_dir is None else models_dir
+    best = models_dir / "best.pt"
+    if not best.is_file():
+        raise DataError(f"no trained model in {models_dir}/ (run `python -m stages.train` first)")
+    spec, state_dict = artifact.load_checkpoint(best)
+    prepared = Path(params.data.prepared_dir)
+    load_meta(prepared)
+    x, _ = load_split(prepared, "val")
+    target = models_dir / ONNX_FILE
+    staged = models_dir / f".{ONNX_FILE}.checking.onnx"
+    try:
+        export_onnx(spec, state_dict, staged)
+        check = parity(spec, state_dict, staged, x, params.evaluate.batch_size)
+        bad = [k for k in ("plain", "tta") if check[f"max_prob_diff_{k}"] > PARITY_MAX_DIFF
+               or check[f"prediction_mismatches_{k}"]]
+        if bad:
+            raise DataError(f"ONNX export of {best} disagrees with PyTorch on val: {json.dumps(check)}")
+        staged.replace(target)
+    finally:
+        staged.unlink(missing_ok=True)
+    print(f"wrote {target}: val (PublicTest, {check['faces']} faces) max prob diff "
+          f"{check['max_prob_diff_plain']:.2e} (TTA {check['max_prob_diff_tta']:.2e}), "
+          f"prediction mismatches {check['prediction_mismatches_plain']} / {check['prediction_mismatches_tta']}")
+    run_file = models_dir / "run.json"
+    info = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    if info.get("model_id"):
+        tracking.setup()
+        import mlflow
+
+        mlflow.MlflowClient().log_model_artifact(info["model_id"], str(target))
+        with tracking.tracked_run(run_id=info["run_id"]):
+            mlflow.log_metrics({f"onnx_{k}": v for k, v in check.items() if k != "faces"})
+        print(f"logged {ONNX_FILE} with {info.get('model_name')} v{info.get('model_version')} "
+              f"(model {info['model_id']})")
+    return check
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    _, params = parse(stage_parser(__doc__.splitlines()[0]), argv)
+    export(params)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

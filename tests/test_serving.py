@@ -1,0 +1,222 @@
+"""The registered model as a real MLflow model: pyfunc loading, `mlflow models serve` on
+127.0.0.1 answering crops and whole images, and old-format versions still loading."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from emovision.faces import HaarFaceDetector, analyze_still
+from emovision.inference import WEIGHTS_DIR, load_classifier
+from tests.conftest import REPO
+from tests.media import grace_hopper
+
+SERVER_START_S = 180  # cold start on a busy 2-core machine: imports torch, mlflow and the model
+REQUEST_S = 60
+
+
+def _crops() -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    return [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((48, 48), (31, 57), (120, 90))]
+
+
+def _image_b64() -> str:
+    ok, png = cv2.imencode(".png", grace_hopper())
+    assert ok
+    return base64.b64encode(png.tobytes()).decode()
+
+
+def _probs(table: pd.DataFrame, classes) -> np.ndarray:
+    return table[list(classes)].to_numpy(dtype=np.float64)
+
+
+def test_pyfunc_load_model_equals_load_classifier(in_trained):
+    model = mlflow.pyfunc.load_model("models:/fer@champion")
+    clf = load_classifier("models:/fer@champion", "cpu")
+    crops = _crops()
+    out = model.predict(pd.DataFrame({"crop": crops}))
+    assert list(out["input"]) == [0, 1, 2] and out["box"].isna().all()
+    np.testing.assert_allclose(_probs(out, clf.classes), clf.predict_proba(crops), atol=1e-5)
+    assert list(out["label"]) == clf.predict(crops)
+    # a whole image: the app's detector and framing through analyze_still, boxes included
+    faces = model.predict(pd.DataFrame({"image": [_image_b64()]}))
+    expected = analyze_still(clf, grace_hopper(), HaarFaceDetector())
+    assert len(faces) == len(expected) >= 1
+    assert [list(b) for b in faces["box"]] == [f["box"] for f in expected]
+    np.testing.assert_allclose(_probs(faces, clf.classes), [[f["probs"][c] for c in clf.classes] for f in expected],
+                               atol=1e-5)
+    # the signature MLflow shows and enforces
+    info = mlflow.models.get_model_info("models:/fer@champion")
+    assert [c["name"] for c in info.signature.inputs.to_dict()] == ["crop", "image"]
+    assert [c["name"] for c in info.signature.outputs.to_dict()][:3] == ["input", "box", "label"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, payload: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_S) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def test_mlflow_models_serve_answers_crops_and_images(in_trained, tmp_path):
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{in_trained / 'mlflow.db'}",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/fer/Production", "--env-manager", "local",
+         "-p", str(port), "-h", "127.0.0.1", "--workers", "1"],
+        cwd=in_trained, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + SERVER_START_S
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, "server did not start: " + (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(1)
+        crops = _crops()
+        status, answer = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": [  # mixed rows: the other column null
+            {"crop": crops[0].tolist(), "image": None}, {"crop": None, "image": _image_b64()},
+            {"crop": crops[1].tolist(), "image": None}]})
+        assert status == 200, answer
+        rows = answer["predictions"]
+        clf = load_classifier("models:/fer/Production", "cpu")
+        by_input = {i: [r for r in rows if r["input"] == i] for i in range(3)}
+        assert len(by_input[0]) == len(by_input[2]) == 1 and by_input[0][0]["box"] is None
+        np.testing.assert_allclose([[r[c] for c in clf.classes] for r in (by_input[0][0], by_input[2][0])],
+                                   clf.predict_proba([crops[0], crops[1]]), atol=1e-5)
+        expected = analyze_still(clf, grace_hopper(), HaarFaceDetector())
+        assert [r["box"] for r in by_input[1]] == [f["box"] for f in expected] and expected
+        for row, face in zip(by_input[1], expected):
+            assert len([c for c in clf.classes if c in row]) == 7 and row["label"] == face["label"]
+            np.testing.assert_allclose([row[c] for c in clf.classes], [face["probs"][c] for c in clf.classes], atol=1e-5)
+        status, answer = _post(f"http://127.0.0.1:{port}/invocations",
+                               {"dataframe_records": [{"crop": c.tolist()} for c in crops]})  # crops only
+        assert status == 200 and len(answer["predictions"]) == 3
+        np.testing.assert_allclose([[r[c] for c in clf.classes] for r in answer["predictions"]],
+                                   clf.predict_proba(crops), atol=1e-5)
+        # bad input: one clear line, HTTP 400, the server keeps running
+        status, answer = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": [{"image": "not base64!"}]})
+        assert status == 400 and "row 0: image is not valid base64" in answer.get("message", "")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+        log.close()
+
+
+def _register_old_format(name: str, folder: Path) -> str:
+    """A version as registered before MLflow models: a run artifact folder weights.pt + config.json."""
+    from emovision import tracking
+
+    tracking.setup()
+    with mlflow.start_run(run_name="old-format") as run:
+        mlflow.log_artifacts(str(folder), "model")
+        source = mlflow.get_artifact_uri("model")
+    client = mlflow.MlflowClient()
+    if not client.search_registered_models(filter_string=f"name='{name}'"):
+        client.create_registered_model(name)
+    return str(client.create_model_version(name, source=source, run_id=run.info.run_id).version)
+
+
+def test_old_format_versions_still_load(in_tmp, mlflow_store, tmp_path, capsys):
+    from emovision.webcam import main as webcam_main
+
+    version = _register_old_format("legacy", WEIGHTS_DIR)
+    clf = load_classifier(f"models:/legacy/{version}", "cpu")
+    crops = _crops()
+    np.testing.assert_array_equal(clf.predict_proba(crops), load_classifier("pretrained", "cpu").predict_proba(crops))
+    still = tmp_path / "hopper.png"
+    cv2.imwrite(str(still), grace_hopper())
+    log = tmp_path / "faces.jsonl"
+    assert webcam_main(["--model", f"models:/legacy/{version}", "--source", str(still), "--no-display",
+                        "--log", str(log)]) == 0
+    assert any(json.loads(line)["faces"] for line in log.read_text().splitlines())
+    # and a registered old-format folder whose weights.pt is a pickle with code is refused
+    evil = tmp_path / "evil"
+    shutil.copytree(WEIGHTS_DIR, evil)
+    import pickle
+
+    marker = tmp_path / "exploited"
+    (evil / "weights.pt").write_bytes(pickle.dumps({"conv": _Touch(marker)}))
+    bad = _register_old_format("legacy", evil)
+    from emovision.errors import ModelRefError
+
+    with pytest.raises(ModelRefError, match="never loaded"):
+        load_classifier(f"models:/legacy/{bad}", "cpu")
+    assert not marker.exists()
+
+
+class _Touch:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_reading_a_model_creates_no_store(in_trained, tmp_path, monkeypatch):
+    """From a folder outside any project: one line, and no mlflow.db or lock file appears;
+    from a subfolder of the project, the project's store is found by walking up to dvc.yaml."""
+    from emovision.errors import ModelRefError
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(ModelRefError, match="no MLflow store at .*set MLFLOW_TRACKING_URI"):
+        load_classifier("models:/fer/Production", "cpu")
+    assert list(elsewhere.iterdir()) == []
+    project = tmp_path / "project"
+    (project / "sub" / "dir").mkdir(parents=True)
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    shutil.copy(in_trained / "mlflow.db", project / "mlflow.db")
+    monkeypatch.chdir(project / "sub" / "dir")
+    assert load_classifier("models:/fer/Production", "cpu").classes[3] == "happy"
+    assert sorted(p.name for p in project.iterdir()) == ["dvc.yaml", "mlflow.db", "sub"]
+    assert list((project / "sub" / "dir").iterdir()) == []
+
+
+@pytest.mark.parametrize("ref, message, not_in", [
+    ("models:/fer/Staging", "stages: Production", "make one with"),
+    ("models:/fer@challenger", "aliases: champion", ".."),
+])
+def test_registry_errors_read_well(in_trained, ref, message, not_in):
+    from emovision.errors import ModelRefError
+
+    with pytest.raises(ModelRefError, match=message) as err:
+        load_classifier(ref, "cpu")
+    text = str(err.value)
+    assert not_in not in text and "\n" not in text
+    assert "makes version N Production and @champion" in text  # says what the command does

@@ -72,8 +72,9 @@ class OnnxClassifier:
     def __init__(self, path: str | Path, threads: int = 0):
         _, ort = _need_onnx()
         options = ort.SessionOptions()
-        if threads > 0:
-            options.intra_op_num_threads = threads
+        # as many threads as PyTorch uses (torch.set_num_threads, train.threads), so the two
+        # backends compare like for like; onnxruntime's own default is every core
+        options.intra_op_num_threads = threads if threads > 0 else torch.get_num_threads()
         options.log_severity_level = 3  # errors only
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

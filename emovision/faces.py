@@ -53,10 +53,10 @@ ROI_SIZE_RANGE = (0.6, 1.6)  # face sizes searched there, relative to the known 
 ROI_FACE_SIDE = 64  # the known face's side at the resolution it is searched at: well above
 ROI_MIN_SCALE = 0.25  # the 20-px window, so small faces are found more steadily than in a full scan
 # Where an alt2 Haar box sits on a FER2013-framed face, measured on PublicTest renders by
-# `python -m emovision.livecheck --measure-framing --faces 400` (medians over the 291 found:
-# square side / box side 1.02, p10-p90 0.90-1.26; centre offsets dx 0.005, dy 0.017 box sides).
-# The old `default` cascade box plus CROP_PAD = 0.1 gave crops about 18% too large.
-HAAR_FRAMING = Framing(scale=1.02, dx=0.0, dy=0.02)
+# `python -m emovision.livecheck --measure-framing --detector haar --faces 400` (medians over
+# the 295 found: square side / box side 1.03, p10-p90 0.91-1.26; centre offsets dx -0.004,
+# dy 0.008 box sides). The old `default` cascade box plus CROP_PAD = 0.1 cut crops ~18% too large.
+HAAR_FRAMING = Framing(scale=1.03, dx=0.0, dy=0.01)
 IOU_THRESHOLD = 0.3
 # A track that misses a detection round is no longer shown (no ghost labels), but its id
 # lives on for MAX_MISSED rounds, so a face the detector skips for a moment keeps its id.
@@ -170,6 +170,23 @@ class HaarFaceDetector:
         return len(self.verifier.detectMultiScale(roi, scaleFactor=1.1, minNeighbors=1, minSize=(side, side))) > 0
 
 
+DETECTORS = ("haar", "mtcnn")
+DEFAULT_DETECTOR = "mtcnn"
+
+
+def make_detector(name: str = DEFAULT_DETECTOR, cascade: str | Path | None = None, min_face: int = MIN_FACE):
+    """The face detector called `name` ("haar": OpenCV cascades; "mtcnn": `emovision.mtcnn`)."""
+    if name == "haar":
+        return HaarFaceDetector(cascade, min_face=min_face)
+    if cascade is not None:
+        raise SourceError(f"--cascade is for the haar detector, not {name}")
+    if name == "mtcnn":
+        from emovision.mtcnn import MTCNNFaceDetector
+
+        return MTCNNFaceDetector(min_face=min_face)
+    raise SourceError(f"unknown face detector {name!r}; choose from {', '.join(DETECTORS)}")
+
+
 def _overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Intersection areas (N, M) and the areas of `a` (N, 1) and `b` (1, M); boxes [x, y, w, h]."""
     a, b = np.asarray(a, float).reshape(-1, 4)[:, None], np.asarray(b, float).reshape(-1, 4)[None]
@@ -262,10 +279,14 @@ class FaceTracker:
             track.box = self._smoothed(track, boxes[pairs[ti]])
             track.hits, track.missed = track.hits + 1, 0
         self.tracks = [t for t in self.tracks if t.missed <= self.max_missed]
+        matched = np.array([t.box for t in self.tracks if t.missed == 0]).reshape(-1, 4)
         for bi, box in enumerate(boxes):
-            if bi not in pairs.values():
-                self.tracks.append(Track(self._next_id, box.copy()))
-                self._next_id += 1
+            if bi in pairs.values():
+                continue
+            if len(matched) and (_overlaps(box, matched)[0] / (box[2] * box[3])).max() >= NESTED_OVERLAP:
+                continue  # mostly inside a face matched this round: the same face found twice
+            self.tracks.append(Track(self._next_id, box.copy()))
+            self._next_id += 1
         return self.tracks
 
     def _smoothed(self, track: Track, box: np.ndarray) -> np.ndarray:
@@ -302,7 +323,7 @@ def classify_boxes(classifier, gray: np.ndarray, boxes: Sequence[Sequence[float]
     return classifier.predict_proba(crop_faces(gray, boxes, framing), tta=tta)
 
 
-def analyze_still(classifier, image: np.ndarray, detector: HaarFaceDetector | None = None,
+def analyze_still(classifier, image: np.ndarray, detector=None,
                   max_faces: int = 0, tta: bool | None = None) -> list[dict]:
     """Every face in one still image (BGR or gray): the same detector, crops and classifier
     as the live app, with nothing carried over from other images (no tracking, no smoothing).
@@ -310,7 +331,7 @@ def analyze_still(classifier, image: np.ndarray, detector: HaarFaceDetector | No
     Returns one dict per face, largest first: box [x, y, w, h], label, confidence, probs.
     """
     gray = to_gray(image)
-    detector = detector or HaarFaceDetector()
+    detector = detector or make_detector()
     boxes = detector.detect(gray)
     boxes = boxes[np.argsort(-(boxes[:, 2] * boxes[:, 3]), kind="stable")]
     if max_faces:
@@ -358,11 +379,11 @@ class EmotionPipeline:
     images) every frame is `analyze_still`: detected on its own, nothing carried over.
     """
 
-    def __init__(self, classifier, detector: HaarFaceDetector | None = None, detect_every: int = DETECT_EVERY,
+    def __init__(self, classifier, detector=None, detect_every: int = DETECT_EVERY,
                  smooth: float = SMOOTH, max_faces: int = 0, tta: bool | None = None, min_hits: int = MIN_HITS,
                  full_scan_every: int = FULL_SCAN_EVERY, stills: bool = False):
         self.classifier = classifier
-        self.detector = detector or HaarFaceDetector()
+        self.detector = detector or make_detector()
         self.tracker = FaceTracker(smooth=smooth, max_faces=max_faces, min_hits=min_hits)
         self.detect_every = max(1, detect_every)
         self.full_scan_every = max(1, full_scan_every)
@@ -392,7 +413,12 @@ class EmotionPipeline:
             known = self.tracker.tracks
             result.full_scan = (not known or self._rounds % self.full_scan_every == 0
                                 or any(t.missed for t in known))
-            self.tracker.update(self.detector.detect(gray, None if result.full_scan else [t.box for t in known]))
+            boxes = self.detector.detect(gray, None if result.full_scan else [t.box for t in known])
+            if not result.full_scan and len(boxes) < len(known):
+                # a known face was not re-found around its box (it moved fast, turned, or the
+                # local search missed it): scan the whole frame now rather than hide it a round
+                boxes, result.full_scan = self.detector.detect(gray), True
+            self.tracker.update(boxes)
             result.detected = True
             self._rounds += 1
         tracks = self.tracker.active()

@@ -46,6 +46,9 @@ NATURAL_SCENES = ("camera", "coffee", "rocket", "brick", "grass", "gravel", "moo
 # with DETECT_EVERY 2, so it is first shown on frame 3; the clip is scored on its last frame.
 CLIP_FRAMES = 4
 MATCH_SIZE_RANGE = (0.5, 2.0)  # a box "on" the face: centre inside it, side within this ratio
+# Faces rendered by `stages.bench`: about 1.5 min on a 2-core CPU; the gap's standard error
+# is then about 1 point (paired: only faces where app and direct disagree count).
+BENCH_FACES = 1200
 
 
 @dataclass
@@ -96,7 +99,7 @@ def render(face: np.ndarray, label: int, rng: np.random.Generator, background: s
     cx, cy = rng.uniform(reach, w - reach), rng.uniform(reach, h - reach)
     # source pixel (u, v) -> frame: scale about the crop's centre, rotate, move to (cx, cy)
     rot = cv2.getRotationMatrix2D((0, 0), angle, 1.0)[:, :2] @ np.diag([sx, sy])
-    centre = np.array([src.shape[1] / 2, src.shape[0] / 2])
+    centre = np.array([src.shape[1] - 1, src.shape[0] - 1]) / 2  # pixel centres are at integers
     matrix = np.hstack([rot, (np.array([cx, cy]) - rot @ centre)[:, None]])
     warped = cv2.warpAffine(src, matrix, FRAME_SIZE, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT)
     mask = cv2.warpAffine(np.ones(src.shape, np.float32), matrix, FRAME_SIZE, flags=cv2.INTER_LINEAR)
@@ -117,9 +120,9 @@ def live_consistency(classifier, faces: np.ndarray, labels: np.ndarray, n: int, 
     """Render `n` faces (drawn with `seed`; half with a replicated border), run each through a
     fresh `EmotionPipeline` for CLIP_FRAMES frames and score the last one. Returns a dict of
     the figures in the module docstring, overall and per border / background."""
-    from emovision.faces import EmotionPipeline, HaarFaceDetector
+    from emovision.faces import EmotionPipeline, make_detector
 
-    detector = detector or HaarFaceDetector()
+    detector = detector or make_detector()
     rng = np.random.default_rng(seed)
     scenes = natural_backgrounds()
     pick = rng.choice(len(faces), size=n, replace=n > len(faces))
@@ -190,6 +193,15 @@ def load_faces(prepared_dir: Path, split: str = "val") -> tuple[np.ndarray, np.n
     return x, y, load_meta(prepared_dir).get("source", "unknown")
 
 
+def bench_report(classifier, prepared_dir: Path, source: str, n: int = BENCH_FACES, seed: int = 0) -> dict:
+    """`live_consistency` on a prepared dataset's val split (PublicTest) for `stages.bench`;
+    skipped, saying why, on data without real faces (the demo set)."""
+    if source != "fer2013":
+        return {"skipped": f"needs FER2013 PublicTest faces; the prepared data is {source}"}
+    faces, labels, _ = load_faces(prepared_dir, "val")
+    return {"split": "val (PublicTest)", **live_consistency(classifier, faces, labels, n, seed)}
+
+
 def summary_line(report: dict) -> str:
     b = report["groups"]["border_True"]
     return (f"{report['faces']} faces: found {report['detection_rate']:.1%} ({b['detection_rate']:.1%} with a "
@@ -206,21 +218,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--faces", type=int, default=600, help="faces to render (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--measure-framing", action="store_true", help="fit the detector's box to the face instead")
+    p.add_argument("--detector", default="haar", help="face detector: haar or mtcnn (default: %(default)s)")
     args = p.parse_args(argv)
     if args.faces < 1:
         raise DataError(f"--faces must be >= 1, got {args.faces}")
     faces, labels, source = load_faces(args.data)
-    from emovision.faces import HaarFaceDetector
-
-    if args.measure_framing:
-        print(measure_framing(HaarFaceDetector(), faces, args.faces, args.seed))
-        return 0
     import torch
 
+    from emovision.faces import make_detector
     from emovision.inference import load_classifier
 
     torch.set_num_threads(1)
-    report = live_consistency(load_classifier(args.model, "cpu"), faces, labels, args.faces, args.seed)
+    detector = make_detector(args.detector)
+    if args.measure_framing:
+        print(measure_framing(detector, faces, args.faces, args.seed))
+        return 0
+    report = live_consistency(load_classifier(args.model, "cpu"), faces, labels, args.faces, args.seed, detector)
     print(f"{source} val split: " + summary_line(report))
     for name, g in report["groups"].items():
         print(f"  {name:12s} " + ", ".join(f"{k} {v}" for k, v in g.items()))

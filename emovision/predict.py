@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 
 from emovision.errors import ConfigError, SourceError, cli_main
-from emovision.faces import MIN_FACE, HaarFaceDetector, analyze_still, to_gray
+from emovision.faces import DEFAULT_DETECTOR, DETECTORS, MIN_FACE, analyze_still, make_detector, to_gray
 
 
 @cli_main
@@ -27,7 +27,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="PyTorch, or ONNX Runtime (pip install onnx onnxruntime onnxscript; default: %(default)s)")
     p.add_argument("--min-face", type=int, default=MIN_FACE, help="smallest face side in pixels")
     p.add_argument("--max-faces", type=int, default=0, help="keep the N largest faces per image (0: all)")
-    p.add_argument("--cascade", type=Path, help="Haar cascade XML (default: OpenCV's frontal face)")
+    p.add_argument("--detector", default=DEFAULT_DETECTOR, choices=DETECTORS,
+                   help="face detector: haar (OpenCV cascades) or mtcnn (three small CNNs, shipped weights); "
+                        "default: %(default)s")
+    p.add_argument("--cascade", type=Path, help="Haar cascade XML (default: OpenCV's frontal face; haar only)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average each face with its mirror image (default: on, as the model card measures)")
     args = p.parse_args(argv)
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         grays[path] = to_gray(frame)
     from emovision.inference import load_classifier
 
-    detector = HaarFaceDetector(args.cascade, min_face=args.min_face)
+    detector = make_detector(args.detector, args.cascade, args.min_face)
     classifier = load_classifier(args.model, args.device, backend=args.backend)
     for path, gray in grays.items():
         faces = analyze_still(classifier, gray, detector, args.max_faces, args.tta)

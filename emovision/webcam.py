@@ -24,7 +24,8 @@ import numpy as np
 
 from emovision import fileio
 from emovision.errors import ConfigError, SourceError, cli_main
-from emovision.faces import DETECT_EVERY, MIN_FACE, SMOOTH, EmotionPipeline, HaarFaceDetector
+from emovision.faces import (DEFAULT_DETECTOR, DETECT_EVERY, DETECTORS, MIN_FACE, SMOOTH, EmotionPipeline,
+                             make_detector)
 from emovision.sources import FrameSource, open_source
 
 WINDOW = "emovision"
@@ -60,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-faces", type=int, default=0, help="keep the N largest faces (0: all)")
     p.add_argument("--smooth", type=float, default=SMOOTH,
                    help="weight of the past in the per-face probability average, 0..1 (0: off; default: %(default)s)")
-    p.add_argument("--cascade", type=Path, help="Haar cascade XML (default: OpenCV's frontal face)")
+    p.add_argument("--detector", default=DEFAULT_DETECTOR, choices=DETECTORS,
+                   help="face detector: haar (OpenCV cascades) or mtcnn (three small CNNs, shipped weights); "
+                        "default: %(default)s")
+    p.add_argument("--cascade", type=Path, help="Haar cascade XML (default: OpenCV's frontal face; haar only)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average each face with its mirror image (default: on, as the model card measures; "
                         "--no-tta halves the classify time)")
@@ -281,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     from emovision.inference import load_classifier
 
     # The cheap checks first: a bad cascade or an unreadable source fails before the model loads.
-    detector = HaarFaceDetector(args.cascade, min_face=args.min_face)
+    detector = make_detector(args.detector, args.cascade, args.min_face)
     with open_source(args.source) as source, torch_threads(args.threads):
         classifier = load_classifier(args.model, args.device, backend=args.backend)
         print(f"model {args.model} ({classifier.info.get('arch')}, trained on "
@@ -323,14 +327,14 @@ def make_benchmark_video(path: Path, frames: int = 120, size: tuple[int, int] = 
 
 
 def benchmark_pipeline(classifier, video: Path, detect_every: int = DETECT_EVERY,
-                       threads: int | None = INFERENCE_THREADS) -> dict:
+                       threads: int | None = INFERENCE_THREADS, detector: str = DEFAULT_DETECTOR) -> dict:
     """Median per-stage ms and fps of the default pipeline, headless, on a video file.
 
     Keys: frames, faces, tracks, decode_ms, detect_ms (frames that detect), detect_ms_amortized,
     classify_ms, draw_ms, process_ms (per frame), process_fps (decode excluded), end_to_end_fps.
     """
     args = argparse.Namespace(no_display=True, output=None, log=None, max_frames=0)
-    pipeline = EmotionPipeline(classifier, HaarFaceDetector(), detect_every)
+    pipeline = EmotionPipeline(classifier, make_detector(detector), detect_every)
     with open_source(str(video)) as source, torch_threads(threads):
         return run(pipeline, source, args)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emovision import fileio, tracking
+from emovision import fileio, livecheck, tracking
 from emovision.config import Params
 from emovision.data.augment import augment_batch
 from emovision.data.prepared import load_meta
@@ -181,6 +181,8 @@ def bench(params: Params, models_dir: Path | None = None) -> dict:
         "inference": inference_speed(clf, params, sync),
         "realtime": realtime(clf, params),
         "backends": backend_latency(clf, models_dir, params),
+        # the app's accuracy on PublicTest faces rendered into frames vs direct (issue 11)
+        "live_consistency": livecheck.bench_report(clf, Path(params.data.prepared_dir), meta["source"]),
         "env": {"device": str(device), "threads": torch.get_num_threads(),
                 "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
                 "python": platform.python_version(), "repeats": params.bench.repeats,
@@ -201,6 +203,8 @@ def bench(params: Params, models_dir: Path | None = None) -> dict:
         print("PyTorch vs ONNX Runtime (ms per call, median, TTA {}): ".format("on" if b["tta"] else "off")
               + ", ".join(f"batch {n}: {b[f'torch_ms_batch{n}']:.2f} vs {b[f'onnx_ms_batch{n}']:.2f}"
                           for n in BACKEND_BATCHES))
+    if "skipped" not in report["live_consistency"]:
+        print("live consistency: " + livecheck.summary_line(report["live_consistency"]))
     if report["realtime"]:
         print("realtime: " + ", ".join(f"{k} {v:.2f}" for k, v in report["realtime"].items()))
     run_file = models_dir / RUN_FILE.name

@@ -16,6 +16,10 @@ FRAME_SIZE = (640, 480)  # width, height
 # resolution, checked by eye (forehead to chin, ear to ear).
 HOPPER_FACE = (153, 102, 225, 225)  # in the 512x600 photo
 ASTRONAUT_FACE = (175, 64, 101, 101)  # in the 512x512 photo
+# camera.png's cameraman looks into his camera, face turned three-quarters: no face to the
+# frontal Haar cascades, a face to MTCNN (box from MTCNN, checked by eye).
+CAMERAMAN_FACE = (199, 118, 56, 78)  # in the 512x512 photo
+CAMERA_PLACE = (120, 40, 400)  # x, y, side of camera.png in the test video's frames
 SCENES = ("blank", "hopper", "camera", "astronaut", "two", "blank_end")
 FACE_SCENES = ("hopper", "astronaut", "two")
 
@@ -64,9 +68,16 @@ def _place(canvas: np.ndarray, photo: np.ndarray, face: tuple, x: int, y: int, s
     return (round(x + fx * scale), round(y + fy * scale), round(fw * scale), round(fh * scale))
 
 
+def cameraman_box() -> tuple[float, float, float, float]:
+    """The cameraman's turned face in the test video's camera scene."""
+    x, y, side = CAMERA_PLACE
+    f = side / 512
+    return (x + CAMERAMAN_FACE[0] * f, y + CAMERAMAN_FACE[1] * f, CAMERAMAN_FACE[2] * f, CAMERAMAN_FACE[3] * f)
+
+
 def make_video(path: Path, frames_per_scene: int = 20, fps: int = 30) -> VideoTruth:
     """640x480 mp4v video, one scene after another (`SCENES`): blank; grace_hopper moving
-    right and growing (face ~125-160 px); camera.png (no face); astronaut moving right and
+    right and growing (face ~125-160 px); camera.png (no frontal face: see CAMERAMAN_FACE); astronaut moving right and
     down (face ~87 px); both photos side by side; blank."""
     hopper, astro, cam = grace_hopper(), astronaut(), camera()
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, FRAME_SIZE)
@@ -79,7 +90,8 @@ def make_video(path: Path, frames_per_scene: int = 20, fps: int = 30) -> VideoTr
             if scene == "hopper":
                 faces.append(_place(canvas, hopper, HOPPER_FACE, int(20 + 200 * t), 20, 0.55 + 0.15 * t))
             elif scene == "camera":
-                canvas[40:440, 120:520] = cv2.resize(cam, (400, 400), interpolation=cv2.INTER_AREA)
+                x, y, side = CAMERA_PLACE
+                canvas[y:y + side, x:x + side] = cv2.resize(cam, (side, side), interpolation=cv2.INTER_AREA)
             elif scene == "astronaut":
                 faces.append(_place(canvas, astro, ASTRONAUT_FACE, int(60 + 120 * t), int(40 * t), 440 / 512))
             elif scene == "two":

@@ -193,13 +193,15 @@ def drifting_hopper(background: int, noise_frames: int = 20) -> list[np.ndarray]
     return frames + [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(noise_frames)]
 
 
-@pytest.mark.parametrize("background", [40, 90, 160, 220])
-def test_drifting_face_on_flat_backgrounds(classifier, background):
-    """Found in >= 54 of 60 frames (58 measured at every grey: the first two wait for the
-    confirmation round), one track id, nothing in the noise."""
-    from emovision.faces import EmotionPipeline
+@pytest.mark.parametrize("detector_name, background",
+                         [("mtcnn", 40), ("mtcnn", 90), ("mtcnn", 160), ("mtcnn", 220), ("haar", 90)])
+def test_drifting_face_on_flat_backgrounds(classifier, detector_name, background):
+    """Found in >= 54 of 60 frames, one track id, nothing in the noise. Measured at greys 40,
+    90, 160 and 220: MTCNN (the default) 56 (the first two frames wait for the confirmation
+    round, frames 42-43 are missed), Haar 58."""
+    from emovision.faces import EmotionPipeline, make_detector
 
-    pipeline = EmotionPipeline(classifier)
+    pipeline = EmotionPipeline(classifier, make_detector(detector_name))
     results = [pipeline.process(f) for f in drifting_hopper(background, 20 if background == 90 else 4)]
     faces = [r.faces for r in results[:60]]
     assert sum(len(f) == 1 for f in faces) >= 54
@@ -207,12 +209,15 @@ def test_drifting_face_on_flat_backgrounds(classifier, background):
     assert not any(r.faces for r in results[60:])
 
 
+@pytest.mark.parametrize("detector_name", ["mtcnn", "haar"])
 @pytest.mark.parametrize("width", [40, 60, 100])
-def test_medium_faces_are_found_at_the_defaults(detector, width):
+def test_medium_faces_are_found_at_the_defaults(detector_name, width):
     """The astronaut's face 40-100 px wide in a 640x480 frame (a face 1.5-2 m from a laptop camera)."""
+    from emovision.faces import make_detector
+
     frame = astronaut_frame(width)
-    (box,) = detector.detect(gray(frame))
-    assert abs(box[2] - width) < 0.2 * width
+    (box,) = make_detector(detector_name).detect(gray(frame))
+    assert abs(max(box[2:]) - width) < 0.3 * width
 
 
 def astronaut_frame(width: int, background: int = 128) -> np.ndarray:
@@ -244,3 +249,57 @@ def test_stills_share_nothing(classifier):
     face = pipeline.process(grace_hopper())
     blank_after = pipeline.process(blank())
     assert len(face.faces) == 1 and face.faces[0].track_id is None and blank_after.faces == []
+
+
+@pytest.fixture(scope="module")
+def mtcnn():
+    from emovision.faces import make_detector
+
+    return make_detector("mtcnn")
+
+
+@pytest.mark.parametrize("photo, face", [(grace_hopper, HOPPER_FACE), (astronaut, ASTRONAUT_FACE)])
+def test_mtcnn_finds_the_face_and_its_landmarks(mtcnn, photo, face):
+    (box,) = mtcnn.detect(gray(photo()))
+    assert iou_matrix(np.array([box]), np.array([face]))[0, 0] > 0.5
+    (marks,) = mtcnn.landmarks  # eyes, nose, mouth corners: inside the box, eyes above the mouth
+    x, y, w, h = box
+    assert ((marks >= [x, y]) & (marks <= [x + w, y + h])).all()
+    assert marks[:2, 1].max() < marks[2, 1] < marks[3:, 1].min() and marks[0, 0] < marks[1, 0]
+    (again,) = mtcnn.detect(gray(photo()), around=[box])  # the search around a known face
+    assert iou_matrix(np.array([again]), np.array([box]))[0, 0] > 0.8
+
+
+def test_mtcnn_sees_a_turned_face_and_no_face_where_there_is_none(mtcnn, detector):
+    """camera.png's cameraman looks into his camera, his face turned three-quarters: a face to
+    MTCNN (box checked by eye), none to the frontal Haar cascades. A blank frame has none."""
+    (box,) = mtcnn.detect(gray(camera()))
+    assert iou_matrix(np.array([box]), np.array([[199, 118, 56, 78]]))[0, 0] > 0.7
+    assert len(detector.detect(gray(camera()))) == 0
+    assert len(mtcnn.detect(gray(blank()))) == 0
+
+
+def test_detector_choice_errors():
+    from emovision.faces import make_detector
+
+    with pytest.raises(SourceError, match="--cascade is for the haar detector"):
+        make_detector("mtcnn", cascade="x.xml")
+    with pytest.raises(SourceError, match="unknown face detector 'yolo'"):
+        make_detector("yolo")
+
+
+def test_probability_panel_hides_no_face():
+    from emovision.faces import PANEL_SIZE, FaceResult, FrameResult, draw, panel_origin
+
+    def face(x, y, w):
+        return FaceResult(1, [x, y, w, w], "happy", 0.9, {"happy": 0.9, "sad": 0.1})
+
+    for boxes in ([(0, 0, 200)], [(0, 0, 200), (430, 0, 200)], [(10, 30, 150), (440, 250, 190), (10, 300, 160)]):
+        faces = [face(*b) for b in boxes]
+        x, y = panel_origin((480, 640, 3), faces)
+        panel = np.array([[x, y, *PANEL_SIZE]])
+        assert iou_matrix(panel, np.array([f.box for f in faces])).max() == 0, boxes
+    frame = np.full((480, 640, 3), 200, np.uint8)
+    faces = [face(0, 0, 200)]
+    draw(frame, FrameResult(0, faces), ("happy", "sad"))
+    assert (frame[5:195, 5:195] == 200).mean() > 0.9  # the face's pixels are still there, bar the label

@@ -14,7 +14,8 @@ from emovision.faces import iou_matrix
 from emovision.predict import main as predict_main
 from emovision.webcam import main as webcam_main
 from tests.conftest import REPO
-from tests.media import ASTRONAUT_FACE, FACE_SCENES, astronaut, blank, grace_hopper, make_video, model_ref
+from tests.media import (ASTRONAUT_FACE, FACE_SCENES, astronaut, blank, cameraman_box, grace_hopper, make_video,
+                         model_ref)
 
 DETECT_EVERY = 2
 SETTLE = DETECT_EVERY * 2  # frames after a scene change before the display must agree with it
@@ -52,7 +53,12 @@ def test_headless_run_on_video(in_trained, video, tmp_path, capsys):
     empty_frames = [i for i in settled if not video.has_face[i]]
     found = [i for i in face_frames if len(records[i]["faces"]) == len(video.boxes[i])]
     assert len(found) >= 0.9 * len(face_frames)
-    assert all(not records[i]["faces"] for i in empty_frames)
+    for i in empty_frames:  # no face; in camera.png, at most the cameraman's turned face
+        boxes = np.array([f["box"] for f in records[i]["faces"]]).reshape(-1, 4)
+        if video.segment[i] != "camera" or len(boxes) > 1:
+            assert len(boxes) == 0, i
+        elif len(boxes):
+            assert iou_matrix(boxes, np.array([cameraman_box()]))[0, 0] > 0.3, i
     for i in found:  # each box belongs to this frame (faces move up to 11 px a frame): no queueing
         boxes = np.array([f["box"] for f in records[i]["faces"]])
         assert iou_matrix(np.array(video.boxes[i]), boxes).max(1).min() > 0.5, i
@@ -124,7 +130,8 @@ def test_crash_leaves_no_half_written_outputs(checkpoint, tmp_path, capsys):
     (["--source", "7"], "cannot open camera 7: no such device"),
     (["--source", "missing.mp4"], "source not found: missing.mp4"),
     (["--smooth", "1.5"], "--smooth must be in [0, 1)"),
-    (["--cascade", "nope.xml"], "cascade file not found: nope.xml"),
+    (["--detector", "haar", "--cascade", "nope.xml"], "cascade file not found: nope.xml"),
+    (["--cascade", "x.xml"], "--cascade is for the haar detector, not mtcnn"),
     (["--model", "nope.pt"], "model 'nope.pt' not found"),
 ])
 def test_bad_input_is_one_line(checkpoint, still, args, message, capsys):

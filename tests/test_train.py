@@ -149,3 +149,22 @@ def test_weight_ema_warms_up():
         assert torch.allclose(ema.module.weight, torch.full_like(model.weight, expected), atol=1e-3)
     assert ema.updates == 100 and (1 + 100) / (10 + 100) > 0.9  # the plain EMA by now
     assert 100 - expected < 12  # lags the live weights by about 1 / (1 - decay) steps, not the whole run
+
+
+def test_resume_after_changing_the_model_width_is_refused_before_anything_is_touched(project, capsys):
+    """A killed training (run.json names its run, no registered version yet) and then
+    `--resume` with another model.width: one line, exit 2, files and the MLflow run as they were."""
+    assert train_main(["--params", "params.yaml"]) == 0
+    models = project / "models"
+    info = json.loads((models / "run.json").read_text())
+    (models / "run.json").write_text(json.dumps({"run_id": info["run_id"]}))  # what a kill leaves
+    before = {p.name: p.read_bytes() for p in models.iterdir()}
+    status = mlflow.MlflowClient().get_run(info["run_id"]).info.status
+    write_params(project / "params.yaml", {"train": {"epochs": 2}, "model": {"width": 16}})
+    capsys.readouterr()
+    assert train_main(["--params", "params.yaml", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot --resume" in err and "model.width" in err
+    assert {p.name: p.read_bytes() for p in models.iterdir()} == before
+    assert mlflow.MlflowClient().get_run(info["run_id"]).info.status == status
+    assert len(mlflow.MlflowClient().search_runs([mlflow.get_experiment_by_name("emovision").experiment_id])) == 1

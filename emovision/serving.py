@@ -164,11 +164,11 @@ class EmotionModel(PythonModel):
     def load_context(self, context) -> None:
         from pathlib import Path
 
-        from emovision.faces import HaarFaceDetector
+        from emovision.faces import make_detector
         from emovision.inference import load_classifier
 
         self.classifier = load_classifier(str(Path(context.artifacts["config"]).parent), "auto")
-        self.detector = HaarFaceDetector()
+        self.detector = make_detector()  # the app's default detector, built once per server
 
     def predict(self, context, model_input, params=None):
         from mlflow.exceptions import MlflowException

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emovision.faces import HaarFaceDetector, analyze_still
+from emovision.faces import analyze_still
 from emovision.inference import WEIGHTS_DIR, load_classifier
 from tests.conftest import REPO
 from tests.media import grace_hopper
@@ -55,7 +55,7 @@ def test_pyfunc_load_model_equals_load_classifier(in_trained):
     assert list(out["label"]) == clf.predict(crops)
     # a whole image: the app's detector and framing through analyze_still, boxes included
     faces = model.predict(pd.DataFrame({"image": [_image_b64()]}))
-    expected = analyze_still(clf, grace_hopper(), HaarFaceDetector())
+    expected = analyze_still(clf, grace_hopper())
     assert len(faces) == len(expected) >= 1
     assert [list(b) for b in faces["box"]] == [f["box"] for f in expected]
     np.testing.assert_allclose(_probs(faces, clf.classes), [[f["probs"][c] for c in clf.classes] for f in expected],
@@ -113,7 +113,7 @@ def test_mlflow_models_serve_answers_crops_and_images(in_trained, tmp_path):
         assert len(by_input[0]) == len(by_input[2]) == 1 and by_input[0][0]["box"] is None
         np.testing.assert_allclose([[r[c] for c in clf.classes] for r in (by_input[0][0], by_input[2][0])],
                                    clf.predict_proba([crops[0], crops[1]]), atol=1e-5)
-        expected = analyze_still(clf, grace_hopper(), HaarFaceDetector())
+        expected = analyze_still(clf, grace_hopper())
         assert [r["box"] for r in by_input[1]] == [f["box"] for f in expected] and expected
         for row, face in zip(by_input[1], expected):
             assert len([c for c in clf.classes if c in row]) == 7 and row["label"] == face["label"]

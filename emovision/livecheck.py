@@ -14,6 +14,9 @@ the same 48x48 face directly:
     app_accuracy     the app's label on the faces it found
     direct_accuracy  `classifier.predict_proba` on the dataset crops of the same faces
     gap_points       direct - app, in accuracy points (the cost of framing, detection, pixels)
+    true_square_accuracy  the found faces cut from the frame at their true square: app vs this
+                     is the cost of the framing, this vs direct the cost of the rendering
+                     (rotation, aspect, brightness, resampling, background in the square)
 
 `measure_framing` fits the detector's box to the rendered face square: the numbers behind
 `emovision.faces.HAAR_FRAMING`. `python -m emovision.livecheck --help`.
@@ -31,6 +34,7 @@ import cv2
 import numpy as np
 
 from emovision.errors import DataError, cli_main
+from emovision.framing import crop_square
 
 FRAME_SIZE = (640, 480)  # width, height
 FACE_SIDES = (80, 300)  # rendered face side in pixels (the 48x48 crop upscaled)
@@ -136,8 +140,11 @@ def live_consistency(classifier, faces: np.ndarray, labels: np.ndarray, n: int, 
             result = pipeline.process(r.frame.copy())
         hits = [f for f in result.faces if _on_face(f.box, r.square)]
         app = classifier.classes.index(hits[0].label) if hits else -1
+        cx, cy, side = r.square  # the true face square, cut from the same frame: framing taken out
+        square = crop_square(cv2.cvtColor(r.frame, cv2.COLOR_BGR2GRAY), cx - side / 2, cy - side / 2, side)
+        true_square = int(classifier.predict_proba([square], tta=tta).argmax(1)[0]) if hits else -1
         rows.append((r.border, r.background, bool(hits), len(result.faces) - len(hits[:1]), app, int(direct[k]),
-                     r.label))
+                     r.label, true_square))
     report = _score(rows)
     report["groups"] = {**{f"border_{b}": _score([r for r in rows if r[0] == b]) for b in (True, False)},
                         **{g: _score([r for r in rows if r[1] == g]) for g in BACKGROUNDS}}
@@ -151,10 +158,14 @@ def _score(rows: list[tuple]) -> dict:
     found = [r for r in rows if r[2]]
     app = float(np.mean([r[4] == r[6] for r in found])) if found else 0.0
     direct = float(np.mean([r[5] == r[6] for r in found])) if found else 0.0
+    square = float(np.mean([r[7] == r[6] for r in found])) if found else 0.0
     return {"faces": len(rows), "found": len(found), "detection_rate": round(len(found) / max(1, len(rows)), 4),
             "false_boxes": int(sum(r[3] for r in rows)),
             "app_accuracy": round(app, 4), "direct_accuracy": round(direct, 4),
             "gap_points": round(100 * (direct - app), 2),
+            # the same found faces cut from the frame at their true square: splits the gap into
+            # framing (app - square) and what the rendering did to the pixels (square - direct)
+            "true_square_accuracy": round(square, 4),
             "direct_accuracy_all_faces": round(float(np.mean([r[5] == r[6] for r in rows])) if rows else 0.0, 4)}
 
 
@@ -207,7 +218,7 @@ def summary_line(report: dict) -> str:
     return (f"{report['faces']} faces: found {report['detection_rate']:.1%} ({b['detection_rate']:.1%} with a "
             f"replicated border), {report['false_boxes']} false boxes; app {report['app_accuracy']:.2%} vs direct "
             f"{report['direct_accuracy']:.2%} on the same faces: gap {report['gap_points']:+.2f} points "
-            f"(TTA {'on' if report['tta'] else 'off'})")
+            f"(true square {report['true_square_accuracy']:.2%}; TTA {'on' if report['tta'] else 'off'})")
 
 
 @cli_main

@@ -44,6 +44,7 @@ def test_harness_on_a_publictest_sample(publictest):
     assert report["detection_rate"] >= 0.7 and groups["border_True"]["detection_rate"] >= 0.65
     assert report["false_boxes"] <= 6 and report["detector"] == "mtcnn"
     assert report["direct_accuracy"] >= 0.5 and abs(report["gap_points"]) <= 15
+    assert 0.4 <= report["true_square_accuracy"] <= 1
     assert report["gap_points"] == pytest.approx(100 * (report["direct_accuracy"] - report["app_accuracy"]), abs=0.01)
 
 

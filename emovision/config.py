@@ -26,6 +26,8 @@ DEFAULT_PARAMS = "params.yaml"
 
 
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch accepts it too
+# Beyond this, softened teacher outputs are near uniform in float32 and carry no signal.
+MAX_TEMPERATURE = 20.0
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,14 @@ class TuneParams:
 
 
 @dataclass(frozen=True)
+class DistillParams:
+    teachers: tuple[str, ...] = ()
+    probs: str = "data/teacher/probs.npz"
+    alpha: float = 0.0
+    temperature: float = 4.0
+
+
+@dataclass(frozen=True)
 class Params:
     base: BaseParams = field(default_factory=BaseParams)
     data: DataParams = field(default_factory=DataParams)
@@ -156,6 +166,7 @@ class Params:
     bench: BenchParams = field(default_factory=BenchParams)
     tune: TuneParams = field(default_factory=TuneParams)
     demo: DemoParams = field(default_factory=DemoParams)
+    distill: DistillParams = field(default_factory=DistillParams)
 
     def flat(self) -> dict[str, Any]:
         """All params as `section.key -> value` (for MLflow)."""
@@ -218,6 +229,11 @@ def _coerce(value: Any, annotation: Any, dotted: str, source: str) -> Any:
             raise ConfigError(f"{source}: {dotted} must be a finite number, got {value!r}")
     elif annotation is str:
         ok = isinstance(value, str)
+    elif annotation == tuple[str, ...]:  # a YAML list of strings (distill.teachers)
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        if not ok:
+            raise ConfigError(f"{source}: {dotted} must be a list of strings, got {value!r}")
+        value = tuple(value)
     else:  # pragma: no cover - a new field type must be handled here
         raise TypeError(f"unsupported param type {annotation} for {dotted}")
     if not ok:
@@ -300,6 +316,13 @@ def _check_ranges(p: Params, source: str) -> None:
         ("tune.n_jobs", p.tune.n_jobs >= 1, ">= 1"),
         ("demo.epochs", p.demo.epochs >= 1, ">= 1"),
         ("demo.width", p.demo.width >= 4, ">= 4"),
+        ("distill.teachers", all(t.strip() for t in p.distill.teachers)
+         and len(set(p.distill.teachers)) == len(p.distill.teachers), "model references, none empty or twice"),
+        ("distill.probs", p.distill.probs.strip() != "", "a file name"),
+        ("distill.alpha", 0.0 <= p.distill.alpha <= 1.0, "in [0, 1] (the weight of the teachers' soft loss)"),
+        ("distill.alpha", p.distill.alpha == 0 or bool(p.distill.teachers),
+         "0 while distill.teachers is empty (there is no teacher to learn from)"),
+        ("distill.temperature", 0.0 < p.distill.temperature <= MAX_TEMPERATURE, f"in (0, {MAX_TEMPERATURE}]"),
     ]
     for dotted, ok, rule in checks:
         if not ok:

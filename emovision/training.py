@@ -23,13 +23,23 @@ from tqdm import tqdm
 from emovision import artifact, scoring
 from emovision.artifact import ModelSpec
 from emovision.config import AugmentParams, Params, TrainParams
-from emovision.data.augment import augment_batch
+from emovision.data.augment import augment_batch_flips
 from emovision.device import resolve_device
 from emovision.errors import TrainingDiverged
 from emovision.models import create_model
 from emovision.preprocess import PreprocessConfig, normalize, prepare_pixels
 
 MIXUP_ALPHA = 0.2  # Beta(0.2, 0.2): mostly light mixes, as in the mixup paper's ImageNet runs
+
+
+@dataclass(frozen=True)
+class SoftTargets:
+    """Distillation targets: cached teacher probabilities already softened at `temperature`,
+    (views, N, C) on the training device, view 1 being the mirrored image (emovision.distill)."""
+
+    probs: torch.Tensor
+    alpha: float
+    temperature: float
 
 
 @dataclass
@@ -267,8 +277,13 @@ def train_one_epoch(
     loss_weight: torch.Tensor | None = None,
     ema: ModelEma | None = None,
     desc: str = "train",
+    soft: SoftTargets | None = None,
 ) -> dict[str, float]:
-    """One pass over `data` in a seeded random order; returns loss, accuracy and images/s."""
+    """One pass over `data` in a seeded random order; returns loss, accuracy and images/s.
+
+    With `soft`, the loss is (1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T),
+    the teacher's view matching the flip the augmentation gave each image (Hinton et al. 2015:
+    T^2 keeps the soft gradients' scale independent of T)."""
     model.train()
     device = data.x.device
     dtype = amp_dtype(cfg.amp, device)
@@ -283,7 +298,7 @@ def train_one_epoch(
     bar = tqdm(range(steps), desc=desc, leave=False, disable=not sys.stdout.isatty(), unit="batch")
     for step in bar:
         idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-        x = augment_batch(normalize(data.x[idx], pre), aug, generator)
+        x, flipped = augment_batch_flips(normalize(data.x[idx], pre), aug, generator)
         x = x.contiguous(memory_format=memory_format)
         y = data.y[idx]
         mix = cfg.mixup > 0 and torch.rand((), generator=generator).item() < cfg.mixup
@@ -292,6 +307,9 @@ def train_one_epoch(
                 MIXUP_ALPHA, MIXUP_ALPHA))
             perm = torch.randperm(len(idx), generator=generator).to(device)
             x = lam * x + (1 - lam) * x[perm]
+        target = soft.probs[flipped.long(), idx] if soft is not None else None
+        if target is not None and mix:  # mixed images learn the same mix of teacher outputs
+            target = lam * target + (1 - lam) * target[perm]
         with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             logits = model(x)
         logits = logits.float()
@@ -299,6 +317,9 @@ def train_one_epoch(
         if mix:
             loss = lam * loss + (1 - lam) * F.cross_entropy(
                 logits, y[perm], weight=loss_weight, label_smoothing=cfg.label_smoothing)
+        if target is not None:
+            kl = F.kl_div(F.log_softmax(logits / soft.temperature, 1), target, reduction="batchmean")
+            loss = (1 - soft.alpha) * loss + soft.alpha * soft.temperature ** 2 * kl
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -362,8 +383,9 @@ def fit(
     resume: bool = False,
     on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
     dataset: str | None = None,
+    soft: SoftTargets | None = None,
 ) -> dict[str, Any]:
-    """Train with early stopping on val accuracy.
+    """Train with early stopping on val accuracy (distilling `soft` teacher targets when given).
 
     Writes `out_dir/last.pt` every epoch and `out_dir/best.pt` on improvement (when
     out_dir is given). `on_epoch(epoch, metrics)` sees each epoch's metrics and may
@@ -414,7 +436,7 @@ def fit(
     while state.epoch < cfg.epochs:
         epoch = state.epoch + 1
         stats = train_one_epoch(runner, train, optimizer, scheduler, cfg, params.augment, pre,
-                                generator, loss_weight, ema, desc=f"epoch {epoch}/{cfg.epochs}")
+                                generator, loss_weight, ema, desc=f"epoch {epoch}/{cfg.epochs}", soft=soft)
         if not math.isfinite(stats["train_loss"]):  # nothing of this epoch is saved
             raise TrainingDiverged(f"the training loss became {stats['train_loss']} in epoch {epoch} "
                                    f"(train.lr {cfg.lr:g}, amp {amp.name}); lower train.lr")

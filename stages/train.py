@@ -16,9 +16,10 @@ from pathlib import Path
 
 from emovision import artifact, fileio, plots, serving, tracking
 from emovision.config import Params
+from emovision.data.prepared import load_split
 from emovision.errors import ConfigError, DataError, cli_main
 from emovision.models import create_model
-from emovision.training import fit, load_train_val, resolve_amp
+from emovision.training import SoftTargets, fit, load_train_val, resolve_amp
 from stages import parse, stage_parser
 from stages.export import export as export_onnx_step
 
@@ -28,7 +29,7 @@ CURVES_PNG = "training_curves.png"
 # The sections and keys whose change makes a checkpoint belong to another training: a run
 # is resumed only when all of them are unchanged (registry, bench, tune... do not matter).
 TRAINING_KEYS = ("base.", "preprocess.", "model.", "train.", "augment.", "evaluate.batch_size",
-                 "data.prepared_dir")
+                 "data.prepared_dir", "distill.")
 
 
 def write_history(history: list[dict], path: Path) -> None:
@@ -63,6 +64,28 @@ def interrupted_run(params: Params, models_dir: Path) -> tuple[str | None, str]:
     return run_id, f"resuming the interrupted run {run_id} after epoch {epoch}"
 
 
+def soft_targets(params: Params, meta: dict, device) -> tuple[SoftTargets | None, dict]:
+    """The distillation targets `distill` asks for (None when alpha is 0) and what to log about
+    them; the cached teacher file must belong to exactly these teachers and this train split."""
+    # Imported here, not at the top: evaluate and bench import this module for RUN_FILE, and
+    # should not depend on (and re-run for) the distillation code.
+    from emovision import distill
+
+    d = params.distill
+    teachers, alpha, temperature, path = d.teachers, d.alpha, d.temperature, Path(d.probs)
+    if alpha == 0:
+        return None, {"distill": "off"}
+    cache = distill.read_cache(path)
+    x, y = load_split(Path(params.data.prepared_dir), "train")  # raw pixels, as the teachers saw them
+    distill.check_cache(path, cache, teachers, meta["classes"], distill.split_digest(x, y), len(y),
+                        params.base.device)
+    probs = distill.tempered(cache.probs, temperature).to(device)
+    info = {"distill": f"{len(teachers)} teacher(s), alpha {alpha:g}, T {temperature:g}",
+            "teachers": list(cache.teachers), "teacher_digests": list(cache.digests),
+            "views": list(cache.views), "train_digest": cache.train, "probs": str(path)}
+    return SoftTargets(probs, alpha, temperature), info
+
+
 def train(params: Params, resume: bool = False, models_dir: Path | None = None,
           auto_resume: bool = False) -> dict:
     models_dir = Path(params.paths.models) if models_dir is None else models_dir
@@ -79,6 +102,7 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
     for folder in (models_dir, reports):
         if folder.exists() and not folder.is_dir():
             raise ConfigError(f"{folder} is a file, not a folder (paths in params.yaml)")
+    soft, distill_info = soft_targets(params, meta, train_set.x.device)
     print(f"training {params.model.name} on {meta['source']} ({len(train_set):,} train / "
           f"{len(val_set):,} val) on {train_set.x.device}")
 
@@ -99,7 +123,7 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
     with tracking.tracked_run(run_name=tracking.run_name(params, meta["source"]), run_id=run_id,
                               tags={**tracking.run_tags(meta), "stage": "train"}) as run:
         fileio.write_json(run_file, {"run_id": run.info.run_id}, indent=None)
-        mlflow.set_tags({"amp": amp.name, "amp_reason": amp.reason})
+        mlflow.set_tags({"amp": amp.name, "amp_reason": amp.reason, "distill": distill_info["distill"]})
         if run_id is None:
             mlflow.log_params({**params.flat(), "train.amp_resolved": amp.name})
             mlflow.log_params({"dataset.source": meta["source"],
@@ -107,12 +131,14 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
                                   for split, c in meta["counts"].items()}})
             mlflow.log_dict(meta, "dataset_meta.json")
             tracking.log_dataset(meta, Path(params.data.prepared_dir))
+            if soft is not None:
+                mlflow.log_dict(distill_info, "teachers.json")
 
         def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
             mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
 
         result = fit(params, train_set, val_set, meta["classes"], out_dir=models_dir, resume=resume,
-                     on_epoch=log_epoch, dataset=meta["source"])
+                     on_epoch=log_epoch, dataset=meta["source"], soft=soft)
         history_csv, curves_png = reports / HISTORY_CSV, reports / CURVES_PNG
         write_history(result["history"], history_csv)
         plots.training_curves(result["history"], curves_png)

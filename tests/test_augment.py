@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from emovision.config import AugmentParams
-from emovision.data.augment import augment_batch
+from emovision.data.augment import augment_batch, augment_batch_flips
 
 OFF = AugmentParams(hflip=False, rotation=0.0, scale=0.0, translate=0.0, erasing=0.0)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -55,6 +55,11 @@ def test_flip_only_gives_image_or_mirror_both_occurring():
     same = (out - x).abs().amax((1, 2, 3)) < 1e-5
     mirrored = (out - x.flip(-1)).abs().amax((1, 2, 3)) < 1e-5
     assert (same | mirrored).all() and same.any() and mirrored.any()
+    # the mask distillation uses names exactly the mirrored ones, from the same random draws
+    again, flipped = augment_batch_flips(x, only(hflip=True), seeded())
+    assert torch.equal(again, out) and torch.equal(flipped, mirrored & ~same)
+    full, flipped = augment_batch_flips(x, AugmentParams(), seeded())
+    assert torch.equal(full, augment_batch(x, AugmentParams(), seeded())) and 0 < flipped.sum() < len(x)
 
 
 def test_rotation_only_moves_each_sample_and_keeps_its_brightness():

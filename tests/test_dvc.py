@@ -15,7 +15,7 @@ import yaml
 from tests.conftest import REPO, write_params
 from tests.test_pipeline import tiny_fer2013_raw
 
-STAGES = ("prepare", "train", "evaluate", "bench")
+STAGES = ("prepare", "teach", "train", "evaluate", "bench")
 
 
 def trace(stage: str, cwd: Path, env: dict) -> dict:
@@ -28,7 +28,8 @@ def trace(stage: str, cwd: Path, env: dict) -> dict:
 @pytest.fixture(scope="module")
 def traces(tmp_path_factory) -> dict[str, dict]:
     """What each stage imported and read, over a real run of the whole pipeline; prepare is
-    run on a FER2013-format CSV and on the demo set (each path reads its own params)."""
+    run on a FER2013-format CSV and on the demo set (each path reads its own params), teach
+    without teachers and with the trained model as its teacher."""
     root = tmp_path_factory.mktemp("trace")
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
     write_params(root / "params.yaml", {"data": {"raw_dir": tiny_fer2013_raw(root)}})
@@ -37,6 +38,11 @@ def traces(tmp_path_factory) -> dict[str, dict]:
     result = {stage: trace(stage, root, env) for stage in STAGES}
     result["prepare"]["modules"] = sorted({*fer["modules"], *result["prepare"]["modules"]})
     result["prepare"]["params"] = sorted({*fer["params"], *result["prepare"]["params"]})
+    write_params(root / "params.yaml", {"data": {"raw_dir": str(root / "empty")},
+                                        "distill": {"teachers": ["models/best.pt"]}})
+    taught = trace("teach", root, env)
+    for kind in ("modules", "params"):
+        result["teach"][kind] = sorted({*taught[kind], *result["teach"][kind]})
     return result
 
 

@@ -33,21 +33,33 @@ def augment_batch(x: torch.Tensor, cfg: AugmentParams, generator: torch.Generato
     own mean and standard deviation. Random numbers are drawn on the generator's device (the
     CPU when `generator` is None) and then moved to `x`'s device.
     """
+    return augment_batch_flips(x, cfg, generator)[0]
+
+
+def augment_batch_flips(x: torch.Tensor, cfg: AugmentParams,
+                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`augment_batch` plus which images it mirrored: a bool (B,) mask on `x`'s device.
+
+    Distillation needs the mask to pick the teacher's output for the mirrored view; the
+    random numbers drawn are exactly `augment_batch`'s, so both give the same batch.
+    """
     if not x.is_floating_point() or x.dim() != 4:
         raise TypeError(f"augment_batch expects a float (B, C, H, W) tensor, got {x.dtype} {tuple(x.shape)}")
+    flipped = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     geometric = cfg.hflip or cfg.rotation > 0 or cfg.scale > 0 or cfg.translate > 0
     if geometric:
-        x = _random_affine(x, cfg, generator)
+        x, flipped = _random_affine(x, cfg, generator)
     if cfg.erasing > 0:
         x = _random_erase(x, cfg.erasing, generator)
-    return x
+    return x, flipped
 
 
 def _uniform(rand: torch.Tensor, low: float, high: float) -> torch.Tensor:
     return low + (high - low) * rand
 
 
-def _random_affine(x: torch.Tensor, cfg: AugmentParams, generator: torch.Generator | None) -> torch.Tensor:
+def _random_affine(x: torch.Tensor, cfg: AugmentParams,
+                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     b, _, h, w = x.shape
     device = generator.device if generator is not None else torch.device("cpu")
     r = torch.rand(b, 5, generator=generator, device=device, dtype=torch.float64)
@@ -68,7 +80,7 @@ def _random_affine(x: torch.Tensor, cfg: AugmentParams, generator: torch.Generat
     theta = theta.to(device=x.device, dtype=work.dtype)
     grid = F.affine_grid(theta, list(work.shape), align_corners=False)
     out = F.grid_sample(work, grid, mode="bilinear", padding_mode=PADDING_MODE, align_corners=False)
-    return out.to(x.dtype)
+    return out.to(x.dtype), (flip < 0).to(x.device)
 
 
 def _random_erase(x: torch.Tensor, probability: float, generator: torch.Generator | None) -> torch.Tensor:

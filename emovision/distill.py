@@ -1,0 +1,162 @@
+"""Teacher outputs for distillation: computed once, cached in one small file, checked on use.
+
+The teachers (any model references `load_classifier` accepts) score every Training image in
+a fixed set of views through the one prediction path (`EmotionClassifier.predict_proba`,
+i.e. `emovision.scoring`), and their softmax probabilities are averaged over teachers:
+
+    probs.npz   probs      float16 (V, N, C)  mean teacher probabilities per view and image
+                views      str (V,)           "identity", "hflip" (index 1 = mirrored image)
+                teachers   str (T,)           the model references, as in params
+                digests    str (T,)           a hash of each teacher's weights
+                classes    str (C,)           class order of the probabilities
+                train      str ()             a hash of the prepared train split (pixels + labels)
+
+Distillation then costs no teacher forward pass. A file made for other teachers, other
+weights behind the same reference or another train split is refused with one line, before
+training starts. The file is written deterministically (fixed zip timestamps), so the same
+teachers on the same data give the same bytes and DVC sees no change.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from emovision import fileio
+from emovision.errors import DataError
+from emovision.inference import load_classifier
+
+VIEWS = ("identity", "hflip")  # teacher views of each image; index 1 is what a flipped sample sees
+PROBS_DTYPE = np.float16  # 2 bytes per probability: FER2013 Training, 2 views, 7 classes = 0.8 MB
+DIGEST_CHARS = 16
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same content gives the same bytes
+CACHE_KEYS = ("probs", "views", "teachers", "digests", "classes", "train")
+PROB_FLOOR = 1e-7  # below float16's normal range; a probability of exactly 0 becomes this
+REDO = "run `python -m stages.teach` (or `dvc repro`) to recompute it"
+
+
+@dataclass(frozen=True)
+class TeacherCache:
+    """The content of a teacher-probabilities file (see the module docstring)."""
+
+    probs: np.ndarray
+    views: tuple[str, ...]
+    teachers: tuple[str, ...]
+    digests: tuple[str, ...]
+    classes: tuple[str, ...]
+    train: str
+
+
+def split_digest(x: np.ndarray, y: np.ndarray) -> str:
+    """A short hash of a prepared split's pixels and labels (content, not file bytes)."""
+    h = hashlib.sha256()
+    for array in (np.ascontiguousarray(x, np.uint8), np.ascontiguousarray(y, np.int64)):
+        h.update(str(array.shape).encode())
+        h.update(array.tobytes())
+    return h.hexdigest()[:DIGEST_CHARS]
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """A short hash of a model's weights, independent of memory layout (channels_last or not)."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        h.update(tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16 else tensor.float().numpy().tobytes())
+    return h.hexdigest()[:DIGEST_CHARS]
+
+
+def teacher_probs(teachers: Sequence[str], x: np.ndarray, y: np.ndarray, classes: Sequence[str],
+                  device: str = "auto", batch_size: int = 256) -> TeacherCache:
+    """Mean softmax probabilities of `teachers` for every view of the train split's uint8 faces
+    `x` (N, H, W) with labels `y`, each teacher with its own preprocessing, through the one
+    prediction path (no TTA: the views are kept apart)."""
+    if not teachers:
+        raise ValueError("teacher_probs needs at least one teacher")
+    total = np.zeros((len(VIEWS), len(x), len(classes)), np.float64)
+    digests = []
+    views = {"identity": x, "hflip": np.ascontiguousarray(x[:, :, ::-1])}
+    for ref in teachers:
+        clf = load_classifier(ref, device)
+        if tuple(clf.classes) != tuple(classes):
+            raise DataError(f"teacher {ref!r} predicts classes {', '.join(clf.classes)}, but the prepared "
+                            f"data has {', '.join(classes)}: a teacher must share the data's class order")
+        digests.append(weights_digest(clf.model.state_dict()))
+        for i, view in enumerate(VIEWS):
+            total[i] += clf.predict_proba(views[view], tta=False, batch_size=batch_size)
+        print(f"teacher {ref}: weights {digests[-1]}, {len(x):,} images x {len(VIEWS)} views", flush=True)
+    return TeacherCache(probs=(total / len(teachers)).astype(PROBS_DTYPE), views=VIEWS,
+                        teachers=tuple(teachers), digests=tuple(digests), classes=tuple(classes),
+                        train=split_digest(x, y))
+
+
+def write_cache(path: str | Path, cache: TeacherCache) -> Path:
+    """Atomically write `cache` as an .npz with fixed timestamps (same content, same bytes)."""
+    arrays = {"probs": cache.probs.astype(PROBS_DTYPE), "views": np.array(cache.views, dtype=str),
+              "teachers": np.array(cache.teachers, dtype=str), "digests": np.array(cache.digests, dtype=str),
+              "classes": np.array(cache.classes, dtype=str), "train": np.array(cache.train, dtype=str)}
+    with fileio.atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, array, allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(f"{name}.npy", ZIP_EPOCH), buffer.getvalue())
+    return Path(path)
+
+
+def read_cache(path: str | Path) -> TeacherCache:
+    """A teacher-probabilities file, or one DataError line saying what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no teacher probabilities file; {REDO}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in CACHE_KEYS if k not in data.files]
+            if missing:
+                raise DataError(f"{path}: not a teacher probabilities file (no {', '.join(missing)}); {REDO}")
+            arrays = {k: data[k] for k in CACHE_KEYS}
+    except DataError:
+        raise
+    except Exception as err:  # a truncated or foreign file: zipfile, numpy and OS errors alike
+        raise DataError(f"{path}: unreadable teacher probabilities file ({type(err).__name__}); {REDO}") from None
+    return TeacherCache(probs=arrays["probs"], views=tuple(arrays["views"].tolist()),
+                        teachers=tuple(arrays["teachers"].tolist()), digests=tuple(arrays["digests"].tolist()),
+                        classes=tuple(arrays["classes"].tolist()), train=str(arrays["train"]))
+
+
+def check_cache(path: str | Path, cache: TeacherCache, teachers: Sequence[str], classes: Sequence[str],
+                train_digest: str, n_train: int, device: str = "auto") -> None:
+    """Refuse, in one line, a cache that does not belong to these teachers and this train split:
+    other references, other weights behind a reference, other classes, views or images."""
+    if cache.teachers != tuple(teachers):
+        raise DataError(f"{path} holds the outputs of teachers {list(cache.teachers)}, but distill.teachers "
+                        f"is {list(teachers)}; {REDO}")
+    if cache.views[:len(VIEWS)] != VIEWS or cache.classes != tuple(classes):
+        raise DataError(f"{path} holds views {list(cache.views)} and classes {list(cache.classes)}; training "
+                        f"needs views {list(VIEWS)} and classes {list(classes)}; {REDO}")
+    if cache.train != train_digest or cache.probs.shape != (len(cache.views), n_train, len(classes)):
+        raise DataError(f"{path} was computed on another train split (digest {cache.train}, "
+                        f"{cache.probs.shape[1]:,} images; the prepared one is {train_digest}, {n_train:,}); {REDO}")
+    if not np.isfinite(cache.probs).all():
+        raise DataError(f"{path} holds non-finite probabilities; {REDO}")
+    for ref, digest in zip(cache.teachers, cache.digests):
+        now = weights_digest(load_classifier(ref, device).model.state_dict())
+        if now != digest:
+            raise DataError(f"{path}: teacher {ref!r} now has other weights ({now}, the file was computed "
+                            f"with {digest}); {REDO}")
+
+
+def tempered(probs: np.ndarray | torch.Tensor, temperature: float) -> torch.Tensor:
+    """Teacher probabilities softened at `temperature`: softmax(log p / T), float32.
+
+    For one teacher this is exactly softmax(logits / T); for an ensemble it softens the mean
+    distribution the cache holds. Zeros (float16 underflow) are floored so log stays finite.
+    """
+    p = torch.as_tensor(np.asarray(probs, np.float32) if isinstance(probs, np.ndarray) else probs).float()
+    return torch.softmax(p.clamp_min(PROB_FLOOR).log() / temperature, dim=-1)
+

@@ -1,0 +1,59 @@
+"""Between prepare and train: cache the teachers' probabilities on the train split (distillation).
+
+With `distill.teachers` set, every Training image is scored by each teacher in every view of
+emovision.distill.VIEWS (the image and its mirror) through the one prediction path, and the
+mean probabilities are written to `distill.probs` (float16, with the teacher references, a
+hash of each teacher's weights and of the train split, so train refuses a stale file).
+Without teachers it writes only an empty marker file (DVC needs the output) and reads no
+data, so the default pipeline costs a second here.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from emovision import distill
+from emovision.config import Params
+from emovision.data.prepared import load_meta, load_split
+from emovision.errors import ConfigError, cli_main
+from stages import parse, stage_parser
+
+
+def teach(params: Params) -> distill.TeacherCache:
+    """Compute and write the teacher cache `params` describe (an empty one without teachers)."""
+    teachers, out = params.distill.teachers, Path(params.distill.probs)
+    # Checked before any teacher runs: the file must be writable where params say.
+    if out.is_dir() or any(p.exists() and not p.is_dir() for p in out.parents):
+        raise ConfigError(f"distill.probs: {out} cannot be written (a folder, or below a file)")
+    if not teachers:
+        cache = distill.TeacherCache(probs=np.zeros((len(distill.VIEWS), 0, 0), distill.PROBS_DTYPE),
+                                     views=distill.VIEWS, teachers=(), digests=(), classes=(), train="")
+        distill.write_cache(out, cache)
+        print(f"no distill.teachers: wrote an empty {out} (training uses labels only)")
+        return cache
+    prepared = Path(params.data.prepared_dir)
+    meta = load_meta(prepared)
+    x, y = load_split(prepared, "train")
+    started = time.perf_counter()
+    cache = distill.teacher_probs(teachers, x, y, meta["classes"], params.base.device,
+                                  params.evaluate.batch_size)
+    distill.write_cache(out, cache)
+    agree = [float((cache.probs[v].argmax(1) == y).mean()) for v in range(len(cache.views))]
+    print(f"wrote {out}: {len(teachers)} teacher(s) x {len(x):,} train images x {len(cache.views)} views "
+          f"({out.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - started:.0f}s); the mean teacher "
+          f"agrees with the labels on " + ", ".join(f"{a:.1%} ({v})" for a, v in zip(agree, cache.views)))
+    return cache
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__.splitlines()[0])
+    _, params = parse(parser, argv)
+    teach(params)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -125,7 +125,7 @@ class RegistryParams:
 class BenchParams:
     repeats: int = 5
     batch_size: int = 64
-    train_batches: int = 10
+    train_batches: int = 4
     video_frames: int = 120
 
 

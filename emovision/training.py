@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from emovision import artifact, scoring
+from emovision import artifact, progress, scoring
 from emovision.artifact import ModelSpec
 from emovision.config import AugmentParams, Params, TrainParams
 from emovision.data.augment import augment_batch_flips
@@ -295,7 +295,8 @@ def train_one_epoch(
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     started = time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, leave=False, disable=not sys.stdout.isatty(), unit="batch")
+    bar = tqdm(range(steps), desc=desc, leave=False, unit="batch",
+               disable=not sys.stdout.isatty() or progress.is_quiet())
     for step in bar:
         idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         x, flipped = augment_batch_flips(normalize(data.x[idx], pre), aug, generator)
@@ -449,10 +450,10 @@ def fit(
             state.best_val_acc, state.best_epoch, state.since_best = metrics["val_acc"], epoch, 0
         else:
             state.since_best += 1
-        print(f"epoch {epoch:>3}/{cfg.epochs}  train_loss {metrics['train_loss']:.4f}  "
-              f"train_acc {metrics['train_acc']:.4f}  val_loss {metrics['val_loss']:.4f}  "
-              f"val_acc {metrics['val_acc']:.4f}{' *' if improved else '  '}  "
-              f"{metrics['images_per_s']:.0f} img/s  {metrics['epoch_s']:.1f}s", flush=True)
+        progress.info(f"epoch {epoch:>3}/{cfg.epochs}  train_loss {metrics['train_loss']:.4f}  "
+                      f"train_acc {metrics['train_acc']:.4f}  val_loss {metrics['val_loss']:.4f}  "
+                      f"val_acc {metrics['val_acc']:.4f}{' *' if improved else '  '}  "
+                      f"{metrics['images_per_s']:.0f} img/s  {metrics['epoch_s']:.1f}s")
         if out_dir is not None:
             if improved:
                 save(out_dir / "best.pt", "best", metrics)

@@ -2,8 +2,11 @@
 the training run, and run the champion/challenger promotion gate (on val: selection never
 looks at PrivateTest).
 
-Writes <paths.reports>/metrics.json (DVC metrics), confusion.json (DVC confusion plot),
-confusion_matrix.png and per_class_f1.png; every input is checked before any is replaced.
+Writes <paths.reports>/metrics.json (DVC metrics: accuracy and macro-F1 per split, the
+numbers people compare), evaluation.json (per-class precision/recall/F1, TTA, dataset: not a
+DVC metric, so `dvc metrics show` stays one readable row), confusion.json (DVC confusion
+plot), confusion_matrix.png and per_class_f1.png; every input is checked before any is
+replaced.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emovision import fileio, plots, promotion, tracking
+from emovision import fileio, plots, progress, promotion, tracking
 from emovision.config import Params
 from emovision.data.prepared import load_meta, load_split
 from emovision.errors import DataError, cli_main
@@ -24,6 +27,8 @@ from stages.train import RUN_FILE
 
 # inside paths.reports
 METRICS_JSON = "metrics.json"
+DETAILS_JSON = "evaluation.json"
+METRIC_DIGITS = 4  # 0.7056: what people compare, and narrow columns in `dvc exp show`
 CONFUSION_JSON = "confusion.json"
 CONFUSION_PNG = "confusion_matrix.png"
 F1_PNG = "per_class_f1.png"
@@ -75,6 +80,8 @@ def evaluate(params: Params, models_dir: Path | None = None) -> dict:
     tta, bs = params.evaluate.tta, params.evaluate.batch_size
     clf = load_classifier(str(models_dir / "best.pt"), params.base.device)
     splits = {s: load_split(prepared, s) for s in ("test", "val")}
+    progress.info(f"scoring {clf.info['arch']} on test ({len(splits['test'][1]):,}) and val "
+                  f"({len(splits['val'][1]):,} images), TTA {'on' if tta else 'off'}")
     results = {s: score(clf, *splits[s], tta, bs) for s in splits}
     print(f"{clf.info['arch']} on {meta['source']} (test = PrivateTest, val = PublicTest), "
           f"test-time augmentation: {'hflip' if tta else 'none'}")
@@ -83,8 +90,12 @@ def evaluate(params: Params, models_dir: Path | None = None) -> dict:
     metrics = {s: {k: r[k] for k in ("accuracy", "macro_f1", "per_class")} for s, r in results.items()}
     metrics["tta"] = "hflip" if tta else "none"
     metrics["dataset"] = meta["source"]
+    metrics["summary"] = {f"{s}_{short}": round(results[s][k], METRIC_DIGITS)
+                          for s in ("test", "val") for k, short in (("accuracy", "acc"), ("macro_f1", "f1"))}
     metrics_json, confusion_png, f1_png = reports / METRICS_JSON, reports / CONFUSION_PNG, reports / F1_PNG
-    fileio.write_json(metrics_json, metrics)
+    details_json = reports / DETAILS_JSON
+    fileio.write_json(details_json, {k: v for k, v in metrics.items() if k != "summary"})
+    fileio.write_json(metrics_json, metrics["summary"])
     y_test = splits["test"][1]
     fileio.write_json(reports / CONFUSION_JSON, [
         {"actual": clf.classes[a], "predicted": clf.classes[p]}
@@ -108,7 +119,7 @@ def evaluate(params: Params, models_dir: Path | None = None) -> dict:
             mlflow.log_metrics({k: v for k, v in flat.items() if not k.startswith("test_f1_")},
                                model_id=info["model_id"])
         mlflow.set_tag("tta", metrics["tta"])
-        for path in (metrics_json, confusion_png, f1_png):
+        for path in (metrics_json, details_json, confusion_png, f1_png):
             mlflow.log_artifact(str(path), "evaluation")
         if params.registry.promote:
             gate(params, info, meta["source"], results["val"]["accuracy"], splits["val"], tta, bs)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import optuna
 
-from emovision import tracking, tuning
+from emovision import progress, tracking, tuning
 from emovision.config import DEFAULT_PARAMS, Params
 from emovision.errors import ConfigError, cli_main
 from emovision.training import load_train_val
@@ -100,9 +100,9 @@ def write_reports(study: optuna.Study, rows: list[dict], out_dir: Path) -> dict:
 def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     value = f"val_acc {trial.value:.4f}" if trial.value is not None else ""
     took = f"{trial.duration.total_seconds():.1f}s" if trial.duration else ""
-    print(f"trial {trial.number:>3} {trial.state.name:<8} {value:<14} lr {trial.params.get('train.lr', 0):.3g}  "
-          f"dropout {trial.params.get('model.dropout', 0):.3f}  ({len(trial.intermediate_values)} epochs, "
-          f"{took})", flush=True)
+    progress.info(f"trial {trial.number:>3} {trial.state.name:<8} {value:<14} "
+                  f"lr {trial.params.get('train.lr', 0):.3g}  dropout {trial.params.get('model.dropout', 0):.3f}  "
+                  f"({len(trial.intermediate_values)} epochs, {took})")
 
 
 def print_summary(rows: list[dict], best: dict, best_path: Path, apply_cmd: str | None) -> None:

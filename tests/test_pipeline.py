@@ -73,9 +73,14 @@ def test_dvc_repro_end_to_end(tmp_path, mlflow_store):
     assert set(lock["stages"]) == {"prepare", "teach", "train", "evaluate", "bench"}
     assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["epochs"] == 1
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
-    assert 0 <= metrics["test"]["accuracy"] <= 1 and "macro_f1" in metrics["val"]
+    assert set(metrics) == {"test_acc", "test_f1", "val_acc", "val_f1"} and 0 <= metrics["test_acc"] <= 1
+    details = json.loads((repo / "reports" / "evaluation.json").read_text())
+    assert details["test"]["accuracy"] == pytest.approx(metrics["test_acc"], abs=1e-4)
+    assert set(json.loads((repo / "reports" / "speed.json").read_text())) == {"lat_ms", "fps", "train_ips"}
     bench = json.loads((repo / "reports" / "bench.json").read_text())
     assert bench["train"]["images_per_s_augmented"] > 0
+    assert bench["train"]["images_per_s_fp32"] > 0 and bench["train"]["images_per_s_bf16"] > 0
+    assert bench["train"]["amp_auto"] in ("fp32", "bf16") and bench["train"]["amp_auto_reason"]
     assert (repo / "reports" / "confusion_matrix.png").stat().st_size > 1000
     v = versions()
     assert list(v) == ["1"] and champion() == "1" and production() == ["1"]
@@ -86,7 +91,7 @@ def test_dvc_repro_end_to_end(tmp_path, mlflow_store):
 
     shown = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], cwd=repo, env=env,
                            capture_output=True, text=True)
-    assert shown.returncode == 0 and "accuracy" in shown.stdout
+    assert shown.returncode == 0 and "test_acc" in shown.stdout and "per_class" not in shown.stdout
 
     def dvc(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
@@ -110,13 +115,32 @@ def test_dvc_repro_end_to_end(tmp_path, mlflow_store):
     assert {p: p.read_bytes() for p in kept} == kept and list(versions()) == ["1"]
     (repo / "params.yaml").write_text(good)
 
+    # the results as a user commits them, so the experiment below compares with a baseline
+    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
+    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baseline results")
     # DVC writes -S values with ruamel (YAML 1.2): 3e-05 must read as a float
-    exp = dvc("exp", "run", "-S", "train.lr=3e-5", "-S", "train.epochs=1")
+    exp = dvc("exp", "run", "-n", "lr-3e-5", "-S", "train.lr=3e-5", "-S", "train.epochs=1")
     assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
     assert "lr: 3e-05" in (repo / "params.yaml").read_text()
     assert sorted(versions()) == ["1", "2"]
     run = mlflow.get_run(json.loads((repo / "models" / "run.json").read_text())["run_id"])
     assert float(run.data.params["train.lr"]) == 3e-5 and run.data.tags.get("dvc_exp_name")
+
+    # two experiments side by side in a 120-column terminal: every metric and the changed
+    # param readable; only the models/ hash (a dependency of evaluate and bench) may be
+    # collapsed to "…" at the end of the row
+    table = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--only-changed", "--no-pager"],
+                           cwd=repo, env={**env, "COLUMNS": "120"}, capture_output=True, text=True)
+    print(table.stdout)
+    lines = table.stdout.splitlines()
+    assert table.returncode == 0 and max(map(len, lines)) <= 120, table.stdout
+    header = next(line for line in lines if "Experiment" in line)
+    for column in ("test_acc", "test_f1", "val_acc", "val_f1", "lat_ms", "train_ips", "train.lr"):
+        assert column in header, table.stdout  # fps may round to the same value in both
+    row = next(line for line in lines if "[lr-3e-5]" in line)
+    exp_metrics = json.loads((repo / "reports" / "metrics.json").read_text())  # exp run leaves its results
+    assert all(str(value) in row for value in exp_metrics.values()) and "3e-05" in row, table.stdout
+    assert "…" not in row.rstrip().rstrip("…"), table.stdout
 
 
 @pytest.fixture
@@ -147,7 +171,7 @@ def test_promotion_gate(project, capsys):
     assert champion() == first["model_version"] == "1"
     acc1 = float(versions()["1"].tags["val_acc_tta"])
     # the gate selects on val (PublicTest), never on test (PrivateTest)
-    assert acc1 == pytest.approx(json.loads(Path("reports/metrics.json").read_text())["val"]["accuracy"], abs=1e-4)
+    assert acc1 == pytest.approx(json.loads(Path("reports/metrics.json").read_text())["val_acc"], abs=1e-4)
     assert acc1 > 0.3  # well above chance (1/7) on the demo set
     # v2: learning rate so small it cannot learn -> worse, not promoted
     train_and_evaluate({"train": {"epochs": 1, "lr": 1e-7, "warmup_epochs": 0.0}})

@@ -182,3 +182,49 @@ def test_real_fer2013_counts(tmp_path, fer2013_prepared):
     back = read_csv(tmp_path / "fer2013.csv")
     for s in subset:
         np.testing.assert_array_equal(back.splits[s][0], subset[s][0])
+
+
+def test_truncated_jpeg_is_refused_or_skipped(tmp_path, capsys):
+    """A truncated JPEG decodes (grey rows, a libjpeg warning), so it used to be accepted."""
+    raw = tmp_path / "raw"
+    write_folder_layout(raw, tiny_splits(1), ext=".jpg")
+    good = next((raw / "train" / "happy").glob("*.jpg"))
+    cut = good.with_name("Training_cut.jpg")
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size * 2 // 3])
+    assert cv2.imread(str(cut), cv2.IMREAD_GRAYSCALE) is not None  # OpenCV alone would accept it
+    assert run_prepare(tmp_path, raw) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {cut}: truncated JPEG (no end-of-image marker after the image data) " \
+                  f"(set data.on_bad_row: skip to drop such rows)"
+    assert not (tmp_path / "prepared").exists()  # nothing half-written
+    assert run_prepare(tmp_path, raw, on_bad_row="skip") == 0
+    assert "skipped 1 bad rows" in capsys.readouterr().err
+
+
+def test_hidden_folders_and_files_are_ignored(tmp_path):
+    raw = tmp_path / "raw"
+    splits = tiny_splits(1)
+    write_folder_layout(raw, splits)
+    for folder in (raw / "train", raw / "test", raw / "train" / "sad"):
+        hidden = folder / ".ipynb_checkpoints"
+        hidden.mkdir()
+        (hidden / "Training_copy-checkpoint.jpg").write_bytes(b"not an image")
+    (raw / "train" / "sad" / "._Training_1.jpg").write_bytes(b"macOS resource fork")
+    assert run_prepare(tmp_path, raw) == 0
+    counts = load_meta(tmp_path / "prepared")["counts"]
+    assert {s: sum(c.values()) for s, c in counts.items()} == {s: len(y) for s, (_, y) in splits.items()}
+
+
+def test_progress_lines_without_a_terminal_and_quiet(tmp_path, capsys):
+    """Under `dvc repro` stdout is a pipe: a line per 10% of the rows; --quiet: none."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_csv(tiny_splits(3), raw / "fer2013.csv")  # 63 rows
+    assert run_prepare(tmp_path, raw) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("reading fer2013.csv")]
+    assert len(lines) == 10 and lines[0].startswith("reading fer2013.csv: 11% (7/63 rows")
+    assert lines[-1].startswith("reading fer2013.csv: 100% (63/63 rows")
+    params = tmp_path / "params.yaml"
+    assert prepare_main(["--params", str(params), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "reading" not in out and "wrote" in out  # results still print

@@ -115,6 +115,15 @@ def test_resume_after_kill_matches_uninterrupted_run(project, mlflow_store):
     assert strip(resumed) == strip(uninterrupted) and len(strip(resumed)) == 4
 
 
+def test_epoch_lines_and_quiet(project, capsys):
+    assert train_main(["--params", "params.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch   1/2" in out and "epoch   2/2" in out and "mixed precision: " in out
+    assert train_main(["--params", "params.yaml", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch   1/2" not in out and "registered fer version 2" in out
+
+
 def test_bad_params_fail_clearly(project, capsys):
     write_params(project / "params.yaml", {"model": {"name": "resnet_huge"}})
     assert train_main(["--params", "params.yaml"]) == 2

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from emovision import progress
 from emovision.data import CLASSES, IMAGE_SIZE, SPLITS, USAGE_TO_SPLIT
 from emovision.errors import DataError
 
@@ -102,7 +103,7 @@ def read_csv(path: Path, on_bad_row: str = "error") -> ReadResult:
     split_of = np.empty(len(df), dtype=object)
     keep = 0
     rows = zip(df["emotion"].to_numpy(), df["pixels"].to_numpy(), df["Usage"].to_numpy())
-    for i, (emotion, pixels, usage) in enumerate(rows):
+    for i, (emotion, pixels, usage) in enumerate(progress.track(rows, len(df), f"reading {path.name}", "rows")):
         where = f"{path.name} line {i + 2}"
         label = valid_labels.get(emotion.strip())
         if label is None:
@@ -138,9 +139,12 @@ def _split_for(path: Path, folder_split: str) -> str:
 
 
 def _class_dirs(folder: Path) -> dict[int, Path]:
-    """Class sub-folders of train/ or test/, matched case-insensitively to CLASSES."""
+    """Class sub-folders of train/ or test/, matched case-insensitively to CLASSES; hidden
+    entries (a name starting with '.', as Jupyter's .ipynb_checkpoints/) are ignored."""
     found = {}
     for child in sorted(folder.iterdir()):
+        if child.name.startswith("."):  # .ipynb_checkpoints/, .DS_Store, .git: never data
+            continue
         if child.is_dir():
             name = child.name.lower()
             if name not in CLASSES:
@@ -149,11 +153,28 @@ def _class_dirs(folder: Path) -> dict[int, Path]:
     return found
 
 
-def _read_image(path: Path) -> np.ndarray | None:
-    """Any size or colour -> 48x48 grayscale (INTER_AREA when shrinking), None if unreadable."""
-    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+JPEG_EXTENSIONS = (".jpg", ".jpeg")
+JPEG_START_OF_SCAN, JPEG_END = b"\xff\xda", b"\xff\xd9"
+
+
+def _read_image(path: Path) -> np.ndarray | str:
+    """Any size or colour -> 48x48 grayscale (INTER_AREA when shrinking), or why it is unusable.
+
+    A truncated JPEG is named as such by its bytes: the end-of-image marker must follow the
+    last start-of-scan (inside entropy-coded data 0xFF is always escaped, so FFD9 there is
+    the real end); cv2.imread would decode it with the missing rows grey."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        return f"unreadable image file ({err.strerror or type(err).__name__})"
+    if path.suffix.lower() in JPEG_EXTENSIONS:
+        raw = data.tobytes()
+        if raw.rfind(JPEG_END) < raw.rfind(JPEG_START_OF_SCAN):
+            return "truncated JPEG (no end-of-image marker after the image data)"
+    # imdecode, not imread: imread returns a truncated JPEG grey-filled, imdecode refuses it
+    img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
     if img is None:
-        return None
+        return "unreadable image file"
     if img.shape != (IMAGE_SIZE, IMAGE_SIZE):
         shrink = min(img.shape) > IMAGE_SIZE
         img = cv2.resize(img, (IMAGE_SIZE, IMAGE_SIZE),
@@ -167,18 +188,21 @@ def read_folders(base: Path, on_bad_row: str = "error") -> ReadResult:
     for folder_split in ("train", "test"):
         for label, class_dir in _class_dirs(base / folder_split).items():
             for entry in os.scandir(class_dir):
+                if entry.name.startswith("."):  # hidden: editor/OS leftovers such as ._face.jpg
+                    continue
                 if entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
                     path = Path(entry.path)
                     files.append((path, label, _split_for(path, folder_split)))
     files.sort(key=lambda f: (f[2], f[1], f[0].name))  # stable order across file systems
     # cv2 releases the GIL while decoding, so threads use both cores.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        images = list(pool.map(_read_image, (f[0] for f in files), chunksize=256))
+        images = list(progress.track(pool.map(_read_image, (f[0] for f in files), chunksize=256),
+                                     len(files), f"reading {base}", "images"))
     skipped: list[str] = []
     keep = []
     for i, (img, (path, _, _)) in enumerate(zip(images, files)):
-        if img is None:
-            _bad(skipped, on_bad_row, str(path), "unreadable image file")
+        if isinstance(img, str):
+            _bad(skipped, on_bad_row, str(path), img)
         else:
             keep.append(i)
     x = np.stack([images[i] for i in keep]) if keep else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)

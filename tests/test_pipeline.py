@@ -23,11 +23,18 @@ PROJECT_FILES = ["stages", "emovision", "dvc.yaml", "pyproject.toml", ".gitignor
                  "data/raw/.gitkeep"]
 
 
+def skip_shipped_model(folder: str, names: list[str]) -> list[str]:
+    """copytree filter: no caches and not the shipped FER model (the pipeline trains its own);
+    the face detector's weights (emovision/weights/mtcnn) are code the app and bench run."""
+    shipped = Path(folder) == REPO / "emovision" / "weights"
+    return [n for n in names if n == "__pycache__" or (shipped and n in ("weights.pt", "config.json"))]
+
+
 def copy_project(dst: Path) -> Path:
     for name in PROJECT_FILES:
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__", "weights"))
+            shutil.copytree(src, dst / name, ignore=skip_shipped_model)
         else:
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dst / name)

@@ -86,6 +86,9 @@ def test_code_defaults_match_params_yaml():
     ("train:\n  lr: .5\n", "train.lr", 0.5),
     ("train:\n  epochs: 3\n", "train.epochs", 3),     # ints stay ints
     ("base:\n  seed: 1_000\n", "base.seed", 1000),
+    ("train:\n  amp: off\n", "train.amp", "off"),  # YAML 1.1 would read False
+    ("train:\n  compile: true\n", "train.compile", True),
+    ("train:\n  compile: False\n", "train.compile", False),
 ])
 def test_yaml12_numbers(tmp_path, text, dotted, expected):
     (tmp_path / "p.yaml").write_text(text)
@@ -112,6 +115,7 @@ def test_yaml12_numbers(tmp_path, text, dotted, expected):
     ("paths:\n  models: ''\n", "paths.models must be a folder name"),
     ("bench:\n  repeats: 0\n", "bench.repeats must be >= 1"),
     ("tune:\n  timeout: -1\n", "tune.timeout must be >= 0 seconds"),
+    ("train:\n  compile: yes\n", "train.compile must be bool, got str 'yes'"),
 ])
 def test_bad_params_files(tmp_path, text, match):
     (tmp_path / "p.yaml").write_text(text)

@@ -50,8 +50,8 @@ NATURAL_SCENES = ("camera", "coffee", "rocket", "brick", "grass", "gravel", "moo
 # with DETECT_EVERY 2, so it is first shown on frame 3; the clip is scored on its last frame.
 CLIP_FRAMES = 4
 MATCH_SIZE_RANGE = (0.5, 2.0)  # a box "on" the face: centre inside it, side within this ratio
-# Faces rendered by `stages.bench`: about 1.5 min on a 2-core CPU; the gap's standard error
-# is then about 1 point (paired: only faces where app and direct disagree count).
+# Faces rendered by `stages.bench`: 4,800 frames, about 5 min on this 2-core CPU shared with other jobs;
+# the gap's standard error is then about 1 point (paired: only faces where app and direct disagree count).
 BENCH_FACES = 1200
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import nms
 
+from emovision.errors import SourceError
 from emovision.framing import Framing
 
 WEIGHTS_DIR = Path(__file__).parent / "weights" / "mtcnn"
@@ -86,7 +87,11 @@ class ONet(nn.Module):
 
 
 def _load(net: nn.Module, name: str) -> nn.Module:
-    net.load_state_dict(torch.load(WEIGHTS_DIR / f"{name}.pt", weights_only=True, map_location="cpu"))
+    path = WEIGHTS_DIR / f"{name}.pt"
+    if not path.is_file():
+        raise SourceError(f"MTCNN weights missing: {path} (an incomplete install; reinstall emovision "
+                          f"or use --detector haar)")
+    net.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
     return net.eval()
 
 

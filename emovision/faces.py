@@ -1,6 +1,6 @@
 """Face detection, tracking and the per-frame emotion pipeline.
 
-    frame -> detect (Haar, downscaled, every N frames) -> track (IoU, stable ids)
+    frame -> detect (MTCNN or Haar, every N frames) -> track (IoU, stable ids)
           -> crop every face in FER2013's framing -> ONE batched classifier call
           -> per-track EMA smoothing
 
@@ -25,9 +25,9 @@ from emovision.framing import Framing, crop_faces
 
 # Detection runs on a downscaled frame. OpenCV's alt2 frontal cascade has a 20-px window, so
 # at DETECT_SCALE = 0.5 it finds faces from 40 px wide (MIN_FACE) in a 640x480 frame, up to
-# the frame's height. It replaced the `default` cascade, which missed most of a face squashed
-# by 20-30% (the issue's drifting grace_hopper: 64 vs 80 of 80 frames found, none of 17
-# natural and noise images gave a false face with either).
+# the frame's height. It replaced the `default` cascade, which misses faces squashed by 20-30%
+# (the issue's drifting grace_hopper, 80 frames sampled on 4 greys: 48 vs 80 found; none of
+# 17 natural and noise images gave a false face with either).
 DETECT_SCALE = 0.5
 DEFAULT_CASCADE = "haarcascade_frontalface_alt2.xml"
 # A second, differently trained cascade re-checks each detection on its own small region at a

@@ -125,8 +125,6 @@ def predict_table(classifier, table, detector=None) -> "Any":
     """The pyfunc's predict, on an EmotionClassifier: crops in one batch, images via analyze_still."""
     import pandas as pd
 
-    from emovision.faces import analyze_still
-
     columns = set(table.columns)
     if not columns & {"crop", "image"}:
         raise ValueError("input needs a 'crop' or an 'image' column")
@@ -141,6 +139,8 @@ def predict_table(classifier, table, detector=None) -> "Any":
             crops.append(decode_crop(crop, i))
             crop_rows.append(i)
         else:
+            from emovision.faces import analyze_still  # only for whole images: crops need no detector
+
             for face in analyze_still(classifier, decode_image(image, i), detector):
                 rows.append({"input": i, "box": face["box"], "label": face["label"], **face["probs"]})
     if crops:
@@ -164,16 +164,26 @@ class EmotionModel(PythonModel):
     def load_context(self, context) -> None:
         from pathlib import Path
 
-        from emovision.faces import make_detector
         from emovision.inference import load_classifier
 
         self.classifier = load_classifier(str(Path(context.artifacts["config"]).parent), "auto")
-        self.detector = make_detector()  # the app's default detector, built once per server
+        self._detector = None
+
+    def detector(self):
+        """The app's default detector, built on the first whole image and kept: a crops-only
+        client, and training's input-example check, never load it (so a detector change does
+        not make `dvc repro` retrain)."""
+        if self._detector is None:
+            from emovision.faces import make_detector
+
+            self._detector = make_detector()
+        return self._detector
 
     def predict(self, context, model_input, params=None):
         from mlflow.exceptions import MlflowException
 
+        has_images = "image" in model_input.columns and model_input["image"].notna().any()
         try:
-            return predict_table(self.classifier, model_input, self.detector)
+            return predict_table(self.classifier, model_input, self.detector() if has_images else None)
         except ValueError as err:  # the scoring server answers 400 with this one line
             raise MlflowException.invalid_parameter_value(str(err)) from None

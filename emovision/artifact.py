@@ -194,14 +194,8 @@ def model_files(folder: str | Path) -> tuple[Path, Path]:
 
 def load_model_dir(folder: str | Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
     """(spec, state_dict) of a model folder, without unpickling code."""
-    config_path, weights_path = model_files(folder)
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ModelRefError(f"{config_path}: invalid JSON ({err.msg} at line {err.lineno})") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ModelRefError(f"{config_path}: cannot read it ({err})") from None
-    spec = ModelSpec.from_dict(config, str(config_path))
+    spec = read_spec(folder)
+    _, weights_path = model_files(folder)
     if not weights_path.is_file():
         raise ModelRefError(f"{Path(folder)}: no {WEIGHTS_FILE} beside {CONFIG_FILE}")
     state_dict = _torch_load(weights_path)
@@ -234,9 +228,12 @@ def read_spec(folder: str | Path) -> ModelSpec:
     """Only the spec of a model folder (no weights read): claims, class names."""
     config_path, _ = model_files(folder)
     try:
-        return ModelSpec.from_dict(json.loads(config_path.read_text()), str(config_path))
+        config = json.loads(config_path.read_text())
     except json.JSONDecodeError as err:
         raise ModelRefError(f"{config_path}: invalid JSON ({err.msg} at line {err.lineno})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ModelRefError(f"{config_path}: cannot read it ({err})") from None
+    return ModelSpec.from_dict(config, str(config_path))
 
 
 def weights_digest(folder: str | Path) -> str:

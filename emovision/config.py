@@ -106,6 +106,8 @@ class AugmentParams:
     scale: float = 0.1
     translate: float = 0.1
     erasing: float = 0.4
+    brightness: float = 0.0
+    aspect: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -298,6 +300,8 @@ def _check_ranges(p: Params, source: str) -> None:
         ("augment.scale", 0.0 <= p.augment.scale < 1.0, "in [0, 1) (a zoom factor of 1 +- scale)"),
         ("augment.translate", 0.0 <= p.augment.translate <= 0.5, "in [0, 0.5] (a fraction of the size)"),
         ("augment.erasing", 0.0 <= p.augment.erasing <= 1.0, "in [0, 1]"),
+        ("augment.brightness", 0.0 <= p.augment.brightness < 1.0, "in [0, 1) (a fraction of the exposure)"),
+        ("augment.aspect", 0.0 <= p.augment.aspect <= 1.0, "in [0, 1] (a fraction of the width/height ratio)"),
         ("evaluate.batch_size", p.evaluate.batch_size >= 1, ">= 1"),
         ("registry.model_name", re.fullmatch(MODEL_NAME_PATTERN, p.registry.model_name) is not None,
          "a registered-model name (letters, digits, '_', '-', '.')"),

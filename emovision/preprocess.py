@@ -69,6 +69,11 @@ def normalize(pixels: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
     return (pixels.float() / 255.0 - cfg.mean) / cfg.std
 
 
+def value_range(cfg: PreprocessConfig) -> tuple[float, float]:
+    """What black (0) and white (255) become after `normalize`."""
+    return (0.0 - cfg.mean) / cfg.std, (1.0 - cfg.mean) / cfg.std
+
+
 def preprocess_faces(
     faces: np.ndarray | Sequence[np.ndarray], cfg: PreprocessConfig, device: str | torch.device = "cpu"
 ) -> torch.Tensor:

@@ -27,7 +27,7 @@ from emovision.data.augment import augment_batch_flips
 from emovision.device import resolve_device
 from emovision.errors import TrainingDiverged
 from emovision.models import create_model
-from emovision.preprocess import PreprocessConfig, normalize, prepare_pixels
+from emovision.preprocess import PreprocessConfig, normalize, prepare_pixels, value_range
 
 MIXUP_ALPHA = 0.2  # Beta(0.2, 0.2): mostly light mixes, as in the mixup paper's ImageNet runs
 
@@ -299,7 +299,7 @@ def train_one_epoch(
                disable=not sys.stdout.isatty() or progress.is_quiet())
     for step in bar:
         idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-        x, flipped = augment_batch_flips(normalize(data.x[idx], pre), aug, generator)
+        x, flipped = augment_batch_flips(normalize(data.x[idx], pre), aug, generator, value_range(pre))
         x = x.contiguous(memory_format=memory_format)
         y = data.y[idx]
         mix = cfg.mixup > 0 and torch.rand((), generator=generator).item() < cfg.mixup

@@ -30,7 +30,7 @@ from emovision.errors import DataError, EmovisionError, cli_main
 from emovision.device import resolve_device
 from emovision.inference import load_classifier
 from emovision.models import count_macs, count_params, create_model
-from emovision.preprocess import normalize
+from emovision.preprocess import normalize, value_range
 from emovision.training import preprocess_config, resolve_amp
 from stages import parse, stage_parser
 from stages.train import RUN_FILE
@@ -76,7 +76,7 @@ def train_throughput(params: Params, device: torch.device, sync) -> dict:
             for x, y in zip(pixels, labels):
                 x = normalize(x, pre)
                 if augment:
-                    x = augment_batch(x, params.augment, gen)
+                    x = augment_batch(x, params.augment, gen, value_range(pre))
                 with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                     loss = F.cross_entropy(model(x.contiguous(memory_format=fmt)).float(), y)
                 opt.zero_grad(set_to_none=True)

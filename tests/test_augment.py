@@ -100,3 +100,29 @@ def test_erasing_fill_follows_the_images_value_range():
     out = augment_batch(x, only(erasing=1.0), seeded())
     fill = out[out != x]
     assert abs(fill.mean() - x.mean()) < 10 and 30 < fill.std() < 90
+
+
+def test_brightness_scales_light_above_black_per_sample_and_clips_at_white():
+    x = torch.rand(64, 1, 48, 48, generator=seeded(3)) * 0.8  # values in a [0, 1] range, none white
+    out = augment_batch(x, only(brightness=0.5), seeded())
+    gain = out.flatten(1).sum(1) / x.flatten(1).sum(1)
+    unclipped = out.flatten(1).amax(1) < 1.0
+    # one gain per image: out = gain * x exactly wherever nothing clipped
+    torch.testing.assert_close(out[unclipped], x[unclipped] * gain[unclipped].view(-1, 1, 1, 1))
+    assert gain.min() >= 0.5 - 1e-6 and gain[unclipped].max() <= 1.5 + 1e-6 and gain.std() > 0.1
+    assert out.max() <= 1.0 and (~unclipped).any()  # bright gains clip at white
+    # the range is the caller's: standardised black/white stay black/white
+    z = (x - 0.5) / 0.25
+    zout = augment_batch(z, only(brightness=0.5), seeded(), value_range=(-2.0, 2.0))
+    torch.testing.assert_close((zout + 2) / 4 * 1.0, out.clamp(max=1.0), atol=1e-5, rtol=0)
+
+
+def test_aspect_stretches_width_against_height():
+    x = torch.zeros(64, 1, 48, 48)
+    x[:, :, 16:32, 16:32] = 1.0  # a centred square
+    out = augment_batch(x, only(aspect=0.2), seeded())
+    cols = (out > 0.5).any(2).flatten(1).sum(1).float()  # width of the square
+    rows = (out > 0.5).any(3).flatten(1).sum(1).float()
+    ratio = cols / rows
+    assert ratio.min() >= 1 / 1.2 - 0.15 and ratio.max() <= 1.2 + 0.15 and ratio.std() > 0.05
+

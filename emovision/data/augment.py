@@ -1,7 +1,7 @@
 """Batched augmentation: random per sample, computed for the whole batch in a few tensor ops.
 
-Flip, rotation, scale and translation are folded into one 2x3 affine matrix per sample and
-applied by a single `affine_grid` + `grid_sample`; random erasing is a rectangle mask built
+Flip, rotation, scale, aspect and translation are folded into one 2x3 affine matrix per sample
+and applied by a single `affine_grid` + `grid_sample`; brightness is one gain per sample; random erasing is a rectangle mask built
 from broadcast comparisons of coordinate grids. There is no per-sample Python, so the batch
 costs a few percent of a training step on CPU or GPU, and every random number comes from
 the caller's generator, so a seeded generator reproduces the batch exactly.
@@ -25,19 +25,24 @@ ERASE_MAX_ASPECT = 3.0  # height/width drawn log-uniformly in [1/3, 3]
 PADDING_MODE = "reflection"
 
 
-def augment_batch(x: torch.Tensor, cfg: AugmentParams, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Randomly flip, rotate, scale, shift and erase each image of a float (B, C, H, W) batch.
+def augment_batch(x: torch.Tensor, cfg: AugmentParams, generator: torch.Generator | None = None,
+                  value_range: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """Randomly flip, rotate, scale, stretch, shift, brighten and erase each image of a float
+    (B, C, H, W) batch.
 
     Returns a new tensor of the same shape, dtype and device (`x` itself when every
-    augmentation is off). Works on any value range: erased pixels are noise with each image's
-    own mean and standard deviation. Random numbers are drawn on the generator's device (the
-    CPU when `generator` is None) and then moved to `x`'s device.
+    augmentation is off). `value_range` is what black and white are in `x` (training passes
+    the standardised values of 0 and 255): brightness multiplies the light above black and
+    clips at white, as a camera's exposure does. Erased pixels are noise with each image's own
+    mean and standard deviation. Random numbers are drawn on the generator's device (the CPU
+    when `generator` is None) and then moved to `x`'s device; an augmentation that is off
+    draws none, so turning one on leaves the others' draws for a seed unchanged.
     """
-    return augment_batch_flips(x, cfg, generator)[0]
+    return augment_batch_flips(x, cfg, generator, value_range)[0]
 
 
-def augment_batch_flips(x: torch.Tensor, cfg: AugmentParams,
-                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def augment_batch_flips(x: torch.Tensor, cfg: AugmentParams, generator: torch.Generator | None = None,
+                        value_range: tuple[float, float] = (0.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
     """`augment_batch` plus which images it mirrored: a bool (B,) mask on `x`'s device.
 
     Distillation needs the mask to pick the teacher's output for the mirrored view; the
@@ -46,9 +51,11 @@ def augment_batch_flips(x: torch.Tensor, cfg: AugmentParams,
     if not x.is_floating_point() or x.dim() != 4:
         raise TypeError(f"augment_batch expects a float (B, C, H, W) tensor, got {x.dtype} {tuple(x.shape)}")
     flipped = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    geometric = cfg.hflip or cfg.rotation > 0 or cfg.scale > 0 or cfg.translate > 0
+    geometric = cfg.hflip or cfg.rotation > 0 or cfg.scale > 0 or cfg.translate > 0 or cfg.aspect > 0
     if geometric:
         x, flipped = _random_affine(x, cfg, generator)
+    if cfg.brightness > 0:
+        x = _random_brightness(x, cfg.brightness, value_range, generator)
     if cfg.erasing > 0:
         x = _random_erase(x, cfg.erasing, generator)
     return x, flipped
@@ -69,18 +76,36 @@ def _random_affine(x: torch.Tensor, cfg: AugmentParams,
     shift_x = _uniform(r[:, 2], -2 * cfg.translate, 2 * cfg.translate)
     shift_y = _uniform(r[:, 3], -2 * cfg.translate, 2 * cfg.translate)
     flip = torch.where(r[:, 4] < FLIP_PROBABILITY, -1.0, 1.0) if cfg.hflip else torch.ones_like(angle)
-    # theta maps output coordinates to input coordinates: scale^-1 * rotation * flip, with the
-    # rotation done in pixel units (the h/w factors) so it stays a rotation on non-square images.
+    # aspect a stretches width by sqrt(a) and height by 1/sqrt(a) (area kept), a log-uniform
+    # in [1/(1+aspect), 1+aspect]; drawn only when on, so other params keep their random stream
+    stretch = torch.ones_like(angle)
+    if cfg.aspect > 0:
+        bound = math.log1p(cfg.aspect)
+        a = torch.rand(b, generator=generator, device=device, dtype=torch.float64)
+        stretch = torch.exp(_uniform(a, -bound, bound) / 2)
+    # theta maps output coordinates to input coordinates: stretch^-1 * scale^-1 * rotation * flip,
+    # the rotation done in pixel units (the h/w factors) so it stays a rotation on non-square images.
     cos, sin = torch.cos(angle) * inv_scale, torch.sin(angle) * inv_scale
+    sx, sy = 1.0 / stretch, stretch
     theta = torch.stack([
-        torch.stack([cos * flip, -sin * (h / w), shift_x], 1),
-        torch.stack([sin * (w / h) * flip, cos, shift_y], 1),
+        torch.stack([cos * flip * sx, -sin * (h / w) * sx, shift_x], 1),
+        torch.stack([sin * (w / h) * flip * sy, cos * sy, shift_y], 1),
     ], 1)
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()  # grid_sample's CPU kernels
     theta = theta.to(device=x.device, dtype=work.dtype)
     grid = F.affine_grid(theta, list(work.shape), align_corners=False)
     out = F.grid_sample(work, grid, mode="bilinear", padding_mode=PADDING_MODE, align_corners=False)
     return out.to(x.dtype), (flip < 0).to(x.device)
+
+
+def _random_brightness(x: torch.Tensor, amount: float, value_range: tuple[float, float],
+                       generator: torch.Generator | None) -> torch.Tensor:
+    """Multiply each image's light above black by a gain in [1 - amount, 1 + amount], clip at white."""
+    black, white = value_range
+    device = generator.device if generator is not None else torch.device("cpu")
+    gain = _uniform(torch.rand(len(x), generator=generator, device=device), 1.0 - amount, 1.0 + amount)
+    gain = gain.to(x.device, x.dtype).view(-1, 1, 1, 1)
+    return ((x - black) * gain + black).clamp(black, white)
 
 
 def _random_erase(x: torch.Tensor, probability: float, generator: torch.Generator | None) -> torch.Tensor:

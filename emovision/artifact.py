@@ -38,6 +38,8 @@ CONFIG_FILE = "config.json"
 MLFLOW_ARTIFACTS_DIR = "artifacts"
 PRETRAINED = "pretrained"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # the shipped FER2013 model
+PRETRAINED_ENSEMBLE = "pretrained-ensemble"  # accuracy over speed: several FER2013 models averaged
+ENSEMBLE_DIR = WEIGHTS_DIR / "ensemble"
 SPEC_KEYS = ("arch", "arch_kwargs", "classes", "preprocess", "dataset", "metrics", "epoch", "weights")
 # Which weights an artifact holds. best.pt and registered models hold the EMA average (what
 # was scored and selected); last.pt holds the optimiser's live weights (what --resume continues
@@ -234,6 +236,39 @@ def read_spec(folder: str | Path) -> ModelSpec:
     except (OSError, UnicodeDecodeError) as err:
         raise ModelRefError(f"{config_path}: cannot read it ({err})") from None
     return ModelSpec.from_dict(config, str(config_path))
+
+
+# ---------------------------------------------------------------- ensembles
+
+
+ENSEMBLE_ARCH = "ensemble"
+
+
+def ensemble_of(members: list[tuple[ModelSpec, dict[str, torch.Tensor]]],
+                dtype: torch.dtype | None = None) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
+    """One model (spec, state_dict) averaging the probabilities of `members` (see
+    emovision.models.ensemble). Members must agree on classes and preprocessing, since one
+    preprocessed batch feeds them all. `dtype` (e.g. torch.float16) stores floating weights
+    smaller; they are cast back to the model's float32 when loaded."""
+    if len(members) < 2:
+        raise ModelRefError(f"an ensemble needs at least two models, got {len(members)}")
+    first = members[0][0]
+    for i, (spec, _) in enumerate(members[1:], 1):
+        if spec.arch == ENSEMBLE_ARCH:
+            raise ModelRefError(f"ensemble member {i} is itself an ensemble; list its members instead")
+        if spec.classes != first.classes:
+            raise ModelRefError(f"ensemble member {i} predicts {list(spec.classes)}, member 0 {list(first.classes)}")
+        if spec.preprocess != first.preprocess:
+            raise ModelRefError(f"ensemble member {i} preprocesses as {spec.preprocess.to_dict()}, "
+                                f"member 0 as {first.preprocess.to_dict()}: one batch cannot feed both")
+    state_dict = {}
+    for i, (_, sd) in enumerate(members):
+        for k, v in clean_state_dict(sd).items():
+            state_dict[f"members.{i}.{k}"] = v.to(dtype) if dtype is not None and v.is_floating_point() else v
+    kwargs = {"members": [{"arch": s.arch, "arch_kwargs": dict(s.arch_kwargs)} for s, _ in members]}
+    spec = ModelSpec(arch=ENSEMBLE_ARCH, arch_kwargs=kwargs, classes=first.classes, preprocess=first.preprocess,
+                     dataset=first.dataset if all(s.dataset == first.dataset for s, _ in members) else None)
+    return spec, state_dict
 
 
 def weights_digest(folder: str | Path) -> str:

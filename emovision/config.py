@@ -333,11 +333,15 @@ def _check_ranges(p: Params, source: str) -> None:
             section, key = dotted.split(".")
             value = getattr(getattr(p, section), key)
             raise ConfigError(f"{source}: {dotted} must be {rule}, got {value!r}")
-    from emovision.models import list_models  # torch; every caller of params needs it anyway
+    from emovision.models import list_models, trainable_models  # torch; every caller of params needs it anyway
 
     if p.model.name not in list_models():
         raise ConfigError(f"{source}: model.name: unknown model '{p.model.name}'"
                           f"{_closest(p.model.name, list_models())}; valid: {', '.join(list_models())}")
+    if p.model.name not in trainable_models():
+        raise ConfigError(f"{source}: model.name: '{p.model.name}' is composed from trained models "
+                          f"(scripts/ship_model.py --ensemble), not trained from params; "
+                          f"trainable: {', '.join(trainable_models())}")
 
 
 MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"

@@ -14,12 +14,13 @@ import torch
 from torch import nn
 
 from emovision import artifact, scoring
-from emovision.artifact import PRETRAINED, WEIGHTS_DIR, ModelSpec
+from emovision.artifact import ENSEMBLE_DIR, PRETRAINED, PRETRAINED_ENSEMBLE, WEIGHTS_DIR, ModelSpec
 from emovision.device import resolve_device
 from emovision.errors import ModelRefError
 from emovision.preprocess import PreprocessConfig, prepare_pixels
 
-__all__ = ["EmotionClassifier", "load_classifier", "from_spec", "resolve_device", "PRETRAINED", "WEIGHTS_DIR"]
+__all__ = ["EmotionClassifier", "load_artifact", "load_classifier", "from_spec", "resolve_device", "PRETRAINED",
+           "PRETRAINED_ENSEMBLE", "WEIGHTS_DIR"]
 
 
 class EmotionClassifier:
@@ -84,7 +85,8 @@ def load_classifier(ref: str = PRETRAINED, device: str = "auto", backend: str = 
     """Load any model reference as an EmotionClassifier (or, with backend "onnx", an
     `emovision.onnx_backend.OnnxClassifier` with the same API).
 
-    `ref`: "pretrained" (the FER2013 model shipped in the package), `models:/fer/Production`,
+    `ref`: "pretrained" (the FER2013 model shipped in the package), "pretrained-ensemble" (the
+    shipped ensemble: more accurate, several times slower), `models:/fer/Production`,
     `models:/fer@champion`, `models:/fer/3`, `runs:/<run id>/model`, a model folder
     (weights.pt + config.json, or a downloaded MLflow model), a training checkpoint
     (`models/best.pt`) or an exported `.onnx` file. Nothing is unpickled and no model code
@@ -95,22 +97,26 @@ def load_classifier(ref: str = PRETRAINED, device: str = "auto", backend: str = 
     if str(ref).endswith(".onnx") or backend == "onnx":
         return _load_onnx(ref)
     dev = resolve_device(device)
-    return from_spec(*_resolve(ref), dev, ref)
+    return from_spec(*load_artifact(ref), dev, ref)
 
 
-def _resolve(ref: str) -> tuple[ModelSpec, dict]:
-    """(spec, state_dict) of any torch model reference."""
+def load_artifact(ref: str) -> tuple[ModelSpec, dict]:
+    """(spec, state_dict) of any torch model reference (what load_classifier builds)."""
     if ref == PRETRAINED:
         if not WEIGHTS_DIR.is_dir():
             raise ModelRefError(f"no pretrained weights shipped in {WEIGHTS_DIR}; reinstall emovision")
         return artifact.load_model_dir(WEIGHTS_DIR)
+    if ref == PRETRAINED_ENSEMBLE:
+        if not ENSEMBLE_DIR.is_dir():
+            raise ModelRefError(f"no pretrained ensemble shipped in {ENSEMBLE_DIR}; reinstall emovision")
+        return artifact.load_model_dir(ENSEMBLE_DIR)
     if ref.startswith(("models:/", "runs:/")):
         from emovision import tracking
 
         return artifact.load_model_dir(tracking.download_model(ref))
     if not Path(ref).exists():
         raise ModelRefError(
-            f"model {ref!r} not found: pass {PRETRAINED}, models:/NAME/STAGE, models:/NAME@ALIAS, "
+            f"model {ref!r} not found: pass {PRETRAINED}, {PRETRAINED_ENSEMBLE}, models:/NAME/STAGE, models:/NAME@ALIAS, "
             f"runs:/ID/model, a model folder, a checkpoint file or a .onnx file")
     return artifact.load(ref)
 
@@ -134,7 +140,7 @@ def _load_onnx(ref: str):
             return onnx_backend.OnnxClassifier(folder / onnx_backend.ONNX_FILE)
         spec, state_dict = artifact.load_model_dir(folder)
     else:
-        spec, state_dict = _resolve(ref)
+        spec, state_dict = load_artifact(ref)
     with tempfile.TemporaryDirectory() as tmp:
         path = onnx_backend.export_onnx(spec, state_dict, Path(tmp) / onnx_backend.ONNX_FILE)
         return onnx_backend.OnnxClassifier(path)

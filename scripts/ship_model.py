@@ -4,6 +4,9 @@
     python scripts/ship_model.py --check                   # re-score the shipped model -> reports/pretrained.json
     python scripts/ship_model.py models/best.pt --score-only   # score a retrained model beside the
                                                                # shipped one's claims; writes nothing
+    python scripts/ship_model.py --ensemble pretrained teachers/a.pt teachers/b.pt
+                                 # -> emovision/weights/ensemble/ ("pretrained-ensemble"),
+                                 #    reports/pretrained-ensemble.json (weights stored as float16)
 
 Scores come from the classifier's own `predict_proba` on the raw 48x48 crops of
 data/prepared/ (which must be FER2013): PublicTest (val) and PrivateTest (test), with and
@@ -24,19 +27,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emovision import artifact
+from emovision import artifact, fileio
 from emovision.data.prepared import load_meta, load_split
 from emovision.errors import DataError, cli_main
-from emovision.inference import WEIGHTS_DIR, load_classifier
+from emovision.inference import WEIGHTS_DIR, load_artifact, load_classifier
 from emovision.metrics import classification_report
 from emovision.models import count_macs, count_params
 
 LATENCY_CALLS = 200
+# The ensemble's weights ship as float16 (half the MB; probabilities move by about 2e-4) and are
+# cast back to float32 on load.
+ENSEMBLE_DTYPE = torch.float16
 
 
-def score_all(clf, prepared: Path) -> dict:
+def score_all(clf, prepared: Path, splits: tuple[str, ...] = ("val", "test")) -> dict:
     out = {}
-    for split in ("val", "test"):
+    for split in splits:
         x, y = load_split(prepared, split)
         for tta in (False, True):
             rep = classification_report(y, clf.predict_proba(x, tta=tta).argmax(1), clf.classes)
@@ -83,16 +89,65 @@ def compare_with_shipped(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def ship_ensemble(args: argparse.Namespace) -> int:
+    """Compose `args.ensemble` into one model, score it, and (unless --score-only) ship it."""
+    if args.checkpoint is not None or args.check:
+        raise DataError("--ensemble takes its models after it; no CHECKPOINT or --check with it")
+    if load_meta(args.prepared)["source"] != "fer2013":
+        raise DataError(f"{args.prepared} is not FER2013; prepare the real dataset first")
+    torch.set_num_threads(args.threads)
+    members = [load_artifact(ref) for ref in args.ensemble]  # every reference checked first
+    spec, state_dict = artifact.ensemble_of(members, ENSEMBLE_DTYPE)
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = artifact.save_model_dir(Path(tmp) / "ensemble", spec, state_dict)
+        clf = load_classifier(str(staged), "cpu")
+        if args.score_only:  # choosing members happens on PublicTest alone: PrivateTest stays unseen
+            scores = score_all(clf, args.prepared, ("val",))
+            print(json.dumps({"members": args.ensemble, "params": count_params(clf.model),
+                              **{k: scores[k]["accuracy"] for k in ("val", "val_tta")}}, indent=2))
+            return 0
+        scores = score_all(clf, args.prepared)
+        summary = summarise(scores, clf, args.threads)
+        summary["members"] = list(args.ensemble)
+        print(json.dumps(summary, indent=2))
+        print(card_tables(scores, clf.classes))
+        spec = spec.replace(metrics={k: summary[k] for k in ("val", "test", "tta", "no_tta")})
+        artifact.save_model_dir(staged, spec, state_dict)
+        Path("reports").mkdir(exist_ok=True)
+        fileio.write_json(Path("reports/pretrained-ensemble.json"), {"summary": summary, "scores": scores})
+        artifact.ENSEMBLE_DIR.mkdir(parents=True, exist_ok=True)
+        for name in (artifact.WEIGHTS_FILE, artifact.CONFIG_FILE):
+            shutil.copy(staged / name, artifact.ENSEMBLE_DIR / name)
+    print(f"shipped an ensemble of {', '.join(args.ensemble)} -> {artifact.ENSEMBLE_DIR}", file=sys.stderr)
+    return 0
+
+
+def summarise(scores: dict, clf, threads: int) -> dict:
+    return {
+        "val": {"accuracy": scores["val_tta"]["accuracy"], "macro_f1": scores["val_tta"]["macro_f1"]},
+        "test": {"accuracy": scores["test_tta"]["accuracy"], "macro_f1": scores["test_tta"]["macro_f1"]},
+        "tta": "hflip",
+        "no_tta": {s: {"accuracy": scores[s]["accuracy"], "macro_f1": scores[s]["macro_f1"]} for s in ("val", "test")},
+        "params": count_params(clf.model), "macs": count_macs(clf.model),
+        "cpu_latency_ms_batch1": latency_ms(clf), "threads": threads,
+    }
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", nargs="?", type=Path)
     p.add_argument("--check", action="store_true", help="score the shipped model instead")
+    p.add_argument("--ensemble", nargs="+", metavar="MODEL",
+                   help="compose these model references into the shipped ensemble (with --score-only: "
+                        "score it, write nothing)")
     p.add_argument("--score-only", action="store_true",
                    help="score CHECKPOINT and compare it with the shipped model's claims; write nothing")
     p.add_argument("--prepared", type=Path, default=Path("data/prepared"))
     p.add_argument("--threads", type=int, default=1, help="CPU threads for the latency figure")
     args = p.parse_args(argv)
+    if args.ensemble:
+        return ship_ensemble(args)
     if args.score_only and (args.check or args.checkpoint is None):
         raise DataError("--score-only needs a CHECKPOINT to score (and no --check)")
     if load_meta(args.prepared)["source"] != "fer2013":
@@ -104,14 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         spec, state_dict = artifact.load_checkpoint(args.checkpoint)
         clf = load_classifier(str(args.checkpoint), "cpu")
     scores = score_all(clf, args.prepared)
-    summary = {
-        "val": {"accuracy": scores["val_tta"]["accuracy"], "macro_f1": scores["val_tta"]["macro_f1"]},
-        "test": {"accuracy": scores["test_tta"]["accuracy"], "macro_f1": scores["test_tta"]["macro_f1"]},
-        "tta": "hflip",
-        "no_tta": {s: {"accuracy": scores[s]["accuracy"], "macro_f1": scores[s]["macro_f1"]} for s in ("val", "test")},
-        "params": count_params(clf.model), "macs": count_macs(clf.model),
-        "cpu_latency_ms_batch1": latency_ms(clf), "threads": args.threads,
-    }
+    summary = summarise(scores, clf, args.threads)
     print(json.dumps(summary, indent=2))
     print(card_tables(scores, clf.classes))
     if args.score_only:

@@ -30,6 +30,9 @@ CURVES_PNG = "training_curves.png"
 # is resumed only when all of them are unchanged (registry, bench, tune... do not matter).
 TRAINING_KEYS = ("base.", "preprocess.", "model.", "train.", "augment.", "evaluate.batch_size",
                  "data.prepared_dir", "distill.")
+# How many CPU threads run the training changes its speed, not what it learns: a run
+# interrupted on a busy machine may continue with another thread count.
+RESUME_FREE_KEYS = ("train.threads",)
 
 
 def write_history(history: list[dict], path: Path) -> None:
@@ -41,7 +44,7 @@ def write_history(history: list[dict], path: Path) -> None:
 
 
 def _training_params(flat: dict) -> dict:
-    return {k: v for k, v in flat.items() if k.startswith(TRAINING_KEYS)}
+    return {k: v for k, v in flat.items() if k.startswith(TRAINING_KEYS) and k not in RESUME_FREE_KEYS}
 
 
 def interrupted_run(params: Params, models_dir: Path) -> tuple[str | None, str]:

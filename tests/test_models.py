@@ -7,14 +7,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from emovision.errors import ConfigError
-from emovision.models import ACTIVATIONS, count_macs, count_params, create_model, list_models
+from emovision.models import ACTIVATIONS, count_macs, count_params, create_model, list_models, trainable_models
 from emovision.models.layers import ELU
 
 # Parameter bounds at each model's default width; a new architecture must add its entry.
 PARAM_BOUNDS = {"cnn_small": (500_000, 1_000_000), "resnet_fer": (1_000_000, 5_000_000)}
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", trainable_models())
 def test_trains_one_step(name):
     torch.manual_seed(0)
     model = create_model(name, dropout=0.2).train()
@@ -27,7 +27,7 @@ def test_trains_one_step(name):
     assert x.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", trainable_models())
 def test_other_sizes_classes_and_memory_formats(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=3, width=8).eval()
@@ -37,7 +37,7 @@ def test_other_sizes_classes_and_memory_formats(name):
     torch.testing.assert_close(channels_last, model(x), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", trainable_models())
 def test_size_and_cost(name):
     low, high = PARAM_BOUNDS[name]
     model = create_model(name)
@@ -47,7 +47,7 @@ def test_size_and_cost(name):
     assert count_params(model) < macs < 2e9  # convs reuse each weight at many positions
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", trainable_models())
 def test_dropout_argument_sets_every_dropout(name):
     def rates(dropout: float) -> list[float]:
         return [m.p for m in create_model(name, dropout=dropout).modules() if isinstance(m, (nn.Dropout, nn.Dropout2d))]
@@ -65,7 +65,7 @@ def test_every_activation_builds_and_runs(activation):
 
 def test_unknown_names_arguments_and_values():
     with pytest.raises(ConfigError, match=r"unknown model 'cnn_smal' \(did you mean 'cnn_small'\?\); "
-                                          r"valid: cnn_small, resnet_fer"):
+                                          r"valid: cnn_small, ensemble, resnet_fer"):
         create_model("cnn_smal")
     with pytest.raises(ConfigError, match=r"model 'resnet_fer' has no argument 'widht' \(did you mean 'width'\?\); "
                                           r"valid: width, dropout, activation"):

@@ -16,18 +16,22 @@ from emovision.errors import ConfigError
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_COMPOSED: set[str] = set()  # built from trained models (ensembles), never trained from params
 _FIXED_ARGS = ("num_classes", "in_chans")  # passed by create_model itself, never via **kwargs
 MIN_WIDTH = 4
 
 
-def register_model(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: make `builder(num_classes, in_chans, **kwargs) -> nn.Module` available as `name`."""
+def register_model(name: str, trainable: bool = True) -> Callable[[Builder], Builder]:
+    """Decorator: make `builder(num_classes, in_chans, **kwargs) -> nn.Module` available as `name`
+    (`trainable=False`: composed from trained models, so params.yaml cannot train it)."""
 
     def add(builder: Builder) -> Builder:
         known = _MODELS.get(name)
         if known is not None and known.__qualname__ != builder.__qualname__:
             raise ValueError(f"model name '{name}' is already registered by {known.__module__}.{known.__qualname__}")
         _MODELS[name] = builder
+        if not trainable:
+            _COMPOSED.add(name)
         return builder
 
     return add
@@ -36,6 +40,11 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
 def list_models() -> list[str]:
     """Registered architecture names, sorted."""
     return sorted(_MODELS)
+
+
+def trainable_models() -> list[str]:
+    """The architectures params.yaml's model.name may train, sorted."""
+    return sorted(set(_MODELS) - _COMPOSED)
 
 
 def model_arguments(name: str) -> list[str]:

@@ -27,6 +27,20 @@ from emovision.framing import Framing
 WEIGHTS_DIR = Path(__file__).parent / "weights" / "mtcnn"
 PYRAMID_FACTOR = 0.709  # the paper's step between pyramid levels
 THRESHOLDS = (0.6, 0.7, 0.7)  # face probability kept after P-Net, R-Net, O-Net (the paper's)
+# A full scan that finds nothing at THRESHOLDS is retried on the same P-Net maps with these:
+# P-Net and R-Net let many more candidates through and O-Net, the strongest of the three, is
+# the gate, a little stricter than the paper's. Only faces from RESCUE_MIN_FACE px up to
+# RESCUE_MAX_FACE of the frame's shorter side are kept from the retry: below, grass and
+# gravel textures become faces; above, coffee.png's cup fills the frame as one (a face that
+# close is found at THRESHOLDS). Chosen on 400 seeded PublicTest renders (`python -m
+# emovision.livecheck --faces 400`, seed 0; detection alone): faces found with a replicated
+# border 81.5% -> 90.5%, without 87.5% -> 97.0%; no box on 100 flat, noise and blurred-noise
+# frames nor on 96 natural-scene frames (16 scikit-image scenes, whole, cropped, mirrored).
+# An O-Net gate of 0.7 found 92.0% but boxed 3 of the 96. A frame with a face the paper's
+# thresholds find costs nothing more; one with none a second R-Net/O-Net pass.
+RESCUE_THRESHOLDS = (0.1, 0.1, 0.8)
+RESCUE_MIN_FACE = 64
+RESCUE_MAX_FACE = 0.75
 MIN_FACE = 40  # smallest face side in full-frame pixels, as for the Haar detector
 # Candidates around a known face (centre shift in box sides, scale): R-Net and O-Net's box
 # regression pulls each onto the face, so a face that moved up to about a quarter of its side
@@ -151,9 +165,11 @@ class MTCNNFaceDetector:
     name = "mtcnn"
 
     def __init__(self, min_face: int = MIN_FACE, thresholds: Sequence[float] = THRESHOLDS,
-                 framing: Framing | None = None):
+                 framing: Framing | None = None, rescue_thresholds: Sequence[float] | None = RESCUE_THRESHOLDS):
         self.pnet, self.rnet, self.onet = _load(PNet(), "pnet"), _load(RNet(), "rnet"), _load(ONet(), "onet")
         self.min_face, self.thresholds = min_face, tuple(thresholds)
+        self.rescue_thresholds = tuple(rescue_thresholds) if rescue_thresholds else None
+        self.track_thresholds = tuple(np.minimum(self.thresholds, self.rescue_thresholds or self.thresholds))
         self.framing = framing or MTCNN_FRAMING
         self.landmarks = np.zeros((0, 5, 2))
 
@@ -172,13 +188,30 @@ class MTCNNFaceDetector:
             centre = (squares[:, :2] + squares[:, 2:]) / 2
             candidates = [np.hstack([centre + side * [dx, dy] - side * f / 2, centre + side * [dx, dy] + side * f / 2])
                           for dx, dy, f in TRACK_CANDIDATES]
-            boxes, marks = self._refine(gray, np.concatenate(candidates))
+            # the lower of both passes' thresholds: a face either pass found is followed
+            boxes, marks = self._refine(gray, np.concatenate(candidates), self.track_thresholds)
         self.landmarks = marks
         xywh = np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1)
         return np.round(xywh).astype(int).reshape(-1, 4)
 
     def _detect(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A full scan: [x1, y1, x2, y2, score] boxes and (K, 5, 2) landmarks."""
+        """A full scan: [x1, y1, x2, y2, score] boxes and (K, 5, 2) landmarks; when it finds
+        nothing, the same P-Net candidates again at `rescue_thresholds`."""
+        first = self.thresholds[0]
+        low = min(first, self.rescue_thresholds[0]) if self.rescue_thresholds else first
+        candidates = self._pnet(gray, low)
+        # greedy NMS keeps the same boxes above `first` whether or not the lower-scored ones
+        # were there: the strict pass is a filter of the same candidates
+        boxes, marks = self._refine(gray, candidates[candidates[:, 4] >= first], self.thresholds)
+        if not len(boxes) and self.rescue_thresholds:
+            boxes, marks = self._refine(gray, candidates, self.rescue_thresholds)
+            side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+            sized = (side >= RESCUE_MIN_FACE) & (side <= RESCUE_MAX_FACE * min(gray.shape[:2]))
+            boxes, marks = boxes[sized], marks[sized]
+        return boxes, marks
+
+    def _pnet(self, gray: np.ndarray, threshold: float) -> np.ndarray:
+        """P-Net over the image pyramid: (N, 5) square candidate boxes [x1, y1, x2, y2, score]."""
         h, w = gray.shape[:2]
         scale = 12.0 / self.min_face
         candidates = []
@@ -189,24 +222,29 @@ class MTCNNFaceDetector:
             img = cv2.resize(img, (int(w * scale + 1), int(h * scale + 1)), interpolation=cv2.INTER_AREA)
             reg, prob = self.pnet(_normalize(img[None]))
             score = prob[0, 1].numpy()
-            ys, xs = np.nonzero(score >= self.thresholds[0])
+            ys, xs = np.nonzero(score >= threshold)
             if len(ys):
                 q1 = np.stack([xs, ys], 1) * 2 / scale  # 12x12 windows at stride 2
                 b = np.hstack([q1, q1 + 12 / scale, score[ys, xs, None], reg[0][:, ys, xs].numpy().T])
                 candidates.append(b[_nms(b[:, :4], b[:, 4], 0.5)])
             scale *= PYRAMID_FACTOR
         if not candidates:
-            return np.zeros((0, 5)), np.zeros((0, 5, 2))
+            return np.zeros((0, 5))
         b = np.concatenate(candidates)
         b = b[_nms(b[:, :4], b[:, 4], 0.7)]
-        return self._refine(gray, _square(b[:, :4] + b[:, 5:9] * np.repeat(b[:, 2:3] - b[:, 0:1], 4, 1)))
+        return np.hstack([_square(b[:, :4] + b[:, 5:9] * np.repeat(b[:, 2:3] - b[:, 0:1], 4, 1)), b[:, 4:5]])
 
-    def _refine(self, gray: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _refine(self, gray: np.ndarray, boxes: np.ndarray,
+                thresholds: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """R-Net then O-Net on square candidate boxes: kept faces' boxes, scores, landmarks."""
+        thresholds = thresholds or self.thresholds
+        boxes = boxes[:, :4]
+        if not len(boxes):
+            return np.zeros((0, 5)), np.zeros((0, 5, 2))
         for stage, (net, size) in enumerate(((self.rnet, 24), (self.onet, 48)), start=1):
             out = net(_normalize(_crops(gray, boxes, size)))
             score = out[-1][:, 1].numpy()
-            keep = score > self.thresholds[stage]
+            keep = score > thresholds[stage]
             if not keep.any():
                 break
             boxes, score, reg = boxes[keep], score[keep], out[0].numpy()[keep]

@@ -279,6 +279,27 @@ def test_mtcnn_sees_a_turned_face_and_no_face_where_there_is_none(mtcnn, detecto
     assert len(mtcnn.detect(gray(blank()))) == 0
 
 
+def test_mtcnn_rescue_pass_finds_a_faint_face_and_no_face_in_textures(mtcnn):
+    """A scan that finds nothing is retried at low P-Net/R-Net thresholds: grace_hopper at 15%
+    contrast (a dim, washed-out face) is missed by the paper's thresholds and found by the
+    retry; textures that low thresholds turn into faces (grass, gravel, a coffee cup filling
+    the frame) stay faceless, whole and zoomed in."""
+    from skimage import data
+
+    from emovision.mtcnn import MTCNNFaceDetector
+
+    faint = np.full((480, 640), 128, np.uint8)
+    faint[:, :512] = (128 + (gray(grace_hopper())[:480].astype(float) - 128) * 0.15).astype(np.uint8)
+    assert len(MTCNNFaceDetector(rescue_thresholds=None).detect(faint)) == 0
+    (box,) = mtcnn.detect(faint)
+    assert iou_matrix(np.array([box]), np.array([HOPPER_FACE]))[0, 0] > 0.6
+    for name in ("grass", "gravel", "coffee", "coins", "brick"):
+        img = getattr(data, name)()
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
+        for part in (img, img[: img.shape[0] * 3 // 5, : img.shape[1] * 3 // 5]):
+            assert len(mtcnn.detect(cv2.resize(part, (640, 480), interpolation=cv2.INTER_AREA))) == 0, name
+
+
 def test_detector_choice_errors():
     from emovision.faces import make_detector
 

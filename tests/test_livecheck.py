@@ -31,8 +31,9 @@ def test_render_places_the_face_where_it_says():
 
 def test_harness_on_a_publictest_sample(publictest):
     """Seeded, so the figures repeat; the margins cover seeds 0-5 measured with 60 faces and the
-    default detector (MTCNN): detection 0.80-0.95, with border 0.77-0.93, 0-4 false boxes,
-    gap 0 to +10 points (60 faces are too few for the gap: stages.bench renders 1200)."""
+    default detector (MTCNN with its rescue pass): detection 0.93-0.98, with border 0.90-0.97,
+    0-1 false boxes, gap -2 to +7 points (60 faces are too few for the gap: stages.bench
+    renders 1200). Without the rescue pass detection was 0.80-0.95, with border 0.77-0.93."""
     from emovision.inference import load_classifier
 
     faces, labels = publictest
@@ -41,8 +42,8 @@ def test_harness_on_a_publictest_sample(publictest):
     assert report["faces"] == SAMPLE and report["tta"] is True
     assert groups["border_True"]["found"] + groups["border_False"]["found"] == report["found"]
     assert sum(groups[g]["faces"] for g in ("flat", "noise", "natural")) == SAMPLE
-    assert report["detection_rate"] >= 0.7 and groups["border_True"]["detection_rate"] >= 0.65
-    assert report["false_boxes"] <= 6 and report["detector"] == "mtcnn"
+    assert report["detection_rate"] >= 0.85 and groups["border_True"]["detection_rate"] >= 0.8
+    assert report["false_boxes"] <= 4 and report["detector"] == "mtcnn"
     assert report["direct_accuracy"] >= 0.5 and abs(report["gap_points"]) <= 15
     assert 0.4 <= report["true_square_accuracy"] <= 1
     assert report["gap_points"] == pytest.approx(100 * (report["direct_accuracy"] - report["app_accuracy"]), abs=0.01)

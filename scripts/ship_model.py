@@ -2,8 +2,11 @@
 
     python scripts/ship_model.py models/best.pt            # -> emovision/weights/, reports/pretrained.json
     python scripts/ship_model.py --check                   # re-score the shipped model -> reports/pretrained.json
-    python scripts/ship_model.py models/best.pt --score-only   # score a retrained model beside the
-                                                               # shipped one's claims; writes nothing
+    python scripts/ship_model.py models/best.pt --score-only   # PublicTest only (for choosing); writes nothing
+    python scripts/ship_model.py models/best.pt --score-only --with-test
+                                 # a retrain beside the shipped model's claims, PrivateTest included
+    python scripts/ship_model.py models/best.pt --teacher teachers/NAME
+                                 # a distillation teacher: model folder, float16 weights, PublicTest figures
     python scripts/ship_model.py --ensemble pretrained teachers/a.pt teachers/b.pt
                                  # -> emovision/weights/ensemble/ ("pretrained-ensemble"),
                                  #    reports/pretrained-ensemble.json (weights stored as float16)
@@ -38,6 +41,7 @@ LATENCY_CALLS = 200
 # The ensemble's weights ship as float16 (half the MB; probabilities move by about 2e-4) and are
 # cast back to float32 on load.
 ENSEMBLE_DTYPE = torch.float16
+TEACHER_DTYPE = torch.float16  # teachers are committed (issue: results survive the machine): half the MB
 
 
 def score_all(clf, prepared: Path, splits: tuple[str, ...] = ("val", "test")) -> dict:
@@ -101,10 +105,8 @@ def ship_ensemble(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         staged = artifact.save_model_dir(Path(tmp) / "ensemble", spec, state_dict)
         clf = load_classifier(str(staged), "cpu")
-        if args.score_only:  # choosing members happens on PublicTest alone: PrivateTest stays unseen
-            scores = score_all(clf, args.prepared, ("val",))
-            print(json.dumps({"members": args.ensemble, "params": count_params(clf.model),
-                              **{k: scores[k]["accuracy"] for k in ("val", "val_tta")}}, indent=2))
+        if args.score_only and not args.with_test:  # choosing members: PublicTest alone
+            print_val_only(score_all(clf, args.prepared, ("val",)), clf, args.ensemble)
             return 0
         scores = score_all(clf, args.prepared)
         summary = summarise(scores, clf, args.threads)
@@ -119,6 +121,30 @@ def ship_ensemble(args: argparse.Namespace) -> int:
         for name in (artifact.WEIGHTS_FILE, artifact.CONFIG_FILE):
             shutil.copy(staged / name, artifact.ENSEMBLE_DIR / name)
     print(f"shipped an ensemble of {', '.join(args.ensemble)} -> {artifact.ENSEMBLE_DIR}", file=sys.stderr)
+    return 0
+
+
+def print_val_only(scores: dict, clf, models: list[str]) -> None:
+    print(json.dumps({"models": models, "params": count_params(clf.model),
+                      "publictest": scores["val"]["accuracy"], "publictest_tta": scores["val_tta"]["accuracy"]},
+                     indent=2))
+
+
+def ship_teacher(folder: Path, spec: artifact.ModelSpec, state_dict: dict, prepared: Path) -> int:
+    """A distillation teacher as a model folder: float16 weights, PublicTest figures only."""
+    half = {k: v.to(TEACHER_DTYPE) if v.is_floating_point() else v for k, v in state_dict.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = artifact.save_model_dir(Path(tmp) / "teacher", spec, half)
+        clf = load_classifier(str(staged), "cpu")
+        scores = score_all(clf, prepared, ("val",))
+        metrics = {"val": {"accuracy": scores["val_tta"]["accuracy"], "macro_f1": scores["val_tta"]["macro_f1"]},
+                   "tta": "hflip", "no_tta": {"val": {"accuracy": scores["val"]["accuracy"],
+                                                      "macro_f1": scores["val"]["macro_f1"]}}}
+        artifact.save_model_dir(staged, spec.replace(metrics=metrics, dataset="fer2013"), half)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(staged, folder)
+    print_val_only(scores, clf, [str(folder)])
+    print(f"wrote teacher {folder}", file=sys.stderr)
     return 0
 
 
@@ -138,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", nargs="?", type=Path)
     p.add_argument("--check", action="store_true", help="score the shipped model instead")
+    p.add_argument("--with-test", action="store_true",
+                   help="with --score-only: PrivateTest too (a reproduction check, never for choosing)")
+    p.add_argument("--teacher", type=Path, metavar="DIR",
+                   help="write CHECKPOINT as a teacher model folder DIR (float16 weights, PublicTest figures)")
     p.add_argument("--ensemble", nargs="+", metavar="MODEL",
                    help="compose these model references into the shipped ensemble (with --score-only: "
                         "score it, write nothing)")
@@ -148,8 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.ensemble:
         return ship_ensemble(args)
-    if args.score_only and (args.check or args.checkpoint is None):
-        raise DataError("--score-only needs a CHECKPOINT to score (and no --check)")
+    if (args.score_only or args.teacher) and (args.check or args.checkpoint is None):
+        raise DataError("--score-only and --teacher need a CHECKPOINT (and no --check)")
+    if args.teacher and args.teacher.exists():
+        raise DataError(f"--teacher {args.teacher}: already exists; teachers are never overwritten "
+                        f"(their outputs are cached under their weights' hash)")
     if load_meta(args.prepared)["source"] != "fer2013":
         raise DataError(f"{args.prepared} is not FER2013; prepare the real dataset first")
     torch.set_num_threads(args.threads)
@@ -158,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         spec, state_dict = artifact.load_checkpoint(args.checkpoint)
         clf = load_classifier(str(args.checkpoint), "cpu")
+    if args.teacher:
+        return ship_teacher(args.teacher, spec, state_dict, args.prepared)
+    if args.score_only and not args.with_test:
+        print_val_only(score_all(clf, args.prepared, ("val",)), clf, [str(args.checkpoint)])
+        return 0
     scores = score_all(clf, args.prepared)
     summary = summarise(scores, clf, args.threads)
     print(json.dumps(summary, indent=2))

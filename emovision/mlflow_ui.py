@@ -1,0 +1,48 @@
+"""`mlflow ui --app-name emovision`: MLflow's own server and UI, opening in the model-training view.
+
+MLflow 3's UI chooses between its *GenAI* and *Model training* views per browser, not per
+experiment: the choice is the `workflowType` URL parameter or else the browser's localStorage
+key `mlflow.workflowType_v1`, which starts at "genai"; the experiment tag `mlflow.experimentKind`
+is not consulted when that choice is made (MLflow 3.17 and 3.18; see README, "Tracking").
+This app is MLflow's unchanged server (registered as an `mlflow.app` plugin in
+pyproject.toml, the mechanism MLflow's own `basic-auth` app uses) whose page seeds that key
+with "machine_learning" in a browser that has not chosen yet, so our experiment opens as a
+training experiment, and the GenAI / Model training switch still works and is remembered.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flask import Response
+from mlflow.server import app as flask_app
+from mlflow.server.fastapi_app import app  # the ASGI app `mlflow ui` runs; it mounts flask_app
+
+__all__ = ["app", "WORKFLOW_STORAGE_KEY", "MODEL_TRAINING_WORKFLOW", "seed_script"]
+
+# The UI's storage: useLocalStorage({key: "mlflow.workflowType", version: 1}) writes
+# `${key}_v${version}` holding JSON; tests/test_mlflow_ui.py checks the installed bundle still does.
+WORKFLOW_STORAGE_KEY = "mlflow.workflowType_v1"
+MODEL_TRAINING_WORKFLOW = "machine_learning"
+INDEX_VIEW = "serve"  # mlflow.server's view function for index.html
+
+
+def seed_script() -> str:
+    """The inline script that picks Model training in a browser with no choice stored yet."""
+    key, value = json.dumps(WORKFLOW_STORAGE_KEY), json.dumps(json.dumps(MODEL_TRAINING_WORKFLOW))
+    # try/catch: a browser with storage disabled still gets the UI, in MLflow's default view.
+    return (f"<script>try{{if(localStorage.getItem({key})===null)"
+            f"localStorage.setItem({key},{value})}}catch(e){{}}</script>")
+
+
+def _serve_index() -> Response:
+    index = Path(flask_app.static_folder, "index.html")
+    if not index.is_file():  # a source checkout without the built UI: MLflow's own message
+        return _mlflow_serve()
+    # An inline script in <head> runs before the UI's deferred bundle reads the key.
+    html = index.read_text(encoding="utf-8").replace("</head>", seed_script() + "</head>", 1)
+    return Response(html, mimetype="text/html", headers={"Cache-Control": "no-cache"})
+
+
+_mlflow_serve = flask_app.view_functions[INDEX_VIEW]
+flask_app.view_functions[INDEX_VIEW] = _serve_index

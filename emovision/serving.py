@@ -18,11 +18,11 @@ import base64
 import binascii
 import math
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 
 from emovision import artifact
 from emovision.artifact import ModelSpec
@@ -48,8 +48,6 @@ def signature(classes: Sequence[str]):
 
 def input_example():
     """Two crops of different sizes (what a client sends after its own face detection)."""
-    import pandas as pd
-
     rng = np.random.default_rng(0)
     crops = [rng.integers(0, MAX_GREY + 1, shape, dtype=np.uint8).tolist() for shape in ((48, 48), (20, 16))]
     return pd.DataFrame({"crop": crops})
@@ -60,8 +58,7 @@ def log_model(spec: ModelSpec, state_dict: dict[str, Any], name: str = MODEL_ART
     as artifacts, signature, input example); returns MLflow's ModelInfo (model_id, model_uri)."""
     import mlflow
 
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # type-hint advice for PythonModel.predict
+    with tempfile.TemporaryDirectory() as tmp:
         folder = artifact.save_model_dir(Path(tmp) / name, spec, state_dict)
         return mlflow.pyfunc.log_model(
             name=name, python_model=str(MODEL_CODE),
@@ -121,10 +118,8 @@ def decode_image(text: Any, row: int) -> np.ndarray:
     return image
 
 
-def predict_table(classifier, table, detector=None) -> "Any":
+def predict_table(classifier, table: pd.DataFrame, detector=None) -> pd.DataFrame:
     """The pyfunc's predict, on an EmotionClassifier: crops in one batch, images via analyze_still."""
-    import pandas as pd
-
     columns = set(table.columns)
     if not columns & {"crop", "image"}:
         raise ValueError("input needs a 'crop' or an 'image' column")
@@ -179,7 +174,9 @@ class EmotionModel(PythonModel):
             self._detector = make_detector()
         return self._detector
 
-    def predict(self, context, model_input, params=None):
+    # pd.DataFrame hints: MLflow keeps its pyfunc wrapper, takes the schema from our explicit
+    # signature (a DataFrame hint infers none) and prints no "add type hints" warning.
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
 
         has_images = "image" in model_input.columns and model_input["image"].notna().any()

@@ -220,3 +220,39 @@ def test_registry_errors_read_well(in_trained, ref, message, not_in):
     text = str(err.value)
     assert not_in not in text and "\n" not in text
     assert "makes version N Production and @champion" in text  # says what the command does
+
+
+# Logs the shipped model as an MLflow model, loads it and predicts, recording every warning.
+_LOG_LOAD_PREDICT = """
+import json, warnings
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import mlflow, numpy as np, pandas as pd
+    from emovision import artifact, serving, tracking
+    spec, state_dict = artifact.load_model_dir(artifact.WEIGHTS_DIR)
+    tracking.setup()
+    with mlflow.start_run():
+        info = serving.log_model(spec, state_dict)
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    out = model.predict(pd.DataFrame({"crop": [np.zeros((48, 48), np.uint8).tolist()]}))
+    assert len(out) == 1
+print(json.dumps([[issubclass(w.category, UserWarning), w.filename, str(w.message)] for w in caught]))
+"""
+
+
+def test_pyfunc_model_logs_loads_and_predicts_without_mlflow_user_warnings(tmp_path):
+    # MLflow warns once per process ("Add type hints to the `predict` method") when a
+    # PythonModel's predict has none, so this runs in a fresh interpreter.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", _LOG_LOAD_PREDICT], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=SERVER_START_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    caught = json.loads(done.stdout.strip().splitlines()[-1])
+    from_mlflow = [message for user, where, message in caught if user and f"{os.sep}mlflow{os.sep}" in where]
+    assert not from_mlflow, from_mlflow
+    # and MLflow's predict wrapper is still in place (what `_skip_type_hint_validation` would drop)
+    from emovision.serving import EmotionModel
+
+    assert getattr(EmotionModel.predict, "_is_pyfunc", False)

@@ -11,6 +11,7 @@ unpickled. Reading a model never creates a store, an experiment or a lock file.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -20,14 +21,18 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-from emovision import artifact
-from emovision.errors import ModelRefError
+from emovision import artifact, fileio
+from emovision.errors import DataError, ModelRefError
 
 EXPERIMENT = "emovision"
 PROJECT_MARKER = "dvc.yaml"
 # MLflow 3's UI opens an experiment in the view its kind names; ours trains models (not GenAI).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 PRODUCTION = "Production"
+# Inside paths.models: the training's MLflow run id (written when the run starts), then its
+# registered version and logged model (written when it finishes). Read and written only here.
+RUN_FILE = "run.json"
+RUN_FILE_FIX = "run `python -m stages.train` again (or delete it to start over)"
 STORE_INIT_RETRIES = 5
 CHAMPION = "champion"
 # `dvc exp run --temp/--queue` runs stages in <root>/.dvc/tmp/exps/<name>/: log to <root>.
@@ -52,8 +57,6 @@ def quiet_mlflow() -> None:
     """Our own calls use registry stages on purpose (users asked for models:/fer/Production)."""
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow(\.|$)")
     warnings.filterwarnings("ignore", message=r".*[Ss]tage.*deprecated.*")
-    # our pyfunc declares its input with a signature, not with type hints
-    warnings.filterwarnings("ignore", message=r".*type hints to the `predict` method.*")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per download otherwise
     import logging
 
@@ -143,6 +146,42 @@ def tracked_run(run_name: str | None = None, run_id: str | None = None, nested: 
         mlflow.end_run("FAILED")
         raise
     mlflow.end_run("FINISHED")
+
+
+def run_file(models_dir: Path) -> Path:
+    return Path(models_dir) / RUN_FILE
+
+
+def write_run_file(models_dir: Path, info: dict[str, Any]) -> Path:
+    """Record the training in `models_dir` (atomically: a reader never sees half a file)."""
+    if not isinstance(info.get("run_id"), str) or not info["run_id"]:
+        raise ValueError(f"a {RUN_FILE} needs a run_id, got {info!r}")
+    return fileio.write_json(run_file(models_dir), info)
+
+
+def read_run_file(models_dir: Path, finished: bool = False) -> dict[str, Any] | None:
+    """The training recorded in `models_dir`: None when there is no run.json (and
+    `finished` is False); a DataError in one line when it is unreadable, not a training
+    record, or (with `finished`) a training that never registered its model."""
+    path = run_file(models_dir)
+    if not path.exists():
+        if finished:
+            raise DataError(f"no trained model in {models_dir}/: {path} is missing "
+                            f"(run `python -m stages.train` first)")
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path} cannot be read ({type(err).__name__}); {RUN_FILE_FIX}") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON (line {err.lineno}, column {err.colno}); {RUN_FILE_FIX}") from None
+    if not isinstance(info, dict) or not isinstance(info.get("run_id"), str) or not info["run_id"]:
+        raise DataError(f"{path} is not a training record (no run_id); {RUN_FILE_FIX}")
+    done = {"model_name", "model_version"} <= set(info)
+    if finished and not done:
+        raise DataError(f"{path}: the training in {models_dir}/ did not finish (no registered model); "
+                        f"finish it with `python -m stages.train --resume` or run `dvc repro`")
+    return info
 
 
 def run_tags(meta: dict[str, Any]) -> dict[str, str]:

@@ -10,7 +10,6 @@ shared, noisy machine gives stable numbers. Logged into the training run in MLfl
 """
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import tempfile
@@ -33,7 +32,6 @@ from emovision.models import count_macs, count_params, create_model
 from emovision.preprocess import normalize, value_range
 from emovision.training import preprocess_config, resolve_amp
 from stages import parse, stage_parser
-from stages.train import RUN_FILE
 
 BENCH_JSON = "bench.json"  # inside paths.reports
 SPEED_JSON = "speed.json"
@@ -170,6 +168,7 @@ def bench(params: Params, models_dir: Path | None = None) -> dict:
     ckpt = models_dir / "best.pt"
     if not ckpt.is_file():  # checked before minutes of measuring
         raise DataError(f"no trained model at {ckpt} (run `python -m stages.train` first)")
+    training = tracking.read_run_file(models_dir)  # the run the figures are logged into, if any
     meta = load_meta(Path(params.data.prepared_dir))
     params = params.for_dataset(meta["source"])  # the model and epochs train really used
     if params.train.threads > 0:
@@ -227,12 +226,11 @@ def bench(params: Params, models_dir: Path | None = None) -> dict:
         print("live consistency: " + livecheck.summary_line(report["live_consistency"]))
     if report["realtime"]:
         print("realtime: " + ", ".join(f"{k} {v:.2f}" for k, v in report["realtime"].items()))
-    run_file = models_dir / RUN_FILE.name
-    if run_file.is_file():
+    if training is not None:
         tracking.setup()
         import mlflow
 
-        with tracking.tracked_run(run_id=json.loads(run_file.read_text())["run_id"]):
+        with tracking.tracked_run(run_id=training["run_id"]):
             flat = {f"bench_{section}_{k}": v for section in ("train", "inference", "realtime")
                     for k, v in (report[section] or {}).items() if isinstance(v, (int, float))}
             mlflow.log_metrics(flat)

@@ -10,7 +10,6 @@ replaced.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,6 @@ from emovision.inference import EmotionClassifier, load_classifier
 from emovision.promotion import gate_metric
 from emovision.metrics import classification_report
 from stages import parse, stage_parser
-from stages.train import RUN_FILE
 
 # inside paths.reports
 METRICS_JSON = "metrics.json"
@@ -58,17 +56,9 @@ def print_table(results: dict, classes: list[str]) -> None:
 def finished_training(models_dir: Path) -> dict:
     """run.json of a training that finished and registered its model, else a DataError:
     after a killed training models/ holds a checkpoint but no registered version."""
-    run_file = models_dir / RUN_FILE.name
-    if not run_file.is_file() or not (models_dir / "best.pt").is_file():
+    if not (models_dir / "best.pt").is_file():
         raise DataError(f"no trained model in {models_dir}/ (run `python -m stages.train` first)")
-    try:
-        info = json.loads(run_file.read_text())
-    except json.JSONDecodeError:
-        raise DataError(f"{run_file} is not valid JSON; run `python -m stages.train` again") from None
-    if not isinstance(info, dict) or not {"run_id", "model_name", "model_version"} <= set(info):
-        raise DataError(f"{run_file}: the training in {models_dir}/ did not finish (no registered model); "
-                        f"finish it with `python -m stages.train --resume` or run `dvc repro`")
-    return info
+    return tracking.read_run_file(models_dir, finished=True)
 
 
 def evaluate(params: Params, models_dir: Path | None = None) -> dict:

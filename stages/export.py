@@ -42,6 +42,7 @@ def export(params: Params, models_dir: Path | None = None) -> dict:
     best = models_dir / "best.pt"
     if not best.is_file():
         raise DataError(f"no trained model in {models_dir}/ (run `python -m stages.train` first)")
+    info = tracking.read_run_file(models_dir) or {}  # checked before anything is written
     spec, state_dict = artifact.load_checkpoint(best)
     prepared = Path(params.data.prepared_dir)
     load_meta(prepared)
@@ -61,8 +62,6 @@ def export(params: Params, models_dir: Path | None = None) -> dict:
     print(f"wrote {target}: val (PublicTest, {check['faces']} faces) max prob diff "
           f"{check['max_prob_diff_plain']:.2e} (TTA {check['max_prob_diff_tta']:.2e}), "
           f"prediction mismatches {check['prediction_mismatches_plain']} / {check['prediction_mismatches_tta']}")
-    run_file = models_dir / "run.json"
-    info = json.loads(run_file.read_text()) if run_file.is_file() else {}
     if info.get("model_id"):
         tracking.setup()
         import mlflow

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 from emovision import artifact, fileio, plots, serving, tracking
@@ -23,7 +22,6 @@ from emovision.training import SoftTargets, fit, load_train_val, resolve_amp
 from stages import parse, stage_parser
 from stages.export import export as export_onnx_step
 
-RUN_FILE = Path("run.json")  # inside paths.models
 HISTORY_CSV = "train_history.csv"  # inside paths.reports
 CURVES_PNG = "training_curves.png"
 # The sections and keys whose change makes a checkpoint belong to another training: a run
@@ -49,16 +47,16 @@ def _training_params(flat: dict) -> dict:
 
 def interrupted_run(params: Params, models_dir: Path) -> tuple[str | None, str]:
     """(MLflow run id, why) of an unfinished training of these params in `models_dir`, or
-    (None, why not). Unfinished: run.json names a run but no registered version yet."""
-    run_file, last = models_dir / RUN_FILE.name, models_dir / "last.pt"
-    if not last.is_file() or not run_file.is_file():
-        return None, f"no interrupted run in {models_dir}/ (needs last.pt and run.json)"
+    (None, why not). Unfinished: run.json names a run but no registered version yet.
+    A corrupt run.json is a DataError: whether it can be resumed is unknown."""
+    info, last = tracking.read_run_file(models_dir), models_dir / "last.pt"
+    if not last.is_file() or info is None:
+        return None, f"no interrupted run in {models_dir}/ (needs last.pt and {tracking.RUN_FILE})"
     try:
-        info = json.loads(run_file.read_text())
         ckpt = artifact.read_checkpoint(last)
         run_id, epoch, saved = info["run_id"], ckpt["epoch"], ckpt["params"]
-    except Exception as err:  # an unreadable leftover: never resume from it
-        return None, f"{models_dir}/ holds an unreadable run.json or last.pt ({type(err).__name__})"
+    except Exception as err:  # an unreadable leftover checkpoint: never resume from it
+        return None, f"{last} is unreadable ({type(err).__name__})"
     if "model_version" in info:
         return None, f"the run in {models_dir}/ finished (registered as version {info['model_version']})"
     changed = sorted(k for k, v in _training_params(params.flat()).items() if saved.get(k) != v)
@@ -70,8 +68,7 @@ def interrupted_run(params: Params, models_dir: Path) -> tuple[str | None, str]:
 def soft_targets(params: Params, meta: dict, device) -> tuple[SoftTargets | None, dict]:
     """The distillation targets `distill` asks for (None when alpha is 0) and what to log about
     them; the cached teacher file must belong to exactly these teachers and this train split."""
-    # Imported here, not at the top: evaluate and bench import this module for RUN_FILE, and
-    # should not depend on (and re-run for) the distillation code.
+    # Imported here: the distillation code belongs to this step alone.
     from emovision import distill
 
     d = params.distill
@@ -109,7 +106,6 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
     print(f"training {params.model.name} on {meta['source']} ({len(train_set):,} train / "
           f"{len(val_set):,} val) on {train_set.x.device}")
 
-    run_file = models_dir / RUN_FILE.name
     run_id, why = interrupted_run(params, models_dir) if (resume or auto_resume) else (None, "")
     if resume and run_id is None:
         raise DataError(f"cannot --resume: {why}; run without --resume to start over")
@@ -125,7 +121,7 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
 
     with tracking.tracked_run(run_name=tracking.run_name(params, meta["source"]), run_id=run_id,
                               tags={**tracking.run_tags(meta), "stage": "train"}) as run:
-        fileio.write_json(run_file, {"run_id": run.info.run_id}, indent=None)
+        tracking.write_run_file(models_dir, {"run_id": run.info.run_id})
         mlflow.set_tags({"amp": amp.name, "amp_reason": amp.reason, "distill": distill_info["distill"]})
         if run_id is None:
             mlflow.log_params({**params.flat(), "train.amp_resolved": amp.name})
@@ -162,7 +158,7 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
         info = {"run_id": run.info.run_id, "model_name": params.registry.model_name,
                 "model_version": version, "model_id": model_info.model_id, "dataset": meta["source"],
                 "best_val_acc": result["best_val_acc"], "best_epoch": result["best_epoch"], **val}
-        fileio.write_json(run_file, info)
+        tracking.write_run_file(models_dir, info)
     print(f"best val_acc {result['best_val_acc']:.4f} at epoch {result['best_epoch']}; "
           f"registered {params.registry.model_name} version {version} (run {run.info.run_id})")
     return info

@@ -12,6 +12,7 @@ import pytest
 
 from stages.bench import main as bench_main
 from stages.evaluate import main as evaluate_main
+from stages.export import main as export_main
 from stages.prepare import main as prepare_main
 from stages.train import main as train_main
 from tests.conftest import write_params
@@ -90,6 +91,47 @@ def test_evaluate_after_a_killed_training_refuses_before_writing(in_finished, ca
         assert snapshot(in_finished) == before and run_count() == runs
     finally:
         run_file.write_text(finished_info)
+
+
+CORRUPT_RUN_FILES = [  # (run.json text, what the one line must say)
+    ('{"run_id": "ab', "models/run.json is not valid JSON (line 1, column 12)"),
+    ("[]", "models/run.json is not a training record (no run_id)"),
+    (b"\xff\xfe", "models/run.json cannot be read (UnicodeDecodeError)"),
+]
+RUN_FILE_STAGES = {  # every entry point that reads run.json, as dvc.yaml runs it
+    "train": (train_main, ["--auto-resume", "--export-onnx"]), "evaluate": (evaluate_main, []),
+    "bench": (bench_main, []), "export": (export_main, [])}
+
+
+@pytest.mark.parametrize("text, message", CORRUPT_RUN_FILES, ids=["truncated", "not-a-record", "not-utf8"])
+@pytest.mark.parametrize("stage", list(RUN_FILE_STAGES))
+def test_a_corrupt_run_file_stops_every_stage_before_writing(in_finished, capsys, stage, text, message):
+    main, flags = RUN_FILE_STAGES[stage]
+    run_file = in_finished / "models" / "run.json"
+    finished_info = run_file.read_bytes()
+    try:
+        run_file.write_bytes(text if isinstance(text, bytes) else text.encode())
+        before, runs = snapshot(in_finished), run_count()
+        assert main(["--params", "params.yaml", *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "python -m stages.train" in err and "\n" not in err, err
+        assert snapshot(in_finished) == before and run_count() == runs
+    finally:
+        run_file.write_bytes(finished_info)
+
+
+def test_evaluate_without_a_run_file_refuses_before_writing(in_finished, capsys):
+    run_file = in_finished / "models" / "run.json"
+    finished_info = run_file.read_bytes()
+    try:
+        run_file.unlink()
+        before, runs = snapshot(in_finished), run_count()
+        assert evaluate_main(["--params", "params.yaml"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "no trained model in models/: models/run.json is missing" in err and "\n" not in err
+        assert snapshot(in_finished) == before and run_count() == runs
+    finally:
+        run_file.write_bytes(finished_info)
 
 
 def test_resume_without_an_interrupted_run_is_refused(in_finished, capsys):

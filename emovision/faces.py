@@ -1,7 +1,8 @@
 """Face detection, tracking and the per-frame emotion pipeline.
 
     frame -> detect (MTCNN or Haar, every N frames) -> track (IoU, stable ids)
-          -> crop every face in FER2013's framing -> ONE batched classifier call
+          -> crop every face in FER2013's framing (turned by half its eye line's tilt with
+             MTCNN's landmarks) -> ONE batched classifier call
           -> per-track EMA smoothing
 
 Crops follow the one crop geometry (`emovision.framing`, measured against FER2013's own
@@ -21,7 +22,7 @@ import cv2
 import numpy as np
 
 from emovision.errors import SourceError
-from emovision.framing import Framing, crop_faces
+from emovision.framing import Framing, crop_faces, eye_angles
 
 # Detection runs on a downscaled frame. OpenCV's alt2 frontal cascade has a 20-px window, so
 # at DETECT_SCALE = 0.5 it finds faces from 40 px wide (MIN_FACE) in a 640x480 frame, up to
@@ -71,6 +72,7 @@ SMOOTH = 0.6  # weight of the past in the per-face probability EMA
 # reports with ~10% jitter, is damped more (it sets the crop's scale, so it should be steady).
 BOX_SMOOTH = 0.3
 SIZE_SMOOTH = 0.6
+ANGLE_SMOOTH = 0.6  # the eye line's tilt (detectors with landmarks) turns the crop: damped like the side
 DETECT_EVERY = 2
 BAR_WIDTH = 120
 PANEL_SIZE = (86 + BAR_WIDTH, 28 + 16 * 7)  # probability panel (width, height) for 7 classes
@@ -222,6 +224,7 @@ class Track:
     id: int
     box: np.ndarray  # [x, y, w, h], float while smoothed
     probs: np.ndarray | None = None  # smoothed class probabilities
+    angle: float = 0.0  # smoothed eye-line tilt in degrees (0 for detectors without landmarks)
     hits: int = 1  # detection rounds matched, this one included
     missed: int = 0  # consecutive detection rounds without a match
 
@@ -237,7 +240,8 @@ class FaceTracker:
     """Greedy IoU matching of detections to tracks; stable ids; per-track EMA of probabilities.
 
     `smooth` is the weight of the past in the probability EMA (0: off); `box_smooth` and
-    `size_smooth` the same for the box's centre and side. A new track is shown after
+    `size_smooth` the same for the box's centre and side (and for the eye line's tilt, when the
+    detector gives one). A new track is shown after
     `min_hits` matched rounds and only while the latest round matched it (`active`); its id
     is retired after `max_missed` rounds without a match.
     """
@@ -251,11 +255,14 @@ class FaceTracker:
         self.tracks: list[Track] = []
         self._next_id = 1
 
-    def update(self, boxes: np.ndarray) -> list[Track]:
-        """Match a detection round; unmatched detections start tracks, stale tracks end."""
+    def update(self, boxes: np.ndarray, angles: Sequence[float] | None = None) -> list[Track]:
+        """Match a detection round (boxes and, from a detector with landmarks, the eye lines'
+        tilts); unmatched detections start tracks, stale tracks end."""
         boxes = np.asarray(boxes, float).reshape(-1, 4)
+        angles = np.zeros(len(boxes)) if angles is None else np.asarray(angles, float)
         if self.max_faces and len(boxes) > self.max_faces:  # keep the largest faces
-            boxes = boxes[np.argsort(-(boxes[:, 2] * boxes[:, 3]), kind="stable")[: self.max_faces]]
+            order = np.argsort(-(boxes[:, 2] * boxes[:, 3]), kind="stable")[: self.max_faces]
+            boxes, angles = boxes[order], angles[order]
         iou = iou_matrix(np.array([t.box for t in self.tracks]).reshape(-1, 4), boxes)
         pairs: dict[int, int] = {}  # track index -> box index
         for flat in np.argsort(-iou, axis=None, kind="stable"):  # greedy: best overlaps first
@@ -277,6 +284,8 @@ class FaceTracker:
                 track.missed += 1
                 continue
             track.box = self._smoothed(track, boxes[pairs[ti]])
+            weight = 0.0 if track.missed else self.size_smooth  # re-found after a miss: its new tilt
+            track.angle = weight * track.angle + (1 - weight) * float(angles[pairs[ti]])
             track.hits, track.missed = track.hits + 1, 0
         self.tracks = [t for t in self.tracks if t.missed <= self.max_missed]
         matched = np.array([t.box for t in self.tracks if t.missed == 0]).reshape(-1, 4)
@@ -285,7 +294,7 @@ class FaceTracker:
                 continue
             if len(matched) and (_overlaps(box, matched)[0] / (box[2] * box[3])).max() >= NESTED_OVERLAP:
                 continue  # mostly inside a face matched this round: the same face found twice
-            self.tracks.append(Track(self._next_id, box.copy()))
+            self.tracks.append(Track(self._next_id, box.copy(), angle=float(angles[bi])))
             self._next_id += 1
         return self.tracks
 
@@ -314,13 +323,20 @@ def to_gray(frame: np.ndarray) -> np.ndarray:
     return frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
 
 
+def landmark_angles(detector, n: int) -> np.ndarray | None:
+    """The eye lines' tilts (degrees) of the `n` boxes the detector's last call returned, from
+    its landmarks; None for a detector without them (Haar)."""
+    marks = getattr(detector, "landmarks", None)
+    return eye_angles(marks) if marks is not None and len(marks) == n else None
+
+
 def classify_boxes(classifier, gray: np.ndarray, boxes: Sequence[Sequence[float]], framing: Framing,
-                   tta: bool | None = None) -> np.ndarray:
-    """(K, n_classes) probabilities for the faces at `boxes`, cropped in the FER2013 framing
-    (`emovision.framing`), in ONE batched forward pass."""
+                   tta: bool | None = None, angles: Sequence[float] | None = None) -> np.ndarray:
+    """(K, n_classes) probabilities for the faces at `boxes` (eye lines tilted by `angles`),
+    cropped in the FER2013 framing (`emovision.framing`), in ONE batched forward pass."""
     if len(boxes) == 0:
         return np.zeros((0, len(classifier.classes)), dtype=np.float32)
-    return classifier.predict_proba(crop_faces(gray, boxes, framing), tta=tta)
+    return classifier.predict_proba(crop_faces(gray, boxes, framing, angles), tta=tta)
 
 
 def analyze_still(classifier, image: np.ndarray, detector=None,
@@ -333,12 +349,12 @@ def analyze_still(classifier, image: np.ndarray, detector=None,
     gray = to_gray(image)
     detector = detector or make_detector()
     boxes = detector.detect(gray)
-    boxes = boxes[np.argsort(-(boxes[:, 2] * boxes[:, 3]), kind="stable")]
-    if max_faces:
-        boxes = boxes[:max_faces]
+    angles = landmark_angles(detector, len(boxes))
+    order = np.argsort(-(boxes[:, 2] * boxes[:, 3]), kind="stable")[: max_faces or None]
+    boxes, angles = boxes[order], None if angles is None else angles[order]
     classes = classifier.classes
     faces = []
-    for box, probs in zip(boxes, classify_boxes(classifier, gray, boxes, detector.framing, tta)):
+    for box, probs in zip(boxes, classify_boxes(classifier, gray, boxes, detector.framing, tta, angles)):
         best = int(probs.argmax())
         faces.append({"box": [int(v) for v in box], "label": classes[best],
                       "confidence": round(float(probs[best]), 4),
@@ -418,12 +434,13 @@ class EmotionPipeline:
                 # a known face was not re-found around its box (it moved fast, turned, or the
                 # local search missed it): scan the whole frame now rather than hide it a round
                 boxes, result.full_scan = self.detector.detect(gray), True
-            self.tracker.update(boxes)
+            self.tracker.update(boxes, landmark_angles(self.detector, len(boxes)))
             result.detected = True
             self._rounds += 1
         tracks = self.tracker.active()
         t1 = time.perf_counter()
-        probs = classify_boxes(self.classifier, gray, [t.box for t in tracks], self.detector.framing, self.tta)
+        probs = classify_boxes(self.classifier, gray, [t.box for t in tracks], self.detector.framing, self.tta,
+                               [t.angle for t in tracks])
         classes = self.classifier.classes
         for track, p in zip(tracks, probs):
             smoothed = self.tracker.smooth_probs(track, p)

@@ -6,16 +6,19 @@ eyes-to-mouth square), so the crop the model sees is the detector's box mapped t
 framing: scaled by `scale` and shifted by (`dx`, `dy`) box sides. The constants are
 measured, not guessed: `emovision.livecheck.measure_framing` renders FER2013 PublicTest
 faces into 640x480 frames, runs the detector and fits the box to the known face square
-(median over the faces found). The classifier's pixel preprocessing (`preprocess.py`) then
-resizes the crop exactly as training resized the dataset.
+(median over the faces found). A detector with landmarks (MTCNN's eyes) also gives the eye
+line's tilt, and `level` of it is taken out of the crop, turning the square about its centre.
+The classifier's pixel preprocessing (`preprocess.py`) then resizes the crop exactly as
+training resized the dataset.
 
-    webcam / bench pipeline, predict, analyze_still, livecheck -> crop_faces(gray, boxes, framing)
+    webcam / bench pipeline, predict, analyze_still, livecheck -> crop_faces(gray, boxes, framing, angles)
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 
@@ -27,6 +30,21 @@ class Framing:
     scale: float = 1.0
     dx: float = 0.0
     dy: float = 0.0
+    # Fraction of the eye line's tilt turned out of the crop (0: axis-aligned squares). Not all:
+    # FER2013's own faces are not level (their eye lines spread about +-10 degrees, p10-p90),
+    # so a fully levelled face is as far from a typical training face as a tilted one.
+    level: float = 0.0
+
+
+def eye_angles(landmarks: np.ndarray) -> np.ndarray:
+    """Tilt of the eye line in degrees for (K, >=2, 2) landmarks whose first two points are the
+    image-left and image-right eye: positive when the right one is lower (the face turned
+    clockwise on screen)."""
+    marks = np.asarray(landmarks, float)
+    if len(marks) == 0:
+        return np.zeros(0)
+    d = marks[:, 1] - marks[:, 0]
+    return np.degrees(np.arctan2(d[:, 1], d[:, 0]))
 
 
 def fer_square(box: Sequence[float], framing: Framing) -> tuple[float, float, float]:
@@ -51,6 +69,21 @@ def crop_square(gray: np.ndarray, x0: float, y0: float, side: float) -> np.ndarr
     return np.pad(inner, [(a, max(0, b)) for a, b in pads], mode="edge")[:s, :s]
 
 
-def crop_faces(gray: np.ndarray, boxes: Sequence[Sequence[float]], framing: Framing) -> list[np.ndarray]:
-    """The FER2013-framed square crop for each detector box."""
-    return [crop_square(gray, *fer_square(b, framing)) for b in boxes]
+def crop_levelled(gray: np.ndarray, x0: float, y0: float, side: float, angle: float) -> np.ndarray:
+    """The square crop turned by `angle` degrees counter-clockwise about its centre (a face
+    whose eye line tilts by `angle` comes out level), edge pixels repeated outside the frame;
+    `crop_square` itself when the angle is 0."""
+    if angle == 0:
+        return crop_square(gray, x0, y0, side)
+    cx, cy, s = x0 + side / 2, y0 + side / 2, max(1, int(round(side)))
+    matrix = cv2.getRotationMatrix2D((cx, cy), float(angle), 1.0)
+    matrix[:, 2] += (side / 2 - cx, side / 2 - cy)  # the square's centre to the crop's centre
+    return cv2.warpAffine(gray, matrix, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def crop_faces(gray: np.ndarray, boxes: Sequence[Sequence[float]], framing: Framing,
+               angles: Sequence[float] | None = None) -> list[np.ndarray]:
+    """The FER2013-framed square crop for each detector box; with the eye lines' `angles`
+    (degrees, `eye_angles`), `framing.level` of each is turned out of its crop."""
+    angles = np.zeros(len(boxes)) if angles is None or not framing.level else np.asarray(angles, float)
+    return [crop_levelled(gray, *fer_square(b, framing), framing.level * a) for b, a in zip(boxes, angles)]

@@ -9,7 +9,7 @@ import pytest
 
 from emovision.errors import SourceError
 from emovision.faces import FaceTracker, HaarFaceDetector, iou_matrix
-from emovision.framing import Framing, crop_faces, fer_square
+from emovision.framing import Framing, crop_faces, eye_angles, fer_square
 from emovision.sources import LiveSource, open_source
 from tests.media import ASTRONAUT_FACE, HOPPER_FACE, astronaut, blank, camera, grace_hopper, make_video
 
@@ -67,6 +67,38 @@ def test_framing_maps_a_box_to_a_square_and_repeats_edges_outside_the_frame():
     assert corner.shape == (40, 40)  # still square: the part outside repeats the edge pixels
     np.testing.assert_array_equal(corner[:20, :20], frame[80:100, 180:200])
     np.testing.assert_array_equal(corner[25, 25:], np.full(15, frame[99, 199]))
+
+
+def test_levelled_crop_turns_the_eye_line_level():
+    """Two "eyes" on a line tilted 20 degrees (the right one lower): `eye_angles` reads +20 and
+    a crop with level 1 brings them onto one row, the square's centre staying put; level 0.5
+    takes out half."""
+    frame = np.full((200, 200), 50, np.uint8)
+    centre, half = np.array([100.0, 100.0]), 30 * np.array([np.cos(np.radians(20)), np.sin(np.radians(20))])
+    eyes = np.array([centre - half, centre + half])
+    for x, y in eyes:
+        cv2.circle(frame, (int(round(x)), int(round(y))), 4, 255, -1)
+    (angle,) = eye_angles(eyes[None])
+    assert angle == pytest.approx(20, abs=0.1)
+    for level, left in ((1.0, 0.0), (0.5, 10.0)):
+        (crop,) = crop_faces(frame, [(60, 60, 80, 80)], Framing(level=level), [angle])
+        assert crop.shape == (80, 80)
+        ys, xs = np.nonzero(crop > 150)
+        spots = [(ys[xs < 40].mean(), xs[xs < 40].mean()), (ys[xs >= 40].mean(), xs[xs >= 40].mean())]
+        tilt = np.degrees(np.arctan2(spots[1][0] - spots[0][0], spots[1][1] - spots[0][1]))
+        assert tilt == pytest.approx(left, abs=1.5) and np.mean(spots, 0) == pytest.approx([40, 40], abs=1.5)
+    (plain,) = crop_faces(frame, [(60, 60, 80, 80)], Framing(), [angle])  # level 0: the plain square
+    np.testing.assert_array_equal(plain, frame[60:140, 60:140])
+
+
+def test_tracker_smooths_the_eye_line_tilt_like_the_side():
+    tr = FaceTracker(size_smooth=0.6, min_hits=1)
+    (t,) = tr.update(np.array([[100, 100, 80, 80]]), angles=[10.0])
+    assert t.angle == 10.0  # a new face starts from its own tilt
+    (t,) = tr.update(np.array([[100, 100, 80, 80]]), angles=[0.0])
+    assert t.angle == pytest.approx(6.0)
+    (t,) = tr.update(np.array([[100, 100, 80, 80]]))  # a detector without landmarks: level
+    assert t.angle == pytest.approx(3.6)
 
 
 def test_tracker_keeps_ids_and_drops_lost_tracks():
@@ -277,6 +309,29 @@ def test_mtcnn_sees_a_turned_face_and_no_face_where_there_is_none(mtcnn, detecto
     assert iou_matrix(np.array([box]), np.array([[199, 118, 56, 78]]))[0, 0] > 0.7
     assert len(detector.detect(gray(camera()))) == 0
     assert len(mtcnn.detect(gray(blank()))) == 0
+
+
+def test_mtcnn_eye_line_follows_a_tilted_face(mtcnn, classifier):
+    """grace_hopper turned 12 degrees counter-clockwise: MTCNN's eye line tilts by about -12
+    degrees from the upright photo's, the pipeline's track carries that tilt, and the levelled
+    crop (MTCNN_FRAMING.level of it) is what the classifier sees."""
+    from emovision.faces import EmotionPipeline, landmark_angles
+
+    upright = gray(grace_hopper())[:480]
+    turned = cv2.warpAffine(upright, cv2.getRotationMatrix2D((265, 215), 12, 1.0), upright.shape[::-1],
+                            borderMode=cv2.BORDER_REPLICATE)
+    angles = []
+    for img in (upright, turned):
+        (box,) = mtcnn.detect(img)
+        (angle,) = landmark_angles(mtcnn, 1)
+        angles.append(angle)
+    assert angles[1] - angles[0] == pytest.approx(-12, abs=3)
+    pipeline = EmotionPipeline(classifier, mtcnn)
+    for _ in range(3):
+        pipeline.process(turned)
+    (track,) = pipeline.tracker.active()
+    assert track.angle == pytest.approx(angles[1], abs=2)
+    assert mtcnn.framing.level > 0
 
 
 def test_mtcnn_rescue_pass_finds_a_faint_face_and_no_face_in_textures(mtcnn):

@@ -72,8 +72,9 @@ def test_pretrained_scores_what_it_claims_on_privatetest(fer2013_raw):
 
 
 def test_ship_model_scores_a_checkpoint_beside_the_shipped_claims(fer2013_prepared, tmp_path):
-    """`scripts/ship_model.py CKPT --score-only`, the retrain check: the shipped weights saved
-    as a training checkpoint score exactly the shipped claims, and nothing is written."""
+    """`scripts/ship_model.py CKPT --score-only --with-test`, the retrain check: the shipped
+    weights saved as a training checkpoint score exactly the shipped claims, and nothing is
+    written. `--teacher DIR` writes them as a float16 teacher with PublicTest figures only."""
     import json
     import subprocess
     import sys
@@ -89,7 +90,7 @@ def test_ship_model_scores_a_checkpoint_beside_the_shipped_claims(fer2013_prepar
     work = tmp_path / "cwd"
     work.mkdir()
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "ship_model.py"), str(tmp_path / "best.pt"),
-                          "--score-only", "--prepared", str(fer2013_prepared)],
+                          "--score-only", "--with-test", "--prepared", str(fer2013_prepared)],
                          cwd=work, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line.split("|") for line in out.stdout.splitlines() if line.startswith(("| PrivateTest | flip",
@@ -97,3 +98,16 @@ def test_ship_model_scores_a_checkpoint_beside_the_shipped_claims(fer2013_prepar
     assert len(rows) == 4 and all(row[5].strip() in ("+0.00", "-0.00") for row in rows), out.stdout[-1500:]
     assert not any(work.iterdir())  # no reports/pretrained.json for a model that is not shipped
     assert {p: p.read_bytes() for p in WEIGHTS_DIR.iterdir() if p.is_file()} == shipped
+
+    teacher = work / "teachers" / "shipped"
+    for attempt in range(2):
+        out = subprocess.run([sys.executable, str(REPO / "scripts" / "ship_model.py"), str(tmp_path / "best.pt"),
+                              "--teacher", str(teacher), "--prepared", str(fer2013_prepared)],
+                             cwd=work, capture_output=True, text=True)
+        if attempt:  # a teacher is never overwritten: its outputs are cached under its weights' hash
+            assert out.returncode == 2 and "already exists" in out.stderr and "\n" not in out.stderr.strip()
+    spec = json.loads((teacher / "config.json").read_text())
+    assert "test" not in spec["metrics"] and "PrivateTest" not in out.stdout  # choosing uses PublicTest only
+    assert abs(spec["metrics"]["val"]["accuracy"] - config["metrics"]["val"]["accuracy"]) < 0.002  # float16
+    weights = torch.load(teacher / "weights.pt", weights_only=True)
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}

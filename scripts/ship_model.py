@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check or args.checkpoint is None:
         clf = load_classifier("pretrained", "cpu")
     else:
-        spec, state_dict = artifact.load_checkpoint(args.checkpoint)
+        spec, state_dict = artifact.load(args.checkpoint)  # a checkpoint or a model folder
         clf = load_classifier(str(args.checkpoint), "cpu")
     if args.teacher:
         return ship_teacher(args.teacher, spec, state_dict, args.prepared)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,7 +13,7 @@ from mlflow.utils.plugins import get_entry_points
 
 from emovision import mlflow_ui
 from tests.conftest import REPO
-from tests.test_serving import SERVER_START_S, _free_port
+from tests.servers import running_server, server_env
 
 UI_BUILD = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
 
@@ -34,26 +31,11 @@ def test_installed_ui_keeps_the_workflow_choice_under_our_key():
 def test_mlflow_ui_app_seeds_the_model_training_view(tmp_path):
     assert "emovision" in [e.name for e in get_entry_points("mlflow.app")], \
         "the mlflow.app entry point is not installed: run `pip install -e .`"
-    port = _free_port()
     pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": pythonpath, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    log = (tmp_path / "ui.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--app-name", "emovision", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + SERVER_START_S
-        while True:
-            assert server.poll() is None, (tmp_path / "ui.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
-                    page = response.read().decode()
-                    break
-            except OSError:
-                pass
-            assert time.time() < deadline, "mlflow ui did not start: " + (tmp_path / "ui.log").read_text()[-3000:]
-            time.sleep(1)
+    ui = [sys.executable, "-m", "mlflow", "ui", "--app-name", "emovision", "--host", "127.0.0.1", "--workers", "1",
+          "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--port"]
+    with running_server(lambda port: ui + [str(port)], "/", tmp_path, server_env(PYTHONPATH=pythonpath),
+                        tmp_path / "ui.log") as (port, page):
         # the seed runs in <head>, before the UI's deferred bundle reads the key
         assert mlflow_ui.seed_script() in page.split("</head>")[0]
         assert page.index('<script defer="defer"') < page.index(mlflow_ui.seed_script())  # defer runs after parse
@@ -63,12 +45,3 @@ def test_mlflow_ui_app_seeds_the_model_training_view(tmp_path):
                                          json.dumps({"max_results": 5}).encode(), {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
             assert "Default" in [e["name"] for e in json.loads(response.read())["experiments"]]
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
-        log.close()

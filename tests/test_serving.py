@@ -6,11 +6,8 @@ import base64
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,9 +21,9 @@ import pytest
 from emovision.faces import analyze_still
 from emovision.inference import WEIGHTS_DIR, load_classifier
 from tests.conftest import REPO
+from tests.servers import SERVER_START_S, running_server, server_env
 from tests.media import grace_hopper
 
-SERVER_START_S = 180  # cold start on a busy 2-core machine: imports torch, mlflow and the model
 REQUEST_S = 60
 
 
@@ -66,12 +63,6 @@ def test_pyfunc_load_model_equals_load_classifier(in_trained):
     assert [c["name"] for c in info.signature.outputs.to_dict()][:3] == ["input", "box", "label"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, payload: dict) -> tuple[int, dict]:
     request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
     try:
@@ -82,26 +73,10 @@ def _post(url: str, payload: dict) -> tuple[int, dict]:
 
 
 def test_mlflow_models_serve_answers_crops_and_images(in_trained, tmp_path):
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{in_trained / 'mlflow.db'}",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/fer/Production", "--env-manager", "local",
-         "-p", str(port), "-h", "127.0.0.1", "--workers", "1"],
-        cwd=in_trained, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + SERVER_START_S
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, "server did not start: " + (tmp_path / "server.log").read_text()[-3000:]
-            time.sleep(1)
+    env = server_env(PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=f"sqlite:///{in_trained / 'mlflow.db'}")
+    serve = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/fer/Production", "--env-manager", "local",
+             "-h", "127.0.0.1", "--workers", "1", "-p"]
+    with running_server(lambda port: serve + [str(port)], "/ping", in_trained, env, tmp_path / "server.log") as (port, _):
         crops = _crops()
         status, answer = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": [  # mixed rows: the other column null
             {"crop": crops[0].tolist(), "image": None}, {"crop": None, "image": _image_b64()},
@@ -126,14 +101,6 @@ def test_mlflow_models_serve_answers_crops_and_images(in_trained, tmp_path):
         # bad input: one clear line, HTTP 400, the server keeps running
         status, answer = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": [{"image": "not base64!"}]})
         assert status == 400 and "row 0: image is not valid base64" in answer.get("message", "")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
-        log.close()
 
 
 def _register_old_format(name: str, folder: Path) -> str:

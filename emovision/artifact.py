@@ -253,7 +253,7 @@ def ensemble_of(members: list[tuple[ModelSpec, dict[str, torch.Tensor]]],
     if len(members) < 2:
         raise ModelRefError(f"an ensemble needs at least two models, got {len(members)}")
     first = members[0][0]
-    for i, (spec, _) in enumerate(members[1:], 1):
+    for i, (spec, _) in enumerate(members):
         if spec.arch == ENSEMBLE_ARCH:
             raise ModelRefError(f"ensemble member {i} is itself an ensemble; list its members instead")
         if spec.classes != first.classes:

@@ -150,6 +150,7 @@ class TuneParams:
 class DistillParams:
     teachers: tuple[str, ...] = ()
     probs: str = "data/teacher/probs.npz"
+    reuse: str = "teachers/fer2013-probs.npz"
     alpha: float = 0.0
     temperature: float = 4.0
 

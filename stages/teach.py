@@ -4,6 +4,10 @@ With `distill.teachers` set, every Training image is scored by each teacher in e
 emovision.distill.VIEWS (the image and its mirror) through the one prediction path, and the
 mean probabilities are written to `distill.probs` (float16, with the teacher references, a
 hash of each teacher's weights and of the train split, so train refuses a stale file).
+Committed outputs (`distill.reuse`, teachers/fer2013-probs.npz for the teachers in teachers/)
+are copied instead of running the teachers when they were made by the same teachers, the same
+weights behind each reference and the same train split, so a distillation costs no teacher
+forward pass on a fresh clone either; anything else runs the teachers and says why.
 Without teachers it writes only an empty marker file (DVC needs the output) and reads no
 data, so the default pipeline costs a second here.
 """
@@ -17,7 +21,7 @@ import numpy as np
 from emovision import distill
 from emovision.config import Params
 from emovision.data.prepared import load_meta, load_split
-from emovision.errors import ConfigError, cli_main
+from emovision.errors import ConfigError, DataError, cli_main
 from stages import parse, stage_parser
 
 
@@ -37,13 +41,30 @@ def teach(params: Params) -> distill.TeacherCache:
     meta = load_meta(prepared)
     x, y = load_split(prepared, "train")
     started = time.perf_counter()
-    cache = distill.teacher_probs(teachers, x, y, meta["classes"], params.base.device,
-                                  params.evaluate.batch_size)
+    cache = reusable(params.distill.reuse, teachers, x, y, meta["classes"], params.base.device)
+    if cache is None:
+        cache = distill.teacher_probs(teachers, x, y, meta["classes"], params.base.device,
+                                      params.evaluate.batch_size)
     distill.write_cache(out, cache)
     agree = [float((cache.probs[v].argmax(1) == y).mean()) for v in range(len(cache.views))]
     print(f"wrote {out}: {len(teachers)} teacher(s) x {len(x):,} train images x {len(cache.views)} views "
           f"({out.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - started:.0f}s); the mean teacher "
           f"agrees with the labels on " + ", ".join(f"{a:.1%} ({v})" for a, v in zip(agree, cache.views)))
+    return cache
+
+
+def reusable(path: str, teachers, x: np.ndarray, y: np.ndarray, classes, device: str) -> distill.TeacherCache | None:
+    """The committed cache at `path` when it belongs to these teachers and this train split, else
+    None (with one line saying why it is not used; "" means never reuse)."""
+    if not path:
+        return None
+    try:
+        cache = distill.read_cache(path)
+        distill.check_cache(path, cache, teachers, classes, distill.split_digest(x, y), len(x), device)
+    except DataError as err:
+        print(f"not reusing {str(err).removesuffix('; ' + distill.REDO)}: running the teachers")
+        return None
+    print(f"reusing {path}: the same teachers, weights and train split (no teacher forward pass)")
     return cache
 
 

@@ -19,7 +19,7 @@ from emovision.training import SoftTargets, SplitTensors, fit, load_train_val, p
 from stages.prepare import main as prepare_main
 from stages.teach import main as teach_main
 from stages.train import main as train_main
-from tests.conftest import write_params
+from tests.conftest import REPO, write_params
 
 PROBS = "data/teacher/probs.npz"
 
@@ -47,6 +47,38 @@ def test_teach_caches_the_teachers_views(taught):
     before = (taught / PROBS).read_bytes()
     assert teach_main(["--params", "params.yaml"]) == 0
     assert (taught / PROBS).read_bytes() == before
+
+
+def test_teach_reuses_committed_outputs_only_when_they_match(taught, capsys):
+    made = distill.read_cache(taught / PROBS)
+    # committed outputs told apart from a fresh computation by their (mirrored) probabilities
+    distill.write_cache(taught / "committed.npz", distill.TeacherCache(**{**vars(made), "probs": made.probs[::-1]}))
+    write_params(taught / "params.yaml", {"distill": {"teachers": ["pretrained"], "alpha": 0.5,
+                                                      "reuse": "committed.npz"}})
+    capsys.readouterr()
+    assert teach_main(["--params", "params.yaml"]) == 0
+    assert "reusing committed.npz" in capsys.readouterr().out
+    assert (taught / PROBS).read_bytes() == (taught / "committed.npz").read_bytes()
+    # made by other teachers: not reused, the teachers run again and say why
+    distill.write_cache(taught / "committed.npz", distill.TeacherCache(**{**vars(made), "teachers": ("other",)}))
+    assert teach_main(["--params", "params.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "not reusing committed.npz holds the outputs of teachers ['other']" in out and "stages.teach" not in out
+    np.testing.assert_array_equal(distill.read_cache(taught / PROBS).probs, made.probs)
+
+
+def test_committed_teacher_outputs_belong_to_fer2013_and_the_committed_teachers(fer2013_prepared, monkeypatch):
+    """teachers/fer2013-probs.npz is what the teach stage would compute on the real Training split."""
+    monkeypatch.chdir(REPO)  # the references inside it are project paths, as in params.yaml
+    committed = Params().distill.reuse
+    cache = distill.read_cache(committed)
+    x, y = load_split(fer2013_prepared, "train")
+    classes = json.loads((fer2013_prepared / "meta.json").read_text())["classes"]
+    distill.check_cache(committed, cache, cache.teachers, classes, distill.split_digest(x, y), len(x), "cpu")
+    assert len(cache.teachers) >= 3 and all(t.startswith("teachers/") for t in cache.teachers)
+    sample = np.random.default_rng(0).choice(len(x), 256, replace=False)
+    mean = np.mean([load_classifier(t, "cpu").predict_proba(x[sample], tta=False) for t in cache.teachers], axis=0)
+    np.testing.assert_allclose(cache.probs[0][sample], mean, atol=2e-3)
 
 
 def test_no_teachers_writes_an_empty_marker(in_tmp):

@@ -55,6 +55,7 @@ class PathsParams:
 class DemoParams:
     epochs: int = 12
     width: int = 32
+    distill: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,14 +190,23 @@ class Params:
             raw[section][key] = value
         return params_from_dict(raw, source="overrides")
 
+    def distills_on(self, source: str) -> bool:
+        """Whether distill.* applies to a training on `source` (on the demo set only with
+        `demo.distill`: the teachers are FER2013 models and its faces are synthetic)."""
+        return source != "synthetic" or self.demo.distill
+
     def for_dataset(self, source: str) -> "Params":
         """The params a training on `source` uses: on the built-in demo set, `train.epochs`
         and `model.width` are capped by the `demo` section so a fresh clone's first
-        `dvc repro` takes minutes; FER2013 trains with the params as written."""
+        `dvc repro` takes minutes, and distillation is off unless `demo.distill` (the
+        teachers are FER2013 models); FER2013 trains with the params as written."""
         if source != "synthetic":
             return self
-        return self.replace(**{"train.epochs": min(self.train.epochs, self.demo.epochs),
-                               "model.width": min(self.model.width, self.demo.width)})
+        caps = {"train.epochs": min(self.train.epochs, self.demo.epochs),
+                "model.width": min(self.model.width, self.demo.width)}
+        if not self.distills_on(source):
+            caps.update({"distill.teachers": (), "distill.alpha": 0.0})
+        return self.replace(**caps)
 
 
 def _closest(name: str, valid: typing.Iterable[str]) -> str:

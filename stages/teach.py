@@ -8,7 +8,7 @@ Committed outputs (`distill.reuse`, teachers/fer2013-probs.npz for the teachers 
 are copied instead of running the teachers when they were made by the same teachers, the same
 weights behind each reference and the same train split, so a distillation costs no teacher
 forward pass on a fresh clone either; anything else runs the teachers and says why.
-Without teachers it writes only an empty marker file (DVC needs the output) and reads no
+Without teachers (or on the demo set, unless `demo.distill`) it writes only an empty marker file (DVC needs the output) and reads no
 data, so the default pipeline costs a second here.
 """
 from __future__ import annotations
@@ -31,13 +31,16 @@ def teach(params: Params) -> distill.TeacherCache:
     # Checked before any teacher runs: the file must be writable where params say.
     if out.is_dir() or any(p.exists() and not p.is_dir() for p in out.parents):
         raise ConfigError(f"distill.probs: {out} cannot be written (a folder, or below a file)")
+    prepared = Path(params.data.prepared_dir)
+    if teachers and not params.distills_on(load_meta(prepared)["source"]):
+        print("demo set: distillation off (demo.distill: the teachers are FER2013 models)")
+        teachers = ()
     if not teachers:
         cache = distill.TeacherCache(probs=np.zeros((len(distill.VIEWS), 0, 0), distill.PROBS_DTYPE),
                                      views=distill.VIEWS, teachers=(), digests=(), classes=(), train="")
         distill.write_cache(out, cache)
         print(f"no distill.teachers: wrote an empty {out} (training uses labels only)")
         return cache
-    prepared = Path(params.data.prepared_dir)
     meta = load_meta(prepared)
     x, y = load_split(prepared, "train")
     started = time.perf_counter()

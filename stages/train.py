@@ -93,8 +93,10 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
     meta, train_set, val_set = load_train_val(params)
     capped = params.for_dataset(meta["source"])
     if capped != params:
+        off = ", distillation off (demo.distill: the teachers are FER2013 models)" if (
+            capped.distill.teachers != params.distill.teachers) else ""
         print(f"demo set: train.epochs {params.train.epochs} -> {capped.train.epochs}, model.width "
-              f"{params.model.width} -> {capped.model.width} (the demo section's caps; FER2013 is not capped)")
+              f"{params.model.width} -> {capped.model.width}{off} (the demo section's caps; FER2013 is not capped)")
     params = capped
     # Everything is checked before anything is deleted or a run starts: the architecture
     # builds with these arguments and the outputs can be written where params say.

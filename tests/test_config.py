@@ -129,5 +129,9 @@ def test_demo_caps_apply_only_to_the_demo_set():
     demo = p.for_dataset("synthetic")
     assert (demo.train.epochs, demo.model.width) == (p.demo.epochs, p.demo.width)
     assert demo.train.lr == p.train.lr and p.for_dataset("fer2013") == p
+    taught = p.replace(**{"distill.teachers": ("teachers/a",), "distill.alpha": 0.5})
+    assert taught.for_dataset("synthetic").distill.teachers == () and taught.for_dataset("synthetic").distill.alpha == 0
+    kept = taught.replace(**{"demo.distill": True}).for_dataset("synthetic")
+    assert kept.distill.teachers == ("teachers/a",) and kept.distill.alpha == 0.5
     small = p.replace(**{"train.epochs": 2, "model.width": 8})
     assert small.for_dataset("synthetic") == small  # caps, never raises

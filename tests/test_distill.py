@@ -22,12 +22,13 @@ from stages.train import main as train_main
 from tests.conftest import REPO, write_params
 
 PROBS = "data/teacher/probs.npz"
+DEMO_DISTILLS = {"demo": {"distill": True}}  # these tests distil on the demo set, which is off by default
 
 
 @pytest.fixture
 def taught(in_tmp, mlflow_store):
     """Prepared demo data and a teacher cache made by the teach stage with the shipped model."""
-    write_params(in_tmp / "params.yaml", {"distill": {"teachers": ["pretrained"], "alpha": 0.5}})
+    write_params(in_tmp / "params.yaml", {**DEMO_DISTILLS, "distill": {"teachers": ["pretrained"], "alpha": 0.5}})
     assert prepare_main(["--params", "params.yaml"]) == 0
     assert teach_main(["--params", "params.yaml"]) == 0
     return in_tmp
@@ -53,7 +54,7 @@ def test_teach_reuses_committed_outputs_only_when_they_match(taught, capsys):
     made = distill.read_cache(taught / PROBS)
     # committed outputs told apart from a fresh computation by their (mirrored) probabilities
     distill.write_cache(taught / "committed.npz", distill.TeacherCache(**{**vars(made), "probs": made.probs[::-1]}))
-    write_params(taught / "params.yaml", {"distill": {"teachers": ["pretrained"], "alpha": 0.5,
+    write_params(taught / "params.yaml", {**DEMO_DISTILLS, "distill": {"teachers": ["pretrained"], "alpha": 0.5,
                                                       "reuse": "committed.npz"}})
     capsys.readouterr()
     assert teach_main(["--params", "params.yaml"]) == 0
@@ -79,6 +80,19 @@ def test_committed_teacher_outputs_belong_to_fer2013_and_the_committed_teachers(
     sample = np.random.default_rng(0).choice(len(x), 256, replace=False)
     mean = np.mean([load_classifier(t, "cpu").predict_proba(x[sample], tta=False) for t in cache.teachers], axis=0)
     np.testing.assert_allclose(cache.probs[0][sample], mean, atol=2e-3)
+
+
+def test_the_demo_set_trains_on_labels_unless_demo_distill(taught, capsys):
+    """params.yaml names FER2013 teachers; a fresh clone's demo `dvc repro` must not distil
+    synthetic faces from them (nor run them)."""
+    write_params(taught / "params.yaml", {"distill": {"teachers": ["models/nope.pt"], "alpha": 0.5}})
+    capsys.readouterr()
+    assert teach_main(["--params", "params.yaml"]) == 0  # the missing teacher is never loaded
+    assert distill.read_cache(taught / PROBS).teachers == ()
+    assert train_main(["--params", "params.yaml"]) == 0
+    assert "distillation off (demo.distill" in capsys.readouterr().out
+    run = mlflow.MlflowClient().get_run(json.loads((taught / "models" / "run.json").read_text())["run_id"])
+    assert run.data.params["distill.alpha"] == "0.0" and run.data.tags["distill"] == "off"
 
 
 def test_no_teachers_writes_an_empty_marker(in_tmp):
@@ -110,7 +124,7 @@ def test_a_stale_cache_is_refused_before_anything_is_touched(taught, capsys):
     # other teachers than the cache's
     spec, weights = artifact.load_model_dir(artifact.WEIGHTS_DIR)
     artifact.save_model_dir(taught / "teacher", spec, weights)
-    write_params(taught / "params.yaml", {"distill": {"teachers": ["teacher"], "alpha": 0.5}})
+    write_params(taught / "params.yaml", {**DEMO_DISTILLS, "distill": {"teachers": ["teacher"], "alpha": 0.5}})
     _refused(capsys, PROBS, "teachers ['pretrained']", "python -m stages.teach")
     # the same reference with other weights behind it
     assert teach_main(["--params", "params.yaml"]) == 0
@@ -119,7 +133,7 @@ def test_a_stale_cache_is_refused_before_anything_is_touched(taught, capsys):
     _refused(capsys, "teacher 'teacher' now has other weights")
     # another train split (a re-prepared dataset)
     artifact.save_model_dir(taught / "teacher", spec, weights)
-    write_params(taught / "params.yaml", {"distill": {"teachers": ["teacher"], "alpha": 0.5},
+    write_params(taught / "params.yaml", {**DEMO_DISTILLS, "distill": {"teachers": ["teacher"], "alpha": 0.5},
                                           "base": {"seed": 7}})
     assert prepare_main(["--params", "params.yaml"]) == 0
     _refused(capsys, "another train split")
@@ -148,7 +162,7 @@ def test_bad_distill_params_fail_in_one_line(in_tmp, capsys, distill_params, exp
 
 
 def test_missing_teacher_fails_in_one_line(taught, capsys):
-    write_params(taught / "params.yaml", {"distill": {"teachers": ["models/nope.pt"]}})
+    write_params(taught / "params.yaml", {**DEMO_DISTILLS, "distill": {"teachers": ["models/nope.pt"]}})
     assert teach_main(["--params", "params.yaml"]) == 2
     assert "model 'models/nope.pt' not found" in capsys.readouterr().err
 

@@ -39,7 +39,7 @@ def traces(tmp_path_factory) -> dict[str, dict]:
     result["prepare"]["modules"] = sorted({*fer["modules"], *result["prepare"]["modules"]})
     result["prepare"]["params"] = sorted({*fer["params"], *result["prepare"]["params"]})
     write_params(root / "params.yaml", {"data": {"raw_dir": str(root / "empty")},
-                                        "distill": {"teachers": ["models/best.pt"]}})
+                                        "distill": {"teachers": ["models/best.pt"]}, "demo": {"distill": True}})
     taught = trace("teach", root, env)
     for kind in ("modules", "params"):
         result["teach"][kind] = sorted({*taught[kind], *result["teach"][kind]})

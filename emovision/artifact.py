@@ -40,7 +40,7 @@ PRETRAINED = "pretrained"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # the shipped FER2013 model
 PRETRAINED_ENSEMBLE = "pretrained-ensemble"  # accuracy over speed: several FER2013 models averaged
 ENSEMBLE_DIR = WEIGHTS_DIR / "ensemble"
-SPEC_KEYS = ("arch", "arch_kwargs", "classes", "preprocess", "dataset", "metrics", "epoch", "weights")
+SPEC_KEYS = ("arch", "arch_kwargs", "classes", "preprocess", "dataset", "metrics", "epoch", "weights", "recipe")
 # Which weights an artifact holds. best.pt and registered models hold the EMA average (what
 # was scored and selected); last.pt holds the optimiser's live weights (what --resume continues
 # from), with the EMA average beside them as `ema_state_dict`.
@@ -59,11 +59,14 @@ class ModelSpec:
     metrics: dict[str, Any] = field(default_factory=dict)
     epoch: int | None = None
     weights: WeightsKind = "ema"
+    # The flat params.yaml values the weights were trained with ({} when unknown): a checkpoint
+    # carries them as "params", a model folder made from it as "recipe", and the registry logs them.
+    recipe: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"arch": self.arch, "arch_kwargs": dict(self.arch_kwargs), "classes": list(self.classes),
                 "preprocess": self.preprocess.to_dict(), "dataset": self.dataset, "metrics": self.metrics,
-                "epoch": self.epoch, "weights": self.weights}
+                "epoch": self.epoch, "weights": self.weights, "recipe": dict(self.recipe)}
 
     def replace(self, **changes: Any) -> "ModelSpec":
         return dataclasses.replace(self, **changes)
@@ -84,7 +87,15 @@ class ModelSpec:
         return cls(arch=d["arch"], arch_kwargs=dict(d["arch_kwargs"]), classes=tuple(d["classes"]),
                    preprocess=_preprocess(d["preprocess"], where), dataset=d.get("dataset"),
                    metrics=dict(d.get("metrics") or {}), epoch=d.get("epoch"),
-                   weights=d.get("weights", "ema"))
+                   weights=d.get("weights", "ema"), recipe=_recipe(d, where))
+
+
+def _recipe(d: dict[str, Any], where: str) -> dict[str, Any]:
+    """A folder's "recipe", else a checkpoint's training "params"; flat name -> plain value."""
+    recipe = d.get("recipe") or d.get("params") or {}
+    if not isinstance(recipe, dict) or not all(isinstance(k, str) for k in recipe):
+        raise ModelRefError(f"{where}: 'recipe' must map params.yaml names to values")
+    return dict(recipe)
 
 
 def _preprocess(d: dict[str, Any], where: str) -> PreprocessConfig:

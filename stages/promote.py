@@ -27,14 +27,42 @@ def force(name: str, version: str) -> None:
 
 
 def shipped_scores(spec: artifact.ModelSpec) -> dict[str, float]:
-    """The shipped model's recorded FER2013 accuracies, named as the gate names them."""
+    """A model folder's recorded FER2013 accuracies, named as the gate names them (a teacher
+    records PublicTest only)."""
     m = spec.metrics
     tta = m.get("tta") == "hflip"  # the headline figures of the shipped config use flip TTA
     plain = m.get("no_tta", m) if tta else m
-    scores = {"val_acc": plain["val"]["accuracy"], "test_acc": plain["test"]["accuracy"]}
-    if tta:
-        scores.update(val_acc_tta=m["val"]["accuracy"], test_acc_tta=m["test"]["accuracy"])
+    scores = {}
+    for split, name in (("val", "val_acc"), ("test", "test_acc")):
+        if split in plain:
+            scores[name] = plain[split]["accuracy"]
+        if tta and split in m:
+            scores[f"{name}_tta"] = m[split]["accuracy"]
     return scores
+
+
+def log_lineage(spec: artifact.ModelSpec) -> None:
+    """How the shipped model was made, in the active run: its training params (the recipe its
+    config.json carries) and, for a distilled model, one nested run per teacher with the
+    teacher's own recipe and PublicTest figures, so `mlflow ui` shows the whole recipe."""
+    import mlflow
+
+    if not spec.recipe:
+        return
+    mlflow.log_params(spec.recipe)
+    if not spec.recipe.get("distill.alpha"):
+        return
+    for ref in spec.recipe.get("distill.teachers") or ():
+        try:
+            teacher = artifact.read_spec(ref)
+        except ModelRefError as err:
+            print(f"teacher {ref} not logged: {err}")
+            continue
+        val = shipped_scores(teacher)
+        with tracking.tracked_run(run_name=f"teacher {ref}", nested=True,
+                                  tags={"dataset": "fer2013", "stage": "teacher", "teacher": ref}):
+            mlflow.log_params(teacher.recipe)
+            mlflow.log_metrics(val)
 
 
 def register_pretrained(params: Params) -> str:
@@ -57,6 +85,7 @@ def register_pretrained(params: Params) -> str:
         with tracking.tracked_run(run_name=f"register-pretrained {spec.arch}-w{spec.arch_kwargs.get('width')} fer2013",
                                   tags={"dataset": "fer2013", "stage": "promote"}) as run:
             model_info = serving.log_model(spec, state_dict)
+            log_lineage(spec)
             mlflow.log_metrics(scores)
             mlflow.log_metrics(scores, model_id=model_info.model_id)
             version = tracking.register_model(

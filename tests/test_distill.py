@@ -223,3 +223,25 @@ def test_distilled_student_agrees_with_its_teacher(in_tmp):
         student = predict_proba(model, train.x, preprocess_config(params), tta=False).argmax(1).numpy()
         agree.append(float((student == teacher).mean()))
     assert agree[1] >= agree[0] + AGREEMENT_GAIN, agree
+
+
+def test_registering_a_distilled_model_logs_its_recipe_and_teachers(mlflow_store):
+    """`promote --pretrained` logs the shipped model's recipe and one nested run per teacher (its
+    recipe and PublicTest figures), so `mlflow ui` shows how the model was made."""
+    from emovision import tracking
+    from stages.promote import log_lineage
+
+    teachers = [str(REPO / "teachers" / name) for name in ("cnn-w48-s42", "cnn-w48-s7-live")]
+    spec = artifact.read_spec(teachers[1])
+    student = spec.replace(recipe={**spec.recipe, "distill.teachers": teachers, "distill.alpha": 0.5})
+    with tracking.tracked_run(run_name="register") as run:
+        log_lineage(student)
+    client = mlflow.MlflowClient()
+    assert client.get_run(run.info.run_id).data.params["distill.alpha"] == "0.5"
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert sorted(c.data.tags["teacher"] for c in children) == sorted(teachers)
+    for child in children:
+        teacher = artifact.read_spec(child.data.tags["teacher"])
+        assert child.data.params["base.seed"] == str(teacher.recipe["base.seed"])
+        assert child.data.metrics["val_acc"] == pytest.approx(teacher.metrics["no_tta"]["val"]["accuracy"])
+        assert "test_acc" not in child.data.metrics  # teachers are never scored on PrivateTest

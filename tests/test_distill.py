@@ -225,7 +225,7 @@ def test_distilled_student_agrees_with_its_teacher(in_tmp):
     assert agree[1] >= agree[0] + AGREEMENT_GAIN, agree
 
 
-def test_registering_a_distilled_model_logs_its_recipe_and_teachers(mlflow_store):
+def test_registering_a_distilled_model_logs_its_recipe_and_teachers(in_tmp, mlflow_store):
     """`promote --pretrained` logs the shipped model's recipe and one nested run per teacher (its
     recipe and PublicTest figures), so `mlflow ui` shows how the model was made."""
     from emovision import tracking
@@ -234,6 +234,7 @@ def test_registering_a_distilled_model_logs_its_recipe_and_teachers(mlflow_store
     teachers = [str(REPO / "teachers" / name) for name in ("cnn-w48-s42", "cnn-w48-s7-live")]
     spec = artifact.read_spec(teachers[1])
     student = spec.replace(recipe={**spec.recipe, "distill.teachers": teachers, "distill.alpha": 0.5})
+    tracking.setup()  # the temp store's experiment (MLflow keeps the last one a test used)
     with tracking.tracked_run(run_name="register") as run:
         log_lineage(student)
     client = mlflow.MlflowClient()

@@ -19,7 +19,7 @@ from stages.promote import main as promote_main
 from stages.train import main as train_main
 from tests.conftest import REPO, TINY, write_params
 
-PROJECT_FILES = ["stages", "emovision", "dvc.yaml", "pyproject.toml", ".gitignore", ".dvcignore",
+PROJECT_FILES = ["stages", "emovision", "dvc.yaml", "teachers", "pyproject.toml", ".gitignore", ".dvcignore",
                  "data/raw/.gitkeep"]
 
 

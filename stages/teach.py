@@ -32,16 +32,16 @@ def teach(params: Params) -> distill.TeacherCache:
     if out.is_dir() or any(p.exists() and not p.is_dir() for p in out.parents):
         raise ConfigError(f"distill.probs: {out} cannot be written (a folder, or below a file)")
     prepared = Path(params.data.prepared_dir)
-    if teachers and not params.distills_on(load_meta(prepared)["source"]):
-        print("demo set: distillation off (demo.distill: the teachers are FER2013 models)")
-        teachers = ()
+    meta = load_meta(prepared) if teachers else None  # without teachers no data is read
+    why = "no distill.teachers"
+    if meta is not None and not params.distills_on(meta["source"]):
+        why, teachers = "demo set: distillation off (demo.distill: the teachers are FER2013 models)", ()
     if not teachers:
         cache = distill.TeacherCache(probs=np.zeros((len(distill.VIEWS), 0, 0), distill.PROBS_DTYPE),
                                      views=distill.VIEWS, teachers=(), digests=(), classes=(), train="")
         distill.write_cache(out, cache)
-        print(f"no distill.teachers: wrote an empty {out} (training uses labels only)")
+        print(f"{why}: wrote an empty {out} (training uses labels only)")
         return cache
-    meta = load_meta(prepared)
     x, y = load_split(prepared, "train")
     started = time.perf_counter()
     cache = reusable(params.distill.reuse, teachers, x, y, meta["classes"], params.base.device)

@@ -56,6 +56,7 @@ class DemoParams:
     epochs: int = 12
     width: int = 32
     distill: bool = False
+    init: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class TrainParams:
     compile: bool = False
     threads: int = 0
     max_train_images: int = 0
+    init: str = ""
 
 
 @dataclass(frozen=True)
@@ -198,14 +200,17 @@ class Params:
     def for_dataset(self, source: str) -> "Params":
         """The params a training on `source` uses: on the built-in demo set, `train.epochs`
         and `model.width` are capped by the `demo` section so a fresh clone's first
-        `dvc repro` takes minutes, and distillation is off unless `demo.distill` (the
-        teachers are FER2013 models); FER2013 trains with the params as written."""
+        `dvc repro` takes minutes, and distillation and `train.init` are off unless
+        `demo.distill` / `demo.init` (the teachers and the models to start from are FER2013
+        models); FER2013 trains with the params as written."""
         if source != "synthetic":
             return self
         caps = {"train.epochs": min(self.train.epochs, self.demo.epochs),
                 "model.width": min(self.model.width, self.demo.width)}
         if not self.distills_on(source):
             caps.update({"distill.teachers": (), "distill.alpha": 0.0})
+        if not self.demo.init:
+            caps["train.init"] = ""
         return self.replace(**caps)
 
 

@@ -385,11 +385,13 @@ def fit(
     on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
     dataset: str | None = None,
     soft: SoftTargets | None = None,
+    init: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Train with early stopping on val accuracy (distilling `soft` teacher targets when given).
 
     Writes `out_dir/last.pt` every epoch and `out_dir/best.pt` on improvement (when
-    out_dir is given). `on_epoch(epoch, metrics)` sees each epoch's metrics and may
+    out_dir is given). `init` is a state dict training starts from instead of random weights
+    (a resumed run takes its own from last.pt). `on_epoch(epoch, metrics)` sees each epoch's metrics and may
     return True to stop (Optuna pruning); `dataset` is recorded in the checkpoints. Returns a
     summary dict.
     """
@@ -398,6 +400,8 @@ def fit(
     seed_everything(params.base.seed)
     arch_kwargs = params.model.kwargs()
     model = create_model(params.model.name, num_classes=len(classes), **arch_kwargs).to(device)
+    if init is not None and not resume:
+        model.load_state_dict({k: v.float() for k, v in init.items()})
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)

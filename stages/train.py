@@ -16,9 +16,9 @@ from pathlib import Path
 from emovision import artifact, fileio, plots, serving, tracking
 from emovision.config import Params
 from emovision.data.prepared import load_split
-from emovision.errors import ConfigError, DataError, cli_main
+from emovision.errors import ConfigError, DataError, EmovisionError, cli_main
 from emovision.models import create_model
-from emovision.training import SoftTargets, fit, load_train_val, resolve_amp
+from emovision.training import SoftTargets, fit, load_train_val, model_spec, resolve_amp
 from stages import parse, stage_parser
 from stages.export import export as export_onnx_step
 
@@ -86,6 +86,40 @@ def soft_targets(params: Params, meta: dict, device) -> tuple[SoftTargets | None
     return SoftTargets(probs, alpha, temperature), info
 
 
+def initial_weights(params: Params, meta: dict, probe) -> tuple[dict | None, dict]:
+    """The state dict `train.init` names (None for random weights) and what to log about it;
+    it must be a model of this very architecture, width, classes and preprocessing (dropout
+    may differ: it has no weights)."""
+    ref = params.train.init
+    if not ref:
+        return None, {}
+    # Imported here: resolving model references (registry, checkpoints) belongs to this step alone.
+    from emovision import distill
+    from emovision.inference import load_artifact
+
+    where = f"train.init {ref!r}"
+    try:
+        spec, state_dict = load_artifact(ref)
+    except EmovisionError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    wanted = model_spec(params, meta["classes"])
+    theirs_args, our_args = ({k: v for k, v in s.arch_kwargs.items() if k != "dropout"} for s in (spec, wanted))
+    for what, theirs, ours in (("architecture", spec.arch, wanted.arch),
+                               ("model args", theirs_args, our_args),
+                               ("classes", tuple(spec.classes), tuple(wanted.classes)),
+                               ("preprocessing", spec.preprocess, wanted.preprocess)):
+        if theirs != ours:
+            raise ConfigError(f"{where} has {what} {theirs}, but params.yaml trains {ours}: "
+                              f"training can start only from a model of the same shape")
+    mismatch = set(state_dict) ^ set(probe.state_dict())
+    if mismatch:
+        raise ConfigError(f"{where}: its weights do not fit {params.model.name} "
+                          f"({len(mismatch)} tensors differ, e.g. {sorted(mismatch)[0]})")
+    digest = distill.weights_digest(state_dict)
+    print(f"starting from {ref} (weights {digest}) instead of random weights")
+    return state_dict, {"init": ref, "init_digest": digest}
+
+
 def train(params: Params, resume: bool = False, models_dir: Path | None = None,
           auto_resume: bool = False) -> dict:
     models_dir = Path(params.paths.models) if models_dir is None else models_dir
@@ -95,6 +129,8 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
     if capped != params:
         off = ", distillation off (demo.distill: the teachers are FER2013 models)" if (
             capped.distill.teachers != params.distill.teachers) else ""
+        if capped.train.init != params.train.init:
+            off += ", train.init off (demo.init: it names a FER2013 model)"
         print(f"demo set: train.epochs {params.train.epochs} -> {capped.train.epochs}, model.width "
               f"{params.model.width} -> {capped.model.width}{off} (the demo section's caps; FER2013 is not capped)")
     params = capped
@@ -105,6 +141,7 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
         if folder.exists() and not folder.is_dir():
             raise ConfigError(f"{folder} is a file, not a folder (paths in params.yaml)")
     soft, distill_info = soft_targets(params, meta, train_set.x.device)
+    init, init_info = initial_weights(params, meta, probe)
     print(f"training {params.model.name} on {meta['source']} ({len(train_set):,} train / "
           f"{len(val_set):,} val) on {train_set.x.device}")
 
@@ -134,12 +171,14 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
             tracking.log_dataset(meta, Path(params.data.prepared_dir))
             if soft is not None:
                 mlflow.log_dict(distill_info, "teachers.json")
+            if init is not None:
+                mlflow.set_tags(init_info)
 
         def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
             mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
 
         result = fit(params, train_set, val_set, meta["classes"], out_dir=models_dir, resume=resume,
-                     on_epoch=log_epoch, dataset=meta["source"], soft=soft)
+                     on_epoch=log_epoch, dataset=meta["source"], soft=soft, init=init)
         history_csv, curves_png = reports / HISTORY_CSV, reports / CURVES_PNG
         write_history(result["history"], history_csv)
         plots.training_curves(result["history"], curves_png)

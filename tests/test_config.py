@@ -133,5 +133,8 @@ def test_demo_caps_apply_only_to_the_demo_set():
     assert taught.for_dataset("synthetic").distill.teachers == () and taught.for_dataset("synthetic").distill.alpha == 0
     kept = taught.replace(**{"demo.distill": True}).for_dataset("synthetic")
     assert kept.distill.teachers == ("teachers/a",) and kept.distill.alpha == 0.5
+    started = p.replace(**{"train.init": "teachers/a"})
+    assert started.for_dataset("synthetic").train.init == "" and started.for_dataset("fer2013") == started
+    assert started.replace(**{"demo.init": True}).for_dataset("synthetic").train.init == "teachers/a"
     small = p.replace(**{"train.epochs": 2, "model.width": 8})
     assert small.for_dataset("synthetic") == small  # caps, never raises

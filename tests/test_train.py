@@ -177,3 +177,49 @@ def test_resume_after_changing_the_model_width_is_refused_before_anything_is_tou
     assert {p.name: p.read_bytes() for p in models.iterdir()} == before
     assert mlflow.MlflowClient().get_run(info["run_id"]).info.status == status
     assert len(mlflow.MlflowClient().search_runs([mlflow.get_experiment_by_name("emovision").experiment_id])) == 1
+
+
+def _first_conv(path) -> torch.Tensor:
+    _, state = artifact.load_checkpoint(path)
+    return next(v for k, v in state.items() if k.endswith("weight") and v.dim() == 4).float()
+
+
+def test_training_starts_from_train_init(project, capsys):
+    """train.init: the run starts from that model's weights (a fine-tune), says so in MLflow;
+    on the demo set only with demo.init, since params.yaml names a FER2013 model."""
+    write_params(project / "params.yaml", {"base": {"seed": 7}})  # other weights than seed 42's init
+    assert train_main(["--params", "params.yaml"]) == 0
+    shutil.copy(project / "models" / "best.pt", project / "start.pt")
+    start = _first_conv(project / "start.pt")
+    # a learning rate too small to move the weights: the new model is the one it started from
+    still = {"train": {"epochs": 1, "lr": 1e-9, "init": "start.pt"}}
+    write_params(project / "params.yaml", {**still, "demo": {"init": True}})
+    assert train_main(["--params", "params.yaml"]) == 0
+    torch.testing.assert_close(_first_conv(project / "models" / "best.pt"), start, atol=1e-4, rtol=0)
+    run = mlflow.MlflowClient().get_run(json.loads((project / "models" / "run.json").read_text())["run_id"])
+    assert run.data.tags["init"] == "start.pt" and len(run.data.tags["init_digest"]) == 16
+    assert run.data.params["train.init"] == "start.pt"
+    # without demo.init the demo set starts from random weights, and says so
+    write_params(project / "params.yaml", still)
+    capsys.readouterr()
+    assert train_main(["--params", "params.yaml"]) == 0
+    assert "train.init off (demo.init" in capsys.readouterr().out
+    assert (_first_conv(project / "models" / "best.pt") - start).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("init, expected", [
+    ("nosuch.pt", "model 'nosuch.pt' not found"),
+    ("pretrained", "has model args {'width': 48"),  # the shipped w48 into the tiny w8
+    ("params.yaml", "train.init 'params.yaml'"),  # not a model at all
+])
+def test_a_bad_train_init_is_refused_before_anything_is_touched(project, capsys, init, expected):
+    (project / "models").mkdir()
+    (project / "models" / "best.pt").write_bytes(b"the previous model")
+    write_params(project / "params.yaml", {"train": {"init": init}, "demo": {"init": True}})
+    capsys.readouterr()
+    assert train_main(["--params", "params.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "train.init" in err and expected in err, err
+    assert (project / "models" / "best.pt").read_bytes() == b"the previous model"
+    experiment = mlflow.get_experiment_by_name("emovision")  # no run was started
+    assert experiment is None or not mlflow.MlflowClient().search_runs([experiment.experiment_id])

@@ -80,7 +80,7 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 70
+    epochs: int = 80
     batch_size: int = 128
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 0.003
@@ -105,12 +105,12 @@ class TrainParams:
 @dataclass(frozen=True)
 class AugmentParams:
     hflip: bool = True
-    rotation: float = 10.0
-    scale: float = 0.1
+    rotation: float = 15.0
+    scale: float = 0.2
     translate: float = 0.1
     erasing: float = 0.4
-    brightness: float = 0.0
-    aspect: float = 0.0
+    brightness: float = 0.5
+    aspect: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -151,10 +151,11 @@ class TuneParams:
 
 @dataclass(frozen=True)
 class DistillParams:
-    teachers: tuple[str, ...] = ()
+    teachers: tuple[str, ...] = ("teachers/cnn-w48-s42", "teachers/cnn-w48-s7-live",
+                                 "teachers/cnn-w48-s3-live")
     probs: str = "data/teacher/probs.npz"
     reuse: str = "teachers/fer2013-probs.npz"
-    alpha: float = 0.0
+    alpha: float = 0.5
     temperature: float = 4.0
 
 

@@ -17,6 +17,7 @@ TINY = {
     "evaluate": {"batch_size": 256},
     "bench": {"repeats": 2, "train_batches": 2, "video_frames": 20},
     "tune": {"n_trials": 3, "epochs": 1},
+    "distill": {"teachers": [], "alpha": 0.0},  # params.yaml distils from FER2013 teachers
 }
 
 

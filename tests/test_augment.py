@@ -9,7 +9,7 @@ import torch
 from emovision.config import AugmentParams
 from emovision.data.augment import augment_batch, augment_batch_flips
 
-OFF = AugmentParams(hflip=False, rotation=0.0, scale=0.0, translate=0.0, erasing=0.0)
+OFF = AugmentParams(hflip=False, rotation=0.0, scale=0.0, translate=0.0, erasing=0.0, brightness=0.0, aspect=0.0)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

@@ -401,7 +401,7 @@ def fit(
     arch_kwargs = params.model.kwargs()
     model = create_model(params.model.name, num_classes=len(classes), **arch_kwargs).to(device)
     if init is not None and not resume:
-        model.load_state_dict({k: v.float() for k, v in init.items()})
+        model.load_state_dict(init)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)

@@ -86,10 +86,10 @@ def soft_targets(params: Params, meta: dict, device) -> tuple[SoftTargets | None
     return SoftTargets(probs, alpha, temperature), info
 
 
-def initial_weights(params: Params, meta: dict, probe) -> tuple[dict | None, dict]:
+def initial_weights(params: Params, meta: dict) -> tuple[dict | None, dict]:
     """The state dict `train.init` names (None for random weights) and what to log about it;
     it must be a model of this very architecture, width, classes and preprocessing (dropout
-    may differ: it has no weights)."""
+    may differ: it has no weights), and its weights must load into it (the one build)."""
     ref = params.train.init
     if not ref:
         return None, {}
@@ -99,7 +99,7 @@ def initial_weights(params: Params, meta: dict, probe) -> tuple[dict | None, dic
 
     where = f"train.init {ref!r}"
     try:
-        spec, state_dict = load_artifact(ref)
+        spec, stored = load_artifact(ref)
     except EmovisionError as err:
         raise ConfigError(f"{where}: {err}") from None
     wanted = model_spec(params, meta["classes"])
@@ -111,11 +111,8 @@ def initial_weights(params: Params, meta: dict, probe) -> tuple[dict | None, dic
         if theirs != ours:
             raise ConfigError(f"{where} has {what} {theirs}, but params.yaml trains {ours}: "
                               f"training can start only from a model of the same shape")
-    mismatch = set(state_dict) ^ set(probe.state_dict())
-    if mismatch:
-        raise ConfigError(f"{where}: its weights do not fit {params.model.name} "
-                          f"({len(mismatch)} tensors differ, e.g. {sorted(mismatch)[0]})")
-    digest = distill.weights_digest(state_dict)
+    state_dict = artifact.build(spec, stored, where).state_dict()  # float32, wrapper prefixes gone
+    digest = distill.weights_digest(state_dict)  # as distill hashes a teacher: the built model's
     print(f"starting from {ref} (weights {digest}) instead of random weights")
     return state_dict, {"init": ref, "init_digest": digest}
 
@@ -141,7 +138,7 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
         if folder.exists() and not folder.is_dir():
             raise ConfigError(f"{folder} is a file, not a folder (paths in params.yaml)")
     soft, distill_info = soft_targets(params, meta, train_set.x.device)
-    init, init_info = initial_weights(params, meta, probe)
+    init, init_info = initial_weights(params, meta)
     print(f"training {params.model.name} on {meta['source']} ({len(train_set):,} train / "
           f"{len(val_set):,} val) on {train_set.x.device}")
 

@@ -14,6 +14,8 @@ the same 48x48 face directly:
     app_accuracy     the app's label on the faces it found
     direct_accuracy  `classifier.predict_proba` on the dataset crops of the same faces
     gap_points       direct - app, in accuracy points (the cost of framing, detection, pixels)
+    gap_se_points    its standard error (paired over the found faces): a draw of n faces
+                     measures the gap to about +-2 of these (95%)
     true_square_accuracy  the found faces cut from the frame at their true square: app vs this
                      is the cost of the framing, this vs direct the cost of the rendering
                      (rotation, aspect, brightness, resampling, background in the square)
@@ -53,7 +55,8 @@ NATURAL_SCENES = ("clock", "coffee", "rocket", "brick", "grass", "gravel", "moon
 CLIP_FRAMES = 4
 MATCH_SIZE_RANGE = (0.5, 2.0)  # a box "on" the face: centre inside it, side within this ratio
 # Faces rendered by `stages.bench`: 4,800 frames, about 5 min on this 2-core CPU shared with other jobs;
-# the gap's standard error is then about 1 point (paired: only faces where app and direct disagree count).
+# the gap's standard error is then about 1 point (paired: only faces where app and direct disagree
+# count), so one such draw cannot tell a 1-point gap from none: the report gives the standard error.
 BENCH_FACES = 1200
 
 
@@ -165,10 +168,14 @@ def _score(rows: list[tuple]) -> dict:
     app = float(np.mean([r[4] == r[6] for r in found])) if found else 0.0
     direct = float(np.mean([r[5] == r[6] for r in found])) if found else 0.0
     square = float(np.mean([r[7] == r[6] for r in found])) if found else 0.0
+    # Paired: each found face is scored both ways, so only the faces where the two disagree
+    # carry the gap's uncertainty (standard error of the mean per-face difference).
+    diff = np.array([(r[5] == r[6]) - (r[4] == r[6]) for r in found], float)
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
     return {"faces": len(rows), "found": len(found), "detection_rate": round(len(found) / max(1, len(rows)), 4),
             "false_boxes": int(sum(r[3] for r in rows)),
             "app_accuracy": round(app, 4), "direct_accuracy": round(direct, 4),
-            "gap_points": round(100 * (direct - app), 2),
+            "gap_points": round(100 * (direct - app), 2), "gap_se_points": round(100 * se, 2),
             # the same found faces cut from the frame at their true square: splits the gap into
             # framing (app - square) and what the rendering did to the pixels (square - direct)
             "true_square_accuracy": round(square, 4),
@@ -223,7 +230,8 @@ def summary_line(report: dict) -> str:
     b = report["groups"]["border_True"]
     return (f"{report['faces']} faces: found {report['detection_rate']:.1%} ({b['detection_rate']:.1%} with a "
             f"replicated border), {report['false_boxes']} false boxes; app {report['app_accuracy']:.2%} vs direct "
-            f"{report['direct_accuracy']:.2%} on the same faces: gap {report['gap_points']:+.2f} points "
+            f"{report['direct_accuracy']:.2%} on the same faces: gap {report['gap_points']:+.2f} "
+            f"+- {report['gap_se_points']:.2f} points (standard error) "
             f"(true square {report['true_square_accuracy']:.2%}; TTA {'on' if report['tta'] else 'off'})")
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from emovision.faces import make_detector
-from emovision.livecheck import bench_report, live_consistency, load_faces, measure_framing, render
+from emovision.livecheck import _score, bench_report, live_consistency, load_faces, measure_framing, render
 
 SAMPLE = 60  # faces: ~10 s; the figures of the full harness are in reports/bench.json
 
@@ -29,6 +29,19 @@ def test_render_places_the_face_where_it_says():
     assert abs(xs.mean() - cx) < 2 and abs(ys.mean() - cy) < 2 and abs((xs.max() - xs.min()) - side / 2) < 8  # edges blurred by resampling
 
 
+def test_the_gap_comes_with_its_paired_standard_error():
+    """Rows: (border, background, found, false boxes, app label, direct label, true label, square label).
+    100 found faces, 10 only direct gets right, 4 only the app: gap 6 points; per-face
+    differences +1 x10, -1 x4, 0 x86 -> sd sqrt((14 - 100 * 0.06^2) / 99), SE sd / 10."""
+    rows = ([(True, "flat", True, 0, 0, 1, 1, 1)] * 10 + [(True, "flat", True, 0, 1, 0, 1, 1)] * 4
+            + [(True, "flat", True, 0, 1, 1, 1, 1)] * 40 + [(True, "flat", True, 0, 2, 2, 1, 1)] * 46
+            + [(True, "flat", False, 1, -1, 1, 1, -1)] * 5)  # not found: outside the gap
+    s = _score(rows)
+    assert s["found"] == 100 and s["false_boxes"] == 5
+    assert s["gap_points"] == pytest.approx(6.0)
+    assert s["gap_se_points"] == pytest.approx(100 * np.sqrt((14 - 100 * 0.06 ** 2) / 99) / 10, abs=0.01)
+
+
 def test_harness_on_a_publictest_sample(publictest):
     """Seeded, so the figures repeat; the margins cover seeds 0-5 measured with 60 faces and the
     default detector (MTCNN with its rescue pass): detection 0.93-0.98, with border 0.90-0.97,
@@ -47,6 +60,7 @@ def test_harness_on_a_publictest_sample(publictest):
     assert report["direct_accuracy"] >= 0.5 and abs(report["gap_points"]) <= 15
     assert 0.4 <= report["true_square_accuracy"] <= 1
     assert report["gap_points"] == pytest.approx(100 * (report["direct_accuracy"] - report["app_accuracy"]), abs=0.01)
+    assert 0 < report["gap_se_points"] < 10  # 60 faces: a few points
 
 
 @pytest.mark.parametrize("name", ["mtcnn", "haar"])

@@ -130,12 +130,13 @@ def print_val_only(scores: dict, clf, models: list[str]) -> None:
                      indent=2))
 
 
-def ship_teacher(folder: Path, spec: artifact.ModelSpec, state_dict: dict, prepared: Path) -> int:
+def ship_teacher(folder: Path, spec: artifact.ModelSpec, state_dict: dict, prepared: Path,
+                 device: str = "cpu") -> int:
     """A distillation teacher as a model folder: float16 weights, PublicTest figures only."""
     half = {k: v.to(TEACHER_DTYPE) if v.is_floating_point() else v for k, v in state_dict.items()}
     with tempfile.TemporaryDirectory() as tmp:
         staged = artifact.save_model_dir(Path(tmp) / "teacher", spec, half)
-        clf = load_classifier(str(staged), "cpu")
+        clf = load_classifier(str(staged), device)
         scores = score_all(clf, prepared, ("val",))
         metrics = {"val": {"accuracy": scores["val_tta"]["accuracy"], "macro_f1": scores["val_tta"]["macro_f1"]},
                    "tta": "hflip", "no_tta": {"val": {"accuracy": scores["val"]["accuracy"],

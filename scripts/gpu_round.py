@@ -2,6 +2,9 @@
 
     python scripts/gpu_round.py --data .gpu/fer-trainval.tar.xz --meta .gpu/meta.json --out OUT --budget 540
 
+.gpu/ (git-ignored) holds what travels to the GPU machine: a tar.xz of the Kaggle folders
+train/ and test/ with the PublicTest_* images only (39 MB), and data/prepared/meta.json.
+
 For a borrowed GPU with a few minutes on it and no MLflow or DVC there. Everything runs
 inside one wall-clock budget:
 

@@ -23,7 +23,7 @@ import io
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,10 @@ import torch
 from emovision import fileio
 from emovision.errors import DataError
 from emovision.inference import load_classifier
+
+if TYPE_CHECKING:
+    from emovision.config import Params
+    from emovision.training import SoftTargets
 
 VIEWS = ("identity", "hflip")  # teacher views of each image; index 1 is what a flipped sample sees
 PROBS_DTYPE = np.float16  # 2 bytes per probability: FER2013 Training, 2 views, 7 classes = 0.8 MB
@@ -160,3 +164,24 @@ def tempered(probs: np.ndarray | torch.Tensor, temperature: float) -> torch.Tens
     p = torch.as_tensor(np.asarray(probs, np.float32) if isinstance(probs, np.ndarray) else probs).float()
     return torch.softmax(p.clamp_min(PROB_FLOOR).log() / temperature, dim=-1)
 
+
+
+def soft_targets(params: Params, meta: dict, device: torch.device) -> tuple[SoftTargets | None, dict]:
+    """The distillation targets `params.distill` asks for (None when alpha is 0) on `device`,
+    and what to log about them; the cached teacher file must belong to exactly these teachers
+    and this train split (`check_cache`, one line otherwise)."""
+    from emovision.data.prepared import load_split
+    from emovision.training import SoftTargets
+
+    d = params.distill
+    teachers, alpha, temperature, path = d.teachers, d.alpha, d.temperature, Path(d.probs)
+    if alpha == 0:
+        return None, {"distill": "off"}
+    cache = read_cache(path)
+    x, y = load_split(Path(params.data.prepared_dir), "train")  # raw pixels, as the teachers saw them
+    check_cache(path, cache, teachers, meta["classes"], split_digest(x, y), len(y), params.base.device)
+    probs = tempered(cache.probs, temperature).to(device)
+    info = {"distill": f"{len(teachers)} teacher(s), alpha {alpha:g}, T {temperature:g}",
+            "teachers": list(cache.teachers), "teacher_digests": list(cache.digests),
+            "views": list(cache.views), "train_digest": cache.train, "probs": str(path)}
+    return SoftTargets(probs, alpha, temperature), info

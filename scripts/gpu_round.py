@@ -111,19 +111,15 @@ def prepare(archive: Path, meta: Path, out: Path, smoke: bool) -> dict:
 def worker(args: argparse.Namespace) -> int:
     import torch
 
-    from emovision import distill
     from emovision.config import load_params
-    from emovision.training import SoftTargets, fit, load_train_val
+    from emovision.distill import soft_targets
+    from emovision.training import fit, load_train_val
 
     overrides = json.loads(args.overrides)
     run_dir = Path(args.run_dir)
     params = load_params(ROOT / "params.yaml").replace(**overrides)
     meta, train_set, val_set = load_train_val(params)
-    soft = None
-    if params.distill.alpha > 0:
-        cache = distill.read_cache(params.distill.probs)
-        t = params.distill.temperature
-        soft = SoftTargets(distill.tempered(cache.probs, t).to(train_set.x.device), params.distill.alpha, t)
+    soft, _ = soft_targets(params, meta, train_set.x.device)  # as stages.train builds them
     # Start the speed probe together with the other processes of this phase: they share the GPU.
     (run_dir / "ready").touch()
     waited = time.time()

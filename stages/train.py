@@ -15,10 +15,9 @@ from pathlib import Path
 
 from emovision import artifact, fileio, plots, serving, tracking
 from emovision.config import Params
-from emovision.data.prepared import load_split
 from emovision.errors import ConfigError, DataError, EmovisionError, cli_main
 from emovision.models import create_model
-from emovision.training import SoftTargets, fit, load_train_val, model_spec, resolve_amp
+from emovision.training import fit, load_train_val, model_spec, resolve_amp
 from stages import parse, stage_parser
 from stages.export import export as export_onnx_step
 
@@ -63,27 +62,6 @@ def interrupted_run(params: Params, models_dir: Path) -> tuple[str | None, str]:
     if changed:
         return None, f"{last} was trained with other params ({', '.join(changed[:4])})"
     return run_id, f"resuming the interrupted run {run_id} after epoch {epoch}"
-
-
-def soft_targets(params: Params, meta: dict, device) -> tuple[SoftTargets | None, dict]:
-    """The distillation targets `distill` asks for (None when alpha is 0) and what to log about
-    them; the cached teacher file must belong to exactly these teachers and this train split."""
-    # Imported here: the distillation code belongs to this step alone.
-    from emovision import distill
-
-    d = params.distill
-    teachers, alpha, temperature, path = d.teachers, d.alpha, d.temperature, Path(d.probs)
-    if alpha == 0:
-        return None, {"distill": "off"}
-    cache = distill.read_cache(path)
-    x, y = load_split(Path(params.data.prepared_dir), "train")  # raw pixels, as the teachers saw them
-    distill.check_cache(path, cache, teachers, meta["classes"], distill.split_digest(x, y), len(y),
-                        params.base.device)
-    probs = distill.tempered(cache.probs, temperature).to(device)
-    info = {"distill": f"{len(teachers)} teacher(s), alpha {alpha:g}, T {temperature:g}",
-            "teachers": list(cache.teachers), "teacher_digests": list(cache.digests),
-            "views": list(cache.views), "train_digest": cache.train, "probs": str(path)}
-    return SoftTargets(probs, alpha, temperature), info
 
 
 def initial_weights(params: Params, meta: dict) -> tuple[dict | None, dict]:
@@ -137,6 +115,9 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
     for folder in (models_dir, reports):
         if folder.exists() and not folder.is_dir():
             raise ConfigError(f"{folder} is a file, not a folder (paths in params.yaml)")
+    # Imported here: the distillation code belongs to this step alone.
+    from emovision.distill import soft_targets
+
     soft, distill_info = soft_targets(params, meta, train_set.x.device)
     init, init_info = initial_weights(params, meta)
     print(f"training {params.model.name} on {meta['source']} ({len(train_set):,} train / "

@@ -128,32 +128,54 @@ def _on_face(box: Sequence[float], square: tuple[float, float, float]) -> bool:
     return inside and MATCH_SIZE_RANGE[0] <= max(w, h) / side <= MATCH_SIZE_RANGE[1]
 
 
-def live_consistency(classifier, faces: np.ndarray, labels: np.ndarray, n: int, seed: int = 0,
-                     detector=None, tta: bool | None = None) -> dict:
-    """Render `n` faces (drawn with `seed`; half with a replicated border), run each through a
-    fresh `EmotionPipeline` for CLIP_FRAMES frames and score the last one. Returns a dict of
-    the figures in the module docstring, overall and per border / background."""
+def render_clips(classifier, faces: np.ndarray, labels: np.ndarray, n: int, seed: int = 0, detector=None,
+                 tta: bool | None = None):
+    """Render `n` faces (drawn with `seed`; half with a replicated border) and run each through a
+    fresh `EmotionPipeline` for CLIP_FRAMES frames. Yields (k, face index, Render, the pipeline,
+    its last FrameResult, the index of the result's face on the rendered face or None): the
+    harness's one loop, shared by `live_consistency` and measurements built on it."""
     from emovision.faces import EmotionPipeline, make_detector
 
     detector = detector or make_detector()
-    rng = np.random.default_rng(seed)
+    rng, pick = _draw(len(faces), n, seed)
     scenes = natural_backgrounds()
-    pick = rng.choice(len(faces), size=n, replace=n > len(faces))
-    direct = classifier.predict_proba(faces[pick], tta=tta).argmax(1)
-    rows, started = [], time.perf_counter()
     for k, i in enumerate(pick):
         r = render(faces[i], int(labels[i]), rng, BACKGROUNDS[k % len(BACKGROUNDS)], border=k % 2 == 0,
                    scenes=scenes)
         pipeline = EmotionPipeline(classifier, detector, tta=tta)  # fresh: no track from the last face
         for _ in range(CLIP_FRAMES):
             result = pipeline.process(r.frame.copy())
-        hits = [f for f in result.faces if _on_face(f.box, r.square)]
-        app = classifier.classes.index(hits[0].label) if hits else -1
+        hits = [j for j, f in enumerate(result.faces) if _on_face(f.box, r.square)]
+        yield k, int(i), r, pipeline, result, (hits[0] if hits else None)
+
+
+def _draw(n_faces: int, n: int, seed: int) -> tuple[np.random.Generator, np.ndarray]:
+    """The seed's generator after drawing the `n` face indices, and the indices."""
+    rng = np.random.default_rng(seed)
+    return rng, rng.choice(n_faces, size=n, replace=n > n_faces)
+
+
+def clip_picks(n_faces: int, n: int, seed: int = 0) -> np.ndarray:
+    """The face indices `render_clips` draws for `n` faces and `seed`."""
+    return _draw(n_faces, n, seed)[1]
+
+
+def live_consistency(classifier, faces: np.ndarray, labels: np.ndarray, n: int, seed: int = 0,
+                     detector=None, tta: bool | None = None) -> dict:
+    """`render_clips` scored on each clip's last frame. Returns a dict of the figures in the
+    module docstring, overall and per border / background."""
+    from emovision.faces import make_detector
+
+    detector = detector or make_detector()
+    direct = classifier.predict_proba(faces[clip_picks(len(faces), n, seed)], tta=tta).argmax(1)
+    rows, started = [], time.perf_counter()
+    for k, _, r, _, result, hit in render_clips(classifier, faces, labels, n, seed, detector, tta):
+        app = -1 if hit is None else classifier.classes.index(result.faces[hit].label)
         cx, cy, side = r.square  # the true face square, cut from the same frame: framing taken out
         square = crop_square(cv2.cvtColor(r.frame, cv2.COLOR_BGR2GRAY), cx - side / 2, cy - side / 2, side)
-        true_square = int(classifier.predict_proba([square], tta=tta).argmax(1)[0]) if hits else -1
-        rows.append((r.border, r.background, bool(hits), len(result.faces) - len(hits[:1]), app, int(direct[k]),
-                     r.label, true_square))
+        true_square = -1 if hit is None else int(classifier.predict_proba([square], tta=tta).argmax(1)[0])
+        rows.append((r.border, r.background, hit is not None, len(result.faces) - (hit is not None), app,
+                     int(direct[k]), r.label, true_square))
     report = _score(rows)
     report["groups"] = {**{f"border_{b}": _score([r for r in rows if r[0] == b]) for b in (True, False)},
                         **{g: _score([r for r in rows if r[1] == g]) for g in BACKGROUNDS}}

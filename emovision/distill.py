@@ -165,7 +165,6 @@ def tempered(probs: np.ndarray | torch.Tensor, temperature: float) -> torch.Tens
     return torch.softmax(p.clamp_min(PROB_FLOOR).log() / temperature, dim=-1)
 
 
-
 def soft_targets(params: Params, meta: dict, device: torch.device) -> tuple[SoftTargets | None, dict]:
     """The distillation targets `params.distill` asks for (None when alpha is 0) on `device`,
     and what to log about them; the cached teacher file must belong to exactly these teachers

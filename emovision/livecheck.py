@@ -131,33 +131,22 @@ def _on_face(box: Sequence[float], square: tuple[float, float, float]) -> bool:
 def render_clips(classifier, faces: np.ndarray, labels: np.ndarray, n: int, seed: int = 0, detector=None,
                  tta: bool | None = None):
     """Render `n` faces (drawn with `seed`; half with a replicated border) and run each through a
-    fresh `EmotionPipeline` for CLIP_FRAMES frames. Yields (k, face index, Render, the pipeline,
+    fresh `EmotionPipeline` for CLIP_FRAMES frames. Yields (the face's index, its Render, the pipeline,
     its last FrameResult, the index of the result's face on the rendered face or None): the
     harness's one loop, shared by `live_consistency` and measurements built on it."""
     from emovision.faces import EmotionPipeline, make_detector
 
     detector = detector or make_detector()
-    rng, pick = _draw(len(faces), n, seed)
+    rng = np.random.default_rng(seed)
     scenes = natural_backgrounds()
-    for k, i in enumerate(pick):
+    for k, i in enumerate(rng.choice(len(faces), size=n, replace=n > len(faces))):
         r = render(faces[i], int(labels[i]), rng, BACKGROUNDS[k % len(BACKGROUNDS)], border=k % 2 == 0,
                    scenes=scenes)
         pipeline = EmotionPipeline(classifier, detector, tta=tta)  # fresh: no track from the last face
         for _ in range(CLIP_FRAMES):
             result = pipeline.process(r.frame.copy())
         hits = [j for j, f in enumerate(result.faces) if _on_face(f.box, r.square)]
-        yield k, int(i), r, pipeline, result, (hits[0] if hits else None)
-
-
-def _draw(n_faces: int, n: int, seed: int) -> tuple[np.random.Generator, np.ndarray]:
-    """The seed's generator after drawing the `n` face indices, and the indices."""
-    rng = np.random.default_rng(seed)
-    return rng, rng.choice(n_faces, size=n, replace=n > n_faces)
-
-
-def clip_picks(n_faces: int, n: int, seed: int = 0) -> np.ndarray:
-    """The face indices `render_clips` draws for `n` faces and `seed`."""
-    return _draw(n_faces, n, seed)[1]
+        yield int(i), r, pipeline, result, (hits[0] if hits else None)
 
 
 def live_consistency(classifier, faces: np.ndarray, labels: np.ndarray, n: int, seed: int = 0,
@@ -167,15 +156,20 @@ def live_consistency(classifier, faces: np.ndarray, labels: np.ndarray, n: int, 
     from emovision.faces import make_detector
 
     detector = detector or make_detector()
-    direct = classifier.predict_proba(faces[clip_picks(len(faces), n, seed)], tta=tta).argmax(1)
-    rows, started = [], time.perf_counter()
-    for k, _, r, _, result, hit in render_clips(classifier, faces, labels, n, seed, detector, tta):
-        app = -1 if hit is None else classifier.classes.index(result.faces[hit].label)
-        cx, cy, side = r.square  # the true face square, cut from the same frame: framing taken out
-        square = crop_square(cv2.cvtColor(r.frame, cv2.COLOR_BGR2GRAY), cx - side / 2, cy - side / 2, side)
-        true_square = -1 if hit is None else int(classifier.predict_proba([square], tta=tta).argmax(1)[0])
-        rows.append((r.border, r.background, hit is not None, len(result.faces) - (hit is not None), app,
-                     int(direct[k]), r.label, true_square))
+    clips, picked, started = [], [], time.perf_counter()
+    for i, r, _, result, hit in render_clips(classifier, faces, labels, n, seed, detector, tta):
+        app = true_square = -1
+        if hit is not None:
+            app = classifier.classes.index(result.faces[hit].label)
+            cx, cy, side = r.square  # the true face square, cut from the same frame: framing taken out
+            square = crop_square(cv2.cvtColor(r.frame, cv2.COLOR_BGR2GRAY), cx - side / 2, cy - side / 2, side)
+            true_square = int(classifier.predict_proba([square], tta=tta).argmax(1)[0])
+        picked.append(i)
+        clips.append((r.border, r.background, hit is not None, len(result.faces) - (hit is not None), app,
+                      r.label, true_square))
+    direct = classifier.predict_proba(faces[picked], tta=tta).argmax(1)  # the same faces, one batched call
+    rows = [(border, background, found, false_boxes, app, int(d), label, true_square)
+            for (border, background, found, false_boxes, app, label, true_square), d in zip(clips, direct)]
     report = _score(rows)
     report["groups"] = {**{f"border_{b}": _score([r for r in rows if r[0] == b]) for b in (True, False)},
                         **{g: _score([r for r in rows if r[1] == g]) for g in BACKGROUNDS}}

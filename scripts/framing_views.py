@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emovision.errors import DataError, cli_main  # noqa: E402
 from emovision.framing import crop_levelled, crop_square, fer_square  # noqa: E402
-from emovision.livecheck import clip_picks, load_faces, render_clips  # noqa: E402
+from emovision.livecheck import load_faces, render_clips  # noqa: E402
 
 SCALES = (0.88, 0.94, 1.0, 1.06, 1.12)
 SHIFTS = (-0.06, 0.0, 0.06)  # centre offsets in sides of the app's square
@@ -43,14 +43,13 @@ VIEW_SETS = {
 }
 
 
-def views(gray: np.ndarray, box, framing, angle: float) -> list[np.ndarray]:
-    """The GRID's crops around the app's square for a tracked box (levelled as the app does)."""
-    x0, y0, side = fer_square(box, framing)
+def views(gray: np.ndarray, x0: float, y0: float, side: float, angle: float) -> list[np.ndarray]:
+    """The GRID's crops around the app's square (x0, y0, side), each turned by `angle` degrees."""
     cx, cy = x0 + side / 2, y0 + side / 2
     out = []
     for scale, dx, dy in GRID:
         s = side * scale
-        out.append(crop_levelled(gray, cx + dx * side - s / 2, cy + dy * side - s / 2, s, framing.level * angle))
+        out.append(crop_levelled(gray, cx + dx * side - s / 2, cy + dy * side - s / 2, s, angle))
     return out
 
 
@@ -74,26 +73,26 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     clf, detector = load_classifier(args.model, "cpu"), make_detector()
-    direct_all = clf.predict_proba(faces[clip_picks(len(faces), args.faces, args.seed)])
-    y, app, direct, true, grid, errs = [], [], [], [], [], []
-    for k, _, r, pipeline, result, hit in render_clips(clf, faces, labels, args.faces, args.seed, detector):
+    y, app, found, true, grid, errs = [], [], [], [], [], []
+    for i, r, pipeline, result, hit in render_clips(clf, faces, labels, args.faces, args.seed, detector):
         if hit is None:
             continue
         track = pipeline.tracker.active()[hit]
         gray = cv2.cvtColor(r.frame, cv2.COLOR_BGR2GRAY)
         tcx, tcy, tside = r.square
-        probs = clf.predict_proba(views(gray, track.box, detector.framing, track.angle)
+        x0, y0, side = fer_square(track.box, detector.framing)  # the app's square, levelled as the app levels it
+        probs = clf.predict_proba(views(gray, x0, y0, side, detector.framing.level * track.angle)
                                   + [crop_square(gray, tcx - tside / 2, tcy - tside / 2, tside)])
-        x0, y0, side = fer_square(track.box, detector.framing)
         errs.append(((tcx - x0 - side / 2) / side, (tcy - y0 - side / 2) / side, tside / side))
         y.append(r.label)
         app.append(clf.classes.index(result.faces[hit].label))
-        direct.append(direct_all[k].argmax())
+        found.append(i)
         grid.append(probs[:-1])
         true.append(probs[-1].argmax())
     if len(y) < 2:
         raise DataError(f"the app found {len(y)} of {args.faces} faces: nothing to compare")
     y, grid = np.array(y), np.stack(grid)
+    direct = clf.predict_proba(faces[found]).argmax(1)  # the same 48x48 faces, classified directly
     right_app = np.array(app) == y
     pct = lambda right: f"{100 * np.mean(right):.2f}"  # noqa: E731
     print(f"model {args.model}, {args.faces} PublicTest renders, seed {args.seed}: {len(y)} found; app "

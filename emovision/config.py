@@ -111,6 +111,7 @@ class AugmentParams:
     erasing: float = 0.4
     brightness: float = 0.5
     aspect: float = 0.2
+    fill: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -319,6 +320,7 @@ def _check_ranges(p: Params, source: str) -> None:
         ("augment.erasing", 0.0 <= p.augment.erasing <= 1.0, "in [0, 1]"),
         ("augment.brightness", 0.0 <= p.augment.brightness < 1.0, "in [0, 1) (a fraction of the exposure)"),
         ("augment.aspect", 0.0 <= p.augment.aspect <= 1.0, "in [0, 1] (a fraction of the width/height ratio)"),
+        ("augment.fill", 0.0 <= p.augment.fill <= 1.0, "in [0, 1] (a probability)"),
         ("evaluate.batch_size", p.evaluate.batch_size >= 1, ">= 1"),
         ("registry.model_name", re.fullmatch(MODEL_NAME_PATTERN, p.registry.model_name) is not None,
          "a registered-model name (letters, digits, '_', '-', '.')"),

@@ -23,6 +23,12 @@ ERASE_MAX_ASPECT = 3.0  # height/width drawn log-uniformly in [1/3, 3]
 # patterns that never occur in test faces; with shifts of <= 10% only the outer strip (hair,
 # background, chin) is mirrored, never a second eye or mouth.
 PADDING_MODE = "reflection"
+# `augment.fill` replaces that mirrored strip, for a fraction of the images, with what a
+# detector's square takes in around a face in a frame: the face's edge pixels replicated, a
+# flat grey, or grey noise (the live-consistency harness's surroundings, emovision.livecheck).
+FILL_GREY = (20 / 255, 236 / 255)  # flat fill level, as a fraction of black..white
+FILL_NOISE_MEAN = (60 / 255, 200 / 255)
+FILL_NOISE_SIGMA = 25 / 255
 
 
 def augment_batch(x: torch.Tensor, cfg: AugmentParams, generator: torch.Generator | None = None,
@@ -53,7 +59,7 @@ def augment_batch_flips(x: torch.Tensor, cfg: AugmentParams, generator: torch.Ge
     flipped = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     geometric = cfg.hflip or cfg.rotation > 0 or cfg.scale > 0 or cfg.translate > 0 or cfg.aspect > 0
     if geometric:
-        x, flipped = _random_affine(x, cfg, generator)
+        x, flipped = _random_affine(x, cfg, generator, value_range)
     if cfg.brightness > 0:
         x = _random_brightness(x, cfg.brightness, value_range, generator)
     if cfg.erasing > 0:
@@ -65,8 +71,8 @@ def _uniform(rand: torch.Tensor, low: float, high: float) -> torch.Tensor:
     return low + (high - low) * rand
 
 
-def _random_affine(x: torch.Tensor, cfg: AugmentParams,
-                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _random_affine(x: torch.Tensor, cfg: AugmentParams, generator: torch.Generator | None,
+                   value_range: tuple[float, float] = (0.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
     b, _, h, w = x.shape
     device = generator.device if generator is not None else torch.device("cpu")
     r = torch.rand(b, 5, generator=generator, device=device, dtype=torch.float64)
@@ -95,7 +101,30 @@ def _random_affine(x: torch.Tensor, cfg: AugmentParams,
     theta = theta.to(device=x.device, dtype=work.dtype)
     grid = F.affine_grid(theta, list(work.shape), align_corners=False)
     out = F.grid_sample(work, grid, mode="bilinear", padding_mode=PADDING_MODE, align_corners=False)
+    if cfg.fill > 0:
+        out = _fill_uncovered(out, work, grid, cfg.fill, value_range, generator)
     return out.to(x.dtype), (flip < 0).to(x.device)
+
+
+def _fill_uncovered(out: torch.Tensor, src: torch.Tensor, grid: torch.Tensor, probability: float,
+                    value_range: tuple[float, float], generator: torch.Generator | None) -> torch.Tensor:
+    """For each image with `probability`, paint the pixels whose source lies outside `src` with
+    its edge pixels replicated, a flat grey or grey noise (one of the three, equally likely)."""
+    b, c, h, w = out.shape
+    device = generator.device if generator is not None else torch.device("cpu")
+    r = torch.rand(b, 4, generator=generator, device=device)
+    noise = torch.randn(b, c, h, w, generator=generator, device=device).to(out.device, out.dtype)
+    black, white = value_range
+    kind = (r[:, 1] * 3).long().clamp(max=2).to(out.device).view(-1, 1, 1, 1)
+    grey = _uniform(r[:, 2], *FILL_GREY).to(out.device, out.dtype).view(-1, 1, 1, 1)
+    mean = _uniform(r[:, 3], *FILL_NOISE_MEAN).to(out.device, out.dtype).view(-1, 1, 1, 1)
+    level = torch.where(kind == 1, grey, (mean + FILL_NOISE_SIGMA * noise).clamp(0, 1))
+    fill = black + (white - black) * level
+    fill = torch.where(kind == 0, F.grid_sample(src, grid, mode="bilinear", padding_mode="border",
+                                                align_corners=False), fill)
+    # align_corners=False: the image covers [-1, 1]; a sample beyond it lies in the uncovered strip
+    uncovered = (grid.abs() > 1).any(-1).unsqueeze(1) & (r[:, 0] < probability).to(out.device).view(-1, 1, 1, 1)
+    return torch.where(uncovered, fill, out)
 
 
 def _random_brightness(x: torch.Tensor, amount: float, value_range: tuple[float, float],

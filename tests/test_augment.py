@@ -126,3 +126,47 @@ def test_aspect_stretches_width_against_height():
     ratio = cols / rows
     assert ratio.min() >= 1 / 1.2 - 0.15 and ratio.max() <= 1.2 + 0.15 and ratio.std() > 0.05
 
+
+
+def test_fill_paints_only_the_uncovered_strip_with_edge_grey_or_noise():
+    n, value = 300, 0.8  # a flat image in a standardised range: mirrored or replicated, it stays flat
+    x = torch.full((n, 1, 48, 48), value)
+    mirrored = augment_batch(x, only(scale=0.3), seeded())
+    filled = augment_batch(x, only(scale=0.3, fill=1.0), seeded(), value_range=(-2.0, 2.0))
+    torch.testing.assert_close(mirrored, x)
+    assert filled.min() >= -2.0 and filled.max() <= 2.0
+    # the face itself is untouched: a zoom of at most 1/0.7 covers the central 33 px
+    torch.testing.assert_close(filled[:, :, 8:40, 8:40], x[:, :, 8:40, 8:40])
+    changed = ((filled - value).abs() > 1e-4).flatten(1)  # bilinear sampling of a flat image wobbles by ~1e-7
+    zoomed_out = changed.any(1)
+    strip = filled[:, 0, 0, :]  # the top row lies in the uncovered strip of every zoomed-out image
+    flat = zoomed_out & (strip.std(1) < 1e-6)
+    noisy = zoomed_out & (strip.std(1) > 0.2)
+    assert set(((flat | noisy) == zoomed_out).tolist()) == {True}  # nothing but a grey or noise
+    kept = ~zoomed_out  # zoomed in, or zoomed out with the edge replicated
+    # half the images zoom out, a third of those get each kind (expected n/6 each); the rest keep
+    # their flat value: the zoom-ins and the replicated edges (expected 2n/3)
+    assert 0.08 * n < flat.sum() < 0.26 * n and 0.08 * n < noisy.sum() < 0.26 * n
+    assert 0.55 * n < kept.sum() < 0.8 * n
+    greys = strip[flat, 0]
+    assert greys.min() >= -2.0 + 4 * 20 / 255 - 1e-5 and greys.max() <= -2.0 + 4 * 236 / 255 + 1e-5
+
+
+def test_fill_probability_zero_draws_nothing_and_keeps_the_mirror():
+    x = faces(32)
+    cfg = only(rotation=15.0, scale=0.2, translate=0.1, brightness=0.5)
+    torch.testing.assert_close(augment_batch(x, dataclasses.replace(cfg, fill=0.0), seeded()),
+                               augment_batch(x, cfg, seeded()))
+    filled = augment_batch(x, dataclasses.replace(cfg, fill=1.0), seeded())
+    assert (filled != augment_batch(x, cfg, seeded())).any()
+
+
+def test_fill_replicates_the_edge_for_a_third_of_the_zoomed_out_images():
+    n = 300
+    x = faces(n)  # a ramp across, noise on top: mirrored rows differ, a replicated edge row repeats
+    out = augment_batch(x, only(scale=0.3, fill=1.0), seeded())
+    top, second = out[:, 0, 0, :], out[:, 0, 1, :]
+    replicated = ((top - second).abs().max(1).values < 1e-5) & (top.std(1) > 0.3)
+    assert 0.08 * n < replicated.sum() < 0.26 * n
+    mirrored = augment_batch(x, only(scale=0.3), seeded())
+    assert not (((mirrored[:, 0, 0] - mirrored[:, 0, 1]).abs().max(1).values < 1e-5)).any()

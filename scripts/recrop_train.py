@@ -15,26 +15,23 @@ from emovision.data.prepared import load_split
 from emovision.faces import make_detector, landmark_angles
 from emovision.framing import crop_faces
 from emovision.preprocess import to_gray_crops
-from emovision.livecheck import _on_face, BORDER
+from emovision.livecheck import BORDER, FACE_SIDES, FRAME_SIZE, _background, _on_face
 
 lo, hi, seed, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 PREPARED = "data/prepared"
 x, y = load_split(Path(PREPARED), "train")
 det = make_detector()
 rng = np.random.default_rng(seed + lo)
-W, H = 640, 480
+W, H = FRAME_SIZE
 res = x[lo:hi].copy(); found = np.zeros(hi - lo, bool)
 t0 = time.time()
 for j, i in enumerate(range(lo, hi)):
     face = x[i]
-    side = rng.uniform(80, 300)
+    side = rng.uniform(*FACE_SIDES)
     pad = int(round(BORDER * 48))
     src = cv2.copyMakeBorder(face, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
     big = cv2.resize(src, None, fx=side / 48, fy=side / 48, interpolation=cv2.INTER_CUBIC)
-    if rng.random() < 0.5:
-        frame = np.full((H, W), rng.integers(20, 236), np.uint8)
-    else:
-        frame = np.clip(rng.normal(rng.uniform(60, 200), 25, (H, W)), 0, 255).astype(np.uint8)
+    frame = _background("flat" if rng.random() < 0.5 else "noise", rng, ())  # the harness's surroundings
     reach = side * 0.6
     cx, cy = rng.uniform(reach, W - reach), rng.uniform(reach, H - reach)
     bh, bw = big.shape

@@ -19,8 +19,6 @@ teachers on the same data give the same bytes and DVC sees no change.
 from __future__ import annotations
 
 import hashlib
-import io
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -29,6 +27,7 @@ import numpy as np
 import torch
 
 from emovision import fileio
+from emovision.data.prepared import DIGEST_CHARS, split_digest
 from emovision.errors import DataError
 from emovision.inference import load_classifier
 
@@ -38,8 +37,6 @@ if TYPE_CHECKING:
 
 VIEWS = ("identity", "hflip")  # teacher views of each image; index 1 is what a flipped sample sees
 PROBS_DTYPE = np.float16  # 2 bytes per probability: FER2013 Training, 2 views, 7 classes = 0.8 MB
-DIGEST_CHARS = 16
-ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same content gives the same bytes
 CACHE_KEYS = ("probs", "views", "teachers", "digests", "classes", "train")
 PROB_FLOOR = 1e-7  # below float16's normal range; a probability of exactly 0 becomes this
 REDO = "run `python -m stages.teach` (or `dvc repro`) to recompute it"
@@ -55,15 +52,6 @@ class TeacherCache:
     digests: tuple[str, ...]
     classes: tuple[str, ...]
     train: str
-
-
-def split_digest(x: np.ndarray, y: np.ndarray) -> str:
-    """A short hash of a prepared split's pixels and labels (content, not file bytes)."""
-    h = hashlib.sha256()
-    for array in (np.ascontiguousarray(x, np.uint8), np.ascontiguousarray(y, np.int64)):
-        h.update(str(array.shape).encode())
-        h.update(array.tobytes())
-    return h.hexdigest()[:DIGEST_CHARS]
 
 
 def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
@@ -105,11 +93,7 @@ def write_cache(path: str | Path, cache: TeacherCache) -> Path:
     arrays = {"probs": cache.probs.astype(PROBS_DTYPE), "views": np.array(cache.views, dtype=str),
               "teachers": np.array(cache.teachers, dtype=str), "digests": np.array(cache.digests, dtype=str),
               "classes": np.array(cache.classes, dtype=str), "train": np.array(cache.train, dtype=str)}
-    with fileio.atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-        for name, array in arrays.items():
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, array, allow_pickle=False)
-            zf.writestr(zipfile.ZipInfo(f"{name}.npy", ZIP_EPOCH), buffer.getvalue())
+    fileio.write_npz(path, **arrays)
     return Path(path)
 
 

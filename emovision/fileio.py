@@ -7,14 +7,19 @@ folder and renamed over the target only when the writer finished without an erro
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import stat
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 DEFAULT_FILE_MODE = 0o644  # what a plain open() gives under the usual umask; mkstemp gives 0600
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same content gives the same bytes
 
 
 @contextlib.contextmanager
@@ -47,3 +52,14 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
     return write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
+    """Atomically write an uncompressed .npz (np.load reads it) whose bytes depend only on its
+    content (fixed member timestamps), so a DVC output rewritten with the same arrays keeps its hash."""
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(f"{name}.npy", ZIP_EPOCH), buffer.getvalue())
+    return Path(path)

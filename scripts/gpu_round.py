@@ -70,7 +70,7 @@ STUDENTS = {
     "student-w32-s42": {"model.width": 32},
 }
 PROBS = "teachers/gpu-probs.npz"
-TRAIN_DIGEST = "155ec283dfd01849"  # distill.split_digest of the prepared Training split here
+TRAIN_DIGEST = "155ec283dfd01849"  # emovision.data.prepared.split_digest of the prepared Training split here
 PART_BYTES = 16 * 2**20 - 2**16  # the device returns files of up to 16 MiB
 OUT_BYTES = 60 * 2**20  # ... and 64 MiB in all
 MAX_DISTILL_TEACHERS = 6
@@ -86,7 +86,7 @@ def log(*parts) -> None:
 
 def prepare(archive: Path, meta: Path, out: Path, smoke: bool) -> dict:
     from emovision.data.fer2013 import read_folders
-    from emovision.distill import split_digest
+    from emovision.data.prepared import split_digest
 
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(["tar", "-xJf", str(archive), "-C", tmp], check=True)

@@ -20,7 +20,7 @@ import numpy as np
 
 from emovision import distill
 from emovision.config import Params
-from emovision.data.prepared import load_meta, load_split
+from emovision.data.prepared import load_meta, load_split, split_digest
 from emovision.errors import ConfigError, DataError, cli_main
 from stages import parse, stage_parser
 
@@ -63,7 +63,7 @@ def reusable(path: str, teachers, x: np.ndarray, y: np.ndarray, classes, device:
         return None
     try:
         cache = distill.read_cache(path)
-        distill.check_cache(path, cache, teachers, classes, distill.split_digest(x, y), len(x), device)
+        distill.check_cache(path, cache, teachers, classes, split_digest(x, y), len(x), device)
     except DataError as err:
         print(f"not reusing {str(err).removesuffix('; ' + distill.REDO)}: running the teachers")
         return None

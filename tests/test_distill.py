@@ -12,7 +12,7 @@ import torch
 
 from emovision import artifact, distill
 from emovision.config import Params
-from emovision.data.prepared import load_split
+from emovision.data.prepared import DIGEST_CHARS, load_split, split_digest
 from emovision.inference import load_classifier
 from emovision.scoring import predict_proba
 from emovision.training import SoftTargets, SplitTensors, fit, load_train_val, preprocess_config
@@ -39,7 +39,7 @@ def test_teach_caches_the_teachers_views(taught):
     x, y = load_split(taught / "data" / "prepared", "train")
     assert cache.probs.dtype == np.float16 and cache.probs.shape == (2, len(y), 7)
     assert cache.views == ("identity", "hflip") and cache.teachers == ("pretrained",)
-    assert cache.train == distill.split_digest(x, y) and len(cache.digests[0]) == distill.DIGEST_CHARS
+    assert cache.train == split_digest(x, y) and len(cache.digests[0]) == DIGEST_CHARS
     # the one prediction path: each view is the classifier's own output on that view, no TTA
     clf = load_classifier("pretrained", "cpu")
     np.testing.assert_allclose(cache.probs[0], clf.predict_proba(x, tta=False), atol=1e-3)
@@ -83,7 +83,7 @@ def test_committed_teacher_outputs_belong_to_fer2013_and_the_committed_teachers(
     cache = distill.read_cache(committed)
     x, y = load_split(fer2013_prepared, "train")
     classes = json.loads((fer2013_prepared / "meta.json").read_text())["classes"]
-    distill.check_cache(committed, cache, cache.teachers, classes, distill.split_digest(x, y), len(x), "cpu")
+    distill.check_cache(committed, cache, cache.teachers, classes, split_digest(x, y), len(x), "cpu")
     assert len(cache.teachers) >= 2 and all(t.startswith("teachers/") for t in cache.teachers)
     sample = np.random.default_rng(0).choice(len(x), 256, replace=False)
     mean = np.mean([load_classifier(t, "cpu").predict_proba(x[sample], tta=False) for t in cache.teachers], axis=0)

@@ -10,6 +10,7 @@ half-written dataset behind.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,6 +24,17 @@ from emovision.data import CLASSES, SPLITS
 from emovision.errors import DataError
 
 META_NAME = "meta.json"
+DIGEST_CHARS = 16  # hex characters of a split's (and a teacher's weights') digest
+
+
+def split_digest(x: np.ndarray, y: np.ndarray) -> str:
+    """A short hash of a prepared split's pixels and labels (content, not file bytes): what files
+    computed from the split (teacher outputs, app views) record, so a stale one is refused."""
+    h = hashlib.sha256()
+    for array in (np.ascontiguousarray(x, np.uint8), np.ascontiguousarray(y, np.int64)):
+        h.update(str(array.shape).encode())
+        h.update(array.tobytes())
+    return h.hexdigest()[:DIGEST_CHARS]
 
 
 def class_counts(y: np.ndarray, classes: tuple[str, ...] = CLASSES) -> dict[str, int]:

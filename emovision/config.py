@@ -41,6 +41,7 @@ class DataParams:
     source: Literal["auto", "fer2013", "synthetic"] = "auto"
     raw_dir: str = "data/raw"
     prepared_dir: str = "data/prepared"
+    app_views: str = "data/app_views.npz"
     on_bad_row: Literal["error", "skip"] = "error"
     synthetic_train_per_class: int = 200
 
@@ -112,6 +113,7 @@ class AugmentParams:
     brightness: float = 0.5
     aspect: float = 0.2
     fill: float = 0.0
+    app_view: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,11 @@ class Params:
         `demo.distill`: the teachers are FER2013 models and its faces are synthetic)."""
         return source != "synthetic" or self.demo.distill
 
+    def app_views_on(self, source: str) -> bool:
+        """Whether training on `source` shows the app's crops (`augment.app_view`, stages.recrop):
+        on FER2013 only (the demo set's drawn faces are not what a face detector is made for)."""
+        return source != "synthetic" and self.augment.app_view > 0
+
     def for_dataset(self, source: str) -> "Params":
         """The params a training on `source` uses: on the built-in demo set, `train.epochs`
         and `model.width` are capped by the `demo` section so a fresh clone's first
@@ -211,6 +218,8 @@ class Params:
                 "model.width": min(self.model.width, self.demo.width)}
         if not self.distills_on(source):
             caps.update({"distill.teachers": (), "distill.alpha": 0.0})
+        if not self.app_views_on(source):
+            caps["augment.app_view"] = 0.0
         if not self.demo.init:
             caps["train.init"] = ""
         return self.replace(**caps)
@@ -294,6 +303,7 @@ def _check_ranges(p: Params, source: str) -> None:
         ("base.seed", 0 <= p.base.seed <= MAX_SEED, f"in [0, {MAX_SEED}]"),
         ("data.raw_dir", p.data.raw_dir.strip() != "", "a folder name"),
         ("data.prepared_dir", p.data.prepared_dir.strip() != "", "a folder name"),
+        ("data.app_views", p.data.app_views.strip() != "", "a file name"),
         ("data.synthetic_train_per_class", p.data.synthetic_train_per_class >= 5, ">= 5"),
         ("paths.models", p.paths.models.strip() != "", "a folder name"),
         ("paths.reports", p.paths.reports.strip() != "", "a folder name"),
@@ -321,6 +331,7 @@ def _check_ranges(p: Params, source: str) -> None:
         ("augment.brightness", 0.0 <= p.augment.brightness < 1.0, "in [0, 1) (a fraction of the exposure)"),
         ("augment.aspect", 0.0 <= p.augment.aspect <= 1.0, "in [0, 1] (a fraction of the width/height ratio)"),
         ("augment.fill", 0.0 <= p.augment.fill <= 1.0, "in [0, 1] (a probability)"),
+        ("augment.app_view", 0.0 <= p.augment.app_view <= 1.0, "in [0, 1] (a probability)"),
         ("evaluate.batch_size", p.evaluate.batch_size >= 1, ">= 1"),
         ("registry.model_name", re.fullmatch(MODEL_NAME_PATTERN, p.registry.model_name) is not None,
          "a registered-model name (letters, digits, '_', '-', '.')"),

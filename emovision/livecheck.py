@@ -36,8 +36,9 @@ import cv2
 import numpy as np
 
 from emovision.errors import DataError, cli_main
-from emovision.faces import DEFAULT_DETECTOR, DETECTORS
-from emovision.framing import crop_square
+from emovision.faces import DEFAULT_DETECTOR, DETECTORS, landmark_angles, to_gray
+from emovision.framing import crop_faces, crop_square
+from emovision.preprocess import to_gray_crops
 
 FRAME_SIZE = (640, 480)  # width, height
 FACE_SIDES = (80, 300)  # rendered face side in pixels (the 48x48 crop upscaled)
@@ -119,6 +120,26 @@ def render(face: np.ndarray, label: int, rng: np.random.Generator, background: s
     frame = np.clip(frame * (1 - mask) + warped * mask, 0, 255).astype(np.uint8)
     return Render(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), (cx, cy, side), label, background, border, angle,
                   brightness, aspect)
+
+
+def app_crop(face: np.ndarray, rng: np.random.Generator, detector) -> np.ndarray | None:
+    """`face` (48x48) as the live app would crop it, or None when the detector misses it.
+
+    The face, with a replicated border, is rendered into a flat or noisy frame (`render`'s
+    sizes and brightness, upright, square) and cut at the detector's box on it with the app's
+    framing and levelling (`emovision.framing.crop_faces`, as `classify_boxes` cuts it). The
+    training images of `augment.app_view` (stages.recrop): the crops the model will be shown live."""
+    r = render(face, 0, rng, "flat" if rng.random() < 0.5 else "noise", border=True, scenes=(),
+               rotate=False, stretch=False)
+    gray = to_gray(r.frame)
+    boxes = detector.detect(gray)
+    hits = [k for k, box in enumerate(boxes) if _on_face(box, r.square)]
+    if not hits:
+        return None
+    angles = landmark_angles(detector, len(boxes))
+    k = hits[0]
+    crop = crop_faces(gray, [boxes[k]], detector.framing, None if angles is None else [angles[k]])
+    return to_gray_crops(crop, face.shape[0])[0]
 
 
 def _on_face(box: Sequence[float], square: tuple[float, float, float]) -> bool:

@@ -44,10 +44,13 @@ class SoftTargets:
 
 @dataclass
 class SplitTensors:
-    """A prepared split on the device: uint8 pixels (N, 1, H, W) and int64 labels (N,)."""
+    """A prepared split on the device: uint8 pixels (N, 1, H, W) and int64 labels (N,), plus for
+    the train split the app's crop of each face when `augment.app_view` uses them
+    (emovision.data.app_views; same shape as x)."""
 
     x: torch.Tensor
     y: torch.Tensor
+    app_x: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -69,8 +72,16 @@ def load_train_val(params: Params) -> tuple[dict[str, Any], SplitTensors, SplitT
     prepared = Path(params.data.prepared_dir)
     meta = load_meta(prepared)
     pre = preprocess_config(params)
-    return (meta, to_tensors(*load_split(prepared, "train"), pre, device),
-            to_tensors(*load_split(prepared, "val"), pre, device))
+    x, y = load_split(prepared, "train")
+    train = to_tensors(x, y, pre, device)
+    if params.app_views_on(meta["source"]):
+        from emovision.data.app_views import load_app_views
+
+        views = load_app_views(params.data.app_views, x, y)
+        train.app_x = to_tensors(views.x, y, pre, device).x
+        print(f"app views: {params.data.app_views}, {views.found.mean():.1%} of {len(y):,} faces found by the "
+              f"app's detector (the rest keep the dataset crop); shown for {params.augment.app_view:.0%} of the images")
+    return meta, train, to_tensors(*load_split(prepared, "val"), pre, device)
 
 
 def preprocess_config(params: Params) -> PreprocessConfig:
@@ -265,6 +276,18 @@ def class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     return w / w.mean()
 
 
+def batch_pixels(data: SplitTensors, idx: torch.Tensor, aug: AugmentParams,
+                 generator: torch.Generator) -> torch.Tensor:
+    """The uint8 pixels of images `idx`: each is the app's crop of the face with probability
+    `augment.app_view` (when `data` has them), else the dataset's. Draws no random number when
+    off, so turning it on leaves the other augmentations' draws for a seed unchanged."""
+    pixels = data.x[idx]
+    if data.app_x is None or aug.app_view <= 0:
+        return pixels
+    pick = (torch.rand(len(idx), generator=generator) < aug.app_view).to(pixels.device)
+    return torch.where(pick[:, None, None, None], data.app_x[idx], pixels)
+
+
 def train_one_epoch(
     model: nn.Module,
     data: SplitTensors,
@@ -299,7 +322,8 @@ def train_one_epoch(
                disable=not sys.stdout.isatty() or progress.is_quiet())
     for step in bar:
         idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-        x, flipped = augment_batch_flips(normalize(data.x[idx], pre), aug, generator, value_range(pre))
+        x, flipped = augment_batch_flips(normalize(batch_pixels(data, idx, aug, generator), pre), aug, generator,
+                                         value_range(pre))
         x = x.contiguous(memory_format=memory_format)
         y = data.y[idx]
         mix = cfg.mixup > 0 and torch.rand((), generator=generator).item() < cfg.mixup

@@ -33,6 +33,8 @@ def test_every_key_has_a_comment():
     ({"train": {"channels_last": "yes"}}, "train.channels_last must be bool"),
     ({"data": {"source": "imagenet"}}, "data.source must be one of auto | fer2013 | synthetic"),
     ({"model": {"dropout": 1.5}}, "model.dropout must be in [0, 1)"),
+    ({"augment": {"app_view": 1.5}}, "augment.app_view must be in [0, 1] (a probability)"),
+    ({"data": {"app_views": " "}}, "data.app_views must be a file name"),
     ({"tune": {"lr_low": 0.1, "lr_high": 0.01}}, "tune.lr_low must be > 0 and below tune.lr_high"),
     (["a"], "expected a mapping"),
 ])
@@ -136,5 +138,7 @@ def test_demo_caps_apply_only_to_the_demo_set():
     started = p.replace(**{"train.init": "teachers/a"})
     assert started.for_dataset("synthetic").train.init == "" and started.for_dataset("fer2013") == started
     assert started.replace(**{"demo.init": True}).for_dataset("synthetic").train.init == "teachers/a"
+    shown = p.replace(**{"augment.app_view": 0.5})
+    assert shown.for_dataset("synthetic").augment.app_view == 0 and shown.for_dataset("fer2013") == shown
     small = p.replace(**{"train.epochs": 2, "model.width": 8, "distill.teachers": (), "distill.alpha": 0.0})
     assert small.for_dataset("synthetic") == small  # caps, never raises

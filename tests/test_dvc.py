@@ -15,7 +15,7 @@ import yaml
 from tests.conftest import REPO, write_params
 from tests.test_pipeline import tiny_fer2013_raw
 
-STAGES = ("prepare", "teach", "train", "evaluate", "bench")
+STAGES = ("prepare", "teach", "recrop", "train", "evaluate", "bench")
 
 
 def trace(stage: str, cwd: Path, env: dict) -> dict:
@@ -28,14 +28,22 @@ def trace(stage: str, cwd: Path, env: dict) -> dict:
 @pytest.fixture(scope="module")
 def traces(tmp_path_factory) -> dict[str, dict]:
     """What each stage imported and read, over a real run of the whole pipeline; prepare is
-    run on a FER2013-format CSV and on the demo set (each path reads its own params), teach
-    without teachers and with the trained model as its teacher."""
+    run on a FER2013-format CSV and on the demo set (each path reads its own params), recrop
+    and train on both with `augment.app_view` on, teach without teachers and with the trained
+    model as its teacher."""
     root = tmp_path_factory.mktemp("trace")
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
     write_params(root / "params.yaml", {"data": {"raw_dir": tiny_fer2013_raw(root)}})
     fer = trace("prepare", root, env)
+    # recrop and train with the app views on read what they read only on FER2013 data
+    write_params(root / "params.yaml", {"data": {"raw_dir": str(root / "raw")}, "augment": {"app_view": 0.5},
+                                        "distill": {"teachers": []}, "train": {"epochs": 1}})
+    on_fer = {stage: trace(stage, root, env) for stage in ("teach", "recrop", "train")}
     write_params(root / "params.yaml", {"data": {"raw_dir": str(root / "empty")}})
     result = {stage: trace(stage, root, env) for stage in STAGES}
+    for stage in ("recrop", "train"):
+        for kind in ("modules", "params"):
+            result[stage][kind] = sorted({*on_fer[stage][kind], *result[stage][kind]})
     result["prepare"]["modules"] = sorted({*fer["modules"], *result["prepare"]["modules"]})
     result["prepare"]["params"] = sorted({*fer["params"], *result["prepare"]["params"]})
     write_params(root / "params.yaml", {"data": {"raw_dir": str(root / "empty")},

@@ -1,0 +1,113 @@
+"""Between prepare and train: cut the app's crop of every Training face (augment.app_view).
+
+Each Training face is rendered into a 640x480 frame (a replicated border, 80-300 px, a flat or
+noisy background), found by the app's default detector and cut with the app's framing and
+levelling (`emovision.livecheck.app_crop`); faces it misses keep the dataset crop. The crops
+go to `data.app_views` with which faces were found and the train split's digest, so train
+refuses a stale file (emovision.data.app_views). Image i is drawn from its own seed
+(base.seed, i), so the file does not depend on how many processes cut it. About 4 minutes
+for FER2013's 28,709 faces on two cores.
+
+With `augment.app_view: 0`, or on the demo set, it writes an empty marker (DVC needs the
+output) and reads no data, so the default pipeline costs a second here.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from emovision.config import Params
+from emovision.data.app_views import AppViews, write_app_views
+from emovision.data.prepared import load_meta, load_split, split_digest
+from emovision.errors import ConfigError, cli_main
+from emovision.faces import make_detector
+from emovision.livecheck import app_crop
+from stages import parse, stage_parser
+
+CHUNK = 512  # faces per task: progress lines and an even split over the processes
+
+_detector = None  # one per worker process
+
+
+def _start_worker() -> None:
+    global _detector
+    import cv2
+    import torch
+
+    torch.set_num_threads(1)  # the processes share the cores: one thread each
+    cv2.setNumThreads(1)
+    _detector = make_detector()
+
+
+def _cut(seed: int, first: int, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    out, found = faces.copy(), np.zeros(len(faces), bool)
+    for j, face in enumerate(faces):
+        crop = app_crop(face, np.random.default_rng([seed, first + j]), _detector)
+        if crop is not None:
+            out[j], found[j] = crop, True
+    return out, found
+
+
+def cut_app_views(x: np.ndarray, seed: int, workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(the app's crops of faces `x`, which were found): `workers` processes (0: one per core)."""
+    if not workers:  # the cores this process may use (macOS has no sched_getaffinity)
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    out, found = x.copy(), np.zeros(len(x), bool)
+    starts = range(0, len(x), CHUNK)
+    started, done = time.perf_counter(), 0
+    # spawned, not forked: a fork of a process whose torch/OpenMP threads have run can hang
+    with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), initializer=_start_worker) as pool:
+        jobs = [pool.submit(_cut, seed, s, x[s:s + CHUNK]) for s in starts]
+        for s, job in zip(starts, jobs):
+            out[s:s + CHUNK], found[s:s + CHUNK] = job.result()
+            done += len(x[s:s + CHUNK])
+            if done == len(x) or (done // CHUNK) % 10 == 0:
+                print(f"recrop: {done:,}/{len(x):,} faces, {found[:done].mean():.1%} found, "
+                      f"{time.perf_counter() - started:.0f}s", flush=True)
+    return out, found
+
+
+def recrop(params: Params, workers: int = 0) -> AppViews:
+    """Write the app views `params` describe (an empty marker when they are off)."""
+    out = Path(params.data.app_views)
+    # Checked before any face is cut: the file must be writable where params say.
+    if out.is_dir() or any(p.exists() and not p.is_dir() for p in out.parents):
+        raise ConfigError(f"data.app_views: {out} cannot be written (a folder, or below a file)")
+    prepared = Path(params.data.prepared_dir)
+    meta = load_meta(prepared) if params.augment.app_view > 0 else None  # off: no data is read
+    if meta is None or not params.app_views_on(meta["source"]):
+        why = ("augment.app_view is 0" if meta is None else
+               "demo set: app views off (its drawn faces are not what a face detector is made for)")
+        views = AppViews(np.zeros((0, 0, 0), np.uint8), np.zeros(0, bool), "")
+        write_app_views(out, views)
+        print(f"{why}: wrote an empty {out} (training shows the dataset crops only)")
+        return views
+    x, y = load_split(prepared, "train")
+    make_detector()  # the app's detector loads here before any process starts
+    started = time.perf_counter()
+    crops, found = cut_app_views(x, params.base.seed, workers)
+    views = AppViews(crops, found, split_digest(x, y))
+    write_app_views(out, views)
+    print(f"wrote {out}: the app's crop of {found.sum():,} of {len(x):,} train faces ({found.mean():.1%}; "
+          f"the rest keep the dataset crop), {time.perf_counter() - started:.0f}s")
+    return views
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=0, help="processes cutting faces (default: one per core)")
+    args, params = parse(parser, argv)
+    if args.workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {args.workers}")
+    recrop(params, args.workers)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

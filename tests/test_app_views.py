@@ -1,0 +1,114 @@
+"""The app's crop of each Training face (stages.recrop, augment.app_view): real faces found and
+cut in the app's framing, faces it misses kept as they are, the file tied to its train split,
+and training shown those crops."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from emovision.config import AugmentParams
+from emovision.data.app_views import AppViews, load_app_views, read_app_views, write_app_views
+from emovision.data.prepared import load_split, split_digest, write_prepared
+from emovision.errors import DataError
+from emovision.faces import make_detector
+from emovision.livecheck import app_crop
+from emovision.training import SplitTensors, batch_pixels
+from stages.recrop import main as recrop_main
+from stages.train import main as train_main
+from tests.conftest import write_params
+from tests.media import ASTRONAUT_FACE, HOPPER_FACE, astronaut, grace_hopper
+
+
+def fer_like(photo: np.ndarray, box: tuple) -> np.ndarray:
+    """A photo's face cut at its box and scaled to 48x48 gray, as FER2013 stores faces."""
+    x, y, w, h = box
+    return cv2.resize(cv2.cvtColor(photo[y:y + h, x:x + w], cv2.COLOR_BGR2GRAY), (48, 48), interpolation=cv2.INTER_AREA)
+
+
+@pytest.fixture(scope="module")
+def faces() -> np.ndarray:
+    """Two real faces and their mirrors, then two faceless crops (flat grey, a gradient)."""
+    real = [fer_like(grace_hopper(), HOPPER_FACE), fer_like(astronaut(), ASTRONAUT_FACE)]
+    real += [f[:, ::-1] for f in real]
+    faceless = [np.full((48, 48), 128, np.uint8), np.tile(np.linspace(40, 220, 48, dtype=np.uint8), (48, 1))]
+    return np.ascontiguousarray(np.stack(real + faceless))
+
+
+def test_app_crop_cuts_a_real_face_close_to_its_dataset_crop(faces):
+    detector = make_detector()
+    corr = lambda a, b: np.corrcoef(a.ravel().astype(float), b.ravel().astype(float))[0, 1]  # noqa: E731
+    for face, other in ((faces[0], faces[1]), (faces[1], faces[0])):
+        crops = [app_crop(face, np.random.default_rng([0, k]), detector) for k in range(6)]
+        found = [c for c in crops if c is not None]
+        assert len(found) >= 5, f"found in {len(found)} of 6 renders"
+        for crop in found:  # the same face reframed (measured: 0.34-0.94 vs 0.23-0.49 for the other face)
+            assert crop.shape == (48, 48) and crop.dtype == np.uint8
+            assert corr(crop, face) > corr(crop, other) + 0.05
+    for face in faces[4:]:
+        assert all(app_crop(face, np.random.default_rng([0, k]), detector) is None for k in range(4))
+
+
+def prepared_from(faces: np.ndarray, root) -> tuple[str, np.ndarray, np.ndarray]:
+    y = np.arange(len(faces)) % 7
+    write_prepared(root / "prepared", {s: (faces, y) for s in ("train", "val", "test")}, {"source": "fer2013"})
+    return str(root / "prepared"), faces, y
+
+
+def test_recrop_stage_writes_the_apps_crops_of_the_train_split(faces, tmp_path):
+    prepared, x, y = prepared_from(faces, tmp_path)
+    out = tmp_path / "app_views.npz"
+    params = write_params(tmp_path / "params.yaml", {"data": {"prepared_dir": prepared, "app_views": str(out)},
+                                                     "augment": {"app_view": 0.5}})
+    assert recrop_main(["--params", str(params)]) == 0
+    views = load_app_views(out, x, y)
+    assert views.train == split_digest(x, y) and views.found[:4].sum() >= 3 and not views.found[4:].any()
+    assert (views.x[4:] == x[4:]).all() and (views.x[views.found] != x[views.found]).any()  # misses kept
+    first = out.read_bytes()
+    assert recrop_main(["--params", str(params), "--workers", "1"]) == 0
+    assert out.read_bytes() == first  # each face has its own seed: the same file from any process count
+
+
+def test_recrop_off_writes_an_empty_marker_without_reading_data(tmp_path):
+    out = tmp_path / "app_views.npz"
+    params = write_params(tmp_path / "params.yaml", {"data": {"prepared_dir": str(tmp_path / "absent"),
+                                                              "app_views": str(out)}})
+    assert recrop_main(["--params", str(params)]) == 0
+    assert len(read_app_views(out).x) == 0 and read_app_views(out).train == ""
+
+
+def test_train_refuses_app_views_of_another_split_in_one_line(faces, tmp_path, capsys):
+    prepared, x, y = prepared_from(faces, tmp_path)
+    out = tmp_path / "app_views.npz"
+    other = x.copy()
+    other[0, 0, 0] ^= 1  # one pixel of one face differs: another split
+    write_app_views(out, AppViews(other, np.zeros(len(x), bool), split_digest(other, y)))
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "best.pt").write_bytes(b"the previous model")
+    params = write_params(tmp_path / "params.yaml", {
+        "data": {"prepared_dir": prepared, "app_views": str(out)}, "augment": {"app_view": 0.5},
+        "paths": {"models": str(models), "reports": str(tmp_path / "reports")}, "distill": {"teachers": []}})
+    assert train_main(["--params", str(params)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cut from another train split" in err[0] and "stages.recrop" in err[0]
+    assert (models / "best.pt").read_bytes() == b"the previous model"
+    out.write_bytes(b"not an npz")
+    with pytest.raises(DataError, match="not an app-views file"):
+        load_app_views(out, x, y)
+
+
+def test_training_shows_the_app_crop_for_app_view_of_the_images():
+    n = 2000
+    data = SplitTensors(torch.zeros(n, 1, 4, 4, dtype=torch.uint8), torch.zeros(n, dtype=torch.long),
+                        torch.ones(n, 1, 4, 4, dtype=torch.uint8))
+    idx = torch.arange(n)
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    assert (batch_pixels(data, idx, AugmentParams(app_view=0.0), generator) == 0).all()
+    assert torch.equal(generator.get_state(), state)  # off draws nothing: other augmentations unchanged
+    assert (batch_pixels(data, idx, AugmentParams(app_view=1.0), generator) == 1).all()
+    shown = batch_pixels(data, idx, AugmentParams(app_view=0.3), generator)[:, 0, 0, 0].float().mean()
+    assert 0.26 < shown < 0.34  # 2,000 draws: 3 standard errors (0.010) either side
+    assert (batch_pixels(SplitTensors(data.x, data.y), idx, AugmentParams(app_view=1.0), generator) == 0).all()

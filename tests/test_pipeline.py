@@ -77,7 +77,7 @@ def test_dvc_repro_end_to_end(tmp_path, mlflow_store):
     out = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"prepare", "teach", "train", "evaluate", "bench"}
+    assert set(lock["stages"]) == {"prepare", "teach", "recrop", "train", "evaluate", "bench"}
     assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["epochs"] == 1
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
     assert set(metrics) == {"test_acc", "test_f1", "val_acc", "val_f1"} and 0 <= metrics["test_acc"] <= 1

@@ -99,19 +99,7 @@ def write_cache(path: str | Path, cache: TeacherCache) -> Path:
 
 def read_cache(path: str | Path) -> TeacherCache:
     """A teacher-probabilities file, or one DataError line saying what is wrong with it."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no teacher probabilities file; {REDO}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in CACHE_KEYS if k not in data.files]
-            if missing:
-                raise DataError(f"{path}: not a teacher probabilities file (no {', '.join(missing)}); {REDO}")
-            arrays = {k: data[k] for k in CACHE_KEYS}
-    except DataError:
-        raise
-    except Exception as err:  # a truncated or foreign file: zipfile, numpy and OS errors alike
-        raise DataError(f"{path}: unreadable teacher probabilities file ({type(err).__name__}); {REDO}") from None
+    arrays = fileio.read_npz(path, CACHE_KEYS, "teacher probabilities file", REDO)
     return TeacherCache(probs=arrays["probs"], views=tuple(arrays["views"].tolist()),
                         teachers=tuple(arrays["teachers"].tolist()), digests=tuple(arrays["digests"].tolist()),
                         classes=tuple(arrays["classes"].tolist()), train=str(arrays["train"]))

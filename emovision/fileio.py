@@ -18,6 +18,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from emovision.errors import DataError
+
 DEFAULT_FILE_MODE = 0o644  # what a plain open() gives under the usual umask; mkstemp gives 0600
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same content gives the same bytes
 
@@ -63,3 +65,21 @@ def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
             np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
             zf.writestr(zipfile.ZipInfo(f"{name}.npy", ZIP_EPOCH), buffer.getvalue())
     return Path(path)
+
+
+def read_npz(path: str | Path, keys: tuple[str, ...], what: str, redo: str) -> dict[str, np.ndarray]:
+    """The arrays `keys` of the .npz at `path` (no pickles), or one DataError line saying what
+    is wrong: no file, not a `what` (keys missing), or unreadable (truncated, foreign), then `redo`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no {what}; {redo}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in keys if k not in data.files]
+            if missing:
+                raise DataError(f"{path}: not a {what} (no {', '.join(missing)}); {redo}")
+            return {k: data[k] for k in keys}
+    except DataError:
+        raise
+    except Exception as err:  # a truncated or foreign file: zipfile, numpy and OS errors alike
+        raise DataError(f"{path}: unreadable {what} ({type(err).__name__}); {redo}") from None

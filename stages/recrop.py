@@ -53,20 +53,21 @@ def _cut(seed: int, first: int, faces: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return out, found
 
 
-def cut_app_views(x: np.ndarray, seed: int, workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(the app's crops of faces `x`, which were found): `workers` processes (0: one per core)."""
+def cut_app_views(x: np.ndarray, seed: int, workers: int = 0, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """(the app's crops of faces `x`, which were found): `workers` processes (0: one per core),
+    `chunk` faces per task."""
     if not workers:  # the cores this process may use (macOS has no sched_getaffinity)
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     out, found = x.copy(), np.zeros(len(x), bool)
-    starts = range(0, len(x), CHUNK)
+    starts = range(0, len(x), chunk)
     started, done = time.perf_counter(), 0
     # spawned, not forked: a fork of a process whose torch/OpenMP threads have run can hang
     with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), initializer=_start_worker) as pool:
-        jobs = [pool.submit(_cut, seed, s, x[s:s + CHUNK]) for s in starts]
-        for s, job in zip(starts, jobs):
-            out[s:s + CHUNK], found[s:s + CHUNK] = job.result()
-            done += len(x[s:s + CHUNK])
-            if done == len(x) or (done // CHUNK) % 10 == 0:
+        jobs = [pool.submit(_cut, seed, s, x[s:s + chunk]) for s in starts]
+        for k, (s, job) in enumerate(zip(starts, jobs), 1):
+            out[s:s + chunk], found[s:s + chunk] = job.result()
+            done += len(x[s:s + chunk])
+            if done == len(x) or k % 10 == 0:
                 print(f"recrop: {done:,}/{len(x):,} faces, {found[:done].mean():.1%} found, "
                       f"{time.perf_counter() - started:.0f}s", flush=True)
     return out, found
@@ -78,6 +79,9 @@ def recrop(params: Params, workers: int = 0) -> AppViews:
     # Checked before any face is cut: the file must be writable where params say.
     if out.is_dir() or any(p.exists() and not p.is_dir() for p in out.parents):
         raise ConfigError(f"data.app_views: {out} cannot be written (a folder, or below a file)")
+    folder = next(p for p in (out.parent, *out.parent.parents) if p.exists())
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"data.app_views: {out} cannot be written ({folder} is not writable)")
     prepared = Path(params.data.prepared_dir)
     meta = load_meta(prepared) if params.augment.app_view > 0 else None  # off: no data is read
     if meta is None or not params.app_views_on(meta["source"]):

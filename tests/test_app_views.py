@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from emovision.config import AugmentParams
+from emovision.config import AugmentParams, load_params
 from emovision.data.app_views import AppViews, load_app_views, read_app_views, write_app_views
 from emovision.data.prepared import load_split, split_digest, write_prepared
 from emovision.errors import DataError
 from emovision.faces import make_detector
 from emovision.livecheck import app_crop
 from emovision.training import SplitTensors, batch_pixels
+from stages.recrop import cut_app_views
 from stages.recrop import main as recrop_main
 from stages.train import main as train_main
 from tests.conftest import write_params
@@ -67,7 +68,10 @@ def test_recrop_stage_writes_the_apps_crops_of_the_train_split(faces, tmp_path):
     assert (views.x[4:] == x[4:]).all() and (views.x[views.found] != x[views.found]).any()  # misses kept
     first = out.read_bytes()
     assert recrop_main(["--params", str(params), "--workers", "1"]) == 0
-    assert out.read_bytes() == first  # each face has its own seed: the same file from any process count
+    assert out.read_bytes() == first  # rewritten with the same content: the same bytes (DVC sees no change)
+    # each face has its own seed: the same crops from any split into tasks and processes
+    crops, found = cut_app_views(x, load_params(params).base.seed, workers=2, chunk=2)
+    assert (crops == views.x).all() and (found == views.found).all()
 
 
 def test_recrop_off_writes_an_empty_marker_without_reading_data(tmp_path):
@@ -94,8 +98,13 @@ def test_train_refuses_app_views_of_another_split_in_one_line(faces, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cut from another train split" in err[0] and "stages.recrop" in err[0]
     assert (models / "best.pt").read_bytes() == b"the previous model"
-    out.write_bytes(b"not an npz")
-    with pytest.raises(DataError, match="not an app-views file"):
+    whole = out.read_bytes()
+    for damaged in (whole[:len(whole) // 2], b"not an npz"):  # a half-copied file, a foreign one
+        out.write_bytes(damaged)
+        with pytest.raises(DataError, match="unreadable app-views file"):
+            load_app_views(out, x, y)
+    out.unlink()
+    with pytest.raises(DataError, match=r"no app-views file; run `python -m stages.recrop`"):
         load_app_views(out, x, y)
 
 
@@ -110,5 +119,5 @@ def test_training_shows_the_app_crop_for_app_view_of_the_images():
     assert torch.equal(generator.get_state(), state)  # off draws nothing: other augmentations unchanged
     assert (batch_pixels(data, idx, AugmentParams(app_view=1.0), generator) == 1).all()
     shown = batch_pixels(data, idx, AugmentParams(app_view=0.3), generator)[:, 0, 0, 0].float().mean()
-    assert 0.26 < shown < 0.34  # 2,000 draws: 3 standard errors (0.010) either side
+    assert 0.26 < shown < 0.34  # 2,000 seeded draws: 4 standard errors (0.010) either side
     assert (batch_pixels(SplitTensors(data.x, data.y), idx, AugmentParams(app_view=1.0), generator) == 0).all()

@@ -24,6 +24,7 @@ from emovision.data.prepared import split_digest
 from emovision.errors import DataError
 
 REDO = "run `python -m stages.recrop` (or `dvc repro`) to remake it"
+KEYS = ("x", "found", "train")
 
 
 @dataclass(frozen=True)
@@ -40,15 +41,9 @@ def write_app_views(path: str | Path, views: AppViews) -> Path:
 
 
 def read_app_views(path: str | Path) -> AppViews:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; {REDO}")
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            views = AppViews(arrays["x"], arrays["found"].astype(bool), str(arrays["train"]))
-    except (OSError, ValueError, KeyError) as err:
-        raise DataError(f"{path} is not an app-views file ({type(err).__name__}: {err}); {REDO}") from None
-    return views
+    """An app-views file, or one DataError line saying what is wrong with it."""
+    arrays = fileio.read_npz(path, KEYS, "app-views file", REDO)
+    return AppViews(arrays["x"], arrays["found"].astype(bool), str(arrays["train"]))
 
 
 def load_app_views(path: str | Path, x: np.ndarray, y: np.ndarray) -> AppViews:

@@ -59,8 +59,9 @@ def dvc_stage(name: str) -> dict:
 
 
 def listed_code(stage: dict) -> tuple[set[str], set[str]]:
-    """(files, folders) of project code among a stage's deps (${...} data paths aside)."""
-    deps = {d for d in stage["deps"] if d.startswith(("emovision", "stages"))}
+    """(files, folders) of project code among a stage's deps (${...} data paths and shipped
+    weights, emovision/weights/, aside)."""
+    deps = {d for d in stage["deps"] if d.startswith(("emovision", "stages")) and not d.startswith("emovision/weights")}
     return {d for d in deps if d.endswith(".py")}, {d.rstrip("/") for d in deps if not d.endswith(".py")}
 
 

@@ -62,6 +62,29 @@ def to_tensors(x: np.ndarray, y: np.ndarray, pre: PreprocessConfig, device: torc
     return SplitTensors(pixels.to(device), torch.from_numpy(np.asarray(y, np.int64)).to(device))
 
 
+def input_digests(train: SplitTensors, soft: SoftTargets | None = None) -> dict[str, str]:
+    """Short hashes of what a training learns from besides its params, as `inputs.*` keys: the
+    train split's pixels and labels, the app's crops (augment.app_view) and the teachers'
+    targets (distillation). Checkpoints record them, so a run is resumed only on the same data."""
+    import hashlib
+
+    from emovision.data.prepared import DIGEST_CHARS
+
+    def digest(*tensors: torch.Tensor) -> str:
+        h = hashlib.sha256()
+        for t in tensors:
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:DIGEST_CHARS]
+
+    out = {"inputs.train": digest(train.x, train.y)}
+    if train.app_x is not None:
+        out["inputs.app_views"] = digest(train.app_x)
+    if soft is not None:
+        out["inputs.teacher_probs"] = digest(soft.probs)
+    return out
+
+
 def load_train_val(params: Params) -> tuple[dict[str, Any], SplitTensors, SplitTensors]:
     """Prepared meta plus the train and val splits on the configured device."""
     from emovision.data.prepared import load_meta, load_split
@@ -80,7 +103,8 @@ def load_train_val(params: Params) -> tuple[dict[str, Any], SplitTensors, SplitT
         views = load_app_views(params.data.app_views, x, y)
         train.app_x = to_tensors(views.x, y, pre, device).x
         print(f"app views: {params.data.app_views}, {views.found.mean():.1%} of {len(y):,} faces found by the "
-              f"app's detector (the rest keep the dataset crop); shown for {params.augment.app_view:.0%} of the images")
+              f"app's detector; {params.augment.app_view:.0%} of the images drawn from them, so "
+              f"{params.augment.app_view * views.found.mean():.1%} shown as the app's crop (a missed face keeps its own)")
     return meta, train, to_tensors(*load_split(prepared, "val"), pre, device)
 
 
@@ -410,12 +434,14 @@ def fit(
     dataset: str | None = None,
     soft: SoftTargets | None = None,
     init: dict[str, torch.Tensor] | None = None,
+    inputs: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train with early stopping on val accuracy (distilling `soft` teacher targets when given).
 
     Writes `out_dir/last.pt` every epoch and `out_dir/best.pt` on improvement (when
     out_dir is given). `init` is a state dict training starts from instead of random weights
-    (a resumed run takes its own from last.pt). `on_epoch(epoch, metrics)` sees each epoch's metrics and may
+    (a resumed run takes its own from last.pt); `inputs` (`input_digests`) are saved beside the
+    params in every checkpoint. `on_epoch(epoch, metrics)` sees each epoch's metrics and may
     return True to stop (Optuna pruning); `dataset` is recorded in the checkpoints. Returns a
     summary dict.
     """
@@ -459,7 +485,7 @@ def fit(
         weights = "live" if resume_state or ema is None else "ema"
         state_dict = model.state_dict() if weights == "live" else ema.module.state_dict()
         artifact.save_checkpoint(path, spec.replace(metrics=metrics, epoch=state.epoch, weights=weights),
-                                 state_dict, kind=kind, params=params.flat(), **resume_state)
+                                 state_dict, kind=kind, params={**params.flat(), **(inputs or {})}, **resume_state)
 
     stopped = "epochs"
     while state.epoch < cfg.epochs:

@@ -5,7 +5,7 @@ run.json (MLflow run id and registered version, read by later stages), and
 <paths.reports>/train_history.csv (DVC plots) and training_curves.png.
 `--resume` continues an interrupted run from last.pt, in the same MLflow run;
 `--auto-resume` (what `dvc repro` runs) does so only when last.pt is an unfinished run of
-the same params, and starts over otherwise.
+the same params on the same data (training.input_digests), and starts over otherwise.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from emovision import artifact, fileio, plots, serving, tracking
 from emovision.config import Params
 from emovision.errors import ConfigError, DataError, EmovisionError, cli_main
 from emovision.models import create_model
-from emovision.training import fit, load_train_val, model_spec, resolve_amp
+from emovision.training import fit, input_digests, load_train_val, model_spec, resolve_amp
 from stages import parse, stage_parser
 from stages.export import export as export_onnx_step
 
@@ -26,7 +26,7 @@ CURVES_PNG = "training_curves.png"
 # The sections and keys whose change makes a checkpoint belong to another training: a run
 # is resumed only when all of them are unchanged (registry, bench, tune... do not matter).
 TRAINING_KEYS = ("base.", "preprocess.", "model.", "train.", "augment.", "evaluate.batch_size",
-                 "data.prepared_dir", "distill.")
+                 "data.prepared_dir", "data.app_views", "distill.", "inputs.")
 # How many CPU threads run the training changes its speed, not what it learns: a run
 # interrupted on a busy machine may continue with another thread count.
 RESUME_FREE_KEYS = ("train.threads",)
@@ -44,9 +44,10 @@ def _training_params(flat: dict) -> dict:
     return {k: v for k, v in flat.items() if k.startswith(TRAINING_KEYS) and k not in RESUME_FREE_KEYS}
 
 
-def interrupted_run(params: Params, models_dir: Path) -> tuple[str | None, str]:
-    """(MLflow run id, why) of an unfinished training of these params in `models_dir`, or
-    (None, why not). Unfinished: run.json names a run but no registered version yet.
+def interrupted_run(params: Params, models_dir: Path, inputs: dict[str, str] | None = None) -> tuple[str | None, str]:
+    """(MLflow run id, why) of an unfinished training of these params (and, when given, these
+    `inputs`: training.input_digests, the data it learns from) in `models_dir`, or (None, why
+    not). Unfinished: run.json names a run but no registered version yet.
     A corrupt run.json is a DataError: whether it can be resumed is unknown."""
     info, last = tracking.read_run_file(models_dir), models_dir / "last.pt"
     if not last.is_file() or info is None:
@@ -58,9 +59,11 @@ def interrupted_run(params: Params, models_dir: Path) -> tuple[str | None, str]:
         return None, f"{last} is unreadable ({type(err).__name__})"
     if "model_version" in info:
         return None, f"the run in {models_dir}/ finished (registered as version {info['model_version']})"
-    changed = sorted(k for k, v in _training_params(params.flat()).items() if saved.get(k) != v)
+    current = {**params.flat(), **(inputs or {})}
+    changed = sorted(k for k, v in _training_params(current).items() if saved.get(k) != v)
     if changed:
-        return None, f"{last} was trained with other params ({', '.join(changed[:4])})"
+        what = "data" if all(k.startswith("inputs.") for k in changed) else "params"
+        return None, f"{last} was trained with other {what} ({', '.join(changed[:4])})"
     return run_id, f"resuming the interrupted run {run_id} after epoch {epoch}"
 
 
@@ -106,6 +109,8 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
             capped.distill.teachers != params.distill.teachers) else ""
         if capped.train.init != params.train.init:
             off += ", train.init off (demo.init: it names a FER2013 model)"
+        if capped.augment.app_view != params.augment.app_view:
+            off += ", augment.app_view off (the app's detector is not made for drawn faces)"
         print(f"demo set: train.epochs {params.train.epochs} -> {capped.train.epochs}, model.width "
               f"{params.model.width} -> {capped.model.width}{off} (the demo section's caps; FER2013 is not capped)")
     params = capped
@@ -123,7 +128,8 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
     print(f"training {params.model.name} on {meta['source']} ({len(train_set):,} train / "
           f"{len(val_set):,} val) on {train_set.x.device}")
 
-    run_id, why = interrupted_run(params, models_dir) if (resume or auto_resume) else (None, "")
+    inputs = input_digests(train_set, soft)
+    run_id, why = interrupted_run(params, models_dir, inputs) if (resume or auto_resume) else (None, "")
     if resume and run_id is None:
         raise DataError(f"cannot --resume: {why}; run without --resume to start over")
     if auto_resume:
@@ -156,7 +162,7 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
             mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
 
         result = fit(params, train_set, val_set, meta["classes"], out_dir=models_dir, resume=resume,
-                     on_epoch=log_epoch, dataset=meta["source"], soft=soft, init=init)
+                     on_epoch=log_epoch, dataset=meta["source"], soft=soft, init=init, inputs=inputs)
         history_csv, curves_png = reports / HISTORY_CSV, reports / CURVES_PNG
         write_history(result["history"], history_csv)
         plots.training_curves(result["history"], curves_png)

@@ -10,6 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from emovision import artifact
 from stages.bench import main as bench_main
 from stages.evaluate import main as evaluate_main
 from stages.export import main as export_main
@@ -172,5 +173,11 @@ def test_auto_resume_continues_only_an_unfinished_run_of_the_same_params(in_fini
         assert interrupted_run(params.replace(**{"bench.repeats": 9}), models)[0] is not None  # not training
         # threads change speed, not what is learned: a run killed on a busy machine continues with fewer
         assert interrupted_run(params.replace(**{"train.threads": params.train.threads + 1}), models)[0] is not None
+        # the same params on other data (a re-cut data/app_views.npz, re-run teachers): start over
+        saved = {k: v for k, v in artifact.read_checkpoint(models / "last.pt")["params"].items()
+                 if k.startswith("inputs.")}
+        assert "inputs.train" in saved and interrupted_run(params, models, saved)[0] is not None
+        run_id, why = interrupted_run(params, models, {**saved, "inputs.train": "0" * 16})
+        assert run_id is None and "was trained with other data (inputs.train)" in why
     finally:
         run_file.write_text(info)

@@ -147,7 +147,7 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
         tracking.write_run_file(models_dir, {"run_id": run.info.run_id})
         mlflow.set_tags({"amp": amp.name, "amp_reason": amp.reason, "distill": distill_info["distill"]})
         if run_id is None:
-            mlflow.log_params({**params.flat(), "train.amp_resolved": amp.name})
+            mlflow.log_params({**params.flat(), **inputs, "train.amp_resolved": amp.name})
             mlflow.log_params({"dataset.source": meta["source"],
                                **{f"dataset.{split}_count": sum(c.values())
                                   for split, c in meta["counts"].items()}})

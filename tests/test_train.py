@@ -41,6 +41,9 @@ def test_train_logs_registers_and_checkpoints(project):
     assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "2" and run.data.params["dataset.source"] == "synthetic"
     assert run.data.tags["dataset"] == "synthetic"
+    # what it learned from, by digest, as its checkpoints record it (resume compares them)
+    saved = artifact.read_checkpoint(project / "models" / "last.pt")["params"]
+    assert run.data.params["inputs.train"] == saved["inputs.train"] and len(saved["inputs.train"]) == 16
     # the precision train.amp: auto chose, and why, on the run
     assert run.data.tags["amp"] in ("fp32", "bf16") and run.data.params["train.amp_resolved"] == run.data.tags["amp"]
     assert run.data.tags["amp_reason"].startswith(run.data.tags["amp"])

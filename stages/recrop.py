@@ -5,7 +5,7 @@ noisy background), found by the app's default detector and cut with the app's fr
 levelling (`emovision.livecheck.app_crop`); faces it misses keep the dataset crop. The crops
 go to `data.app_views` with which faces were found and the train split's digest, so train
 refuses a stale file (emovision.data.app_views). Image i is drawn from its own seed
-(base.seed, i), so the file does not depend on how many processes cut it. About 4 minutes
+(base.seed, i), so the file does not depend on how many processes cut it. About 5 minutes
 for FER2013's 28,709 faces on two cores.
 
 With `augment.app_view: 0`, or on the demo set, it writes an empty marker (DVC needs the

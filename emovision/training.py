@@ -66,16 +66,10 @@ def input_digests(train: SplitTensors, soft: SoftTargets | None = None) -> dict[
     """Short hashes of what a training learns from besides its params, as `inputs.*` keys: the
     train split's pixels and labels, the app's crops (augment.app_view) and the teachers'
     targets (distillation). Checkpoints record them, so a run is resumed only on the same data."""
-    import hashlib
-
-    from emovision.data.prepared import DIGEST_CHARS
+    from emovision.data.prepared import array_digest
 
     def digest(*tensors: torch.Tensor) -> str:
-        h = hashlib.sha256()
-        for t in tensors:
-            h.update(str(tuple(t.shape)).encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:DIGEST_CHARS]
+        return array_digest(*(t.detach().cpu().numpy() for t in tensors))
 
     out = {"inputs.train": digest(train.x, train.y)}
     if train.app_x is not None:

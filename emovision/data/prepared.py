@@ -27,14 +27,20 @@ META_NAME = "meta.json"
 DIGEST_CHARS = 16  # hex characters of a split's (and a teacher's weights') digest
 
 
-def split_digest(x: np.ndarray, y: np.ndarray) -> str:
-    """A short hash of a prepared split's pixels and labels (content, not file bytes): what files
-    computed from the split (teacher outputs, app views) record, so a stale one is refused."""
+def array_digest(*arrays: np.ndarray) -> str:
+    """A short hash of arrays' shapes and contents (not of any file's bytes)."""
     h = hashlib.sha256()
-    for array in (np.ascontiguousarray(x, np.uint8), np.ascontiguousarray(y, np.int64)):
+    for array in arrays:
+        array = np.ascontiguousarray(array)
         h.update(str(array.shape).encode())
         h.update(array.tobytes())
     return h.hexdigest()[:DIGEST_CHARS]
+
+
+def split_digest(x: np.ndarray, y: np.ndarray) -> str:
+    """A prepared split's pixels and labels, hashed: what files computed from the split (teacher
+    outputs, app views) record, so a stale one is refused."""
+    return array_digest(np.asarray(x, np.uint8), np.asarray(y, np.int64))
 
 
 def class_counts(y: np.ndarray, classes: tuple[str, ...] = CLASSES) -> dict[str, int]:

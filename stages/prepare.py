@@ -8,7 +8,7 @@ from pathlib import Path
 from emovision.config import Params
 from emovision.data import SPLITS
 from emovision.data.fer2013 import find_fer2013, read_fer2013
-from emovision.data.prepared import write_prepared
+from emovision.data.prepared import check_replaceable, write_prepared
 from emovision.data.synthetic import generate_synthetic
 
 from emovision.errors import DataError, cli_main
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             f"or unpack the image folders with `mkdir -p {params.data.raw_dir}/fer2013 && tar -xJf "
             f"fer2013-images.tar.xz -C {params.data.raw_dir}/fer2013`"
         )
+    check_replaceable(Path(params.data.prepared_dir))  # before minutes of reading, not after
     prepare(params)
     return 0
 

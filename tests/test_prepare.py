@@ -119,13 +119,34 @@ def test_bad_csv_exits_2_naming_the_problem(tmp_path, capsys, body, message):
     raw.mkdir()
     (raw / "fer2013.csv").write_text(body)
     (tmp_path / "prepared").mkdir()
-    (tmp_path / "prepared" / "keep.txt").write_text("previous output")
+    (tmp_path / "prepared" / "meta.json").write_text("previous output")
     assert run_prepare(tmp_path, raw) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     # nothing half-written: the previous output is untouched, no temp folders remain
-    assert (tmp_path / "prepared" / "keep.txt").read_text() == "previous output"
+    assert (tmp_path / "prepared" / "meta.json").read_text() == "previous output"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "prepared", "raw"]
+
+
+@pytest.mark.parametrize("folder", ["raw", "models", "."])
+def test_a_prepared_dir_holding_other_files_is_refused_untouched(tmp_path, monkeypatch, capsys, folder):
+    """prepare replaces data.prepared_dir whole: pointed at the raw data, models/ or the project
+    it would delete them. It refuses in one line and leaves every file where it was."""
+    monkeypatch.chdir(tmp_path)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_csv(tiny_splits(), raw / "fer2013.csv")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "best.pt").write_bytes(b"a trained model")
+    params = write_params(tmp_path / "params.yaml", {"data": {
+        "source": "fer2013", "raw_dir": "raw", "prepared_dir": folder}})
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert prepare_main(["--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: data.prepared_dir {folder}") and err.count("\n") == 1
+    assert "prepare replaces that whole folder" in err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    assert (tmp_path / "models" / "best.pt").read_bytes() == b"a trained model"
 
 
 def test_skip_mode_drops_bad_rows_and_reports(tmp_path, capsys):

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from emovision.data import CLASSES, SPLITS
-from emovision.errors import DataError
+from emovision.errors import ConfigError, DataError
 
 META_NAME = "meta.json"
 DIGEST_CHARS = 16  # hex characters of a split's (and a teacher's weights') digest
@@ -48,9 +48,28 @@ def class_counts(y: np.ndarray, classes: tuple[str, ...] = CLASSES) -> dict[str,
     return {name: int(n) for name, n in zip(classes, counts)}
 
 
+def check_replaceable(out_dir: Path) -> None:
+    """`out_dir` is replaced whole, so it must be new, empty or an earlier prepare's output:
+    a data.prepared_dir that names the raw data, models/ or the project would delete them."""
+    out_dir = Path(out_dir)
+    if out_dir.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+        raise ConfigError(f"data.prepared_dir {out_dir} is the working folder or one above it; "
+                          f"prepare replaces that whole folder: name a folder of its own (data/prepared)")
+    if not out_dir.is_dir():
+        return
+    ours = {META_NAME, *(f"{split}.npz" for split in SPLITS)}
+    foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in out_dir.iterdir()
+                     if p.name not in ours or not p.is_file())
+    if foreign:
+        raise ConfigError(f"data.prepared_dir {out_dir}/ holds files prepare did not write "
+                          f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); prepare replaces "
+                          f"that whole folder: name a new or empty folder (data/prepared)")
+
+
 def write_prepared(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]],
                    meta: dict[str, Any]) -> dict[str, Any]:
     """Atomically replace `out_dir` with the splits and meta.json (counts are added here)."""
+    check_replaceable(out_dir)
     for split in SPLITS:
         if split not in splits or len(splits[split][1]) == 0:
             raise DataError(f"split '{split}' is empty: the dataset has no images for it")

@@ -64,11 +64,34 @@ def quiet_mlflow() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def check_store(uri: str | None = None) -> None:
+    """A local SQLite store that exists must be an SQLite file: checked before a stage deletes
+    or writes anything, since MLflow's own error is a traceback after minutes of work."""
+    uri = uri or tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not path.is_file() or path.stat().st_size == 0:  # none yet (or empty): MLflow creates it
+        return
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as err:
+        raise DataError(f"MLflow store {path} cannot be read ({err.strerror})") from None
+    if head != SQLITE_MAGIC:
+        raise DataError(f"MLflow store {path} is not an SQLite database (a damaged or foreign file); "
+                        f"move it aside to start a new store, or set MLFLOW_TRACKING_URI")
+
+
 def setup(experiment: str = EXPERIMENT) -> str:
     """Point MLflow at the project store; create the experiment with artifacts in <root>/mlruns."""
     import mlflow
 
     quiet_mlflow()
+    check_store()
     mlflow.set_tracking_uri(tracking_uri())
     with _store_lock(tracking_uri()):
         return _setup_experiment(mlflow, experiment)
@@ -273,6 +296,7 @@ def read_client():
         raise ModelRefError(
             f"no MLflow store at {uri.removeprefix('sqlite:///')} (the project root is the nearest folder "
             f"with {PROJECT_MARKER} from {Path.cwd()} up); run this from the project, or set MLFLOW_TRACKING_URI")
+    check_store(uri)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

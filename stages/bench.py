@@ -169,6 +169,8 @@ def bench(params: Params, models_dir: Path | None = None) -> dict:
     if not ckpt.is_file():  # checked before minutes of measuring
         raise DataError(f"no trained model at {ckpt} (run `python -m stages.train` first)")
     training = tracking.read_run_file(models_dir)  # the run the figures are logged into, if any
+    if training is not None:
+        tracking.check_store()  # before minutes of timing and reports/ rewritten
     meta = load_meta(Path(params.data.prepared_dir))
     params = params.for_dataset(meta["source"])  # the model and epochs train really used
     if params.train.threads > 0:

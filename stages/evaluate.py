@@ -65,6 +65,7 @@ def evaluate(params: Params, models_dir: Path | None = None) -> dict:
     models_dir = Path(params.paths.models) if models_dir is None else models_dir
     reports = Path(params.paths.reports)
     info = finished_training(models_dir)
+    tracking.check_store()  # before reports/ is rewritten for a run that could not be logged
     prepared = Path(params.data.prepared_dir)
     meta = load_meta(prepared)
     tta, bs = params.evaluate.tta, params.evaluate.batch_size

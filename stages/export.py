@@ -43,6 +43,8 @@ def export(params: Params, models_dir: Path | None = None) -> dict:
     if not best.is_file():
         raise DataError(f"no trained model in {models_dir}/ (run `python -m stages.train` first)")
     info = tracking.read_run_file(models_dir) or {}  # checked before anything is written
+    if info.get("model_id"):
+        tracking.check_store()
     spec, state_dict = artifact.load_checkpoint(best)
     prepared = Path(params.data.prepared_dir)
     load_meta(prepared)

@@ -11,6 +11,8 @@ import mlflow
 import pytest
 
 from emovision import artifact
+from emovision.errors import EmovisionError
+from emovision.inference import load_classifier
 from stages.bench import main as bench_main
 from stages.evaluate import main as evaluate_main
 from stages.export import main as export_main
@@ -181,3 +183,23 @@ def test_auto_resume_continues_only_an_unfinished_run_of_the_same_params(in_fini
         assert run_id is None and "was trained with other data (inputs.train)" in why
     finally:
         run_file.write_text(info)
+
+
+@pytest.mark.parametrize("stage", list(RUN_FILE_STAGES))
+def test_a_store_that_is_not_sqlite_stops_every_stage_before_writing(in_finished, capsys, stage):
+    """A damaged mlflow.db used to cost train the previous best.pt/last.pt (deleted before
+    MLflow raised its traceback) and evaluate a rewritten reports/ for a run never logged."""
+    main, flags = RUN_FILE_STAGES[stage]
+    store = in_finished / "mlflow.db"
+    good = store.read_bytes()
+    before = snapshot(in_finished)
+    try:
+        store.write_bytes(b"not a database\n" * 100)
+        assert main(["--params", "params.yaml", *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"MLflow store {store} is not an SQLite database" in err and "\n" not in err, err
+        assert snapshot(in_finished) == before
+        with pytest.raises(EmovisionError, match="is not an SQLite database"):  # models:/ readers too
+            load_classifier("models:/fer/Production", "cpu")
+    finally:
+        store.write_bytes(good)

@@ -43,6 +43,7 @@ class FrameSource:
     fps: float = 30.0
     live: bool = False  # frames may be dropped to stay current
     stills: bool = False  # unrelated images: nothing to track or smooth between them
+    files: tuple[Path, ...] = ()  # the files it reads (none for cameras and streams)
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
@@ -64,6 +65,7 @@ class ImageSource(FrameSource):
 
     def __init__(self, paths: list[Path]):
         self.paths = paths
+        self.files = tuple(paths)
         self.fps = 1.0
 
     def __iter__(self) -> Iterator[Frame]:
@@ -89,6 +91,7 @@ class VideoSource(FrameSource):
             self.cap.release()
             raise SourceError(f"cannot read video {path}: no frames could be decoded")
         self._first = first
+        self.files = (path,)
         self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 30.0
         # The frame count the container announces (0 when unknown): a run that reads fewer
         # frames than this met a truncated or damaged file, and the app says so.

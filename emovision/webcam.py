@@ -84,9 +84,21 @@ def check_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     for name, example in (("output", "annotated.mp4"), ("log", "faces.jsonl")):
         check_output_file(f"--{name}", getattr(args, name), example)
+    if args.output is not None and args.log is not None and args.output.resolve() == args.log.resolve():
+        raise ConfigError(f"--output and --log are the same file {args.output}; give each its own name")
     if not args.no_display and not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
         raise ConfigError("no display available (DISPLAY is unset); add --no-display, "
                           "with --output out.mp4 or --log faces.jsonl to keep the results")
+
+
+def check_outputs_spare_inputs(args: argparse.Namespace, source: FrameSource) -> None:
+    """An output renamed over the video or image being read would destroy it at the end of the run."""
+    inputs = {path.resolve() for path in source.files}
+    for flag in ("output", "log"):
+        path = getattr(args, flag)
+        if path is not None and path.resolve() in inputs:
+            raise ConfigError(f"--{flag} {path} is the source being read; it would be overwritten: "
+                              f"give another file name")
 
 
 def check_output_file(flag: str, path: Path | None, example: str) -> None:
@@ -287,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     # The cheap checks first: a bad cascade or an unreadable source fails before the model loads.
     detector = make_detector(args.detector, args.cascade, args.min_face)
     with open_source(args.source) as source, torch_threads(args.threads):
+        check_outputs_spare_inputs(args, source)
         classifier = load_classifier(args.model, args.device, backend=args.backend)
         print(f"model {args.model} ({classifier.info.get('arch')}, trained on "
               f"{classifier.info.get('dataset') or 'unknown data'}) on {classifier.device}; source {args.source}")

@@ -148,6 +148,31 @@ def test_output_that_is_a_folder_fails_before_the_model_loads(still, tmp_path, f
     assert sorted(p.name for p in tmp_path.iterdir()) == ["still.png"]  # nothing written
 
 
+@pytest.mark.parametrize("flag", ["--output", "--log"])
+@pytest.mark.parametrize("kind", ["video", "folder"])
+def test_an_output_that_is_the_source_fails_before_the_model_loads(tmp_path, flag, kind, capsys):
+    """`--source clip.mp4 --output clip.mp4` renamed the annotated video over the clip it read."""
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
+    for i in range(3):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    cv2.imwrite(str(tmp_path / "a.png"), grace_hopper())
+    source, target = (clip, clip) if kind == "video" else (tmp_path, tmp_path / "a.png")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert webcam_main(["--model", "nope.pt", "--no-display", "--source", str(source), flag, str(target)]) == 2
+    one_error_line(capsys.readouterr().err, f"{flag} {target} is the source being read")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_output_and_log_in_one_file_are_refused(still, tmp_path, capsys):
+    same = tmp_path / "out.mp4"
+    assert webcam_main(["--model", "nope.pt", "--no-display", "--source", still, "--output", str(same),
+                        "--log", str(same)]) == 2
+    one_error_line(capsys.readouterr().err, f"--output and --log are the same file {same}")
+    assert not same.exists()
+
+
 def test_corrupt_video_fails_before_the_model_loads(tmp_path, capsys):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00" * 4096)

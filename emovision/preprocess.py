@@ -34,13 +34,34 @@ class PreprocessConfig:
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
+def _grey_levels(pixels: np.ndarray, what: str) -> np.ndarray:
+    """`pixels` as uint8; other dtypes only when every value is a grey level 0..255 (a cast
+    would wrap 300 to 44 and turn NaN into an arbitrary level without a word)."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    rule = f"{what}: pixels must be grey levels 0..255 (uint8), got {pixels.dtype}"
+    if pixels.dtype.kind not in "biuf":
+        raise ValueError(rule)
+    if pixels.size and not (np.isfinite(pixels).all() and pixels.min() >= 0 and pixels.max() <= 255):
+        raise ValueError(f"{rule} values in [{pixels.min()}, {pixels.max()}]")
+    return pixels.astype(np.uint8)
+
+
 def to_gray_crops(faces: np.ndarray | Sequence[np.ndarray], size: int = INPUT_SIZE) -> np.ndarray:
-    """Face crops of any size (grayscale or BGR) -> (N, size, size) uint8."""
+    """Face crops of any size (grayscale or BGR) -> (N, size, size) uint8.
+
+    A bad batch is a ValueError naming the face: one (H, W) crop instead of a batch (it would
+    be read as H crops of one row), an empty crop, values outside 0..255."""
+    if isinstance(faces, np.ndarray) and faces.ndim == 2:
+        raise ValueError(f"faces of shape {faces.shape} is one crop, not a batch: pass face[None] or [face]")
     if isinstance(faces, np.ndarray) and faces.ndim == 3 and faces.shape[1:] == (size, size):
-        return np.ascontiguousarray(faces, dtype=np.uint8)
+        return np.ascontiguousarray(_grey_levels(faces, "faces"))
     out = np.empty((len(faces), size, size), dtype=np.uint8)
     for i, face in enumerate(faces):
         face = np.asarray(face)
+        if not (face.ndim == 2 or (face.ndim == 3 and face.shape[2] in (3, 4))) or not face.size:
+            raise ValueError(f"face {i}: expected an H x W grey crop or H x W x 3 BGR, got shape {face.shape}")
+        face = _grey_levels(face, f"face {i}")
         if face.ndim == 3:
             face = cv2.cvtColor(face, cv2.COLOR_BGR2GRAY)
         if face.shape != (size, size):

@@ -1,6 +1,8 @@
 """load_classifier: every kind of model reference, and clear errors for bad ones."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -52,6 +54,28 @@ def test_pretrained_loads_offline():
     clf = load_classifier("pretrained", "cpu")
     assert clf.info["dataset"] == "fer2013" and len(clf.classes) == 7
     assert clf.predict_proba(np.zeros((2, 48, 48), np.uint8)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("faces, message", [
+    (np.zeros((48, 48), np.uint8), "is one crop, not a batch: pass face[None] or [face]"),  # was 48 rows
+    ([np.zeros((0, 10), np.uint8)], "face 0: expected an H x W grey crop or H x W x 3 BGR, got shape (0, 10)"),
+    ([np.zeros((4, 4, 2), np.uint8)], "face 0: expected an H x W grey crop"),
+    (np.full((1, 48, 48), 300), "faces: pixels must be grey levels 0..255 (uint8), got int64 values in [300, 300]"),
+    ([np.full((30, 30), np.nan)], "face 0: pixels must be grey levels 0..255"),
+    ([np.full((30, 30), "a")], "face 0: pixels must be grey levels 0..255 (uint8), got <U1"),
+])
+def test_bad_crops_are_refused_not_silently_misread(faces, message):
+    clf = load_classifier("pretrained", "cpu")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        clf.predict_proba(faces)
+
+
+def test_grey_levels_of_any_dtype_and_size_give_the_uint8_answer():
+    clf = load_classifier("pretrained", "cpu")
+    faces = np.random.default_rng(1).integers(0, 256, (2, 60, 50)).astype(np.uint8)
+    want = clf.predict_proba(faces)
+    for same in (faces.astype(np.int64), faces.astype(np.float32), list(faces)):
+        np.testing.assert_allclose(clf.predict_proba(same), want, atol=1e-6)
 
 
 # (reference, folder, floor of its PrivateTest claims): the floors sit above the compact peers

@@ -6,6 +6,7 @@ arbitrary code: weights load with `torch.load(weights_only=True)`, the rest is J
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -81,7 +82,7 @@ def from_spec(spec: ModelSpec, state_dict: dict, device: str | torch.device = "c
 BACKENDS = ("torch", "onnx")
 
 
-def load_classifier(ref: str = PRETRAINED, device: str = "auto", backend: str = "torch"):
+def load_classifier(ref: str | os.PathLike = PRETRAINED, device: str = "auto", backend: str = "torch"):
     """Load any model reference as an EmotionClassifier (or, with backend "onnx", an
     `emovision.onnx_backend.OnnxClassifier` with the same API).
 
@@ -92,9 +93,10 @@ def load_classifier(ref: str = PRETRAINED, device: str = "auto", backend: str = 
     (`models/best.pt`) or an exported `.onnx` file. Nothing is unpickled and no model code
     is run: weights load with `torch.load(weights_only=True)`, the rest is JSON.
     """
+    ref = str(ref)  # a pathlib.Path names a checkpoint, folder or .onnx file as well as its text
     if backend not in BACKENDS:
         raise ModelRefError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    if str(ref).endswith(".onnx") or backend == "onnx":
+    if ref.endswith(".onnx") or backend == "onnx":
         return _load_onnx(ref)
     dev = resolve_device(device)
     return from_spec(*load_artifact(ref), dev, ref)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import emovision
-from emovision.errors import ModelRefError
+from emovision.errors import ConfigError, ModelRefError
 from emovision.inference import WEIGHTS_DIR, load_classifier
 
 
@@ -54,6 +54,21 @@ def test_pretrained_loads_offline():
     clf = load_classifier("pretrained", "cpu")
     assert clf.info["dataset"] == "fer2013" and len(clf.classes) == 7
     assert clf.predict_proba(np.zeros((2, 48, 48), np.uint8)).shape == (2, 7)
+
+
+def test_a_path_object_and_a_torch_device_load_like_their_text():
+    """`load_classifier(Path(...))` was an AttributeError ('PosixPath' has no 'startswith')."""
+    import torch
+
+    clf = load_classifier(WEIGHTS_DIR, torch.device("cpu"))
+    faces = np.random.default_rng(0).integers(0, 256, (3, 48, 48), dtype=np.uint8)
+    np.testing.assert_array_equal(clf.predict_proba(faces), load_classifier(str(WEIGHTS_DIR), "cpu").predict_proba(faces))
+
+
+@pytest.mark.parametrize("device", ["foo", "mps", "gpu"])
+def test_an_unknown_device_is_one_clear_error(device):
+    with pytest.raises(ConfigError, match=f"unknown device '{device}'; use one of auto, cpu, cuda"):
+        load_classifier("pretrained", device)
 
 
 @pytest.mark.parametrize("faces, message", [

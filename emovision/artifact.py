@@ -32,6 +32,8 @@ from emovision.preprocess import PreprocessConfig
 
 CHECKPOINT_FORMAT = "emovision-checkpoint/1"
 FOLDER_FORMAT = "emovision-model/1"
+TORCH_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+PICKLE_MAGIC = b"\x80"  # the legacy torch.save format, and any pickle of protocol 2+
 WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "config.json"
 # An MLflow pyfunc model keeps its files under artifacts/ next to its MLmodel file.
@@ -164,8 +166,14 @@ def _torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
         raise ModelRefError(f"{path}: is a folder, not a weights file") from None
     except Exception as err:  # torch raises many types for a truncated, foreign or unsafe file
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
+        with path.open("rb") as f:
+            head = f.read(len(TORCH_ZIP_MAGIC))
+        if not head.startswith((TORCH_ZIP_MAGIC, PICKLE_MAGIC)):  # torch's weights_only text would blame pickles
+            first = "neither a torch.save archive nor a pickle; an exported ONNX model loads from a .onnx name"
+        elif "weights_only" in str(err) or "Unsupported global" in str(err):
             first = "it holds pickled Python objects, and those are never loaded: weights_only=True"
+        elif head.startswith(TORCH_ZIP_MAGIC):
+            first = f"truncated or damaged: {first}"
         raise ModelRefError(f"{path}: not a readable torch weights file ({first})") from None
 
 

@@ -71,7 +71,7 @@ def _edit_config(folder: Path, edit) -> None:
 
 
 @pytest.mark.parametrize("case, message", [
-    ("truncated weights.pt", "weights.pt: not a readable torch weights file"),
+    ("truncated weights.pt", "weights.pt: not a readable torch weights file (truncated or damaged"),
     ("invalid config.json", "config.json: invalid JSON (Expecting"),
     ("config without preprocess", "no 'preprocess' recorded"),
     ("preprocess.std 0", "preprocess.std must be a number > 0"),
@@ -96,6 +96,17 @@ def test_bad_model_folders_are_refused_in_one_line(tmp_path, case, message):
     with pytest.raises(ModelRefError, match=message.replace("(", r"\(")) as err:
         load_classifier(str(folder), "cpu")
     assert "\n" not in str(err.value) and str(folder) in str(err.value)
+
+
+@pytest.mark.parametrize("content", [b'{"test_acc": 0.5}\n', b"\x08\x07\x12\x07pytorch"], ids=["json", "onnx"])
+def test_a_file_that_is_not_torch_is_not_called_a_pickle(tmp_path, content):
+    """A JSON report or an ONNX export passed as a checkpoint was refused as holding 'pickled
+    Python objects' (torch's weights_only text), which sends the user looking for the wrong problem."""
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(ModelRefError, match="neither a torch.save archive nor a pickle") as err:
+        load_classifier(str(path), "cpu")
+    assert "pickled Python objects" not in str(err.value)
 
 
 def test_bad_model_folder_from_the_command_line(tmp_path, capsys):

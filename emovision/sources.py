@@ -176,7 +176,10 @@ def open_source(spec: str | int) -> FrameSource:
 
 def _open_live(spec: str) -> LiveSource:
     with quiet_opencv():
-        cap = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
+        try:
+            cap = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
+        except (cv2.error, OverflowError, ValueError):  # an index beyond a C int: no such camera
+            cap = cv2.VideoCapture()
         ok = cap.isOpened() and cap.read()[0]
     if not ok:
         cap.release()

@@ -190,6 +190,8 @@ def test_live_source_keeps_only_the_newest_frame(tmp_path):
 def test_source_errors(tmp_path):
     with pytest.raises(SourceError, match="cannot open camera 7: no such device"):
         open_source("7")
+    with pytest.raises(SourceError, match="cannot open camera 99999999999: no such device"):  # not a C int
+        open_source("99999999999")
     with pytest.raises(SourceError, match="source not found"):
         open_source(str(tmp_path / "missing.mp4"))
     (tmp_path / "broken.mp4").write_bytes(b"\x00" * 1000)

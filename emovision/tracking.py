@@ -123,7 +123,11 @@ def _setup_experiment(mlflow, experiment: str) -> str:
             client = mlflow.MlflowClient()
             exp = client.get_experiment_by_name(experiment)
             break
-        except Exception:
+        except Exception as err:
+            if not tracking_uri().startswith("sqlite:///"):  # a server that is down or refuses us
+                line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+                raise DataError(f"MLflow tracking server {tracking_uri()} cannot be used "
+                                f"(MLFLOW_TRACKING_URI): {line}") from None
             if attempt == STORE_INIT_RETRIES - 1:
                 raise
             time.sleep(0.5 + random.random())

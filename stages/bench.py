@@ -170,7 +170,7 @@ def bench(params: Params, models_dir: Path | None = None) -> dict:
         raise DataError(f"no trained model at {ckpt} (run `python -m stages.train` first)")
     training = tracking.read_run_file(models_dir)  # the run the figures are logged into, if any
     if training is not None:
-        tracking.check_store()  # before minutes of timing and reports/ rewritten
+        tracking.setup()  # the store answers: checked before minutes of timing and reports/ rewritten
     meta = load_meta(Path(params.data.prepared_dir))
     params = params.for_dataset(meta["source"])  # the model and epochs train really used
     if params.train.threads > 0:
@@ -229,7 +229,6 @@ def bench(params: Params, models_dir: Path | None = None) -> dict:
     if report["realtime"]:
         print("realtime: " + ", ".join(f"{k} {v:.2f}" for k, v in report["realtime"].items()))
     if training is not None:
-        tracking.setup()
         import mlflow
 
         with tracking.tracked_run(run_id=training["run_id"]):

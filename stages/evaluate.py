@@ -65,7 +65,7 @@ def evaluate(params: Params, models_dir: Path | None = None) -> dict:
     models_dir = Path(params.paths.models) if models_dir is None else models_dir
     reports = Path(params.paths.reports)
     info = finished_training(models_dir)
-    tracking.check_store()  # before reports/ is rewritten for a run that could not be logged
+    tracking.setup()  # the store answers: checked before reports/ is rewritten for a run it could not log
     prepared = Path(params.data.prepared_dir)
     meta = load_meta(prepared)
     tta, bs = params.evaluate.tta, params.evaluate.batch_size
@@ -96,7 +96,6 @@ def evaluate(params: Params, models_dir: Path | None = None) -> dict:
     plots.per_class_bars({c: results["test"]["per_class"][c]["f1"] for c in clf.classes}, f1_png,
                          "PrivateTest F1 per class")
 
-    tracking.setup()
     import mlflow
 
     with tracking.tracked_run(run_id=info["run_id"]):

@@ -44,7 +44,7 @@ def export(params: Params, models_dir: Path | None = None) -> dict:
         raise DataError(f"no trained model in {models_dir}/ (run `python -m stages.train` first)")
     info = tracking.read_run_file(models_dir) or {}  # checked before anything is written
     if info.get("model_id"):
-        tracking.check_store()
+        tracking.setup()  # the store answers: checked before anything is written
     spec, state_dict = artifact.load_checkpoint(best)
     prepared = Path(params.data.prepared_dir)
     load_meta(prepared)
@@ -65,7 +65,6 @@ def export(params: Params, models_dir: Path | None = None) -> dict:
           f"{check['max_prob_diff_plain']:.2e} (TTA {check['max_prob_diff_tta']:.2e}), "
           f"prediction mismatches {check['prediction_mismatches_plain']} / {check['prediction_mismatches_tta']}")
     if info.get("model_id"):
-        tracking.setup()
         import mlflow
 
         mlflow.MlflowClient().log_model_artifact(info["model_id"], str(target))

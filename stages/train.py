@@ -135,12 +135,11 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
     if auto_resume:
         print(why if run_id else f"starting a new run ({why})")
     resume = run_id is not None
-    tracking.check_store()  # a store that cannot log the run must not cost the previous model
+    tracking.setup()  # a store that cannot log the run must not cost the previous model
     if not resume:
         for stale in ("last.pt", "best.pt"):  # a fresh run must not resume or register old weights
             (models_dir / stale).unlink(missing_ok=True)
     amp = resolve_amp(params.train.amp, train_set.x.device, probe=probe)  # fit() reuses the decision
-    tracking.setup()
     import mlflow
 
     with tracking.tracked_run(run_name=tracking.run_name(params, meta["source"]), run_id=run_id,

@@ -3,6 +3,7 @@ and leaves the previous model, reports and MLflow store exactly as they were."""
 from __future__ import annotations
 
 import hashlib
+import socket
 import json
 import shutil
 from pathlib import Path
@@ -203,3 +204,20 @@ def test_a_store_that_is_not_sqlite_stops_every_stage_before_writing(in_finished
             load_classifier("models:/fer/Production", "cpu")
     finally:
         store.write_bytes(good)
+
+
+@pytest.mark.parametrize("stage", list(RUN_FILE_STAGES))
+def test_a_tracking_server_that_is_down_stops_every_stage_before_writing(in_finished, capsys, monkeypatch, stage):
+    """MLFLOW_TRACKING_URI naming a server that does not answer: one line, and train keeps the
+    previous best.pt/last.pt (they were deleted before MLflow's traceback)."""
+    main, flags = RUN_FILE_STAGES[stage]
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    before = snapshot(in_finished)
+    assert main(["--params", "params.yaml", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"MLflow tracking server http://127.0.0.1:{port} cannot be used" in err and "\n" not in err, err
+    assert snapshot(in_finished) == before

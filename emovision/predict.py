@@ -10,10 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
-
 from emovision.errors import ConfigError, SourceError, cli_main
 from emovision.faces import DEFAULT_DETECTOR, DETECTORS, MIN_FACE, analyze_still, make_detector, to_gray
+from emovision.images import read_image
 
 
 @cli_main
@@ -40,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--max-faces must be >= 0 (0: all faces), got {args.max_faces}")
     grays = {}
     for path in args.images:  # read all first: a bad file fails before any output
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)  # then BGR -> gray, exactly as the webcam app
-        if frame is None:
-            raise SourceError(f"cannot read image {path}: missing, unreadable or not an image")
+        frame = read_image(path)  # then BGR -> gray, exactly as the webcam app
+        if isinstance(frame, str):
+            raise SourceError(f"cannot read image {path}: {frame}")
         grays[path] = to_gray(frame)
     from emovision.inference import load_classifier
 

@@ -2,8 +2,11 @@
 
 Files are read in order, every frame. Live sources (cameras, streams) are read by a
 thread that keeps only the newest frame, so a slow consumer sees the present, not a
-growing backlog. An unreadable image in a folder stops the run with an error naming the
-file (rather than a skip the user might not notice); outputs are then not written.
+growing backlog. An image that cannot be used (unreadable, truncated, not an image) is
+refused when it is the source itself; in a folder it is skipped and listed in
+`ImageSource.skipped`, and the app ends with a warning naming it and a non-zero exit, so one
+broken photo neither costs the rest nor passes unnoticed (`emovision.images.read_image`:
+a truncated JPEG is never classified grey-filled).
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import cv2
 import numpy as np
 
 from emovision.errors import SourceError
+from emovision.images import read_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm")
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://")
@@ -44,6 +48,7 @@ class FrameSource:
     live: bool = False  # frames may be dropped to stay current
     stills: bool = False  # unrelated images: nothing to track or smooth between them
     files: tuple[Path, ...] = ()  # the files it reads (none for cameras and streams)
+    skipped: tuple[tuple[Path, str], ...] | list[tuple[Path, str]] = ()  # (file, why) passed over: image folders
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
@@ -59,7 +64,8 @@ class FrameSource:
 
 
 class ImageSource(FrameSource):
-    """Image files in the given order, each read when it is reached."""
+    """Image files in the given order, each read when it is reached; one that cannot be used
+    is skipped (its index with it) and recorded in `skipped` as (path, why)."""
 
     stills = True
 
@@ -67,12 +73,14 @@ class ImageSource(FrameSource):
         self.paths = paths
         self.files = tuple(paths)
         self.fps = 1.0
+        self.skipped: list[tuple[Path, str]] = []
 
     def __iter__(self) -> Iterator[Frame]:
         for i, path in enumerate(self.paths):
-            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if frame is None:
-                raise SourceError(f"cannot read image {path}: unreadable or not an image")
+            frame = read_image(path)
+            if isinstance(frame, str):
+                self.skipped.append((path, frame))
+                continue
             yield i, float(i), frame
 
 
@@ -170,6 +178,9 @@ def open_source(spec: str | int) -> FrameSource:
     if not path.is_file():
         raise SourceError(f"source not found: {spec} (a camera index, video, image, folder or stream URL)")
     if path.suffix.lower() in IMAGE_EXTENSIONS:
+        image = read_image(path)  # the whole source: refused before anything starts
+        if isinstance(image, str):
+            raise SourceError(f"cannot read image {path}: {image}")
         return ImageSource([path])
     return VideoSource(path)
 

@@ -37,7 +37,7 @@ FPS_SMOOTH = 0.9  # the on-screen fps is an EMA, so the number is readable rathe
 # One face is too small a job to split across cores: a second thread barely helps on an idle
 # CPU and is ~7x slower on a busy one (threads spin waiting for each other).
 INFERENCE_THREADS = 1
-EXIT_INCOMPLETE = 1  # the run finished, but the video ended before its announced frame count
+EXIT_INCOMPLETE = 1  # the run finished, but the video ended early or images were skipped
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,6 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     if "expected_frames" in summary:  # a truncated or damaged file: say so, and exit non-zero
         print(f"warning: {args.source} ended after {summary['frames']} of the {summary['expected_frames']} frames "
               f"its header announces (truncated or damaged file); the outputs cover the frames read",
+              file=sys.stderr)
+        return EXIT_INCOMPLETE
+    skipped = source.skipped
+    if skipped:  # broken images in a folder: the others were processed, the broken ones are named
+        names = "; ".join(f"{path} ({why})" for path, why in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+        print(f"warning: {len(skipped)} of {len(source.files)} images could not be used and were skipped: {names}",
               file=sys.stderr)
         return EXIT_INCOMPLETE
     return 0

@@ -198,8 +198,8 @@ def test_source_errors(tmp_path):
     with pytest.raises(SourceError, match="broken.mp4"):
         open_source(str(tmp_path / "broken.mp4"))
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
-    with pytest.raises(SourceError, match="cannot read image .*broken.jpg"):
-        list(open_source(str(tmp_path / "broken.jpg")))
+    with pytest.raises(SourceError, match="cannot read image .*broken.jpg: unreadable image file"):
+        open_source(str(tmp_path / "broken.jpg"))  # the source itself: refused before anything starts
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match="no images"):
         open_source(str(tmp_path / "empty"))

@@ -12,6 +12,7 @@ import pytest
 
 from emovision.faces import iou_matrix
 from emovision.predict import main as predict_main
+from emovision.webcam import AtomicVideoWriter, atomic_text
 from emovision.webcam import main as webcam_main
 from tests.conftest import REPO
 from tests.media import (ASTRONAUT_FACE, FACE_SCENES, astronaut, blank, cameraman_box, grace_hopper, make_video,
@@ -114,15 +115,40 @@ def still(tmp_path):
     return str(path)
 
 
-def test_crash_leaves_no_half_written_outputs(checkpoint, tmp_path, capsys):
+def test_broken_images_in_a_folder_are_skipped_and_named(checkpoint, tmp_path, capsys):
+    """A cut-off JPEG used to be classified with its missing rows grey (imread guesses), and an
+    unreadable file stopped the run with nothing written: now both are skipped, the others
+    processed and written, and the run ends with one warning naming them and exit 1."""
     folder = tmp_path / "imgs"
     folder.mkdir()
-    cv2.imwrite(str(folder / "0.jpg"), grace_hopper())
-    (folder / "1.jpg").write_bytes(b"truncated")
+    whole = cv2.imencode(".jpg", grace_hopper())[1].tobytes()
+    (folder / "0.jpg").write_bytes(whole)
+    (folder / "1.jpg").write_bytes(whole[:len(whole) // 2])  # a half-copied photo
+    (folder / "2.png").write_bytes(b"not an image")
+    (folder / "3.jpg").write_bytes(whole)
     out, log = tmp_path / "out.mp4", tmp_path / "log.jsonl"
     assert webcam_main(["--model", checkpoint, "--source", str(folder), "--no-display",
-                        "--output", str(out), "--log", str(log)]) == 2
-    one_error_line(capsys.readouterr().err, "cannot read image")
+                        "--output", str(out), "--log", str(log)]) == 1
+    err = capsys.readouterr().err
+    one_error_line(err, f"warning: 2 of 4 images could not be used and were skipped: {folder / '1.jpg'} "
+                        f"(truncated JPEG (no end-of-image marker after the image data)); {folder / '2.png'} "
+                        f"(unreadable image file)")
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["frame"] for r in records] == [0, 3] and all(len(r["faces"]) == 1 for r in records)
+    assert out.stat().st_size > 0 and not list(tmp_path.glob(".*partial*"))
+    assert predict_main(["--model", checkpoint, str(folder / "0.jpg"), str(folder / "1.jpg")]) == 2
+    one_error_line(capsys.readouterr().err, f"cannot read image {folder / '1.jpg'}: truncated JPEG")
+
+
+def test_a_crash_mid_run_leaves_no_half_written_outputs(tmp_path):
+    out, log = tmp_path / "out.mp4", tmp_path / "log.jsonl"
+    writer = AtomicVideoWriter(out, 30.0, (64, 48))
+    with pytest.raises(RuntimeError, match="camera unplugged"):
+        with atomic_text(log) as f:  # as `run` holds them: the log in a block, the video closed after
+            f.write("{}\n")
+            writer.write(np.zeros((48, 64, 3), np.uint8))
+            raise RuntimeError("camera unplugged")
+    writer.close(ok=False)
     assert not out.exists() and not log.exists() and not list(tmp_path.glob(".*partial*"))
 
 

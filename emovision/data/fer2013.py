@@ -20,6 +20,7 @@ import pandas as pd
 from emovision import progress
 from emovision.data import CLASSES, IMAGE_SIZE, SPLITS, USAGE_TO_SPLIT
 from emovision.errors import DataError
+from emovision.images import read_image
 
 CSV_NAME = "fer2013.csv"
 CSV_COLUMNS = ("emotion", "pixels", "Usage")
@@ -153,28 +154,12 @@ def _class_dirs(folder: Path) -> dict[int, Path]:
     return found
 
 
-JPEG_EXTENSIONS = (".jpg", ".jpeg")
-JPEG_START_OF_SCAN, JPEG_END = b"\xff\xda", b"\xff\xd9"
-
-
 def _read_image(path: Path) -> np.ndarray | str:
-    """Any size or colour -> 48x48 grayscale (INTER_AREA when shrinking), or why it is unusable.
-
-    A truncated JPEG is named as such by its bytes: the end-of-image marker must follow the
-    last start-of-scan (inside entropy-coded data 0xFF is always escaped, so FFD9 there is
-    the real end); cv2.imread would decode it with the missing rows grey."""
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as err:
-        return f"unreadable image file ({err.strerror or type(err).__name__})"
-    if path.suffix.lower() in JPEG_EXTENSIONS:
-        raw = data.tobytes()
-        if raw.rfind(JPEG_END) < raw.rfind(JPEG_START_OF_SCAN):
-            return "truncated JPEG (no end-of-image marker after the image data)"
-    # imdecode, not imread: imread returns a truncated JPEG grey-filled, imdecode refuses it
-    img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
-    if img is None:
-        return "unreadable image file"
+    """Any size or colour -> 48x48 grayscale (INTER_AREA when shrinking), or why it is unusable
+    (`emovision.images.read_image`: a truncated JPEG is named as such)."""
+    img = read_image(path, cv2.IMREAD_GRAYSCALE)
+    if isinstance(img, str):
+        return img
     if img.shape != (IMAGE_SIZE, IMAGE_SIZE):
         shrink = min(img.shape) > IMAGE_SIZE
         img = cv2.resize(img, (IMAGE_SIZE, IMAGE_SIZE),

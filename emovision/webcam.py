@@ -37,6 +37,7 @@ FPS_SMOOTH = 0.9  # the on-screen fps is an EMA, so the number is readable rathe
 # One face is too small a job to split across cores: a second thread barely helps on an idle
 # CPU and is ~7x slower on a busy one (threads spin waiting for each other).
 INFERENCE_THREADS = 1
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv")  # what OpenCV writes with the mp4v codec
 EXIT_INCOMPLETE = 1  # the run finished, but the video ended early or images were skipped
 
 
@@ -84,6 +85,9 @@ def check_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     for name, example in (("output", "annotated.mp4"), ("log", "faces.jsonl")):
         check_output_file(f"--{name}", getattr(args, name), example)
+    if args.output is not None and args.output.suffix.lower() not in ("", *VIDEO_EXTENSIONS):
+        raise ConfigError(f"--output {args.output}: the annotated video needs a video name "
+                          f"({', '.join(VIDEO_EXTENSIONS)}), e.g. --output {args.output.with_suffix('.mp4')}")
     if args.output is not None and args.log is not None and args.output.resolve() == args.log.resolve():
         raise ConfigError(f"--output and --log are the same file {args.output}; give each its own name")
     if not args.no_display and not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):

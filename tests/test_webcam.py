@@ -174,6 +174,15 @@ def test_output_that_is_a_folder_fails_before_the_model_loads(still, tmp_path, f
     assert sorted(p.name for p in tmp_path.iterdir()) == ["still.png"]  # nothing written
 
 
+def test_output_that_is_no_video_name_fails_before_the_model_loads(still, tmp_path, capsys):
+    """OpenCV cannot write out.txt; that used to surface only after the model had loaded."""
+    out = tmp_path / "out.txt"
+    assert webcam_main(["--model", "nope.pt", "--no-display", "--source", still, "--output", str(out)]) == 2
+    one_error_line(capsys.readouterr().err, f"--output {out}: the annotated video needs a video name "
+                                            f"(.mp4, .m4v, .mov, .avi, .mkv), e.g. --output {tmp_path / 'out.mp4'}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["still.png"]  # nothing written
+
+
 @pytest.mark.parametrize("flag", ["--output", "--log"])
 @pytest.mark.parametrize("kind", ["video", "folder"])
 def test_an_output_that_is_the_source_fails_before_the_model_loads(tmp_path, flag, kind, capsys):
@@ -187,7 +196,9 @@ def test_an_output_that_is_the_source_fails_before_the_model_loads(tmp_path, fla
     source, target = (clip, clip) if kind == "video" else (tmp_path, tmp_path / "a.png")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert webcam_main(["--model", "nope.pt", "--no-display", "--source", str(source), flag, str(target)]) == 2
-    one_error_line(capsys.readouterr().err, f"{flag} {target} is the source being read")
+    # an image in the folder is no video name: refused for that first, as safely
+    message = " is the source being read" if (flag, kind) != ("--output", "folder") else ": the annotated video needs"
+    one_error_line(capsys.readouterr().err, f"{flag} {target}{message}")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 

@@ -123,10 +123,12 @@ def check_output_file(flag: str, path: Path | None, example: str) -> None:
 
 class AtomicVideoWriter:
     """cv2.VideoWriter to a temporary name (`fileio.atomic_path`), renamed over `path` only on
-    success: no half-written video."""
+    success: no half-written video. Every frame is written at `size` (the first frame's): a
+    frame of another size (a folder of photos of mixed sizes) is scaled to fit and centred on
+    black, since cv2.VideoWriter drops such frames with only a warning."""
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int]):
-        self.path = path
+        self.path, self.size = path, size
         self._stack = contextlib.ExitStack()
         tmp = self._stack.enter_context(fileio.atomic_path(path, suffix=path.suffix or ".mp4"))
         self.writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
@@ -136,7 +138,7 @@ class AtomicVideoWriter:
         self.frames = 0
 
     def write(self, frame: np.ndarray) -> None:
-        self.writer.write(frame)
+        self.writer.write(letterbox(frame, self.size))
         self.frames += 1
 
     def close(self, ok: bool) -> None:
@@ -145,6 +147,23 @@ class AtomicVideoWriter:
             self._stack.close()  # renames the finished video into place
         else:  # atomic_path removes the temporary file when its block fails
             self._stack.__exit__(SourceError, SourceError(f"unfinished video {self.path}"), None)
+
+
+def letterbox(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`frame` (BGR, or gray) as a (height, width, 3) BGR image of `size` (width, height): itself
+    when it already is one, else scaled to fit, aspect kept, and centred on black."""
+    if frame.ndim == 2:
+        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    w, h = size
+    fh, fw = frame.shape[:2]
+    if (fw, fh) == (w, h):
+        return frame
+    f = min(w / fw, h / fh)
+    nw, nh = max(1, min(w, round(fw * f))), max(1, min(h, round(fh * f)))
+    out = np.zeros((h, w, 3), np.uint8)
+    x, y = (w - nw) // 2, (h - nh) // 2
+    out[y:y + nh, x:x + nw] = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+    return out
 
 
 @contextlib.contextmanager

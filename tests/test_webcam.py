@@ -15,8 +15,8 @@ from emovision.predict import main as predict_main
 from emovision.webcam import AtomicVideoWriter, atomic_text
 from emovision.webcam import main as webcam_main
 from tests.conftest import REPO
-from tests.media import (ASTRONAUT_FACE, FACE_SCENES, astronaut, blank, cameraman_box, grace_hopper, make_video,
-                         model_ref)
+from tests.media import (ASTRONAUT_FACE, FACE_SCENES, astronaut, blank, cameraman_box, grace_hopper,
+                         make_video, model_ref)
 
 DETECT_EVERY = 2
 SETTLE = DETECT_EVERY * 2  # frames after a scene change before the display must agree with it
@@ -105,6 +105,29 @@ def test_stills_are_independent(checkpoint, tmp_path):
     records = read_log(log)
     assert [len(r["faces"]) for r in records] == [1, 0, 1, 0]
     assert records[0]["faces"][0]["track_id"] is None and records[0]["faces"][0]["detected"] is True
+
+
+def test_output_of_a_folder_of_mixed_sizes_has_every_image(checkpoint, tmp_path):
+    """Photos of different sizes (and a grayscale PNG) into one --output video: every image is
+    a frame, scaled to fit the first one's size. cv2.VideoWriter silently dropped the 3 of 4
+    frames of another size (an FFmpeg warning each, exit 0)."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    small = cv2.resize(astronaut(), (200, 150), interpolation=cv2.INTER_AREA)
+    for name, img in (("0.jpg", grace_hopper()), ("1.png", blank()), ("2.png", cv2.cvtColor(astronaut(), cv2.COLOR_BGR2GRAY)),
+                      ("3.png", small)):
+        cv2.imwrite(str(folder / name), img)
+    out, log = tmp_path / "out.mp4", tmp_path / "log.jsonl"
+    assert webcam_main(["--model", checkpoint, "--source", str(folder), "--no-display", "--output", str(out),
+                        "--log", str(log)]) == 0
+    assert [len(r["faces"]) for r in read_log(log)][:3] == [1, 0, 1]
+    cap, frames = cv2.VideoCapture(str(out)), []
+    while (frame := cap.read()[1]) is not None:
+        frames.append(frame)
+    cap.release()
+    assert len(frames) == 4 and all(f.shape == (600, 512, 3) for f in frames)
+    assert abs(int(frames[1][300, 256, 0]) - 128) < 8  # the blank 640x480, scaled into the middle
+    assert frames[1][20, 256].max() < 8  # ... with black above and below it
 
 
 @pytest.fixture

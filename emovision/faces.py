@@ -76,6 +76,10 @@ ANGLE_SMOOTH = 0.6  # the eye line's tilt (detectors with landmarks) turns the c
 DETECT_EVERY = 2
 BAR_WIDTH = 120
 PANEL_SIZE = (86 + BAR_WIDTH, 28 + 16 * 7)  # probability panel (width, height) for 7 classes
+# Sizes the panel is tried at, largest first: where no place at full size clears every face (a
+# 320x240 frame, a face filling the frame) a smaller panel is tried, and if none fits it is
+# left out (each face's label still gives its top class); below 0.75 its text is unreadable.
+PANEL_SCALES = (1.0, 0.75)
 
 
 def load_cascade(path: str | Path) -> cv2.CascadeClassifier:
@@ -476,12 +480,13 @@ def _label_box(face: FaceResult, frame_shape: tuple[int, ...]) -> tuple[int, int
 
 
 def panel_origin(frame_shape: tuple[int, ...], faces: Sequence[FaceResult], size: tuple[int, int] = PANEL_SIZE,
-                 margin: int = 4) -> tuple[int, int]:
+                 margin: int = 4) -> tuple[int, int] | None:
     """Top-left corner for the probability panel where it covers no face and no label: the
-    frame's corners first, then beside each face; if every place covers one, the place that
-    covers the least face area."""
+    frame's corners first, then beside each face; None when every place covers one."""
     fh, fw = frame_shape[:2]
-    pw, ph = min(size[0], fw), min(size[1], fh)
+    pw, ph = size
+    if pw > fw or ph > fh:
+        return None
     keep_clear = []
     for f in faces:
         x, y, w, h = f.box
@@ -495,13 +500,32 @@ def panel_origin(frame_shape: tuple[int, ...], faces: Sequence[FaceResult], size
     candidates = [(int(np.clip(x, 0, fw - pw)), int(np.clip(y, 0, fh - ph))) for x, y in candidates]
     if not keep_clear:
         return candidates[0]
-    covered = [_overlaps(np.array([[x, y, pw, ph]]), np.array(keep_clear))[0].sum() for x, y in candidates]
-    return candidates[int(np.argmin(covered))]  # the first place that covers nothing, if any
+    for x, y in candidates:
+        if _overlaps(np.array([[x, y, pw, ph]]), np.array(keep_clear))[0].sum() == 0:
+            return x, y
+    return None
+
+
+def panel_place(frame_shape: tuple[int, ...], faces: Sequence[FaceResult],
+                n_classes: int) -> tuple[int, int, float] | None:
+    """(x, y, scale) of the probability panel: the largest of PANEL_SCALES with a place that
+    covers no face (`panel_origin`); None when there is none (the panel is left out)."""
+    for scale in PANEL_SCALES:
+        origin = panel_origin(frame_shape, faces, panel_size(n_classes, scale))
+        if origin is not None:
+            return (*origin, scale)
+    return None
+
+
+def panel_size(n_classes: int, scale: float = 1.0) -> tuple[int, int]:
+    """(width, height) of the probability panel for `n_classes` rows at `scale`."""
+    return int(round(PANEL_SIZE[0] * scale)), int(round((28 + 16 * n_classes) * scale))
 
 
 def draw(frame: np.ndarray, result: FrameResult, classes: Sequence[str], fps: float | None = None) -> np.ndarray:
     """Boxes, labels and confidences for every face; probability bars for the largest face, in
-    a panel placed where it hides no face; FPS and per-stage times. Draws in place."""
+    a panel placed where it hides no face (smaller, or left out, where the frame has no such
+    place: `panel_place`); FPS and per-stage times. Draws in place."""
     for face in result.faces:
         x, y, w, h = face.box
         cv2.rectangle(frame, (x, y), (x + w, y + h), (0, 220, 0), 2)
@@ -509,16 +533,21 @@ def draw(frame: np.ndarray, result: FrameResult, classes: Sequence[str], fps: fl
         # white text on a dark filled strip: readable on any background, bright or dark
         cv2.rectangle(frame, (x0, y0), (x1, y1), (0, 90, 0), -1)
         cv2.putText(frame, text, (x0 + 3, y1 - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-    if result.faces:
+    place = panel_place(frame.shape, result.faces, len(classes)) if result.faces else None
+    if place is not None:
         largest = max(result.faces, key=lambda f: f.box[2] * f.box[3])
-        px, py = panel_origin(frame.shape, result.faces, (PANEL_SIZE[0], 28 + 16 * len(classes)))
-        panel = frame[py:py + 28 + 16 * len(classes), px:px + PANEL_SIZE[0]]
+        px, py, s = place
+        pw, ph = panel_size(len(classes), s)
+        panel = frame[py:py + ph, px:px + pw]
         np.multiply(panel, 0.45, out=panel, casting="unsafe")  # darkened backdrop: bars readable on any image
         for i, name in enumerate(classes):
             p = largest.probs[name]
-            y = py + 20 + 16 * i
-            cv2.rectangle(frame, (px + 80, y - 10), (px + 80 + int(BAR_WIDTH * p), y + 2), (255, 160, 0), -1)
-            cv2.putText(frame, name[:8], (px + 6, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+            y = py + round((20 + 16 * i) * s)
+            bx = px + round(80 * s)
+            cv2.rectangle(frame, (bx, y - round(10 * s)), (bx + int(BAR_WIDTH * s * p), y + round(2 * s)),
+                          (255, 160, 0), -1)
+            cv2.putText(frame, name[:8], (px + round(6 * s), y), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * s, (255, 255, 255), 1,
+                        cv2.LINE_AA)
     status = " ".join(f"{k} {v:.1f}ms" for k, v in result.times_ms.items())
     if fps is not None:
         status = f"{fps:.0f} fps  {status}"

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import optuna
 from optuna.distributions import FloatDistribution
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from emovision import fileio, tracking
@@ -132,9 +133,16 @@ class TrialSeededTPESampler(optuna.samplers.TPESampler):
     def __init__(self, seed: int, **kwargs: Any):
         super().__init__(seed=seed, **kwargs)
         self._base_seed = seed
+        self.trial_ids: list[int] = []  # the trials this process began (fail_interrupted_trials)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         super().before_trial(study, trial)
+        self.trial_ids.append(trial._trial_id)
+        # Optuna's heartbeat thread starts only once the trial is set up; a worker stopped
+        # before its first beat left a trial that no heartbeat could ever find stale (a stale
+        # trial is one whose last beat is old), RUNNING forever. Beat at once.
+        if is_heartbeat_enabled(study._storage):
+            study._storage.record_heartbeat(trial._trial_id)
         # A 4-word key (MT19937's init_by_array): seeding with one int gives first draws that
         # cluster (0.449, 0.451, 0.463 for trials 0-2 of seed 42), so the first trials'
         # learning rates came out almost equal.
@@ -193,6 +201,24 @@ def load_study(params: Params, storage: optuna.storages.BaseStorage,
     # trials of killed workers: FAIL, re-queued (a no-op for storages without a heartbeat)
     optuna.storages.fail_stale_trials(study)
     return study
+
+
+def fail_interrupted_trials(study: optuna.Study) -> list[int]:
+    """Mark FAIL the trials this process began that are still RUNNING (numbers returned):
+    Optuna fails a trial whose objective sees Ctrl-C, but not one interrupted while it is
+    being created, sampled or told."""
+    sampler = study.sampler
+    failed = []
+    for trial_id in getattr(sampler, "trial_ids", ()):
+        trial = study._storage.get_trial(trial_id)
+        if trial.state != TrialState.RUNNING:
+            continue
+        try:
+            study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it finished meanwhile
+        failed.append(trial.number)
+    return failed
 
 
 def existing_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
@@ -270,7 +296,7 @@ def make_objective(params: Params, train: SplitTensors, val: SplitTensors, class
         values = {k: trial.suggest_float(k, d.low, d.high, log=d.log) for k, d in space.items()}
         # patience off: a trial's budget is fixed, the pruner decides who stops early
         trial_params = params.replace(**values, **{"train.epochs": epochs, "train.patience": 0})
-        run_id = logger.start(trial, values) if logger else None
+        run_id = None
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
             if run_id:
@@ -280,7 +306,8 @@ def make_objective(params: Params, train: SplitTensors, val: SplitTensors, class
             return epoch < epochs and trial.should_prune()
 
         state, value = "FAIL", None
-        try:
+        try:  # the trial's run is started inside: a Ctrl-C at any point ends it
+            run_id = logger.start(trial, values) if logger else None
             result = fit(trial_params, train, val, classes, on_epoch=on_epoch)
             if result["stopped"] == "pruned":
                 state = "PRUNED"

@@ -69,8 +69,12 @@ def run_trials(params: Params, study: optuna.Study, url: str, out_dir: Path) -> 
         logger = tuning.TrialLogger(exp_id, run.info.run_id)
         objective = tuning.make_objective(params, train, val, meta["classes"], logger)
         # a failed trial (CUDA out of memory, NaN loss) is recorded as FAIL and the study goes on
-        study.optimize(objective, n_trials=t.n_trials, timeout=t.timeout or None, n_jobs=t.n_jobs,
-                       catch=(RuntimeError, ValueError), callbacks=[print_trial])
+        try:
+            study.optimize(objective, n_trials=t.n_trials, timeout=t.timeout or None, n_jobs=t.n_jobs,
+                           catch=(RuntimeError, ValueError), callbacks=[print_trial])
+        except KeyboardInterrupt:  # no trial of this run may stay RUNNING (the next run would wait on it)
+            tuning.fail_interrupted_trials(study)
+            raise
         rows = tuning.trials_table(study)
         mlflow.log_metrics({f"trials_{s.lower()}": sum(r["state"] == s for r in rows)
                             for s in ("COMPLETE", "PRUNED", "FAIL")})

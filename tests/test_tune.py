@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -233,3 +234,63 @@ def test_workers_starting_together_share_one_new_storage_and_study(tmp_path):
     for thread in threads:
         thread.join()
     assert errors == [] and len(study_ids) == 4 and len(set(study_ids)) == 1
+
+
+def _tune_env(mlflow_store):
+    return {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+
+
+def test_ctrl_c_leaves_no_trial_or_run_running(project, mlflow_store):
+    """Ctrl-C right after a trial ends: one line, exit 130, no trial and no MLflow run left
+    RUNNING, wherever the signal lands (in the objective Optuna fails the trial itself;
+    while Optuna creates the next trial, run_trials does: test below)."""
+    url = storage_url(project)
+    proc = subprocess.Popen([sys.executable, "-m", "stages.tune", "--params", "params.yaml", "--n-trials", "3",
+                             "--storage", url], cwd=project, env=_tune_env(mlflow_store),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("trial   0 "):
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip() == "interrupted", err
+    states = [t.state.name for t in optuna.load_study(study_name="fer-lr-dropout", storage=url).trials]
+    assert states[0] == "COMPLETE" and "RUNNING" not in states, states
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert "RUNNING" not in [r.info.status for r in runs]
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_worker_killed_before_its_first_heartbeat_is_failed_and_retried(project, mlflow_store, monkeypatch):
+    """kill -9 between creating a trial and Optuna's heartbeat thread's first beat: a trial
+    without a beat is never stale, so it stayed RUNNING forever. It now beats at creation."""
+    url = storage_url(project)
+    worker = ("import sys, time; from emovision import tuning; from emovision.config import load_params\n"
+              f"study = tuning.load_study(load_params('params.yaml'), tuning.open_storage({url!r}))\n"
+              "study.ask(); print('asked', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", worker], cwd=project, env=_tune_env(mlflow_store),
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "asked"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    monkeypatch.setattr(tuning, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(tuning, "GRACE_S", 1)
+    time.sleep(2.5)  # the grace period: a trial is stale once its last beat is this old
+    assert tune_main(["--params", "params.yaml", "--n-trials", "1", "--storage", url]) == 0
+    trials = optuna.load_study(study_name="fer-lr-dropout", storage=url).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[1].system_attrs["failed_trial"] == 0
+
+
+def test_a_trial_interrupted_while_it_is_created_is_failed(project):
+    """What run_trials does on Ctrl-C: a trial this process created but never handed to the
+    objective (where Optuna marks nothing) is failed; other workers' trials are left alone."""
+    url = storage_url(project)
+    params = load_params("params.yaml")
+    other = tuning.load_study(params, tuning.open_storage(url)).ask()  # another worker's live trial
+    study = tuning.load_study(params, tuning.open_storage(url))
+    ours = study.ask()
+    assert tuning.fail_interrupted_trials(study) == [ours.number]
+    states = {t.number: t.state.name for t in optuna.load_study(study_name="fer-lr-dropout", storage=url).trials}
+    assert states == {other.number: "RUNNING", ours.number: "FAIL"}

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from emovision.errors import DataError
+from emovision.errors import ConfigError, DataError
 
 DEFAULT_FILE_MODE = 0o644  # what a plain open() gives under the usual umask; mkstemp gives 0600
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same content gives the same bytes
@@ -44,6 +44,31 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, busy: str) -> Iterator[None]:
+    """Hold `folder` (made if missing) for one writer: an exclusive flock on the folder itself,
+    so there is no lock file to leave behind, and the lock dies with the process (kill -9
+    included). Another process holding it is a DataError saying `busy`."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} is a file, not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; writers are not serialised there
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(busy) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -202,9 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-onnx", action="store_true",
                         help="then export best.pt to ONNX and check it (stages.export; what dvc.yaml runs)")
     args, params = parse(parser, argv)
-    train(params, resume=args.resume, auto_resume=args.auto_resume)
-    if args.export_onnx:  # a step of this stage: fer.onnx lies inside its models/ output
-        export_onnx_step(params)
+    models_dir = Path(params.paths.models)
+    # Two trainings in one models/ would delete, overwrite and register each other's
+    # checkpoints: the second stops here, before it reads or touches anything.
+    with fileio.folder_lock(models_dir, f"another training is running in {models_dir}/ (python -m stages.train "
+                                        f"or dvc repro); wait for it to end or stop it, then run this again"):
+        train(params, resume=args.resume, auto_resume=args.auto_resume, models_dir=models_dir)
+        if args.export_onnx:  # a step of this stage: fer.onnx lies inside its models/ output
+            export_onnx_step(params)
     return 0
 
 

@@ -226,3 +226,34 @@ def test_a_bad_train_init_is_refused_before_anything_is_touched(project, capsys,
     assert (project / "models" / "best.pt").read_bytes() == b"the previous model"
     experiment = mlflow.get_experiment_by_name("emovision")  # no run was started
     assert experiment is None or not mlflow.MlflowClient().search_runs([experiment.experiment_id])
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_second_training_in_the_same_models_folder_is_refused(project, mlflow_store, capsys):
+    """Two `python -m stages.train` at once: the second deleted the first's best.pt/last.pt,
+    and each registered whatever best.pt the other had written last. It now stops in one
+    line before touching models/, and the lock goes with the first (kill -9 included)."""
+    write_params(project / "params.yaml", {"train": {"epochs": 50}})
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=project, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in first.stdout:  # epoch 2's line: epoch 1 is checkpointed
+            if line.startswith("epoch   2/"):
+                break
+        models = project / "models"
+        before = _snapshot(models)
+        assert train_main(["--params", "params.yaml"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == ("error: another training is running in models/ (python -m stages.train or dvc repro); "
+                       "wait for it to end or stop it, then run this again")
+        assert {"last.pt", "best.pt", "run.json"} <= set(before)
+        after = _snapshot(models)  # the first may have saved another epoch meanwhile; nothing was deleted
+        assert set(after) == set(before) and after["run.json"] == before["run.json"]
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert train_main(["--params", "params.yaml", "--resume"]) == 0  # the lock died with the first

@@ -13,8 +13,10 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -23,7 +25,7 @@ import cv2
 import numpy as np
 
 from emovision import fileio
-from emovision.errors import ConfigError, SourceError, cli_main
+from emovision.errors import EXIT_INTERRUPTED, ConfigError, SourceError, cli_main
 from emovision.faces import (DEFAULT_DETECTOR, DETECT_EVERY, DETECTORS, MIN_FACE, SMOOTH, EmotionPipeline,
                              make_detector)
 from emovision.sources import FrameSource, open_source
@@ -177,6 +179,25 @@ def atomic_text(path: Path | None) -> Iterator:
 
 
 @contextlib.contextmanager
+def stop_on_ctrl_c() -> Iterator[threading.Event]:
+    """An event the first Ctrl-C sets instead of raising, so the main loop ends after the frame
+    at hand and the outputs are finished (Ctrl-C is how a headless camera run stops); a second
+    Ctrl-C interrupts at once (a source that hangs)."""
+    stop = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        stop.set()
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
     """Set torch's intra-op threads for the block, then restore them."""
     import torch
@@ -226,8 +247,10 @@ class PlaybackClock:
         self.origin = None
 
 
-def run(pipeline: EmotionPipeline, source: FrameSource, args: argparse.Namespace) -> dict:
-    """The main loop; returns a summary of frames, faces and per-stage times."""
+def run(pipeline: EmotionPipeline, source: FrameSource, args: argparse.Namespace,
+        stop: threading.Event | None = None) -> dict:
+    """The main loop, until the source ends, a key, --max-frames or `stop` (set by Ctrl-C)
+    ends it; returns a summary of frames, faces and per-stage times."""
     display = not args.no_display
     playback = PlaybackClock() if display and not source.live and not args.fast else None
     times: dict[str, list[float]] = {"decode": [], "detect": [], "classify": [], "draw": []}
@@ -287,7 +310,7 @@ def run(pipeline: EmotionPipeline, source: FrameSource, args: argparse.Namespace
                         snap = Path(f"snapshot_{index:06d}.png")
                         cv2.imwrite(str(snap), frame)
                         print(f"saved {snap}")
-                if args.max_frames and frames >= args.max_frames:
+                if (args.max_frames and frames >= args.max_frames) or (stop is not None and stop.is_set()):
                     stopped_early = True
                     break
         ok = True
@@ -331,8 +354,14 @@ def main(argv: list[str] | None = None) -> int:
             pipeline = EmotionPipeline(classifier, detector, max_faces=args.max_faces, tta=args.tta, stills=True)
         else:
             pipeline = EmotionPipeline(classifier, detector, args.detect_every, args.smooth, args.max_faces, args.tta)
-        summary = run(pipeline, source, args)
+        with stop_on_ctrl_c() as stop:
+            summary = run(pipeline, source, args, stop)
     print(summary_line(summary))
+    if stop.is_set():  # the outputs are whole files of the frames processed
+        kept = " and ".join(str(p) for p in (args.output, args.log) if p is not None)
+        print(f"interrupted after {summary['frames']} frames" + (f"; {kept} cover them" if kept else ""),
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     if "expected_frames" in summary:  # a truncated or damaged file: say so, and exit non-zero
         print(f"warning: {args.source} ended after {summary['frames']} of the {summary['expected_frames']} frames "
               f"its header announces (truncated or damaged file); the outputs cover the frames read",

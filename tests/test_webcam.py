@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 
 from emovision.faces import iou_matrix
 from emovision.predict import main as predict_main
-from emovision.webcam import AtomicVideoWriter, atomic_text
+from emovision.webcam import AtomicVideoWriter, atomic_text, make_benchmark_video
 from emovision.webcam import main as webcam_main
 from tests.conftest import REPO
 from tests.media import (ASTRONAUT_FACE, FACE_SCENES, HOPPER_FACE, astronaut, blank, cameraman_box, grace_hopper,
@@ -219,6 +221,33 @@ def test_a_crash_mid_run_leaves_no_half_written_outputs(tmp_path):
             raise RuntimeError("camera unplugged")
     writer.close(ok=False)
     assert not out.exists() and not log.exists() and not list(tmp_path.glob(".*partial*"))
+
+
+
+def test_ctrl_c_keeps_the_frames_recorded_so_far(checkpoint, tmp_path):
+    """Ctrl-C is how a headless run (a camera with --no-display) stops: it threw away the whole
+    --output video and --log. Now the loop ends after the frame at hand and both are whole
+    files of the frames processed; one line says so, exit 130."""
+    video = make_benchmark_video(tmp_path / "long.mp4", frames=600)
+    out, log = tmp_path / "out" / "rec.mp4", tmp_path / "out" / "faces.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "emovision.webcam", "--model", checkpoint, "--source", str(video),
+                             "--no-display", "--output", str(out), "--log", str(log), "--threads", "1"],
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list(out.parent.glob(".rec.mp4.*")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)  # the video is opened at the first frame processed
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    records = read_log(log)
+    frames = len(records)
+    one_error_line(err, f"interrupted after {frames} frames; {out} and {log} cover them")
+    assert proc.returncode == 130 and 0 < frames < 600
+    assert [r["frame"] for r in records] == list(range(frames))
+    cap = cv2.VideoCapture(str(out))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == frames
+    cap.release()
+    assert not list(out.parent.glob(".*partial*"))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -211,6 +211,30 @@ def read_run_file(models_dir: Path, finished: bool = False) -> dict[str, Any] | 
     return info
 
 
+def end_abandoned_run(models_dir: Path) -> str | None:
+    """A training killed outright (kill -9, a reboot) leaves its MLflow run RUNNING; when the
+    next training in `models_dir` starts over instead of resuming it, that run is marked
+    KILLED here (its id returned). Only for the unfinished run run.json names: the caller
+    holds `models_dir`, so no live training owns it."""
+    import mlflow
+
+    try:
+        info = read_run_file(models_dir)
+    except DataError:  # unreadable: nothing to tell which run it was
+        return None
+    if info is None or "model_version" in info:
+        return None
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(info["run_id"])
+    except mlflow.exceptions.MlflowException:  # another store, or deleted
+        return None
+    if run.info.status != "RUNNING":
+        return None
+    client.set_terminated(run.info.run_id, "KILLED")
+    return run.info.run_id
+
+
 def run_tags(meta: dict[str, Any]) -> dict[str, str]:
     tags = {"dataset": str(meta.get("source", "unknown"))}
     commit = git_commit()

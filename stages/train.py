@@ -137,6 +137,9 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
     resume = run_id is not None
     tracking.setup()  # a store that cannot log the run must not cost the previous model
     if not resume:
+        abandoned = tracking.end_abandoned_run(models_dir)
+        if abandoned:
+            print(f"the interrupted run {abandoned} is not continued: marked KILLED")
         for stale in ("last.pt", "best.pt"):  # a fresh run must not resume or register old weights
             (models_dir / stale).unlink(missing_ok=True)
     amp = resolve_amp(params.train.amp, train_set.x.device, probe=probe)  # fit() reuses the decision

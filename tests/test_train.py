@@ -257,3 +257,26 @@ def test_a_second_training_in_the_same_models_folder_is_refused(project, mlflow_
         first.send_signal(signal.SIGKILL)
         first.wait()
     assert train_main(["--params", "params.yaml", "--resume"]) == 0  # the lock died with the first
+
+
+def test_a_killed_run_that_is_not_resumed_is_marked_killed(project, mlflow_store, capsys):
+    """kill -9 leaves the MLflow run RUNNING; --auto-resume continues it, but when the params
+    changed the next training starts over and the killed run stayed RUNNING forever."""
+    write_params(project / "params.yaml", {"train": {"epochs": 50}})
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=project, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch   2/"):
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = json.loads((project / "models" / "run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient()
+    assert client.get_run(killed).info.status == "RUNNING"
+    write_params(project / "params.yaml", {"train": {"epochs": 2, "lr": 0.002}})
+    assert train_main(["--params", "params.yaml", "--auto-resume"]) == 0
+    assert f"the interrupted run {killed} is not continued: marked KILLED" in capsys.readouterr().out
+    assert client.get_run(killed).info.status == "KILLED"
+    new = json.loads((project / "models" / "run.json").read_text())["run_id"]
+    assert new != killed and client.get_run(new).info.status == "FINISHED"

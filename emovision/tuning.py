@@ -5,7 +5,7 @@ mlflow.db) and any number of workers may share it: a PostgreSQL or MySQL URL acr
 machines, a SQLite file or a journal file (`journal:///abs/path/study.log`, or any path
 ending in .log / .journal) between processes on one machine. SQL storages run a
 heartbeat, so a trial left RUNNING by a killed worker is failed and re-queued with the
-same params; journal files have no heartbeat, so such a trial stays RUNNING there.
+same params, and the MLflow runs the kill left RUNNING are marked KILLED; journal files have no heartbeat, so such a trial stays RUNNING there.
 A study remembers its search space and epochs per trial and refuses to mix in trials run
 with others. Every trial is a nested MLflow run under the invocation's run.
 """
@@ -47,6 +47,8 @@ JOURNAL_SUFFIXES = (".log", ".journal")
 SEARCH_SPACE_ATTR = "search_space"
 EPOCHS_ATTR = "epochs_per_trial"
 TUNED_KEYS = ("train.lr", "model.dropout")
+# a trial's user attrs: its MLflow run and the invocation's, ended KILLED when the trial is found dead
+RUN_ATTRS = ("mlflow_run_id", "mlflow_parent_run_id")
 LOGGED_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
 
 
@@ -98,7 +100,28 @@ def _open_storage(url: str) -> optuna.storages.BaseStorage:
         return JournalStorage(JournalFileBackend(str(path)))
     return optuna.storages.RDBStorage(
         url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+        heartbeat_stale_trial_callback=RetryAndEndRuns(max_retry=MAX_RETRY))
+
+
+class RetryAndEndRuns(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """A trial of a killed worker, found by its stale heartbeat: re-queued with the same params,
+    and its MLflow run and the dead worker's tune run (left RUNNING by the kill) marked KILLED."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        super().__call__(study, trial)
+        run_ids = [trial.user_attrs[k] for k in RUN_ATTRS if k in trial.user_attrs]
+        if not run_ids:
+            return
+        import mlflow
+
+        tracking.quiet_mlflow()
+        try:
+            client = mlflow.MlflowClient(tracking_uri=tracking.tracking_uri())
+            for run_id in run_ids:
+                if client.get_run(run_id).info.status == "RUNNING":
+                    client.set_terminated(run_id, "KILLED")
+        except Exception:  # bookkeeping of a dead run: never a reason to stop the study
+            pass
 
 
 def _is_schema_race(message: str) -> bool:
@@ -255,6 +278,8 @@ class TrialLogger:
             tags["retry_of_trial"] = str(retry_of)
         run = client.create_run(self.experiment_id, run_name=f"trial-{trial.number}", tags=tags)
         client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in values.items()])
+        for key, run_id in zip(RUN_ATTRS, (run.info.run_id, self.parent_run_id)):
+            trial.set_user_attr(key, run_id)
         return run.info.run_id
 
     @staticmethod

@@ -294,3 +294,32 @@ def test_a_trial_interrupted_while_it_is_created_is_failed(project):
     assert tuning.fail_interrupted_trials(study) == [ours.number]
     states = {t.number: t.state.name for t in optuna.load_study(study_name="fer-lr-dropout", storage=url).trials}
     assert states == {other.number: "RUNNING", ours.number: "FAIL"}
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_kill_mid_trial_ends_its_mlflow_runs_when_the_trial_is_retried(project, mlflow_store, monkeypatch):
+    """kill -9 in the middle of a trial: the heartbeat failed and retried the trial, but its
+    MLflow run and the killed invocation's run stayed RUNNING forever."""
+    url = storage_url(project)
+    proc = subprocess.Popen([sys.executable, "-m", "stages.tune", "--params", "params.yaml", "--n-trials", "2",
+                             "--epochs", "2", "--storage", url], cwd=project, env=_tune_env(mlflow_store),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch   1/2"):  # trial 0 is half done
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    client = mlflow.MlflowClient()
+    killed = {r.info.run_name: r.info.run_id for r in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()])}
+    assert set(killed) == {"trial-0", "tune-fer-lr-dropout"}
+    monkeypatch.setattr(tuning, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(tuning, "GRACE_S", 1)
+    time.sleep(2.5)  # the grace period: a trial is stale once its last beat is this old
+    assert tune_main(["--params", "params.yaml", "--n-trials", "1", "--epochs", "2", "--storage", url]) == 0
+    trials = optuna.load_study(study_name="fer-lr-dropout", storage=url).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"] and trials[1].system_attrs["failed_trial"] == 0
+    assert {name: client.get_run(run_id).info.status for name, run_id in killed.items()} == {
+        "trial-0": "KILLED", "tune-fer-lr-dropout": "KILLED"}
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert "RUNNING" not in [r.info.status for r in runs]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import random
@@ -68,10 +69,29 @@ def display_url(url: str) -> str:
     return re.sub(r"^([a-z0-9+]+://[^:/@]*):[^/]*@", r"\1:***@", url)
 
 
+class QuietCtrlC(logging.Filter):
+    """Optuna logs a trial stopped by Ctrl-C as a failure, with the KeyboardInterrupt's
+    traceback (20 lines); the stage says `interrupted` in one line instead. Other failures
+    are logged as before."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted: set[str] = set()  # trial numbers, from Optuna's two lines per failure
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        trial = re.match(r"Trial (\d+) failed", record.getMessage())
+        if trial and record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.interrupted.add(trial[1])
+        return not (trial and trial[1] in self.interrupted)
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna storage for a URL: `journal:///path` or a *.log / *.journal path is a
     journal file; anything else is a SQLAlchemy URL (sqlite:///, postgresql://, mysql://)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optimize_log = logging.getLogger("optuna.study._optimize")  # where Optuna logs failed trials
+    if not any(isinstance(f, QuietCtrlC) for f in optimize_log.filters):
+        optimize_log.addFilter(QuietCtrlC())
     # heartbeat, fail_stale_trials and journal files are marked experimental; they are the
     # documented way to recover from killed workers and to share a study without a server
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -30,6 +30,9 @@ TRAINING_KEYS = ("base.", "preprocess.", "model.", "train.", "augment.", "evalua
 # How many CPU threads run the training changes its speed, not what it learns: a run
 # interrupted on a busy machine may continue with another thread count.
 RESUME_FREE_KEYS = ("train.threads",)
+# In run.json from registration until the ONNX export that follows it (--export-onnx) is done:
+# a `dvc repro` interrupted in between then exports the registered model instead of training anew.
+ONNX_PENDING = "onnx_export_pending"
 
 
 def write_history(history: list[dict], path: Path) -> None:
@@ -42,6 +45,12 @@ def write_history(history: list[dict], path: Path) -> None:
 
 def _training_params(flat: dict) -> dict:
     return {k: v for k, v in flat.items() if k.startswith(TRAINING_KEYS) and k not in RESUME_FREE_KEYS}
+
+
+def _changed(params: Params, saved: dict, inputs: dict[str, str] | None) -> list[str]:
+    """The training params and inputs that differ from those a checkpoint was trained with."""
+    current = {**params.flat(), **(inputs or {})}
+    return sorted(k for k, v in _training_params(current).items() if saved.get(k) != v)
 
 
 def interrupted_run(params: Params, models_dir: Path, inputs: dict[str, str] | None = None) -> tuple[str | None, str]:
@@ -59,12 +68,24 @@ def interrupted_run(params: Params, models_dir: Path, inputs: dict[str, str] | N
         return None, f"{last} is unreadable ({type(err).__name__})"
     if "model_version" in info:
         return None, f"the run in {models_dir}/ finished (registered as version {info['model_version']})"
-    current = {**params.flat(), **(inputs or {})}
-    changed = sorted(k for k, v in _training_params(current).items() if saved.get(k) != v)
+    changed = _changed(params, saved, inputs)
     if changed:
         what = "data" if all(k.startswith("inputs.") for k in changed) else "params"
         return None, f"{last} was trained with other {what} ({', '.join(changed[:4])})"
     return run_id, f"resuming the interrupted run {run_id} after epoch {epoch}"
+
+
+def unexported_run(params: Params, models_dir: Path, inputs: dict[str, str]) -> dict | None:
+    """run.json of a finished, registered training of these params and inputs whose ONNX
+    export was interrupted, else None: the training is done, only the export is missing."""
+    info = tracking.read_run_file(models_dir)
+    if info is None or not info.get(ONNX_PENDING) or not (models_dir / "best.pt").is_file():
+        return None
+    try:
+        saved = artifact.read_checkpoint(models_dir / "last.pt")["params"]
+    except Exception:  # no readable last.pt: which params trained best.pt is unknown
+        return None
+    return None if _changed(params, saved, inputs) else info
 
 
 def initial_weights(params: Params, meta: dict) -> tuple[dict | None, dict]:
@@ -99,7 +120,10 @@ def initial_weights(params: Params, meta: dict) -> tuple[dict | None, dict]:
 
 
 def train(params: Params, resume: bool = False, models_dir: Path | None = None,
-          auto_resume: bool = False) -> dict:
+          auto_resume: bool = False, export_onnx: bool = False) -> dict:
+    """Train, log and register; returns run.json's record. With `export_onnx` (the ONNX export
+    follows) the record says the export is pending, and with `auto_resume` a finished training
+    whose export was interrupted is returned as it is, not trained again."""
     models_dir = Path(params.paths.models) if models_dir is None else models_dir
     reports = Path(params.paths.reports)
     meta, train_set, val_set = load_train_val(params)
@@ -129,6 +153,11 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
           f"{len(val_set):,} val) on {train_set.x.device}")
 
     inputs = input_digests(train_set, soft)
+    done = unexported_run(params, models_dir, inputs) if (auto_resume and export_onnx) else None
+    if done is not None:
+        print(f"the run {done['run_id']} finished (registered as {done['model_name']} version "
+              f"{done['model_version']}); only its ONNX export was interrupted: exporting it, not training again")
+        return done
     run_id, why = interrupted_run(params, models_dir, inputs) if (resume or auto_resume) else (None, "")
     if resume and run_id is None:
         raise DataError(f"cannot --resume: {why}; run without --resume to start over")
@@ -185,7 +214,8 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
                   **{k: f"{v:.4f}" for k, v in val.items()}})
         info = {"run_id": run.info.run_id, "model_name": params.registry.model_name,
                 "model_version": version, "model_id": model_info.model_id, "dataset": meta["source"],
-                "best_val_acc": result["best_val_acc"], "best_epoch": result["best_epoch"], **val}
+                "best_val_acc": result["best_val_acc"], "best_epoch": result["best_epoch"], **val,
+                **({ONNX_PENDING: True} if export_onnx else {})}
         tracking.write_run_file(models_dir, info)
     print(f"best val_acc {result['best_val_acc']:.4f} at epoch {result['best_epoch']}; "
           f"registered {params.registry.model_name} version {version} (run {run.info.run_id})")
@@ -210,9 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     # checkpoints: the second stops here, before it reads or touches anything.
     with fileio.folder_lock(models_dir, f"another training is running in {models_dir}/ (python -m stages.train "
                                         f"or dvc repro); wait for it to end or stop it, then run this again"):
-        train(params, resume=args.resume, auto_resume=args.auto_resume, models_dir=models_dir)
+        info = train(params, resume=args.resume, auto_resume=args.auto_resume, models_dir=models_dir,
+                     export_onnx=args.export_onnx)
         if args.export_onnx:  # a step of this stage: fer.onnx lies inside its models/ output
             export_onnx_step(params)
+            tracking.write_run_file(models_dir, {k: v for k, v in info.items() if k != ONNX_PENDING})
     return 0
 
 

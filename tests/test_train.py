@@ -280,3 +280,30 @@ def test_a_killed_run_that_is_not_resumed_is_marked_killed(project, mlflow_store
     assert client.get_run(killed).info.status == "KILLED"
     new = json.loads((project / "models" / "run.json").read_text())["run_id"]
     assert new != killed and client.get_run(new).info.status == "FINISHED"
+
+
+def test_ctrl_c_during_the_onnx_export_does_not_cost_the_training(project, mlflow_store):
+    """`dvc repro` interrupted in train's last step (the ONNX export, after registration):
+    the next `dvc repro` found a finished run, trained it all again and registered the same
+    weights a second time. Now it exports the registered model and trains nothing."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "stages.train", "--auto-resume", "--export-onnx"]
+    proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("best val_acc"):  # registered; the export follows
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip() == "interrupted", err
+    models = project / "models"
+    assert json.loads((models / "run.json").read_text())["onnx_export_pending"] is True
+    assert not (models / "fer.onnx").exists()
+    best = (models / "best.pt").read_bytes()
+    out = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "only its ONNX export was interrupted: exporting it, not training again" in out.stdout
+    assert not [l for l in out.stdout.splitlines() if l.startswith("epoch")] and (models / "fer.onnx").is_file()
+    assert (models / "best.pt").read_bytes() == best
+    info = json.loads((models / "run.json").read_text())
+    assert "onnx_export_pending" not in info and info["model_version"] == "1"
+    assert [str(v.version) for v in mlflow.MlflowClient().search_model_versions("name='fer'")] == ["1"]

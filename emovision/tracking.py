@@ -287,6 +287,18 @@ def register_model(name: str, model_info, tags: dict[str, str]) -> str:
     return str(version.version)
 
 
+def registered_version(name: str, run_id: str, epoch: int) -> tuple[str, str] | None:
+    """(version, logged model id) of the version of `name` that run `run_id` registered from
+    its best epoch `epoch`, or None."""
+    import mlflow
+
+    for version in mlflow.MlflowClient().search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+        if version.tags.get("epoch") == str(epoch):
+            # the SQLite store leaves model_id empty; the source names the logged model
+            return str(version.version), version.model_id or version.source.removeprefix("models:/")
+    return None
+
+
 # ---------------------------------------------------------------- resolving references
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<stage>[^/]+)|@(?P<alias>.+))?$")

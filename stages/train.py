@@ -204,16 +204,24 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
         mlflow.set_tag("stopped", result["stopped"])
         # The registered model is best.pt's EMA weights; its val accuracies (with and without
         # flip TTA) come from the one scoring function, as evaluate and the gate compute them.
-        model_info = serving.log_model(spec, state_dict)
         val = {k: spec.metrics[k] for k in ("val_acc", "val_acc_tta")}
-        mlflow.log_metrics({"best_epoch": result["best_epoch"], **{f"best_{k}": v for k, v in val.items()}},
-                           model_id=model_info.model_id)  # the run's and its logged model's
-        version = tracking.register_model(
-            params.registry.model_name, model_info,
-            tags={"dataset": meta["source"], "arch": params.model.name, "epoch": spec.epoch,
-                  **{k: f"{v:.4f}" for k, v in val.items()}})
+        # A run killed after registering best.pt but before run.json said so resumes with
+        # nothing left to train: its version is reused, not registered a second time.
+        registered = tracking.registered_version(params.registry.model_name, run.info.run_id,
+                                                 spec.epoch) if resume else None
+        if registered is None:
+            model_info = serving.log_model(spec, state_dict)
+            mlflow.log_metrics({"best_epoch": result["best_epoch"], **{f"best_{k}": v for k, v in val.items()}},
+                               model_id=model_info.model_id)  # the run's and its logged model's
+            version = tracking.register_model(
+                params.registry.model_name, model_info,
+                tags={"dataset": meta["source"], "arch": params.model.name, "epoch": spec.epoch,
+                      **{k: f"{v:.4f}" for k, v in val.items()}})
+            model_id = model_info.model_id
+        else:
+            version, model_id = registered
         info = {"run_id": run.info.run_id, "model_name": params.registry.model_name,
-                "model_version": version, "model_id": model_info.model_id, "dataset": meta["source"],
+                "model_version": version, "model_id": model_id, "dataset": meta["source"],
                 "best_val_acc": result["best_val_acc"], "best_epoch": result["best_epoch"], **val,
                 **({ONNX_PENDING: True} if export_onnx else {})}
         tracking.write_run_file(models_dir, info)

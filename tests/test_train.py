@@ -307,3 +307,19 @@ def test_ctrl_c_during_the_onnx_export_does_not_cost_the_training(project, mlflo
     info = json.loads((models / "run.json").read_text())
     assert "onnx_export_pending" not in info and info["model_version"] == "1"
     assert [str(v.version) for v in mlflow.MlflowClient().search_model_versions("name='fer'")] == ["1"]
+
+
+def test_a_run_killed_after_registering_is_not_registered_twice(project):
+    """kill -9 between registering best.pt and recording the version in run.json: the resumed
+    run had nothing left to train and registered the same weights as a second version."""
+    assert train_main(["--params", "params.yaml"]) == 0
+    run_file = project / "models" / "run.json"
+    finished = json.loads(run_file.read_text())
+    run_file.write_text(json.dumps({"run_id": finished["run_id"]}))  # what that kill leaves
+    assert train_main(["--params", "params.yaml", "--auto-resume"]) == 0
+    client = mlflow.MlflowClient()
+    assert [str(v.version) for v in client.search_model_versions("name='fer'")] == ["1"]
+    info = json.loads(run_file.read_text())
+    assert (info["run_id"], info["model_version"], info["model_id"]) == (
+        finished["run_id"], "1", finished["model_id"])
+    assert client.get_run(info["run_id"]).info.status == "FINISHED"

@@ -5,7 +5,8 @@ mlflow.db) and any number of workers may share it: a PostgreSQL or MySQL URL acr
 machines, a SQLite file or a journal file (`journal:///abs/path/study.log`, or any path
 ending in .log / .journal) between processes on one machine. SQL storages run a
 heartbeat, so a trial left RUNNING by a killed worker is failed and re-queued with the
-same params, and the MLflow runs the kill left RUNNING are marked KILLED; journal files have no heartbeat, so such a trial stays RUNNING there.
+same params, and the MLflow runs the kill left RUNNING are marked KILLED; journal files
+have no heartbeat, so such a trial stays RUNNING there.
 A study remembers its search space and epochs per trial and refuses to mix in trials run
 with others. Every trial is a nested MLflow run under the invocation's run.
 """

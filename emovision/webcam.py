@@ -358,9 +358,9 @@ def main(argv: list[str] | None = None) -> int:
             summary = run(pipeline, source, args, stop)
     print(summary_line(summary))
     if stop.is_set():  # the outputs are whole files of the frames processed
-        kept = " and ".join(str(p) for p in (args.output, args.log) if p is not None)
-        print(f"interrupted after {summary['frames']} frames" + (f"; {kept} cover them" if kept else ""),
-              file=sys.stderr)
+        kept = [str(p) for p in (args.output, args.log) if p is not None]
+        print(f"interrupted after {summary['frames']} frames" + (
+            f"; {' and '.join(kept)} {'hold' if len(kept) > 1 else 'holds'} them" if kept else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
     if "expected_frames" in summary:  # a truncated or damaged file: say so, and exit non-zero
         print(f"warning: {args.source} ended after {summary['frames']} of the {summary['expected_frames']} frames "

@@ -241,7 +241,7 @@ def test_ctrl_c_keeps_the_frames_recorded_so_far(checkpoint, tmp_path):
     _, err = proc.communicate(timeout=60)
     records = read_log(log)
     frames = len(records)
-    one_error_line(err, f"interrupted after {frames} frames; {out} and {log} cover them")
+    one_error_line(err, f"interrupted after {frames} frames; {out} and {log} hold them")
     assert proc.returncode == 130 and 0 < frames < 600
     assert [r["frame"] for r in records] == list(range(frames))
     cap = cv2.VideoCapture(str(out))

@@ -229,7 +229,8 @@ def test_a_bad_train_init_is_refused_before_anything_is_touched(project, capsys,
 
 
 def _snapshot(folder):
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+    """The folder's files, less the hidden temporaries of a save in progress (.last.pt.*.partial)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
 
 
 def test_a_second_training_in_the_same_models_folder_is_refused(project, mlflow_store, capsys):

@@ -68,6 +68,21 @@ def _place(canvas: np.ndarray, photo: np.ndarray, face: tuple, x: int, y: int, s
     return (round(x + fx * scale), round(y + fy * scale), round(fw * scale), round(fh * scale))
 
 
+def face_frame(photo: np.ndarray, face: tuple, cx: float, cy: float, width: float,
+               background: int = 128) -> tuple[np.ndarray, tuple]:
+    """A 640x480 frame of `photo` scaled so that its `face` box is `width` px wide and centred
+    at (cx, cy), cut where it leaves the frame, on a flat grey; and the face's box there."""
+    fx, fy, fw, fh = face
+    s = width / fw
+    img = cv2.resize(photo, None, fx=s, fy=s, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    frame = np.full((FRAME_SIZE[1], FRAME_SIZE[0], 3), background, np.uint8)
+    x, y = int(round(cx - (fx + fw / 2) * s)), int(round(cy - (fy + fh / 2) * s))
+    x0, y0 = max(0, x), max(0, y)
+    x1, y1 = min(FRAME_SIZE[0], x + img.shape[1]), min(FRAME_SIZE[1], y + img.shape[0])
+    frame[y0:y1, x0:x1] = img[y0 - y:y1 - y, x0 - x:x1 - x]
+    return frame, (cx - fw * s / 2, cy - fh * s / 2, fw * s, fh * s)
+
+
 def cameraman_box() -> tuple[float, float, float, float]:
     """The cameraman's turned face in the test video's camera scene."""
     x, y, side = CAMERA_PLACE

@@ -312,8 +312,8 @@ def _registry_hint(name: str, client=None) -> str:
     client = client or mlflow.MlflowClient()
     try:
         models = [m.name for m in client.search_registered_models()]
-    except Exception:
-        models = []
+    except Exception:  # a server that is down: the registry is unknown, not empty
+        return f"the registry at {client.tracking_uri} cannot be read (MLFLOW_TRACKING_URI)"
     if name not in models:
         have = f"registered models: {', '.join(models)}" if models else "the registry is empty"
         return f"{have} (tracking URI {client.tracking_uri}); run `dvc repro` to train and register one"

@@ -71,6 +71,22 @@ def folder_lock(folder: str | Path, busy: str) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def unwritable(path: str | Path) -> str | None:
+    """Why no file can be written at `path`, or None: it is a folder, it lies below a file, or
+    the nearest folder of it that exists is not writable (missing folders can be made)."""
+    path = Path(path)
+    if path.is_dir():
+        return "is a folder"
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is a file, not a folder"
+            if not os.access(parent, os.W_OK):
+                return f"folder {parent} is not writable"
+            return None
+    return None
+
+
 def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

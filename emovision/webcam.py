@@ -114,13 +114,9 @@ def check_output_file(flag: str, path: Path | None, example: str) -> None:
         return
     if path.is_dir():
         raise ConfigError(f"{flag} {path} is a folder; give a file name, e.g. {flag} {path / example}")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder")
-            if not os.access(parent, os.W_OK):
-                raise ConfigError(f"{flag} {path}: folder {parent} is not writable")
-            break
+    why = fileio.unwritable(path)
+    if why:
+        raise ConfigError(f"{flag} {path}: {why}")
 
 
 class AtomicVideoWriter:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emovision import fileio
 from emovision.config import Params
 from emovision.data.app_views import AppViews, write_app_views
 from emovision.data.prepared import load_meta, load_split, split_digest
@@ -77,11 +78,9 @@ def recrop(params: Params, workers: int = 0) -> AppViews:
     """Write the app views `params` describe (an empty marker when they are off)."""
     out = Path(params.data.app_views)
     # Checked before any face is cut: the file must be writable where params say.
-    if out.is_dir() or any(p.exists() and not p.is_dir() for p in out.parents):
-        raise ConfigError(f"data.app_views: {out} cannot be written (a folder, or below a file)")
-    folder = next(p for p in (out.parent, *out.parent.parents) if p.exists())
-    if not os.access(folder, os.W_OK):
-        raise ConfigError(f"data.app_views: {out} cannot be written ({folder} is not writable)")
+    why = fileio.unwritable(out)
+    if why:
+        raise ConfigError(f"data.app_views: {out} cannot be written ({why})")
     prepared = Path(params.data.prepared_dir)
     meta = load_meta(prepared) if params.augment.app_view > 0 else None  # off: no data is read
     if meta is None or not params.app_views_on(meta["source"]):

@@ -82,6 +82,16 @@ def test_recrop_off_writes_an_empty_marker_without_reading_data(tmp_path):
     assert len(read_app_views(out).x) == 0 and read_app_views(out).train == ""
 
 
+@pytest.mark.parametrize("where, why", [("folder", "is a folder"), ("params.yaml/views.npz", "is a file, not a folder")])
+def test_recrop_refuses_an_output_it_cannot_write_before_cutting(tmp_path, capsys, where, why):
+    (tmp_path / "folder").mkdir()
+    params = write_params(tmp_path / "params.yaml", {"data": {"prepared_dir": str(tmp_path / "absent"),
+                                                              "app_views": str(tmp_path / where)}})
+    assert recrop_main(["--params", str(params)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"data.app_views: {tmp_path / where} cannot be written (" in err and why in err and "\n" not in err, err
+
+
 def test_train_refuses_app_views_of_another_split_in_one_line(faces, tmp_path, capsys):
     prepared, x, y = prepared_from(faces, tmp_path)
     out = tmp_path / "app_views.npz"

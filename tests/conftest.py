@@ -1,6 +1,7 @@
 """Shared fixtures: small params files, prepared demo data, an isolated MLflow store."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,13 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "fer2013-images.tar.xz"
+
+# A suite started in the background (`cmd &` without job control, as some CI runners do)
+# gets SIGINT ignored, and every process it starts inherits that: the Ctrl-C tests' children
+# would then never see the signal and finish normally. A handler set here is reset to the
+# default in each child at exec, so children take Ctrl-C as a terminal's processes do.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Small, fast settings every end-to-end test starts from.
 TINY = {

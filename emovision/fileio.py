@@ -3,13 +3,21 @@
 Every output the project writes (checkpoints, reports, logs, videos, params.yaml edits)
 goes through `atomic_path`: the data is written to a hidden temporary name in the target's
 folder and renamed over the target only when the writer finished without an error.
+
+A kill -9 leaves the temporary behind, so each records its owner (`this_process()`: this
+machine and PID) in its name, and the next writer of the same target removes those whose
+owner is gone (`owner_gone`).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
+import glob
 import io
 import json
 import os
+import re
+import socket
 import stat
 import tempfile
 import zipfile
@@ -22,6 +30,50 @@ from emovision.errors import ConfigError, DataError
 
 DEFAULT_FILE_MODE = 0o644  # what a plain open() gives under the usual umask; mkstemp gives 0600
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same content gives the same bytes
+PARTIAL = ".partial"  # a temporary file's name: .<target>.<owner>.<random>.partial[<suffix>]
+OWNER = r"(?P<machine>[A-Za-z0-9-]+)\.(?P<pid>[0-9]+)"  # what this_process() gives
+TEMP_RANDOM = r"[a-z0-9_]+"  # the random part tempfile adds to a name
+
+
+# ---------------------------------------------------------------- owners
+
+
+@functools.cache
+def _machine() -> str:
+    """This machine as a name part: the host name, and the PID namespace where there is one
+    (containers that share a host name do not see each other's processes)."""
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+    try:
+        return f"{host}-{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return host
+
+
+def this_process() -> str:
+    """The owner a temporary file, folder, MLflow run or Optuna trial records: `<machine>.<pid>`."""
+    return f"{_machine()}.{os.getpid()}"
+
+
+def owner_gone(owner: str | None) -> bool:
+    """Whether the process `owner` names is known to be gone: it ran on this machine and no
+    process has its PID now. Another machine's process (or no owner) is never judged gone: from
+    here it cannot be seen; a PID used again only keeps a stale thing longer."""
+    match = re.fullmatch(OWNER, owner or "")
+    if match is None or match["machine"] != _machine():
+        return False
+    pid = int(match["pid"])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: alive
+        return False
+    return False
+
+
+# ---------------------------------------------------------------- files
 
 
 @contextlib.contextmanager
@@ -35,7 +87,9 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder, not a file")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+    remove_stale_partials(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{this_process()}.", suffix=f"{PARTIAL}{suffix}",
+                                dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -44,6 +98,19 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_partials(path: Path) -> list[Path]:
+    """Remove (and return) the temporaries that killed writers of `path` left beside it; a live
+    writer's (another process, or a thread of this one) is left alone."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{OWNER}\.{TEMP_RANDOM}{re.escape(PARTIAL)}.*")
+    removed = []
+    for partial in path.parent.glob(f".{glob.escape(path.name)}.*{PARTIAL}*"):
+        match = pattern.fullmatch(partial.name)
+        if match and owner_gone(f"{match['machine']}.{match['pid']}"):
+            partial.unlink(missing_ok=True)
+            removed.append(partial)
+    return removed
 
 
 @contextlib.contextmanager

@@ -2,7 +2,8 @@
 
 Every output the project writes (checkpoints, reports, logs, videos, params.yaml edits)
 goes through `atomic_path`: the data is written to a hidden temporary name in the target's
-folder and renamed over the target only when the writer finished without an error.
+folder and renamed over the target only when the writer finished without an error. A folder
+written whole (data/prepared/) goes through `atomic_folder` the same way.
 
 A kill -9 leaves the temporary behind, so each records its owner (`this_process()`: this
 machine and PID) in its name, and the next writer of the same target removes those whose
@@ -17,9 +18,12 @@ import io
 import json
 import os
 import re
+import shutil
+import signal
 import socket
 import stat
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,6 +33,7 @@ import numpy as np
 from emovision.errors import ConfigError, DataError
 
 DEFAULT_FILE_MODE = 0o644  # what a plain open() gives under the usual umask; mkstemp gives 0600
+DEFAULT_FOLDER_MODE = 0o755  # likewise for mkdir; mkdtemp gives 0700
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same content gives the same bytes
 PARTIAL = ".partial"  # a temporary file's name: .<target>.<owner>.<random>.partial[<suffix>]
 OWNER = r"(?P<machine>[A-Za-z0-9-]+)\.(?P<pid>[0-9]+)"  # what this_process() gives
@@ -111,6 +116,78 @@ def remove_stale_partials(path: Path) -> list[Path]:
             partial.unlink(missing_ok=True)
             removed.append(partial)
     return removed
+
+
+# ---------------------------------------------------------------- folders
+
+
+@contextlib.contextmanager
+def ctrl_c_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) while the block runs and deliver it after, so steps that belong
+    together (moving the old folder aside, renaming the new one in) are never split by it.
+    Only the main thread receives signals; elsewhere the block runs as it is."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    held = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a new temporary folder beside `path`; on success it replaces `path` whole, else
+    it is removed. Moving the old folder aside, renaming the new one in and deleting the old
+    one run with Ctrl-C held (a Ctrl-C between the renames left no `path`); what a kill -9
+    there leaves, `recover_folder` repairs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode) if path.is_dir() else DEFAULT_FOLDER_MODE
+    owner = this_process()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{owner}-", dir=path.parent))
+    old = path.with_name(f".{path.name}.old-{owner}-{tmp.name.rsplit('-', 1)[1]}")
+    try:
+        yield tmp
+        os.chmod(tmp, mode)
+        with ctrl_c_held():
+            if path.exists():
+                os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def recover_folder(path: str | Path) -> list[str]:
+    """Repair what writers of `path` that are gone (kill -9; Ctrl-C before `ctrl_c_held`) left
+    beside it: with `path` missing, the old folder they moved aside is renamed back; their
+    other temporary folders are removed. A live writer's are left alone. Returns a line per
+    thing done."""
+    path = Path(path)
+    # `old-<pid>`: the name before owners carried the machine (always this machine's then)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:(?P<kind>tmp|old)-{OWNER}-{TEMP_RANDOM}|old-(?P<bare>[0-9]+))")
+    done = []
+    for found in sorted(path.parent.glob(f".{glob.escape(path.name)}.*-*")):  # old before tmp
+        match = pattern.fullmatch(found.name)
+        if match is None or not found.is_dir():
+            continue
+        owner = f"{_machine()}.{match['bare']}" if match["bare"] else f"{match['machine']}.{match['pid']}"
+        if not owner_gone(owner):
+            continue
+        if match["kind"] != "tmp" and not path.exists():
+            os.replace(found, path)
+            done.append(f"restored {path}/ from {found.name}/, where an interrupted writer had moved it")
+        else:
+            shutil.rmtree(found, ignore_errors=True)
+            done.append(f"removed {found}/, left by an interrupted writer of {path}/")
+    return done
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ import sys
 import time
 from pathlib import Path
 
+from emovision import fileio
 from emovision.config import Params
 from emovision.data import SPLITS
 from emovision.data.fer2013 import find_fer2013, read_fer2013
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             f"fer2013-images.tar.xz -C {params.data.raw_dir}/fer2013`"
         )
     check_replaceable(Path(params.data.prepared_dir))  # before minutes of reading, not after
+    for line in fileio.recover_folder(Path(params.data.prepared_dir)):  # what an interrupted prepare left
+        print(line)
     prepare(params)
     return 0
 

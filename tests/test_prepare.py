@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -249,3 +251,46 @@ def test_progress_lines_without_a_terminal_and_quiet(tmp_path, capsys):
     assert prepare_main(["--params", str(params), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "reading" not in out and "wrote" in out  # results still print
+
+
+# Python's audit hook sees each rename just before it happens: the second one (the new folder
+# into data/prepared) is the moment between prepare's two renames.
+SIGNAL_BETWEEN_THE_RENAMES = """
+import os, signal, sys
+def hook(event, args):
+    if event == "os.rename" and ".prepared.tmp-" in str(args[0]):
+        os.kill(os.getpid(), signal.{sig})
+sys.addaudithook(hook)
+from stages.prepare import main
+sys.exit(main(["--params", "params.yaml"]))
+"""
+
+
+def prepare_signalled_between_the_renames(root, sig: str) -> subprocess.CompletedProcess:
+    write_params(root / "params.yaml")
+    assert prepare_main(["--params", "params.yaml"]) == 0
+    return subprocess.run([sys.executable, "-c", SIGNAL_BETWEEN_THE_RENAMES.format(sig=sig)], cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+
+
+def test_ctrl_c_between_the_renames_finishes_the_swap(in_tmp):
+    """Ctrl-C after the old data/prepared/ was moved aside left no data/prepared/ at all and
+    the old data in a hidden .prepared.old-PID. The swap now ends first, then Ctrl-C stops."""
+    out = prepare_signalled_between_the_renames(in_tmp, "SIGINT")
+    assert out.returncode == 130 and out.stderr.strip() == "interrupted", out.stderr
+    assert load_meta(in_tmp / "data" / "prepared")["source"] == "synthetic"
+    assert sorted(p.name for p in (in_tmp / "data").iterdir()) == ["prepared"]
+
+
+def test_a_prepare_killed_between_the_renames_is_recovered_by_the_next(in_tmp, capsys):
+    out = prepare_signalled_between_the_renames(in_tmp, "SIGKILL")
+    assert out.returncode == -signal.SIGKILL
+    data = in_tmp / "data"
+    old, = data.glob(".prepared.old-*")
+    tmp, = data.glob(".prepared.tmp-*")
+    assert not (data / "prepared").exists()
+    assert prepare_main(["--params", "params.yaml"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"restored data/prepared/ from {old.name}/, where an interrupted writer had moved it" in lines
+    assert f"removed data/{tmp.name}/, left by an interrupted writer of data/prepared/" in lines
+    assert sorted(p.name for p in data.iterdir()) == ["prepared"]

@@ -5,21 +5,19 @@
     data/prepared/test.npz    (PrivateTest)
     data/prepared/meta.json   {"source", "classes", "counts": {split: {class: n}}, ...}
 
-Written to a temporary sibling folder and renamed into place, so a crash never leaves a
-half-written dataset behind.
+Written to a temporary sibling folder and renamed into place (`fileio.atomic_folder`), so a
+crash never leaves a half-written dataset behind, and Ctrl-C never leaves none.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from emovision import fileio
 from emovision.data import CLASSES, SPLITS
 from emovision.errors import ConfigError, DataError
 
@@ -75,24 +73,11 @@ def write_prepared(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray
             raise DataError(f"split '{split}' is empty: the dataset has no images for it")
     meta = {**meta, "classes": list(CLASSES),
             "counts": {s: class_counts(splits[s][1]) for s in SPLITS}}
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with fileio.atomic_folder(out_dir) as tmp:
         for split in SPLITS:
             x, y = splits[split]
             np.savez(tmp / f"{split}.npz", x=np.ascontiguousarray(x, np.uint8), y=y.astype(np.int64))
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 

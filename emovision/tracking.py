@@ -34,6 +34,9 @@ PRODUCTION = "Production"
 RUN_FILE = "run.json"
 RUN_FILE_FIX = "run `python -m stages.train` again (or delete it to start over)"
 STORE_INIT_RETRIES = 5
+# The process that has a run open (fileio.this_process()), set each time one is started or
+# resumed: a run left RUNNING by a process that is gone was killed (end_orphaned_runs).
+OWNER_TAG = "owner"
 CHAMPION = "champion"
 # `dvc exp run --temp/--queue` runs stages in <root>/.dvc/tmp/exps/<name>/: log to <root>.
 _DVC_TEMP = re.compile(r"^(?P<root>.*?)/\.dvc/tmp/exps/")
@@ -160,9 +163,11 @@ def git_commit(root: Path | None = None) -> str | None:
 @contextlib.contextmanager
 def tracked_run(run_name: str | None = None, run_id: str | None = None, nested: bool = False,
                 tags: dict[str, str] | None = None) -> Iterator[Any]:
-    """An MLflow run that ends FINISHED, FAILED on an exception, KILLED on Ctrl-C."""
+    """An MLflow run that ends FINISHED, FAILED on an exception, KILLED on Ctrl-C; tagged with
+    its owner process, so a later stage can end it KILLED after a kill -9 (end_orphaned_runs)."""
     import mlflow
 
+    tags = {**(tags or {}), OWNER_TAG: fileio.this_process()}
     run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, tags=tags)
     try:
         yield run
@@ -224,15 +229,38 @@ def end_abandoned_run(models_dir: Path) -> str | None:
         return None
     if info is None or "model_version" in info:
         return None
-    client = mlflow.MlflowClient()
     try:
-        run = client.get_run(info["run_id"])
+        ended = end_runs([info["run_id"]])
     except mlflow.exceptions.MlflowException:  # another store, or deleted
         return None
-    if run.info.status != "RUNNING":
-        return None
-    client.set_terminated(run.info.run_id, "KILLED")
-    return run.info.run_id
+    return ended[0] if ended else None
+
+
+def end_runs(run_ids: list[str], client=None) -> list[str]:
+    """Mark KILLED those of `run_ids` still RUNNING (whose process is known to be gone);
+    returns their ids."""
+    import mlflow
+
+    client = client or mlflow.MlflowClient()
+    ended = []
+    for run_id in run_ids:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, "KILLED")
+            ended.append(run_id)
+    return ended
+
+
+def end_orphaned_runs(experiment_id: str) -> list[Any]:
+    """Mark KILLED the runs of the experiment left RUNNING by a process of this machine that
+    is gone (kill -9, a crash before its run could end; `OWNER_TAG`), and return them. Runs of
+    other machines, or without an owner, are left: from here nobody can tell they are dead."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    orphans = [run for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'")
+               if fileio.owner_gone(run.data.tags.get(OWNER_TAG))]
+    end_runs([run.info.run_id for run in orphans], client)
+    return orphans
 
 
 def run_tags(meta: dict[str, Any]) -> dict[str, str]:

@@ -137,10 +137,7 @@ class RetryAndEndRuns(optuna.storages.RetryHeartbeatStaleTrialCallback):
 
         tracking.quiet_mlflow()
         try:
-            client = mlflow.MlflowClient(tracking_uri=tracking.tracking_uri())
-            for run_id in run_ids:
-                if client.get_run(run_id).info.status == "RUNNING":
-                    client.set_terminated(run_id, "KILLED")
+            tracking.end_runs(run_ids, mlflow.MlflowClient(tracking_uri=tracking.tracking_uri()))
         except Exception:  # bookkeeping of a dead run: never a reason to stop the study
             pass
 

@@ -118,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--version", help="registered version to make Production / @champion")
     group.add_argument("--pretrained", action="store_true", help="register the shipped FER2013 model")
     args, params = parse(parser, argv)
-    tracking.setup()
+    experiment_id = tracking.setup()
+    for run in tracking.end_orphaned_runs(experiment_id):  # a promote (or any stage) killed outright
+        print(f"marked run {run.info.run_id} ({run.info.run_name}) KILLED: its process "
+              f"({run.data.tags[tracking.OWNER_TAG]}) is gone")
     if args.pretrained:
         register_pretrained(params)
     else:

@@ -50,6 +50,17 @@ def mlflow_store(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(None) if hasattr(mlflow, "set_tracking_uri") else None
 
 
+@pytest.fixture(scope="session")
+def migrated_mlflow_db(tmp_path_factory):
+    """An empty MLflow store whose schema is made once: migrating a new mlflow.db takes
+    seconds on a busy machine, copying one (onto `mlflow_store`) takes milliseconds."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     """Run with the temp dir as the project root (stages write data/, models/, reports/)."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -261,3 +263,32 @@ def test_unknown_version_and_missing_model(project, capsys):
     assert "no version 9 of model 'fer'" in capsys.readouterr().err
     assert evaluate_main(["--params", "params.yaml"]) == 2
     assert "run `python -m stages.train` first" in capsys.readouterr().err
+
+
+def test_a_promote_killed_before_it_registers_leaves_no_run_running(project, mlflow_store, migrated_mlflow_db,
+                                                                      capsys):
+    """kill -9 of `promote --pretrained` while it logged the model left its MLflow run RUNNING
+    forever. The next promote marks it KILLED (its process is gone) and registers as usual."""
+    from emovision import tracking
+
+    shutil.copy(migrated_mlflow_db, mlflow_store.removeprefix("sqlite:///"))
+    write_params(Path("params.yaml"))
+    experiment = tracking.setup()  # the store exists before the two processes share it
+    client = mlflow.MlflowClient()
+    proc = subprocess.Popen([sys.executable, "-m", "stages.promote", "--params", "params.yaml", "--pretrained"],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)
+    try:
+        while not (running := client.search_runs([experiment], "attributes.status = 'RUNNING'")):
+            assert proc.poll() is None, "promote ended before its run was seen"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    run, = running
+    assert client.get_run(run.info.run_id).info.status == "RUNNING" and not versions()
+    assert promote_main(["--params", "params.yaml", "--pretrained"]) == 0
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    assert (f"marked run {run.info.run_id} ({run.info.run_name}) KILLED: its process "
+            f"({run.data.tags['owner']}) is gone") in capsys.readouterr().out.splitlines()
+    assert sorted(versions()) == ["1"] and "RUNNING" not in {
+        r.info.status for r in client.search_runs([experiment])}

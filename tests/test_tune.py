@@ -25,15 +25,6 @@ from tests.conftest import REPO, write_params
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
 
-@pytest.fixture(scope="module")
-def migrated_mlflow_db(tmp_path_factory):
-    """An empty MLflow store whose schema is made once: migrating a new mlflow.db takes
-    seconds on a busy machine, copying one takes milliseconds."""
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
 def project(in_tmp, mlflow_store, migrated_mlflow_db):
     shutil.copy(migrated_mlflow_db, mlflow_store.removeprefix("sqlite:///"))

@@ -26,6 +26,17 @@ DEFAULT_PARAMS = "params.yaml"
 
 
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch accepts it too
+# Upper bounds that catch a typo (`width: 4800`, `epochs: 80000`) at start instead of after
+# hours of training or an out-of-memory crash; each lies far beyond any real use.
+MAX_WIDTH = 512  # base channels; compute grows with width^2: w512 costs over 100x the shipped w48
+MAX_EPOCHS = 10_000  # 125x the shipped recipe's 80 (also caps train.patience)
+MAX_BATCH = 65_536  # twice FER2013's 28,709 training images: one batch holds the whole set
+MAX_THREADS = 1024  # CPU threads for torch; two-socket servers have a few hundred
+MAX_TRIALS = 10_000  # Optuna trials per invocation
+MAX_TUNE_JOBS = 256  # parallel trials (threads) in one process
+MAX_BENCH_REPEATS = 1000  # timed repetitions (and training batches per repetition) of the bench
+MAX_VIDEO_FRAMES = 10_000  # the bench's generated video: 5.5 minutes at 30 fps
+MAX_SYNTHETIC_PER_CLASS = 100_000  # demo-set images per expression (FER2013 Training: ~4,100 on average)
 # Beyond this, softened teacher outputs are near uniform in float32 and carry no signal.
 MAX_TEMPERATURE = 20.0
 
@@ -304,15 +315,16 @@ def _check_ranges(p: Params, source: str) -> None:
         ("data.raw_dir", p.data.raw_dir.strip() != "", "a folder name"),
         ("data.prepared_dir", p.data.prepared_dir.strip() != "", "a folder name"),
         ("data.app_views", p.data.app_views.strip() != "", "a file name"),
-        ("data.synthetic_train_per_class", p.data.synthetic_train_per_class >= 5, ">= 5"),
+        ("data.synthetic_train_per_class", 5 <= p.data.synthetic_train_per_class <= MAX_SYNTHETIC_PER_CLASS,
+         f"in [5, {MAX_SYNTHETIC_PER_CLASS}]"),
         ("paths.models", p.paths.models.strip() != "", "a folder name"),
         ("paths.reports", p.paths.reports.strip() != "", "a folder name"),
         ("preprocess.mean", 0.0 <= p.preprocess.mean <= 1.0, "in [0, 1] (pixels are scaled to [0, 1])"),
         ("preprocess.std", p.preprocess.std > 0, "> 0"),
         ("model.dropout", 0.0 <= p.model.dropout < 1.0, "in [0, 1)"),
-        ("model.width", p.model.width >= 4, ">= 4"),
-        ("train.epochs", p.train.epochs >= 1, ">= 1"),
-        ("train.batch_size", p.train.batch_size >= 1, ">= 1"),
+        ("model.width", 4 <= p.model.width <= MAX_WIDTH, f"in [4, {MAX_WIDTH}] (base channels; the shipped model has 48)"),
+        ("train.epochs", 1 <= p.train.epochs <= MAX_EPOCHS, f"in [1, {MAX_EPOCHS}]"),
+        ("train.batch_size", 1 <= p.train.batch_size <= MAX_BATCH, f"in [1, {MAX_BATCH}]"),
         ("train.lr", p.train.lr > 0, "> 0"),
         ("train.weight_decay", p.train.weight_decay >= 0, ">= 0"),
         ("train.momentum", 0.0 <= p.train.momentum < 1.0, "in [0, 1)"),
@@ -320,9 +332,9 @@ def _check_ranges(p: Params, source: str) -> None:
         ("train.label_smoothing", 0.0 <= p.train.label_smoothing < 1.0, "in [0, 1)"),
         ("train.mixup", 0.0 <= p.train.mixup <= 1.0, "in [0, 1]"),
         ("train.ema_decay", 0.0 <= p.train.ema_decay < 1.0, "in [0, 1)"),
-        ("train.patience", p.train.patience >= 0, ">= 0"),
+        ("train.patience", 0 <= p.train.patience <= MAX_EPOCHS, f"in [0, {MAX_EPOCHS}] (0 disables)"),
         ("train.min_delta", p.train.min_delta >= 0, ">= 0"),
-        ("train.threads", p.train.threads >= 0, ">= 0 (0 keeps torch's default)"),
+        ("train.threads", 0 <= p.train.threads <= MAX_THREADS, f"in [0, {MAX_THREADS}] (0 keeps torch's default)"),
         ("train.max_train_images", p.train.max_train_images >= 0, ">= 0 (0 uses all)"),
         ("augment.rotation", 0.0 <= p.augment.rotation <= 180.0, "in [0, 180] degrees"),
         ("augment.scale", 0.0 <= p.augment.scale < 1.0, "in [0, 1) (a zoom factor of 1 +- scale)"),
@@ -332,24 +344,25 @@ def _check_ranges(p: Params, source: str) -> None:
         ("augment.aspect", 0.0 <= p.augment.aspect <= 1.0, "in [0, 1] (a fraction of the width/height ratio)"),
         ("augment.fill", 0.0 <= p.augment.fill <= 1.0, "in [0, 1] (a probability)"),
         ("augment.app_view", 0.0 <= p.augment.app_view <= 1.0, "in [0, 1] (a probability)"),
-        ("evaluate.batch_size", p.evaluate.batch_size >= 1, ">= 1"),
+        ("evaluate.batch_size", 1 <= p.evaluate.batch_size <= MAX_BATCH, f"in [1, {MAX_BATCH}]"),
         ("registry.model_name", re.fullmatch(MODEL_NAME_PATTERN, p.registry.model_name) is not None,
          "a registered-model name (letters, digits, '_', '-', '.')"),
         ("registry.min_delta", 0.0 <= p.registry.min_delta < 1.0, "in [0, 1) (an accuracy gain)"),
-        ("bench.repeats", p.bench.repeats >= 1, ">= 1"),
-        ("bench.batch_size", p.bench.batch_size >= 1, ">= 1"),
-        ("bench.train_batches", p.bench.train_batches >= 1, ">= 1"),
-        ("bench.video_frames", p.bench.video_frames >= 1, ">= 1"),
-        ("tune.n_trials", p.tune.n_trials >= 0, ">= 0 (0: report the study, no new trials)"),
+        ("bench.repeats", 1 <= p.bench.repeats <= MAX_BENCH_REPEATS, f"in [1, {MAX_BENCH_REPEATS}]"),
+        ("bench.batch_size", 1 <= p.bench.batch_size <= MAX_BATCH, f"in [1, {MAX_BATCH}]"),
+        ("bench.train_batches", 1 <= p.bench.train_batches <= MAX_BENCH_REPEATS, f"in [1, {MAX_BENCH_REPEATS}]"),
+        ("bench.video_frames", 1 <= p.bench.video_frames <= MAX_VIDEO_FRAMES, f"in [1, {MAX_VIDEO_FRAMES}]"),
+        ("tune.n_trials", 0 <= p.tune.n_trials <= MAX_TRIALS,
+         f"in [0, {MAX_TRIALS}] (0: report the study, no new trials)"),
         ("tune.timeout", p.tune.timeout >= 0, ">= 0 seconds (0: no limit)"),
         ("tune.lr_low", 0 < p.tune.lr_low < p.tune.lr_high,
          f"> 0 and below tune.lr_high ({p.tune.lr_high})"),
         ("tune.dropout_low", 0 <= p.tune.dropout_low < p.tune.dropout_high < 1,
          f">= 0 and below tune.dropout_high ({p.tune.dropout_high}), which must be < 1"),
-        ("tune.epochs", p.tune.epochs >= 1, ">= 1"),
-        ("tune.n_jobs", p.tune.n_jobs >= 1, ">= 1"),
-        ("demo.epochs", p.demo.epochs >= 1, ">= 1"),
-        ("demo.width", p.demo.width >= 4, ">= 4"),
+        ("tune.epochs", 1 <= p.tune.epochs <= MAX_EPOCHS, f"in [1, {MAX_EPOCHS}]"),
+        ("tune.n_jobs", 1 <= p.tune.n_jobs <= MAX_TUNE_JOBS, f"in [1, {MAX_TUNE_JOBS}]"),
+        ("demo.epochs", 1 <= p.demo.epochs <= MAX_EPOCHS, f"in [1, {MAX_EPOCHS}]"),
+        ("demo.width", 4 <= p.demo.width <= MAX_WIDTH, f"in [4, {MAX_WIDTH}]"),
         ("distill.teachers", all(t.strip() for t in p.distill.teachers)
          and len(set(p.distill.teachers)) == len(p.distill.teachers), "model references, none empty or twice"),
         ("distill.probs", p.distill.probs.strip() != "", "a file name"),

@@ -57,7 +57,8 @@ def in_finished(finished, monkeypatch):
 BAD_PARAMS = [  # (params text or overrides, what the one line must say)
     ({"model": {"name": "resnet50"}}, "model.name: unknown model 'resnet50'"),
     ({"train": {"lr": float("inf")}}, "train.lr must be a finite number"),
-    ({"evaluate": {"batch_size": 0}}, "evaluate.batch_size must be >= 1"),
+    ({"evaluate": {"batch_size": 0}}, "evaluate.batch_size must be in [1, 65536]"),
+    ({"model": {"width": 4800}}, "model.width must be in [4, 512]"),
     ({"base": {"seed": -1}}, "base.seed must be in [0,"),
     ({"augment": {"scale": 1.5}}, "augment.scale must be in [0, 1)"),
     ({"train": {"warmup_epochs": -5}}, "train.warmup_epochs must be >= 0"),

@@ -157,7 +157,7 @@ def test_stale_running_trial_is_failed_and_retried(project, monkeypatch):
                                                                      "'postgresql://nobody:***@127.0.0.1:1/none'"),
     (["--storage", "notascheme"], "cannot open Optuna storage 'notascheme'"),
     (["--n-trials", "-1"], "--n-trials / tune.n_trials must be >= 0"),
-    (["--epochs", "0"], "tune.epochs must be >= 1"),
+    (["--epochs", "0"], "tune.epochs must be in [1, 10000]"),
     (["--timeout", "-5"], "--timeout / tune.timeout must be >= 0"),
     (["--n-trials", "0", "--study-name", "nope"], "no study 'nope' in this storage (it has: none)"),
 ])

@@ -7,8 +7,9 @@ written whole (data/prepared/) goes through `atomic_folder` the same way.
 
 A kill -9 leaves the temporary behind, so each records its owner (`this_process()`: this
 machine and PID) in its name, and the next writer of the same target removes those whose
-owner is gone (`owner_gone`). MLflow runs record the same owner (`tracking.OWNER_TAG`), so
-a later stage can end what a killed one left RUNNING.
+owner is gone (`owner_gone`). MLflow runs and Optuna trials record the same owner
+(`tracking.OWNER_TAG`, `tuning.OWNER_ATTR`), so a later process can end what a killed one
+left RUNNING.
 """
 from __future__ import annotations
 

@@ -3,15 +3,18 @@
 The study lives in its own storage (default `sqlite:///<project root>/optuna.db`, never
 mlflow.db) and any number of workers may share it: a PostgreSQL or MySQL URL across
 machines, a SQLite file or a journal file (`journal:///abs/path/study.log`, or any path
-ending in .log / .journal) between processes on one machine. SQL storages run a
-heartbeat, so a trial left RUNNING by a killed worker is failed and re-queued with the
-same params, and the MLflow runs the kill left RUNNING are marked KILLED; journal files
-have no heartbeat, so such a trial stays RUNNING there.
+ending in .log / .journal) between processes on one machine. A trial left RUNNING by a
+killed worker is failed and re-queued with the same params, and the MLflow runs the kill
+left RUNNING are marked KILLED: at once when the worker ran on this machine (each trial
+records its owner process, and a new worker sees it is gone), else by the heartbeat of SQL
+storages, a minute later; journal files have no heartbeat, so another machine's such trial
+stays RUNNING there.
 A study remembers its search space and epochs per trial and refuses to mix in trials run
 with others. Every trial is a nested MLflow run under the invocation's run.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -51,6 +54,7 @@ EPOCHS_ATTR = "epochs_per_trial"
 TUNED_KEYS = ("train.lr", "model.dropout")
 # a trial's user attrs: its MLflow run and the invocation's, ended KILLED when the trial is found dead
 RUN_ATTRS = ("mlflow_run_id", "mlflow_parent_run_id")
+OWNER_ATTR = "owner"  # a trial's user attr: the worker process running it (fileio.this_process())
 LOGGED_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
 
 
@@ -129,7 +133,9 @@ class RetryAndEndRuns(optuna.storages.RetryHeartbeatStaleTrialCallback):
     and its MLflow run and the dead worker's tune run (left RUNNING by the kill) marked KILLED."""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        super().__call__(study, trial)
+        requeued = copy.deepcopy(trial)  # the retry is not the dead worker's: it gets its own owner
+        requeued.user_attrs.pop(OWNER_ATTR, None)
+        super().__call__(study, requeued)
         run_ids = [trial.user_attrs[k] for k in RUN_ATTRS if k in trial.user_attrs]
         if not run_ids:
             return
@@ -179,6 +185,7 @@ class TrialSeededTPESampler(optuna.samplers.TPESampler):
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         super().before_trial(study, trial)
         self.trial_ids.append(trial._trial_id)
+        study._storage.set_trial_user_attr(trial._trial_id, OWNER_ATTR, fileio.this_process())
         # Optuna's heartbeat thread starts only once the trial is set up; a worker stopped
         # before its first beat left a trial that no heartbeat could ever find stale (a stale
         # trial is one whose last beat is old), RUNNING forever. Beat at once.
@@ -239,9 +246,30 @@ def load_study(params: Params, storage: optuna.storages.BaseStorage,
         study.set_user_attr(SEARCH_SPACE_ATTR, space)
     if recorded_epochs is None:
         study.set_user_attr(EPOCHS_ATTR, t.epochs)
-    # trials of killed workers: FAIL, re-queued (a no-op for storages without a heartbeat)
+    # trials of killed workers: FAIL, re-queued; at once for this machine's, by the heartbeat
+    # for others' (a no-op for storages without one)
+    for number, owner in fail_orphaned_trials(study):
+        print(f"trial {number} failed: its worker ({owner}) is gone")
     optuna.storages.fail_stale_trials(study)
     return study
+
+
+def fail_orphaned_trials(study: optuna.Study) -> list[tuple[int, str]]:
+    """Fail and re-queue the RUNNING trials whose worker process is known to be gone (it ran on
+    this machine and was killed), and end their MLflow runs, without waiting for the heartbeat's
+    grace period; returns (number, owner) of each. Other machines' trials are left to the heartbeat."""
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.user_attrs.get(OWNER_ATTR)
+        if not fileio.owner_gone(owner):
+            continue
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it first
+        RetryAndEndRuns(max_retry=MAX_RETRY)(study, study._storage.get_trial(trial._trial_id))
+        failed.append((trial.number, owner))
+    return failed
 
 
 def fail_interrupted_trials(study: optuna.Study) -> list[int]:

@@ -15,7 +15,7 @@ import numpy as np
 import optuna
 import pytest
 
-from emovision import tracking, tuning
+from emovision import fileio, tracking, tuning
 from emovision.config import load_params
 from stages.prepare import main as prepare_main
 from stages.tune import main as tune_main
@@ -257,11 +257,14 @@ def test_ctrl_c_is_one_line_and_leaves_no_trial_or_run_running(project, mlflow_s
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_worker_killed_before_its_first_heartbeat_is_failed_and_retried(project, mlflow_store, monkeypatch):
     """kill -9 between creating a trial and Optuna's heartbeat thread's first beat: a trial
-    without a beat is never stale, so it stayed RUNNING forever. It now beats at creation."""
+    without a beat is never stale, so it stayed RUNNING forever. It now beats at creation.
+    (The worker says it runs on another machine: this machine's killed trials are failed at
+    once, without the heartbeat.)"""
     url = storage_url(project)
     worker = ("import sys, time; from emovision import tuning; from emovision.config import load_params\n"
               f"study = tuning.load_study(load_params('params.yaml'), tuning.open_storage({url!r}))\n"
-              "study.ask(); print('asked', flush=True); time.sleep(120)")
+              "study.ask().set_user_attr(tuning.OWNER_ATTR, 'elsewhere.1')\n"
+              "print('asked', flush=True); time.sleep(120)")
     proc = subprocess.Popen([sys.executable, "-c", worker], cwd=project, env=_tune_env(mlflow_store),
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "asked"
@@ -289,10 +292,11 @@ def test_a_trial_interrupted_while_it_is_created_is_failed(project):
     assert states == {other.number: "RUNNING", ours.number: "FAIL"}
 
 
-@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
-def test_kill_mid_trial_ends_its_mlflow_runs_when_the_trial_is_retried(project, mlflow_store, monkeypatch):
-    """kill -9 in the middle of a trial: the heartbeat failed and retried the trial, but its
-    MLflow run and the killed invocation's run stayed RUNNING forever."""
+def test_a_trial_killed_mid_run_is_retried_at_once_and_its_mlflow_runs_ended(project, mlflow_store, capsys):
+    """kill -9 in the middle of a trial: the trial stayed RUNNING until the heartbeat's grace
+    period (a minute) had passed, and its MLflow run and the killed invocation's run stayed
+    RUNNING forever. The next worker on this machine sees the trial's owner is gone: it fails
+    and retries it at once and ends both runs KILLED."""
     url = storage_url(project)
     proc = subprocess.Popen([sys.executable, "-m", "stages.tune", "--params", "params.yaml", "--n-trials", "2",
                              "--epochs", "2", "--storage", url], cwd=project, env=_tune_env(mlflow_store),
@@ -306,12 +310,10 @@ def test_kill_mid_trial_ends_its_mlflow_runs_when_the_trial_is_retried(project, 
     killed = {r.info.run_name: r.info.run_id for r in client.search_runs(
         [e.experiment_id for e in client.search_experiments()])}
     assert set(killed) == {"trial-0", "tune-fer-lr-dropout"}
-    monkeypatch.setattr(tuning, "HEARTBEAT_S", 1)
-    monkeypatch.setattr(tuning, "GRACE_S", 1)
-    time.sleep(2.5)  # the grace period: a trial is stale once its last beat is this old
     assert tune_main(["--params", "params.yaml", "--n-trials", "1", "--epochs", "2", "--storage", url]) == 0
     trials = optuna.load_study(study_name="fer-lr-dropout", storage=url).trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"] and trials[1].system_attrs["failed_trial"] == 0
+    assert f"trial 0 failed: its worker ({fileio._machine()}.{proc.pid}) is gone" in capsys.readouterr().out
     assert {name: client.get_run(run_id).info.status for name, run_id in killed.items()} == {
         "trial-0": "KILLED", "tune-fer-lr-dropout": "KILLED"}
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])

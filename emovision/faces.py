@@ -24,6 +24,7 @@ import numpy as np
 
 from emovision.errors import SourceError
 from emovision.framing import Framing, crop_faces, eye_angles
+from emovision.levels import to_uint8
 
 # Detection runs on a downscaled frame. OpenCV's alt2 frontal cascade has a 20-px window, so
 # at DETECT_SCALE = 0.5 it finds faces from 40 px wide (MIN_FACE) in a 640x480 frame, up to
@@ -380,7 +381,9 @@ class FaceTracker:
 
 
 def to_gray(frame: np.ndarray) -> np.ndarray:
-    """BGR (as OpenCV decodes it) or already-gray frame -> gray, the conversion training used."""
+    """BGR (as OpenCV decodes it) or already-gray frame -> uint8 gray, the conversion training
+    used; levels by `emovision.levels.to_uint8` (uint8 0..255, uint16 0..65535, float 0..1)."""
+    frame = to_uint8(np.asarray(frame), "image")
     return frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
 
 
@@ -402,8 +405,9 @@ def classify_boxes(classifier, gray: np.ndarray, boxes: Sequence[Sequence[float]
 
 def analyze_still(classifier, image: np.ndarray, detector=None,
                   max_faces: int = 0, tta: bool | None = None, times: dict[str, float] | None = None) -> list[dict]:
-    """Every face in one still image (BGR or gray): the same detector, crops and classifier
-    as the live app, with nothing carried over from other images (no tracking, no smoothing).
+    """Every face in one still image (BGR or gray; uint8 0..255, uint16 0..65535 or float 0..1,
+    as `emovision.levels.to_uint8` reads them): the same detector, crops and classifier as the
+    live app, with nothing carried over from other images (no tracking, no smoothing).
 
     Returns one dict per face, largest first: box [x, y, w, h], label, confidence, probs.
     `times`, when given, receives the "detect" and "classify" milliseconds.

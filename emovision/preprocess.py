@@ -1,7 +1,7 @@
 """The one face preprocessing function, shared by training and every inference path.
 
-A face crop (grayscale uint8, any size) becomes a normalised float tensor of
-`INPUT_SIZE`. Its settings (`PreprocessConfig`) are stored inside every checkpoint and
+A face crop (grayscale uint8, any size; other dtypes by `emovision.levels.to_uint8`)
+becomes a normalised float tensor of `INPUT_SIZE`. Its settings (`PreprocessConfig`) are stored inside every checkpoint and
 registered model, so the live app cannot drift from what the model was trained on.
 """
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 import torch
+
+from emovision.levels import to_uint8
 
 INPUT_SIZE = 48  # FER2013 faces are 48x48 grayscale
 CLAHE_CLIP_LIMIT = 2.0
@@ -34,34 +36,22 @@ class PreprocessConfig:
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
-def _grey_levels(pixels: np.ndarray, what: str) -> np.ndarray:
-    """`pixels` as uint8; other dtypes only when every value is a grey level 0..255 (a cast
-    would wrap 300 to 44 and turn NaN into an arbitrary level without a word)."""
-    if pixels.dtype == np.uint8:
-        return pixels
-    rule = f"{what}: pixels must be grey levels 0..255 (uint8), got {pixels.dtype}"
-    if pixels.dtype.kind not in "biuf":
-        raise ValueError(rule)
-    if pixels.size and not (np.isfinite(pixels).all() and pixels.min() >= 0 and pixels.max() <= 255):
-        raise ValueError(f"{rule} values in [{pixels.min()}, {pixels.max()}]")
-    return pixels.astype(np.uint8)
-
-
 def to_gray_crops(faces: np.ndarray | Sequence[np.ndarray], size: int = INPUT_SIZE) -> np.ndarray:
-    """Face crops of any size (grayscale or BGR) -> (N, size, size) uint8.
+    """Face crops of any size (grayscale or BGR) -> (N, size, size) uint8. Levels by
+    `emovision.levels.to_uint8`: uint8 0..255, uint16 0..65535, float 0..1.
 
     A bad batch is a ValueError naming the face: one (H, W) crop instead of a batch (it would
-    be read as H crops of one row), an empty crop, values outside 0..255."""
+    be read as H crops of one row), an empty crop, levels outside the range of their dtype."""
     if isinstance(faces, np.ndarray) and faces.ndim == 2:
         raise ValueError(f"faces of shape {faces.shape} is one crop, not a batch: pass face[None] or [face]")
     if isinstance(faces, np.ndarray) and faces.ndim == 3 and faces.shape[1:] == (size, size):
-        return np.ascontiguousarray(_grey_levels(faces, "faces"))
+        return np.ascontiguousarray(to_uint8(faces, "faces"))
     out = np.empty((len(faces), size, size), dtype=np.uint8)
     for i, face in enumerate(faces):
         face = np.asarray(face)
         if not (face.ndim == 2 or (face.ndim == 3 and face.shape[2] in (3, 4))) or not face.size:
             raise ValueError(f"face {i}: expected an H x W grey crop or H x W x 3 BGR, got shape {face.shape}")
-        face = _grey_levels(face, f"face {i}")
+        face = to_uint8(face, f"face {i}")
         if face.ndim == 3:
             face = cv2.cvtColor(face, cv2.COLOR_BGR2GRAY)
         if face.shape != (size, size):

@@ -86,7 +86,10 @@ def _missing(value: Any) -> bool:
 
 
 def decode_crop(value: Any, row: int) -> np.ndarray:
-    """A JSON nested list (or array) of grey levels -> uint8 crop; anything else is refused."""
+    """A JSON nested list (or array) of levels -> uint8 crop (`emovision.levels.to_uint8`:
+    integers 0..255, floats 0..1); anything else is refused."""
+    from emovision.levels import to_uint8
+
     try:
         arr = np.asarray(value)
         if arr.dtype == object:  # ragged rows, or arrays of arrays from pandas
@@ -95,14 +98,12 @@ def decode_crop(value: Any, row: int) -> np.ndarray:
         raise ValueError(f"row {row}: crop must be a rectangular 2-D array of grey levels") from None
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3) or min(arr.shape[:2]) < 1:
         raise ValueError(f"row {row}: crop must be H x W grey levels (or H x W x 3 BGR), got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number) or arr.min() < 0 or arr.max() > MAX_GREY:
-        raise ValueError(f"row {row}: crop values must be integers 0..255")
-    return arr.astype(np.uint8)
+    return to_uint8(arr, f"row {row}: crop")
 
 
 def decode_image(text: Any, row: int) -> np.ndarray:
-    """base64 (optionally a data URI) -> BGR image."""
-    import cv2
+    """base64 (optionally a data URI) -> BGR image, by the one image reader's decoding."""
+    from emovision.images import decode_image as decode
 
     if not isinstance(text, str):
         raise ValueError(f"row {row}: image must be base64 text")
@@ -112,9 +113,9 @@ def decode_image(text: Any, row: int) -> np.ndarray:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError(f"row {row}: image is not valid base64") from None
-    image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"row {row}: image is not a readable picture (PNG, JPEG, ...)")
+    image = decode(raw)
+    if isinstance(image, str):
+        raise ValueError(f"row {row}: {image}")
     return image
 
 

@@ -76,8 +76,12 @@ def test_an_unknown_device_is_one_clear_error(device):
     ([np.zeros((0, 10), np.uint8)], "face 0: expected an H x W grey crop or H x W x 3 BGR, got shape (0, 10)"),
     ([np.zeros((4, 4, 2), np.uint8)], "face 0: expected an H x W grey crop"),
     (np.full((1, 48, 48), 300), "faces: pixels must be grey levels 0..255 (uint8), got int64 values in [300, 300]"),
-    ([np.full((30, 30), np.nan)], "face 0: pixels must be grey levels 0..255"),
-    ([np.full((30, 30), "a")], "face 0: pixels must be grey levels 0..255 (uint8), got <U1"),
+    ([np.full((30, 30), np.nan)], "face 0: float pixels must be 0..1, got float64 with NaN or infinite values"),
+    ([np.full((30, 30), "a")], "face 0: pixels must be uint8 0..255, uint16 0..65535 or float 0..1, got <U1"),
+    # floats are 0..1 (emovision.levels): 0..255 ones used to pass as levels; one line says how to hand them over
+    (np.full((1, 48, 48), 200.0), "faces: float pixels must be 0..1, got float64 values in [200, 200]; "
+                                  "for grey levels 0..255 pass uint8 (x.astype(np.uint8)) or x / 255"),
+    ([np.full((30, 30), -0.25, np.float32)], "face 0: float pixels must be 0..1, got float32 values in [-0.25, -0.25]"),
 ])
 def test_bad_crops_are_refused_not_silently_misread(faces, message):
     clf = load_classifier("pretrained", "cpu")
@@ -85,11 +89,12 @@ def test_bad_crops_are_refused_not_silently_misread(faces, message):
         clf.predict_proba(faces)
 
 
-def test_grey_levels_of_any_dtype_and_size_give_the_uint8_answer():
+def test_grey_levels_of_any_integer_dtype_and_size_give_the_uint8_answer():
+    """(uint16 and float crops: tests/test_images.py)"""
     clf = load_classifier("pretrained", "cpu")
     faces = np.random.default_rng(1).integers(0, 256, (2, 60, 50)).astype(np.uint8)
     want = clf.predict_proba(faces)
-    for same in (faces.astype(np.int64), faces.astype(np.float32), list(faces)):
+    for same in (faces.astype(np.int64), faces.astype(np.int32), list(faces)):
         np.testing.assert_allclose(clf.predict_proba(same), want, atol=1e-6)
 
 

@@ -65,19 +65,23 @@ class FrameSource:
 
 class ImageSource(FrameSource):
     """Image files in the given order, each read when it is reached; one that cannot be used
-    is skipped (its index with it) and recorded in `skipped` as (path, why)."""
+    is skipped (its index with it) and recorded in `skipped` as (path, why). `first`: the
+    first image, already decoded (a single image is read up front to refuse it early, and
+    once is enough)."""
 
     stills = True
 
-    def __init__(self, paths: list[Path]):
+    def __init__(self, paths: list[Path], first: np.ndarray | None = None):
         self.paths = paths
         self.files = tuple(paths)
         self.fps = 1.0
         self.skipped: list[tuple[Path, str]] = []
+        self._first = first
 
     def __iter__(self) -> Iterator[Frame]:
+        first, self._first = self._first, None  # used once: a second pass reads the files
         for i, path in enumerate(self.paths):
-            frame = read_image(path)
+            frame = first if i == 0 and first is not None else read_image(path)
             if isinstance(frame, str):
                 self.skipped.append((path, frame))
                 continue
@@ -178,10 +182,10 @@ def open_source(spec: str | int) -> FrameSource:
     if not path.is_file():
         raise SourceError(f"source not found: {spec} (a camera index, video, image, folder or stream URL)")
     if path.suffix.lower() in IMAGE_EXTENSIONS:
-        image = read_image(path)  # the whole source: refused before anything starts
+        image = read_image(path)  # the whole source: refused before anything starts, and kept
         if isinstance(image, str):
             raise SourceError(f"cannot read image {path}: {image}")
-        return ImageSource([path])
+        return ImageSource([path], first=image)
     return VideoSource(path)
 
 

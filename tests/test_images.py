@@ -16,6 +16,7 @@ from emovision.images import read_image
 from emovision.inference import load_classifier
 from emovision.predict import main as predict_main
 from emovision.serving import predict_table
+from emovision.sources import open_source
 from tests.media import HOPPER_FACE, grace_hopper
 
 # grace_hopper at every depth a user may hand it over in: 8-bit levels, the full 16-bit range
@@ -85,3 +86,15 @@ def test_the_serving_api_reads_levels_by_the_same_rule(shipped):
     np.testing.assert_array_equal(probs[0], probs[1])
     np.testing.assert_array_equal(probs[2], probs[3])
     assert out["box"][2] == out["box"][3]
+
+
+def test_a_single_image_source_is_decoded_once(tmp_path):
+    """`--source photo.png` decoded the photo to refuse a bad one before the model loads, then
+    again to use it: the first decode is now the one used, and the file is not read again."""
+    path = tmp_path / "hopper.png"
+    cv2.imwrite(str(path), grace_hopper())
+    with open_source(str(path)) as source:
+        path.write_bytes(b"")  # what a second read would find
+        frames = list(source)
+    assert len(frames) == 1 and not source.skipped
+    np.testing.assert_array_equal(frames[0][2], grace_hopper())

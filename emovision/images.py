@@ -15,6 +15,7 @@ cannot decode where `imread` would guess.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import cv2
@@ -22,8 +23,28 @@ import numpy as np
 
 from emovision.levels import pixel_levels
 
+# What the app reads as a still image (a folder's images, a single --source file). GIF is left
+# to the video reader, which plays an animated GIF; a one-frame GIF is a still there too.
+# HEIC is listed to be refused in one line: OpenCV cannot decode it.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pnm",
+                    ".jp2", ".avif", ".exr", ".heic", ".heif")
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
 JPEG_START_OF_SCAN, JPEG_END = b"\xff\xda", b"\xff\xd9"
+# ISO base media files (HEIC, AVIF, MP4) name their brand at bytes 8..12, after "ftyp".
+HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
+EXR_MAGIC = b"\x76\x2f\x31\x01"
+
+
+@contextlib.contextmanager
+def quiet_opencv():
+    """Silence OpenCV and FFmpeg while opening: a missing camera, a broken file or an EXR with
+    the codec off makes them print lines of their own; our one line says it once."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
 
 
 def decode_image(data: np.ndarray | bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | str:
@@ -31,13 +52,29 @@ def decode_image(data: np.ndarray | bytes, flags: int = cv2.IMREAD_COLOR) -> np.
     grayscale), or why they are unusable. 16-bit and float files keep their depth while
     decoding and reach uint8 by `emovision.levels.to_uint8`; EXIF orientation is applied."""
     data = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    image = cv2.imdecode(data, flags | cv2.IMREAD_ANYDEPTH) if data.size else None
+    if not data.size:
+        return "empty file"
+    if data[4:8].tobytes() == b"ftyp" and data[8:12].tobytes() in HEIF_BRANDS:
+        return "a HEIC/HEIF image, which OpenCV cannot decode: convert it to JPEG or PNG"
+    exr = data[:4].tobytes() == EXR_MAGIC
+    try:  # OpenCV warns, then raises, for OpenEXR while its codec is off: our line says it once
+        with quiet_opencv() if exr else contextlib.nullcontext():
+            image = cv2.imdecode(data, flags | cv2.IMREAD_ANYDEPTH)
+    except cv2.error as err:
+        if exr:
+            return ("an OpenEXR image, which OpenCV reads only with OPENCV_IO_ENABLE_OPENEXR=1 in the "
+                    "environment (off by default for safety); convert it to 16-bit PNG or TIFF")
+        if "CV_IO_MAX_IMAGE" in str(err):  # checked on the header's size, before any allocation
+            return "image too large for OpenCV to decode (CV_IO_MAX_IMAGE_PIXELS: 2**30 pixels by default)"
+        return f"unreadable image file ({err.err})"
     return "unreadable image file" if image is None else pixel_levels(image)
 
 
 def read_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | str:
-    """The decoded uint8 image (`decode_image`), or why it is unusable: missing,
+    """The decoded uint8 image (`decode_image`), or why it is unusable: missing, a folder,
     unreadable, a truncated JPEG, or not an image OpenCV can decode."""
+    if Path(path).is_dir():
+        return "a folder, not an image file"
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as err:

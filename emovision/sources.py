@@ -10,7 +10,6 @@ a truncated JPEG is never classified grey-filled).
 """
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from pathlib import Path
@@ -20,25 +19,12 @@ import cv2
 import numpy as np
 
 from emovision.errors import SourceError
-from emovision.images import read_image
+from emovision.images import IMAGE_EXTENSIONS, quiet_opencv, read_image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm")
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 LIVE_READ_TIMEOUT_S = 5.0
 
 Frame = tuple[int, float, np.ndarray]  # (index, timestamp in seconds, BGR image)
-
-
-@contextlib.contextmanager
-def quiet_opencv():
-    """Silence OpenCV and FFmpeg while opening: a missing camera or a broken file makes them
-    print several lines of their own; our SourceError says it once."""
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    try:
-        yield
-    finally:
-        cv2.utils.logging.setLogLevel(level)
 
 
 class FrameSource:
@@ -108,6 +94,9 @@ class VideoSource(FrameSource):
         # The frame count the container announces (0 when unknown): a run that reads fewer
         # frames than this met a truncated or damaged file, and the app says so.
         self.expected_frames = max(0, int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT)))
+        # A one-frame GIF (or video) is a still image: its face must be found in that frame
+        # alone, not confirmed over frames that never come.
+        self.stills = self.expected_frames == 1
 
     def __iter__(self) -> Iterator[Frame]:
         frame, i = self._first, 0

@@ -5,19 +5,28 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
-from emovision.faces import analyze_still, make_detector
+from emovision.faces import analyze_still, iou_matrix, make_detector
 from emovision.images import read_image
 from emovision.inference import load_classifier
 from emovision.predict import main as predict_main
 from emovision.serving import predict_table
 from emovision.sources import open_source
+from emovision.webcam import main as webcam_main
+from tests.conftest import REPO
 from tests.media import HOPPER_FACE, grace_hopper
+from tests.test_webcam import one_error_line
 
 # grace_hopper at every depth a user may hand it over in: 8-bit levels, the full 16-bit range
 # (257 * v, as a 16-bit PNG or TIFF holds an 8-bit photo), and floats 0..1
@@ -28,6 +37,7 @@ DEPTHS = {
     "float64": lambda img: img / 255.0,
 }
 FILES = [("png", "uint8"), ("png", "uint16"), ("tif", "uint16"), ("tif", "float32")]
+EXIF_ORIENTATION = 0x0112
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +108,101 @@ def test_a_single_image_source_is_decoded_once(tmp_path):
         frames = list(source)
     assert len(frames) == 1 and not source.skipped
     np.testing.assert_array_equal(frames[0][2], grace_hopper())
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """An 8x8 PNG whose header claims width x height (a decompression bomb's header)."""
+    png = bytearray(cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes())
+    png[16:24] = struct.pack(">II", width, height)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    return bytes(png)
+
+
+def _exr_of_hopper(tmp_path) -> bytes:
+    """grace_hopper / 255 as a float EXR, written (and read back by `read_image`) in a process
+    with OpenCV's EXR codec on: a process decides that once, at its first EXR."""
+    script = ("import sys, cv2, numpy as np; from emovision.images import read_image; "
+              "from tests.media import grace_hopper; h = grace_hopper(); "
+              "assert cv2.imwrite(sys.argv[1], h.astype(np.float32) / 255); "
+              "assert (read_image(sys.argv[1]) == h).all()")
+    path = tmp_path / "hopper.exr"
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True, cwd=REPO,
+                   env={**os.environ, "PYTHONPATH": str(REPO), "OPENCV_IO_ENABLE_OPENEXR": "1"})
+    return path.read_bytes()
+
+
+UNUSABLE = [  # (file name, its bytes, what the one line says)
+    ("notes.jpg", lambda tmp: b"a text file, renamed", "unreadable image file"),
+    ("empty.png", lambda tmp: b"", "empty file"),
+    ("photo.heic", lambda tmp: b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(64),
+     "a HEIC/HEIF image, which OpenCV cannot decode: convert it to JPEG or PNG"),
+    ("bomb.png", lambda tmp: _png_claiming(100_000, 100_000),
+     "image too large for OpenCV to decode (CV_IO_MAX_IMAGE_PIXELS: 2**30 pixels by default)"),
+    ("hdr.tif", lambda tmp: cv2.imencode(".tif", np.full((8, 8, 3), 4.0, np.float32))[1].tobytes(),
+     "float pixels must be 0..1, got float32 values in [4, 4]"),
+    ("hopper.exr", _exr_of_hopper, "an OpenEXR image, which OpenCV reads only with OPENCV_IO_ENABLE_OPENEXR=1"),
+]
+
+
+@pytest.mark.parametrize("app", ["predict", "webcam"])
+@pytest.mark.parametrize("name, content, message", UNUSABLE, ids=[u[0] for u in UNUSABLE])
+def test_an_unusable_image_is_one_line_before_the_model_loads(tmp_path, capsys, app, name, content, message):
+    """A HEIC went to the video reader (FFmpeg's 'moov atom not found', then 'cannot open
+    video'); an EXR, or a header claiming 10**10 pixels, raised OpenCV's traceback; a float
+    TIFF printed libtiff's warning. Each is now one line naming the file and what it is,
+    exit 2, before the model loads (the model 'nope.pt' would fail next) and nothing written.
+    (A float EXR of 0..1 reads as its 8-bit photo where the codec is on: `_exr_of_hopper`.)"""
+    if name.endswith(".exr") and os.environ.get("OPENCV_IO_ENABLE_OPENEXR"):
+        pytest.skip("OpenEXR is on in this environment")
+    path = tmp_path / name
+    path.write_bytes(content(tmp_path))
+    out = tmp_path / "out.mp4"
+    if app == "predict":
+        assert predict_main(["--model", "nope.pt", str(path)]) == 2
+    else:
+        assert webcam_main(["--model", "nope.pt", "--no-display", "--source", str(path), "--output", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and not out.exists()
+    one_error_line(captured.err, f"error: cannot read image {path}: {message}")
+
+
+def test_a_folder_named_like_an_image_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "photo.jpg"
+    folder.mkdir()
+    assert predict_main(["--model", "nope.pt", str(folder)]) == 2
+    one_error_line(capsys.readouterr().err, f"error: cannot read image {folder}: a folder, not an image file")
+
+
+def test_odd_but_valid_images_are_read(shipped, tmp_path, capsys):
+    """RGBA, 1-channel, palette PNG and GIF, an EXIF-rotated JPEG, a unicode name, 1x1: each
+    is read and its face found by predict (the 1x1 has none, and says so). A one-frame GIF
+    given to the app went to the video reader, where a face must be confirmed over frames that
+    never come: no face; it is now a still, as the same photo in a PNG."""
+    hopper = grace_hopper()
+    rgb = Image.fromarray(cv2.cvtColor(hopper, cv2.COLOR_BGR2RGB))
+    upright = analyze_still(shipped, hopper)[0]["box"]
+    rgba = cv2.cvtColor(hopper, cv2.COLOR_BGR2BGRA)
+    rgba[:, :60, 3] = 0  # a transparent margin
+    paths = {name: tmp_path / name for name in ("rgba.png", "grey.png", "palette.png", "palette.gif",
+                                                "rotated.jpg", "Grâce Hopper 表情.png", "dot.png")}
+    cv2.imwrite(str(paths["rgba.png"]), rgba)
+    cv2.imwrite(str(paths["grey.png"]), cv2.cvtColor(hopper, cv2.COLOR_BGR2GRAY))
+    for name in ("palette.png", "palette.gif"):
+        rgb.convert("P", palette=Image.Palette.ADAPTIVE).save(paths[name])
+    turned = rgb.transpose(Image.Transpose.ROTATE_90)  # stored on its side...
+    exif = turned.getexif()
+    exif[EXIF_ORIENTATION] = 6  # ...with the tag that says: turn 90 degrees clockwise to view
+    turned.save(paths["rotated.jpg"], exif=exif, quality=95)
+    cv2.imencode(".png", hopper)[1].tofile(paths["Grâce Hopper 表情.png"])
+    cv2.imwrite(str(paths["dot.png"]), hopper[:1, :1])
+    assert predict_main(["--model", "pretrained", "--device", "cpu", *map(str, paths.values())]) == 0
+    captured = capsys.readouterr()
+    boxes = {json.loads(line)["image"]: json.loads(line)["box"] for line in captured.out.splitlines()}
+    assert sorted(boxes) == sorted(str(p) for name, p in paths.items() if name != "dot.png")
+    assert all(iou_matrix(np.array([box]), np.array([upright]))[0, 0] > 0.8 for box in boxes.values()), boxes
+    assert captured.err.strip() == f"no face found in {paths['dot.png']}"
+    log = tmp_path / "gif.jsonl"
+    assert webcam_main(["--model", "pretrained", "--no-display", "--source", str(paths["palette.gif"]),
+                        "--log", str(log)]) == 0
+    (record,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(record["faces"]) == 1 and iou_matrix(np.array([record["faces"][0]["box"]]), np.array([upright]))[0, 0] > 0.8

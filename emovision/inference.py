@@ -49,7 +49,10 @@ class EmotionClassifier:
 
     def predict_proba(self, faces: np.ndarray | Sequence[np.ndarray], tta: bool | None = None,
                       batch_size: int = 256) -> np.ndarray:
-        """(N, H, W) uint8 crops (or a list of crops of any size) -> (N, n_classes) float32.
+        """(N, H, W) crops (or a list of crops of any size, grey or BGR) -> (N, n_classes) float32.
+
+        Levels by dtype (`emovision.levels`): uint8 0..255, uint16 0..65535, float 0..1; a
+        crop outside its dtype's range (a float crop of 0..255) is a ValueError, never cast.
 
         With `tta` (default: the classifier's `tta`, on unless switched off), probabilities
         are averaged with those of the mirrored face.

@@ -216,6 +216,15 @@ def read_run_file(models_dir: Path, finished: bool = False) -> dict[str, Any] | 
     return info
 
 
+def recorded_run_id(models_dir: Path) -> str | None:
+    """The MLflow run run.json in `models_dir` names; None when there is none or it is unreadable."""
+    try:
+        info = read_run_file(models_dir)
+    except DataError:
+        return None
+    return info["run_id"] if info else None
+
+
 def end_abandoned_run(models_dir: Path) -> str | None:
     """A training killed outright (kill -9, a reboot) leaves its MLflow run RUNNING; when the
     next training in `models_dir` starts over instead of resuming it, that run is marked
@@ -250,15 +259,16 @@ def end_runs(run_ids: list[str], client=None) -> list[str]:
     return ended
 
 
-def end_orphaned_runs(experiment_id: str) -> list[Any]:
+def end_orphaned_runs(experiment_id: str, keep: str | None = None) -> list[Any]:
     """Mark KILLED the runs of the experiment left RUNNING by a process of this machine that
     is gone (kill -9, a crash before its run could end; `OWNER_TAG`), and return them. Runs of
-    other machines, or without an owner, are left: from here nobody can tell they are dead."""
+    other machines, or without an owner, are left: from here nobody can tell they are dead.
+    The run `keep` is left to its caller (a training that may resume it)."""
     import mlflow
 
     client = mlflow.MlflowClient()
     orphans = [run for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'")
-               if fileio.owner_gone(run.data.tags.get(OWNER_TAG))]
+               if run.info.run_id != keep and fileio.owner_gone(run.data.tags.get(OWNER_TAG))]
     end_runs([run.info.run_id for run in orphans], client)
     return orphans
 

@@ -23,3 +23,17 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argp
     args = parser.parse_args(argv)
     progress.set_quiet(args.quiet)
     return args, load_params(args.params)
+
+
+def open_store(keep: str | None = None) -> str:
+    """Point MLflow at the project store (`tracking.setup`: the store answers, or one line) and
+    mark KILLED the runs that processes of this machine killed outright (kill -9, a crash) left
+    RUNNING, one line each, except the run `keep` (one the caller decides on itself); returns
+    the experiment id. Every stage that logs calls this first."""
+    from emovision import tracking  # only the stages that log import the tracking code
+
+    experiment_id = tracking.setup()
+    for run in tracking.end_orphaned_runs(experiment_id, keep):
+        print(f"marked run {run.info.run_id} ({run.info.run_name}) KILLED: its process "
+              f"({run.data.tags[tracking.OWNER_TAG]}) is gone")
+    return experiment_id

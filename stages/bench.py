@@ -31,7 +31,7 @@ from emovision.inference import load_classifier
 from emovision.models import count_macs, count_params, create_model
 from emovision.preprocess import normalize, value_range
 from emovision.training import preprocess_config, resolve_amp
-from stages import parse, stage_parser
+from stages import open_store, parse, stage_parser
 
 BENCH_JSON = "bench.json"  # inside paths.reports
 SPEED_JSON = "speed.json"
@@ -170,7 +170,7 @@ def bench(params: Params, models_dir: Path | None = None) -> dict:
         raise DataError(f"no trained model at {ckpt} (run `python -m stages.train` first)")
     training = tracking.read_run_file(models_dir)  # the run the figures are logged into, if any
     if training is not None:
-        tracking.setup()  # the store answers: checked before minutes of timing and reports/ rewritten
+        open_store()  # the store answers: checked before minutes of timing and reports/ rewritten
     meta = load_meta(Path(params.data.prepared_dir))
     params = params.for_dataset(meta["source"])  # the model and epochs train really used
     if params.train.threads > 0:

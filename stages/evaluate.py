@@ -21,7 +21,7 @@ from emovision.errors import DataError, cli_main
 from emovision.inference import EmotionClassifier, load_classifier
 from emovision.promotion import gate_metric
 from emovision.metrics import classification_report
-from stages import parse, stage_parser
+from stages import open_store, parse, stage_parser
 
 # inside paths.reports
 METRICS_JSON = "metrics.json"
@@ -65,7 +65,7 @@ def evaluate(params: Params, models_dir: Path | None = None) -> dict:
     models_dir = Path(params.paths.models) if models_dir is None else models_dir
     reports = Path(params.paths.reports)
     info = finished_training(models_dir)
-    tracking.setup()  # the store answers: checked before reports/ is rewritten for a run it could not log
+    open_store()  # the store answers: checked before reports/ is rewritten for a run it could not log
     prepared = Path(params.data.prepared_dir)
     meta = load_meta(prepared)
     tta, bs = params.evaluate.tta, params.evaluate.batch_size

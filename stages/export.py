@@ -19,7 +19,7 @@ from emovision.data.prepared import load_meta, load_split
 from emovision.errors import DataError, cli_main
 from emovision.inference import from_spec
 from emovision.onnx_backend import ONNX_FILE, OnnxClassifier, export_onnx
-from stages import parse, stage_parser
+from stages import open_store, parse, stage_parser
 
 PARITY_MAX_DIFF = 1e-4  # max |p_onnx - p_torch| over every face and class
 
@@ -44,7 +44,7 @@ def export(params: Params, models_dir: Path | None = None) -> dict:
         raise DataError(f"no trained model in {models_dir}/ (run `python -m stages.train` first)")
     info = tracking.read_run_file(models_dir) or {}  # checked before anything is written
     if info.get("model_id"):
-        tracking.setup()  # the store answers: checked before anything is written
+        open_store()  # the store answers: checked before anything is written
     spec, state_dict = artifact.load_checkpoint(best)
     prepared = Path(params.data.prepared_dir)
     load_meta(prepared)

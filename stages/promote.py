@@ -10,7 +10,7 @@ from emovision import artifact, promotion, serving, tracking
 from emovision.artifact import WEIGHTS_DIR
 from emovision.config import Params
 from emovision.errors import ModelRefError, cli_main
-from stages import parse, stage_parser
+from stages import open_store, parse, stage_parser
 
 
 def force(name: str, version: str) -> None:
@@ -118,10 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--version", help="registered version to make Production / @champion")
     group.add_argument("--pretrained", action="store_true", help="register the shipped FER2013 model")
     args, params = parse(parser, argv)
-    experiment_id = tracking.setup()
-    for run in tracking.end_orphaned_runs(experiment_id):  # a promote (or any stage) killed outright
-        print(f"marked run {run.info.run_id} ({run.info.run_name}) KILLED: its process "
-              f"({run.data.tags[tracking.OWNER_TAG]}) is gone")
+    open_store()
     if args.pretrained:
         register_pretrained(params)
     else:

@@ -18,7 +18,7 @@ from emovision.config import Params
 from emovision.errors import ConfigError, DataError, EmovisionError, cli_main
 from emovision.models import create_model
 from emovision.training import fit, input_digests, load_train_val, model_spec, resolve_amp
-from stages import parse, stage_parser
+from stages import open_store, parse, stage_parser
 from stages.export import export as export_onnx_step
 
 HISTORY_CSV = "train_history.csv"  # inside paths.reports
@@ -164,7 +164,9 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
     if auto_resume:
         print(why if run_id else f"starting a new run ({why})")
     resume = run_id is not None
-    tracking.setup()  # a store that cannot log the run must not cost the previous model
+    # a store that cannot log the run must not cost the previous model; the run run.json names
+    # is decided on here: resumed, or ended by end_abandoned_run
+    open_store(keep=tracking.recorded_run_id(models_dir))
     if not resume:
         abandoned = tracking.end_abandoned_run(models_dir)
         if abandoned:

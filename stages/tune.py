@@ -15,7 +15,7 @@ from emovision import progress, tracking, tuning
 from emovision.config import DEFAULT_PARAMS, Params
 from emovision.errors import ConfigError, cli_main
 from emovision.training import load_train_val
-from stages import parse, stage_parser
+from stages import open_store, parse, stage_parser
 
 OUT_DIR = "tune"  # inside paths.reports
 TOP_ROWS = 8
@@ -57,7 +57,7 @@ def run_trials(params: Params, study: optuna.Study, url: str, out_dir: Path) -> 
     print(f"study '{t.study_name}' in {tuning.display_url(url)}: {len(study.trials)} earlier trials; "
           f"running {t.n_trials} more ({t.epochs} epochs each, {t.n_jobs} at a time, on {meta['source']} "
           f"{len(train):,} train / {len(val):,} val)")
-    exp_id = tracking.setup()
+    exp_id = open_store()
     import mlflow
 
     with tracking.tracked_run(run_name=f"tune-{t.study_name}",

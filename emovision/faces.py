@@ -342,14 +342,24 @@ class FaceTracker:
             self._next_id += 1
         return self.tracks
 
-    def advance(self, frames: int = 1) -> None:
+    def advance(self, frames: int = 1, frame_size: tuple[int, int] | None = None) -> None:
         """Move every track `frames` frames on: the shown box along its velocity (not at all for
-        a face moving slower than STILL_SPEED), and count the frames for `Track.predicted`."""
+        a face moving slower than STILL_SPEED), and count the frames for `Track.predicted`.
+
+        With `frame_size` (width, height) a box is carried no further past the frame's edges than
+        it already is: a face that turns back at the edge is not followed out of the frame until
+        the next detection round, and one that leaves is found further out by that round."""
         for track in self.tracks:
             track.since += frames
             step = track.velocity[:2] * frames
             if np.hypot(*track.velocity[:2]) >= STILL_SPEED * max(track.box[2:]):
-                track.box = _moved(track.box, np.array([*step, 0.0]))
+                moved = _moved(track.box, np.array([*step, 0.0]))
+                if frame_size is not None:
+                    size = track.box[2:]
+                    low = np.minimum(track.box[:2], 0)
+                    high = np.maximum(track.box[:2] + size, frame_size) - size
+                    moved[:2] = np.clip(moved[:2], low, high)
+                track.box = moved
 
     def _measure_velocity(self, track: Track, box: np.ndarray) -> None:
         """`track.velocity`: the change from its last detection to `box`, found `track.since`
@@ -495,7 +505,7 @@ class EmotionPipeline:
         result = FrameResult(self._frames)
         t0 = time.perf_counter()
         gray = to_gray(frame)
-        self.tracker.advance()
+        self.tracker.advance(frame_size=gray.shape[1::-1])
         if self._frames % self.detect_every == 0:
             known = self.tracker.tracks
             result.full_scan = (not known or self._rounds % self.full_scan_every == 0

@@ -8,7 +8,7 @@ import os
 # cores the working thread needs. Measured on a 2-core CPU (scripts/busy_cpu.py, both policies
 # side by side, torch on 2 threads): with other work running, one face took 177-900 ms instead
 # of 8-14 and training ran at 47-137 images/s instead of 235-497. On an idle CPU passive waiting
-# cost ~3 ms on a one-face call (4.4-6.0 -> 7.6-9.1 ms) and up to 1.3x on 256-face batches: a
+# costs ~5.5 ms on a one-face call (4.2 -> 9.8 ms) and within 5% on batches and training: a
 # small price against a 5-100x loss. The live app classifies on one thread and is unaffected. OpenMP reads this once, when torch loads, so it
 # is set before anything here imports torch; a user's own setting wins, and a script that
 # imports torch before emovision keeps OpenMP's default.

@@ -9,9 +9,10 @@ import os
 # side by side, torch on 2 threads): with other work running, one face took 177-900 ms instead
 # of 8-14 and training ran at 47-137 images/s instead of 235-497. On an idle CPU passive waiting
 # costs ~5.5 ms on a one-face call (4.2 -> 9.8 ms) and within 5% on batches and training: a
-# small price against a 5-100x loss. The live app classifies on one thread and is unaffected. OpenMP reads this once, when torch loads, so it
-# is set before anything here imports torch; a user's own setting wins, and a script that
-# imports torch before emovision keeps OpenMP's default.
+# small price against a 5-100x loss. The live app classifies on one thread and is unaffected.
+# OpenMP reads this once, when torch loads, so it is set before anything here imports torch;
+# a user's own setting wins, and a script that imports torch before emovision keeps OpenMP's
+# default.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"

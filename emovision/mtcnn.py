@@ -22,7 +22,7 @@ from torch import nn
 from torchvision.ops import nms
 
 from emovision.errors import SourceError
-from emovision.framing import Framing
+from emovision.framing import OUTSIDE_BORDER, Framing
 
 WEIGHTS_DIR = Path(__file__).parent / "weights" / "mtcnn"
 PYRAMID_FACTOR = 0.709  # the paper's step between pyramid levels
@@ -52,7 +52,8 @@ NESTED_OVERLAP = 0.6  # two final boxes sharing this much of the smaller one are
 # half outside had no window on it and was found only while the tracker followed it out from the
 # middle: held half outside, 198 of 2,880 frames on the edge harness (24 clips a seed, seeds 0-5,
 # the app headless). Each pyramid level is now padded by PNET_PAD pixels and every net sees the
-# frame mirrored past its edges (OUTSIDE_BORDER): windows reach half a face's side past the edge at
+# frame mirrored past its edges (framing.OUTSIDE_BORDER): windows reach half a face's side past
+# the edge at
 # every level, and a face half outside looks like a whole, mirrored one (2,324 of the 2,880; a face
 # cut above the eyes stays hard). Mirrored, anything at the edge is symmetric, and O-Net took some
 # of it for faces (grass, cells, a shirt: 25 boxes on single frames of the harness and of 144
@@ -65,7 +66,6 @@ NESTED_OVERLAP = 0.6  # two final boxes sharing this much of the smaller one are
 # about 9% of P-Net's time (0.4 ms a full scan of a 640x480 frame); the check one O-Net crop per
 # box leaving the frame.
 PNET_PAD = 6
-OUTSIDE_BORDER = cv2.BORDER_REFLECT_101
 EDGE_CHECK = 0.5
 
 

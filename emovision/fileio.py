@@ -69,7 +69,9 @@ def owner_gone(owner: str | None) -> bool:
     if match is None or match["machine"] != _machine():
         return False
     pid = int(match["pid"])
-    if pid == os.getpid():
+    if pid == os.getpid() or os.name != "posix":
+        # On Windows os.kill(pid, 0) is not a question: 0 is CTRL_C_EVENT, sent to the process
+        # group, and any other number terminates the process. There nothing is judged gone.
         return False
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists

@@ -44,3 +44,19 @@ def test_a_killed_writers_partial_is_removed_by_the_next_writer_and_a_live_ones_
     finally:
         live.kill()
         live.wait()
+
+
+def test_owner_liveness_never_signals_a_process_off_posix(monkeypatch):
+    """On Windows `os.kill(pid, 0)` is no question: 0 is CTRL_C_EVENT (it interrupts the
+    process group) and other numbers terminate the process. There an owner is never judged
+    gone, and nothing is sent to it."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    owner = f"{fileio._machine()}.{gone.pid}"
+    assert fileio.owner_gone(owner)  # POSIX: a finished process is gone
+    sent = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    with monkeypatch.context() as windows:
+        windows.setattr(os, "name", "nt")
+        judged_gone = fileio.owner_gone(owner)
+    assert not judged_gone and sent == []

@@ -8,10 +8,13 @@ uint8 by the one level rule, `emovision.levels.to_uint8` (uint16 0..65535, float
 
 `cv2.imread` decodes a truncated JPEG with the missing rows grey and says nothing (libjpeg
 prints a warning to the terminal at most), so a cut-off download or a half-copied photo
-would be classified as if it were whole. `read_image` names such a file instead: the
-JPEG's end-of-image marker must follow its last start-of-scan (inside entropy-coded data
-0xFF is always escaped, so FFD9 there is the real end), and `cv2.imdecode` refuses what it
-cannot decode where `imread` would guess.
+would be classified as if it were whole. `decode_image` names such a JPEG instead (recognised
+by its bytes, whatever the file's name): `jpeg_truncated` walks its segments to the image's
+end-of-image marker. Bytes after that marker are not the image's: phones append a video to a
+"motion photo" (Samsung, Google Pixel), cameras a second picture (MPF), Samsung a trailer of
+its own, and their bytes hold FFDA and FFD9 at random (looking for the last FFD9 after the
+last FFDA in the whole file refused half of such photos as truncated). `cv2.imdecode` refuses
+what it cannot decode where `imread` would guess.
 """
 from __future__ import annotations
 
@@ -28,8 +31,8 @@ from emovision.levels import pixel_levels
 # HEIC is listed to be refused in one line: OpenCV cannot decode it.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pnm",
                     ".jp2", ".avif", ".exr", ".heic", ".heif")
-JPEG_EXTENSIONS = (".jpg", ".jpeg")
-JPEG_START_OF_SCAN, JPEG_END = b"\xff\xda", b"\xff\xd9"
+JPEG_START = b"\xff\xd8\xff"  # start-of-image, then the first segment's marker
+JPEG_START_OF_SCAN, JPEG_END = 0xDA, 0xD9
 # ISO base media files (HEIC, AVIF, MP4) name their brand at bytes 8..12, after "ftyp".
 HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
 EXR_MAGIC = b"\x76\x2f\x31\x01"
@@ -56,6 +59,8 @@ def decode_image(data: np.ndarray | bytes, flags: int = cv2.IMREAD_COLOR) -> np.
         return "empty file"
     if data[4:8].tobytes() == b"ftyp" and data[8:12].tobytes() in HEIF_BRANDS:
         return "a HEIC/HEIF image, which OpenCV cannot decode: convert it to JPEG or PNG"
+    if data[:3].tobytes() == JPEG_START and jpeg_truncated(data):
+        return "truncated JPEG (no end-of-image marker after the image data)"
     exr = data[:4].tobytes() == EXR_MAGIC
     try:  # OpenCV warns, then raises, for OpenEXR while its codec is off: our line says it once
         with quiet_opencv() if exr else contextlib.nullcontext():
@@ -79,8 +84,39 @@ def read_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | str:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as err:
         return f"unreadable image file ({err.strerror or type(err).__name__})"
-    if Path(path).suffix.lower() in JPEG_EXTENSIONS:
-        raw = data.tobytes()
-        if raw.rfind(JPEG_END) < raw.rfind(JPEG_START_OF_SCAN):
-            return "truncated JPEG (no end-of-image marker after the image data)"
     return decode_image(data, flags)
+
+
+def jpeg_truncated(data: np.ndarray) -> bool:
+    """Whether a JPEG's bytes (uint8, from its start-of-image marker) end before its image's
+    end-of-image marker. Segments are skipped by their lengths (an EXIF thumbnail's own markers
+    are inside one); after a start-of-scan the entropy-coded data runs to the next marker, found
+    as 0xFF followed by anything but 0x00 (an escaped 0xFF), a restart marker or another 0xFF.
+    Whatever follows the end-of-image marker is ignored. A malformed file is left to the decoder."""
+    n, pos = len(data), 2
+    markers = None  # where markers may start in entropy-coded data, found once when first needed
+    while pos + 1 < n:
+        if data[pos] != 0xFF:
+            return False  # not a marker where one must be: malformed, for the decoder to refuse
+        marker = int(data[pos + 1])
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker == JPEG_END:
+            return False
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            pos += 2
+            continue
+        if pos + 3 >= n:
+            return True
+        pos += 2 + (int(data[pos + 2]) << 8 | int(data[pos + 3]))
+        if marker == JPEG_START_OF_SCAN:
+            if markers is None:
+                ff = np.flatnonzero(data[:-1] == 0xFF)
+                after = data[ff + 1]
+                markers = ff[(after != 0) & (after != 0xFF) & ((after < 0xD0) | (after > 0xD7))]
+            i = np.searchsorted(markers, pos)
+            if i == len(markers):
+                return True  # the image data runs to the end of the file
+            pos = int(markers[i])
+    return True

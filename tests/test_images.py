@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from emovision.faces import analyze_still, iou_matrix, make_detector
-from emovision.images import read_image
+from emovision.images import decode_image, read_image
 from emovision.inference import load_classifier
 from emovision.predict import main as predict_main
 from emovision.serving import predict_table
@@ -164,6 +164,28 @@ def test_an_unusable_image_is_one_line_before_the_model_loads(tmp_path, capsys, 
     captured = capsys.readouterr()
     assert captured.out == "" and not out.exists()
     one_error_line(captured.err, f"error: cannot read image {path}: {message}")
+
+
+def test_a_phone_photo_with_data_after_its_image_is_read(tmp_path):
+    """Motion photos (Samsung, Pixel) carry their video after the JPEG's end-of-image marker;
+    a JPEG was called truncated when FFDA followed the file's last FFD9, which a video's bytes
+    do about half the time: such photos were refused, and skipped in folders. The JPEG is now
+    walked to its own end; a cut-off JPEG is still refused, by its bytes whatever its name,
+    also as the serving API's base64."""
+    whole = cv2.imencode(".jpg", grace_hopper())[1].tobytes()
+    video = np.random.default_rng(0).bytes(1 << 18)  # compressed video: bytes at random
+    assert video.rfind(b"\xff\xda") > video.rfind(b"\xff\xd9")  # where the old rule looked
+    motion = tmp_path / "motion.jpg"
+    motion.write_bytes(whole + b"MotionPhoto_Data" + video)
+    image = read_image(motion)
+    assert not isinstance(image, str), image
+    np.testing.assert_array_equal(image, decode_image(whole))
+    cut = whole[: len(whole) // 2]
+    truncated = "truncated JPEG (no end-of-image marker after the image data)"
+    for name in ("cut.jfif", "cut"):
+        (tmp_path / name).write_bytes(cut)
+        assert read_image(tmp_path / name) == truncated
+    assert decode_image(cut) == truncated
 
 
 def test_a_folder_named_like_an_image_is_one_line(tmp_path, capsys):

@@ -36,6 +36,13 @@ JPEG_START_OF_SCAN, JPEG_END = 0xDA, 0xD9
 # ISO base media files (HEIC, AVIF, MP4) name their brand at bytes 8..12, after "ftyp".
 HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
 EXR_MAGIC = b"\x76\x2f\x31\x01"
+# How the still images of IMAGE_EXTENSIONS begin, so that one is read as a photo whatever its name:
+# browsers save JPEGs as .jfif, older tools as .jpe, and a photo named .mp4 or with no extension
+# went to the video reader, where a face must be confirmed over frames that never come (none was
+# found). GIF is left out, as from IMAGE_EXTENSIONS. (prefix, offset) pairs.
+IMAGE_SIGNATURES = ((JPEG_START, 0), (b"\x89PNG\r\n\x1a\n", 0), (b"BM", 0), (b"II*\x00", 0), (b"MM\x00*", 0),
+                    (b"WEBP", 8), (b"\x00\x00\x00\x0cjP  ", 0), (b"\xffO\xffQ", 0), (EXR_MAGIC, 0),
+                    *((b"ftyp" + brand, 4) for brand in (*HEIF_BRANDS, b"avif", b"avis")))
 
 
 @contextlib.contextmanager
@@ -48,6 +55,21 @@ def quiet_opencv():
         yield
     finally:
         cv2.utils.logging.setLogLevel(level)
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether `path` is a still image for the app: a file named as one (IMAGE_EXTENSIONS) or
+    whose first bytes are one (IMAGE_SIGNATURES), whatever its name."""
+    path = Path(path)
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return True
+    try:
+        with path.open("rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    return any(head[at:at + len(sig)] == sig for sig, at in IMAGE_SIGNATURES) or (
+        len(head) > 2 and head[:1] == b"P" and head[1:2] in b"123456" and head[2:3].isspace())  # PBM/PGM/PPM
 
 
 def decode_image(data: np.ndarray | bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | str:

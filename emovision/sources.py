@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from emovision.errors import SourceError
-from emovision.images import IMAGE_EXTENSIONS, quiet_opencv, read_image
+from emovision.images import quiet_opencv, is_image_file, read_image
 
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 LIVE_READ_TIMEOUT_S = 5.0
@@ -164,13 +164,16 @@ def open_source(spec: str | int) -> FrameSource:
         return _open_live(spec)
     path = Path(spec)
     if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        # hidden files are never photos: macOS leaves a ._NAME.jpg of metadata beside each photo
+        # copied to a USB stick or a network share, which was counted as a broken image
+        images = sorted(p for p in path.iterdir()
+                        if not p.name.startswith(".") and p.is_file() and is_image_file(p))
         if not images:
-            raise SourceError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}")
+            raise SourceError(f"no images in folder {path} (JPEG, PNG, BMP, WebP, TIFF, PNM, JPEG 2000, AVIF)")
         return ImageSource(images)
     if not path.is_file():
         raise SourceError(f"source not found: {spec} (a camera index, video, image, folder or stream URL)")
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
+    if is_image_file(path):
         image = read_image(path)  # the whole source: refused before anything starts, and kept
         if isinstance(image, str):
             raise SourceError(f"cannot read image {path}: {image}")

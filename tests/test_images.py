@@ -188,6 +188,30 @@ def test_a_phone_photo_with_data_after_its_image_is_read(tmp_path):
     assert decode_image(cut) == truncated
 
 
+def test_a_photo_is_a_still_whatever_its_name_and_hidden_files_are_not_photos(tmp_path, capsys):
+    """The app chose stills by extension: a JPEG saved by a browser as .jfif, or as .jpe, was
+    passed over in a folder without a word, and given as the source went to the video reader,
+    where a face must be confirmed over frames that never come (none found). macOS's ._NAME.jpg
+    metadata beside each photo copied to a USB stick was a 'broken image' (warning, exit 1).
+    Photos are now recognised by their first bytes; hidden files are ignored, as prepare does."""
+    jpeg = cv2.imencode(".jpg", grace_hopper())[1].tobytes()
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    for name in ("a.jfif", "b.jpe", "c"):
+        (folder / name).write_bytes(jpeg)
+    (folder / "._a.jfif").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")  # AppleDouble
+    (folder / "notes.txt").write_text("not a photo")
+    log = tmp_path / "faces.jsonl"
+    assert webcam_main(["--model", "pretrained", "--no-display", "--source", str(folder), "--log", str(log)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert [len(json.loads(line)["faces"]) for line in log.read_text().splitlines()] == [1, 1, 1]
+    named_as_video = tmp_path / "photo.mp4"
+    named_as_video.write_bytes(jpeg)
+    assert webcam_main(["--model", "pretrained", "--no-display", "--source", str(named_as_video),
+                        "--log", str(log)]) == 0
+    assert [len(json.loads(line)["faces"]) for line in log.read_text().splitlines()] == [1]
+
+
 def test_a_folder_named_like_an_image_is_one_line(tmp_path, capsys):
     folder = tmp_path / "photo.jpg"
     folder.mkdir()

@@ -1,6 +1,7 @@
 """Which torch device to run on: one helper for training, evaluation and every app."""
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -21,3 +22,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but no CUDA GPU is available; use --device cpu")
     return torch.device(device)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, as a container or taskset limits it;
+    macOS has no sched_getaffinity)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -42,6 +42,7 @@ RESCUE_THRESHOLDS = (0.1, 0.1, 0.8)
 RESCUE_MIN_FACE = 64
 RESCUE_MAX_FACE = 0.75
 MIN_FACE = 40  # smallest face side in full-frame pixels, as for the Haar detector
+PNET_WINDOW = 12  # P-Net's window: a face smaller than this is found only in an enlarged frame
 # Candidates around a known face (centre shift in box sides, scale): R-Net and O-Net's box
 # regression pulls each onto the face, so a face that moved up to about a quarter of its side
 # between detection rounds is re-found without a scan.
@@ -183,6 +184,7 @@ class MTCNNFaceDetector:
     call's five points per face (eyes, nose, mouth corners), (K, 5, 2)."""
 
     name = "mtcnn"
+    window = PNET_WINDOW  # the smallest face it sees without enlarging the frame
 
     def __init__(self, min_face: int = MIN_FACE, thresholds: Sequence[float] = THRESHOLDS,
                  framing: Framing | None = None, rescue_thresholds: Sequence[float] | None = RESCUE_THRESHOLDS):
@@ -235,10 +237,10 @@ class MTCNNFaceDetector:
     def _pnet(self, gray: np.ndarray, threshold: float) -> np.ndarray:
         """P-Net over the image pyramid: (N, 5) square candidate boxes [x1, y1, x2, y2, score]."""
         h, w = gray.shape[:2]
-        scale = 12.0 / self.min_face
+        scale = PNET_WINDOW / self.min_face
         candidates = []
         img = gray
-        while min(h, w) * scale >= 12:
+        while min(h, w) * scale >= PNET_WINDOW:
             # each level from the previous one: INTER_AREA from the full frame at every level
             # cost half of a full scan
             img = cv2.resize(img, (int(w * scale + 1), int(h * scale + 1)), interpolation=cv2.INTER_AREA)
@@ -248,7 +250,7 @@ class MTCNNFaceDetector:
             ys, xs = np.nonzero(score >= threshold)
             if len(ys):
                 q1 = (np.stack([xs, ys], 1) * 2 - PNET_PAD) / scale  # 12x12 windows at stride 2
-                b = np.hstack([q1, q1 + 12 / scale, score[ys, xs, None], reg[0][:, ys, xs].numpy().T])
+                b = np.hstack([q1, q1 + PNET_WINDOW / scale, score[ys, xs, None], reg[0][:, ys, xs].numpy().T])
                 candidates.append(b[_nms(b[:, :4], b[:, 4], 0.5)])
             scale *= PYRAMID_FACTOR
         if not candidates:

@@ -33,10 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average each face with its mirror image (default: on, as the model card measures)")
     args = p.parse_args(argv)
-    if args.min_face < 1:
-        raise ConfigError(f"--min-face must be >= 1 pixel, got {args.min_face}")
     if args.max_faces < 0:
         raise ConfigError(f"--max-faces must be >= 0 (0: all faces), got {args.max_faces}")
+    detector = make_detector(args.detector, args.cascade, args.min_face)
     grays = {}
     for path in args.images:  # read all first: a bad file fails before any output
         frame = read_image(path)  # then BGR -> gray, exactly as the webcam app
@@ -45,7 +44,6 @@ def main(argv: list[str] | None = None) -> int:
         grays[path] = to_gray(frame)
     from emovision.inference import load_classifier
 
-    detector = make_detector(args.detector, args.cascade, args.min_face)
     classifier = load_classifier(args.model, args.device, backend=args.backend)
     for path, gray in grays.items():
         faces = analyze_still(classifier, gray, detector, args.max_faces, args.tta)

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from emovision.device import usable_cpus
 from emovision.faces import iou_matrix
 from emovision.predict import main as predict_main
 from emovision.webcam import AtomicVideoWriter, atomic_text, make_benchmark_video
@@ -254,6 +255,11 @@ def test_ctrl_c_keeps_the_frames_recorded_so_far(checkpoint, tmp_path):
     (["--source", "7"], "cannot open camera 7: no such device"),
     (["--source", "missing.mp4"], "source not found: missing.mp4"),
     (["--smooth", "1.5"], "--smooth must be in [0, 1)"),
+    # below the detector's window every frame was enlarged: --min-face 1 took 48 s and 5.9 GB a frame
+    (["--min-face", "5"], "--min-face must be >= 12 px with --detector mtcnn (its smallest window"),
+    (["--detector", "haar", "--min-face", "19"], "--min-face must be >= 20 px with --detector haar"),
+    # 100,000 threads ran out of memory in torch, reported as damaged weights
+    (["--threads", "100000"], f"--threads must be 1..{usable_cpus()} (the CPUs this process may use), got 100000"),
     (["--detector", "haar", "--cascade", "nope.xml"], "cascade file not found: nope.xml"),
     (["--cascade", "x.xml"], "--cascade is for the haar detector, not mtcnn"),
     (["--model", "nope.pt"], "model 'nope.pt' not found"),
@@ -367,7 +373,9 @@ def test_predict_cli(checkpoint, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--min-face", "0"], "--min-face must be >= 1 pixel, got 0"),
+    (["--min-face", "0"], "--min-face must be >= 12 px with --detector mtcnn (its smallest window; a smaller "
+                          "face would need each image enlarged), got 0"),
+    (["--min-face", "8"], "--min-face must be >= 12 px with --detector mtcnn"),
     (["--max-faces", "-1"], "--max-faces must be >= 0 (0: all faces), got -1"),
 ])
 def test_predict_bad_flags(checkpoint, tmp_path, args, message, capsys):

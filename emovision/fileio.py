@@ -219,6 +219,12 @@ def folder_lock(folder: str | Path, busy: str) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def user_path(text: str) -> Path:
+    """A path as a user typed it, `~` expanded: the shell leaves `--output=~/out.mp4` and a quoted
+    "~/out.mp4" as they are, and they made a folder named `~` in the working directory."""
+    return Path(os.path.expanduser(text))
+
+
 def unwritable(path: str | Path) -> str | None:
     """Why no file can be written at `path`, or None: it is a folder, it lies below a file, or
     the nearest folder of it that exists is not writable (missing folders can be made)."""

@@ -7,19 +7,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from pathlib import Path
 
 from emovision.errors import ConfigError, SourceError, cli_main
 from emovision.faces import DEFAULT_DETECTOR, DETECTORS, MIN_FACE, analyze_still, make_detector, to_gray
+from emovision.fileio import user_path
 from emovision.images import read_image
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m emovision.predict", description=__doc__.splitlines()[0])
-    p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--model", default="models:/fer/Production",
+    p.add_argument("images", nargs="+", type=user_path)
+    p.add_argument("--model", default="models:/fer/Production", type=os.path.expanduser,
                    help="registry URI, runs:/ID/model, checkpoint or 'pretrained' (default: %(default)s)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--detector", default=DEFAULT_DETECTOR, choices=DETECTORS,
                    help="face detector: haar (OpenCV cascades) or mtcnn (three small CNNs, shipped weights); "
                         "default: %(default)s")
-    p.add_argument("--cascade", type=Path, help="Haar cascade XML (default: OpenCV's frontal face; haar only)")
+    p.add_argument("--cascade", type=user_path, help="Haar cascade XML (default: OpenCV's frontal face; haar only)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average each face with its mirror image (default: on, as the model card measures)")
     args = p.parse_args(argv)

@@ -46,18 +46,19 @@ EXIT_INCOMPLETE = 1  # the run finished, but the video ended early or images wer
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m emovision.webcam", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="models:/fer/Production",
+    p.add_argument("--model", default="models:/fer/Production", type=os.path.expanduser,
                    help="models:/NAME/STAGE, models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, "
                         "a checkpoint, or 'pretrained' (default: %(default)s)")
-    p.add_argument("--source", default="0", help="camera index, video/image file, folder or stream URL (default: 0)")
+    p.add_argument("--source", default="0", type=os.path.expanduser,
+                   help="camera index, video/image file, folder or stream URL (default: 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
                    help="PyTorch, or ONNX Runtime (pip install onnx onnxruntime onnxscript; default: %(default)s)")
     p.add_argument("--no-display", action="store_true", help="run without a window")
     p.add_argument("--fast", action="store_true",
                    help="in the window, play files as fast as they are processed, not at their own frame rate")
-    p.add_argument("--output", type=Path, help="write the annotated video here (.mp4)")
-    p.add_argument("--log", type=Path, help="write one JSON record per frame here (.jsonl)")
+    p.add_argument("--output", type=fileio.user_path, help="write the annotated video here (.mp4)")
+    p.add_argument("--log", type=fileio.user_path, help="write one JSON record per frame here (.jsonl)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: no limit)")
     p.add_argument("--detect-every", type=int, default=DETECT_EVERY,
                    help="run the face detector every N frames; faces are classified every frame (default: %(default)s)")
@@ -68,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", default=DEFAULT_DETECTOR, choices=DETECTORS,
                    help="face detector: haar (OpenCV cascades) or mtcnn (three small CNNs, shipped weights); "
                         "default: %(default)s")
-    p.add_argument("--cascade", type=Path, help="Haar cascade XML (default: OpenCV's frontal face; haar only)")
+    p.add_argument("--cascade", type=fileio.user_path,
+                   help="Haar cascade XML (default: OpenCV's frontal face; haar only)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average each face with its mirror image (default: on, as the model card measures; "
                         "--no-tta halves the classify time)")

@@ -270,6 +270,23 @@ def test_bad_input_is_one_line(checkpoint, still, args, message, capsys):
     one_error_line(capsys.readouterr().err, message)
 
 
+def test_a_tilde_in_a_path_is_the_home_folder(checkpoint, tmp_path, monkeypatch, capsys):
+    """The shell leaves `--output=~/out.mp4` (and a quoted "~/...") as it is: the app wrote
+    into a new folder named `~` in the working directory. Paths are now expanded as a shell would."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    cv2.imwrite(str(home / "hopper.png"), grace_hopper())
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    assert webcam_main(["--model", checkpoint, "--no-display", "--source=~/hopper.png", "--output=~/out.mp4",
+                        "--log=~/faces.jsonl"]) == 0
+    assert predict_main(["--model", checkpoint, "~/hopper.png"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["image"] == str(home / "hopper.png")
+    assert sorted(p.name for p in home.iterdir()) == ["faces.jsonl", "hopper.png", "out.mp4"]
+    assert not list(work.iterdir())
+
+
 @pytest.mark.parametrize("flag", ["--log", "--output"])
 def test_output_that_is_a_folder_fails_before_the_model_loads(still, tmp_path, flag, capsys):
     """With a model that would fail to load, the folder's line proves it was checked first."""

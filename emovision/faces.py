@@ -41,6 +41,13 @@ VERIFY_PAD = 0.25  # region searched by the verifier, as a fraction of the box s
 VERIFY_SIDE = 48  # the box's side in pixels when verified: above the verifier's 20-px window
 VERIFY_MIN_SIZE = 0.6  # the verifier's face must be at least this fraction of the box side
 MIN_FACE = 40  # smallest face side in full-frame pixels: the cascade's window at DETECT_SCALE
+# A frame larger than this (its longer side) is searched, unless a min_face is given, as if it
+# were scaled down to it: faces from MIN_FACE px at that size, so from 80 px in a 4K frame, 84 px
+# in a 12 MP phone photo. A full scan costs in proportion to the frame's area: with MTCNN a 4K
+# frame took 196 ms (640x480: 16 ms, 1920x1080: 45 ms), a 12 MP photo 0.9 s and an 8000x8000
+# one 3.6-5.5 s and 0.4 GB more; crops are still cut from the whole frame. Up to 1920 px nothing
+# changes.
+LARGE_FRAME_SIDE = 1920
 MIN_NEIGHBORS = 3
 SCALE_FACTOR = 1.1  # pyramid step; 1.15 lost 4 of 80 squashed-face frames
 # No histogram equalisation: the cascade normalises each window's contrast itself, and a
@@ -95,6 +102,12 @@ PANEL_SIZE = (86 + BAR_WIDTH, 28 + 16 * 7)  # probability panel (width, height) 
 PANEL_SCALES = (1.0, 0.75)
 
 
+def smallest_face(shape: tuple[int, ...], min_face: int | None = None) -> float:
+    """The smallest face side (px) a full scan of a frame of `shape` looks for: `min_face` when
+    given; else MIN_FACE, or as much more as the frame's longer side exceeds LARGE_FRAME_SIDE."""
+    return min_face if min_face is not None else MIN_FACE * max(1.0, max(shape[:2]) / LARGE_FRAME_SIDE)
+
+
 def load_cascade(path: str | Path) -> cv2.CascadeClassifier:
     """An OpenCV cascade; a missing or invalid file is a SourceError naming it."""
     path = Path(path)
@@ -121,7 +134,7 @@ class HaarFaceDetector:
     name = "haar"
 
     def __init__(self, cascade_path: str | Path | None = None, scale: float = DETECT_SCALE,
-                 min_face: int = MIN_FACE, min_neighbors: int = MIN_NEIGHBORS, verify: bool | None = None,
+                 min_face: int | None = None, min_neighbors: int = MIN_NEIGHBORS, verify: bool | None = None,
                  framing: Framing = HAAR_FRAMING):
         self.cascade = load_cascade(cascade_path or Path(cv2.data.haarcascades) / DEFAULT_CASCADE)
         verify = cascade_path is None if verify is None else verify
@@ -129,8 +142,8 @@ class HaarFaceDetector:
         # The cascade cannot see a face smaller than its window: detect at a larger scale
         # (slower) when `min_face` asks for faces that the downscaled frame would lose.
         self.window = max(self.cascade.getOriginalWindowSize())
-        self.scale = max(scale, self.window / min_face)
-        self.min_face, self.min_neighbors = min_face, min_neighbors
+        self.scale = max(scale, self.window / (min_face or MIN_FACE))
+        self.min_face, self.min_neighbors = min_face, min_neighbors  # min_face None: `smallest_face`'s default
         self.framing = framing
 
     def detect(self, gray: np.ndarray, around: Sequence[Sequence[float]] | None = None) -> np.ndarray:
@@ -141,8 +154,10 @@ class HaarFaceDetector:
         fraction of a full scan's cost, steadier on small faces, but blind to new faces.
         """
         h, w = gray.shape[:2]
-        if around is None:
-            found = [self._scan(gray, (0, 0, w, h), self.scale, self.min_face, max(w, h))]
+        min_face = smallest_face(gray.shape, self.min_face)
+        if around is None:  # a large frame at a scale as much lower as its smallest face is larger
+            scale = self.scale * (self.min_face or MIN_FACE) / min_face
+            found = [self._scan(gray, (0, 0, w, h), scale, min_face, max(w, h))]
         else:
             found = []
             for x, y, bw, bh in np.asarray(around, float).reshape(-1, 4):
@@ -151,7 +166,7 @@ class HaarFaceDetector:
                 region = (int(max(0, x - pad)), int(max(0, y - pad)), int(min(w, x + bw + pad)), int(min(h, y + bh + pad)))
                 scale = float(np.clip(ROI_FACE_SIDE / side, ROI_MIN_SCALE, 1.0))
                 lo, hi = ROI_SIZE_RANGE
-                found.append(self._scan(gray, region, scale, max(self.min_face, side * lo), side * hi))
+                found.append(self._scan(gray, region, scale, max(min_face, side * lo), side * hi))
         boxes = np.concatenate([b for b, _ in found])
         scores = np.concatenate([n for _, n in found])
         if len(boxes) > 1:
@@ -193,24 +208,26 @@ DETECTORS = ("haar", "mtcnn")
 DEFAULT_DETECTOR = "mtcnn"
 
 
-def make_detector(name: str = DEFAULT_DETECTOR, cascade: str | Path | None = None, min_face: int = MIN_FACE):
-    """The face detector called `name` ("haar": OpenCV cascades; "mtcnn": `emovision.mtcnn`).
+def make_detector(name: str = DEFAULT_DETECTOR, cascade: str | Path | None = None, min_face: int | None = None):
+    """The face detector called `name` ("haar": OpenCV cascades; "mtcnn": `emovision.mtcnn`),
+    finding faces from `min_face` px (None: MIN_FACE, more in frames over LARGE_FRAME_SIDE).
 
     `min_face` below the detector's window (MTCNN 12 px, the Haar cascade's own, 20 px for the
     default) is a ConfigError: such faces are found only in a frame enlarged (window / min_face)**2
     times, and `--min-face 1` took 48 s and 5.9 GB on a 512x600 photo (MTCNN; Haar 23 s, 6.9 GB),
     where 40 takes 0.04 s; a face of a few pixels has no expression to read anyway."""
+    given = None if min_face is None else max(min_face, 1)
     if name == "haar":
-        detector = HaarFaceDetector(cascade, min_face=max(min_face, 1))
+        detector = HaarFaceDetector(cascade, min_face=given)
     elif cascade is not None:
         raise SourceError(f"--cascade is for the haar detector, not {name}")
     elif name == "mtcnn":
         from emovision.mtcnn import MTCNNFaceDetector
 
-        detector = MTCNNFaceDetector(min_face=max(min_face, 1))
+        detector = MTCNNFaceDetector(min_face=given)
     else:
         raise SourceError(f"unknown face detector {name!r}; choose from {', '.join(DETECTORS)}")
-    if min_face < detector.window:
+    if min_face is not None and min_face < detector.window:
         raise ConfigError(f"--min-face must be >= {detector.window} px with --detector {name} (its smallest "
                           f"window; a smaller face would need each image enlarged), got {min_face}")
     return detector

@@ -22,6 +22,7 @@ from torch import nn
 from torchvision.ops import nms
 
 from emovision.errors import SourceError
+from emovision.faces import smallest_face
 from emovision.framing import OUTSIDE_BORDER, Framing
 
 WEIGHTS_DIR = Path(__file__).parent / "weights" / "mtcnn"
@@ -41,7 +42,6 @@ THRESHOLDS = (0.6, 0.7, 0.7)  # face probability kept after P-Net, R-Net, O-Net 
 RESCUE_THRESHOLDS = (0.1, 0.1, 0.8)
 RESCUE_MIN_FACE = 64
 RESCUE_MAX_FACE = 0.75
-MIN_FACE = 40  # smallest face side in full-frame pixels, as for the Haar detector
 PNET_WINDOW = 12  # P-Net's window: a face smaller than this is found only in an enlarged frame
 # Candidates around a known face (centre shift in box sides, scale): R-Net and O-Net's box
 # regression pulls each onto the face, so a face that moved up to about a quarter of its side
@@ -186,7 +186,7 @@ class MTCNNFaceDetector:
     name = "mtcnn"
     window = PNET_WINDOW  # the smallest face it sees without enlarging the frame
 
-    def __init__(self, min_face: int = MIN_FACE, thresholds: Sequence[float] = THRESHOLDS,
+    def __init__(self, min_face: int | None = None, thresholds: Sequence[float] = THRESHOLDS,
                  framing: Framing | None = None, rescue_thresholds: Sequence[float] | None = RESCUE_THRESHOLDS):
         self.pnet, self.rnet, self.onet = _load(PNet(), "pnet"), _load(RNet(), "rnet"), _load(ONet(), "onet")
         self.min_face, self.thresholds = min_face, tuple(thresholds)
@@ -237,7 +237,7 @@ class MTCNNFaceDetector:
     def _pnet(self, gray: np.ndarray, threshold: float) -> np.ndarray:
         """P-Net over the image pyramid: (N, 5) square candidate boxes [x1, y1, x2, y2, score]."""
         h, w = gray.shape[:2]
-        scale = PNET_WINDOW / self.min_face
+        scale = PNET_WINDOW / smallest_face(gray.shape, self.min_face)
         candidates = []
         img = gray
         while min(h, w) * scale >= PNET_WINDOW:

@@ -11,7 +11,8 @@ import os
 import sys
 
 from emovision.errors import ConfigError, SourceError, cli_main
-from emovision.faces import DEFAULT_DETECTOR, DETECTORS, MIN_FACE, analyze_still, make_detector, to_gray
+from emovision.faces import (DEFAULT_DETECTOR, DETECTORS, LARGE_FRAME_SIDE, MIN_FACE, analyze_still, make_detector,
+                             to_gray)
 from emovision.fileio import user_path
 from emovision.images import read_image
 
@@ -25,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
                    help="PyTorch, or ONNX Runtime (pip install onnx onnxruntime onnxscript; default: %(default)s)")
-    p.add_argument("--min-face", type=int, default=MIN_FACE, help="smallest face side in pixels")
+    p.add_argument("--min-face", type=int, help=f"smallest face side in pixels (default: {MIN_FACE}; in a frame "
+                   f"over {LARGE_FRAME_SIDE} px, as much more as the frame is larger: 80 in 4K)")
     p.add_argument("--max-faces", type=int, default=0, help="keep the N largest faces per image (0: all)")
     p.add_argument("--detector", default=DEFAULT_DETECTOR, choices=DETECTORS,
                    help="face detector: haar (OpenCV cascades) or mtcnn (three small CNNs, shipped weights); "

@@ -27,8 +27,8 @@ import numpy as np
 from emovision import fileio
 from emovision.device import usable_cpus
 from emovision.errors import EXIT_INTERRUPTED, ConfigError, SourceError, cli_main
-from emovision.faces import (DEFAULT_DETECTOR, DETECT_EVERY, DETECTORS, MIN_FACE, SMOOTH, EmotionPipeline,
-                             make_detector)
+from emovision.faces import (DEFAULT_DETECTOR, DETECT_EVERY, DETECTORS, LARGE_FRAME_SIDE, MIN_FACE, SMOOTH,
+                             EmotionPipeline, make_detector)
 from emovision.sources import FrameSource, open_source
 
 WINDOW = "emovision"
@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: no limit)")
     p.add_argument("--detect-every", type=int, default=DETECT_EVERY,
                    help="run the face detector every N frames; faces are classified every frame (default: %(default)s)")
-    p.add_argument("--min-face", type=int, default=MIN_FACE, help="smallest face side in pixels (default: %(default)s)")
+    p.add_argument("--min-face", type=int, help=f"smallest face side in pixels (default: {MIN_FACE}; in a frame "
+                   f"over {LARGE_FRAME_SIDE} px, as much more as the frame is larger: 80 in 4K)")
     p.add_argument("--max-faces", type=int, default=0, help="keep the N largest faces (0: all)")
     p.add_argument("--smooth", type=float, default=SMOOTH,
                    help="weight of the past in the per-face probability average, 0..1 (0: off; default: %(default)s)")

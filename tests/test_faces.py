@@ -433,6 +433,28 @@ def test_medium_faces_are_found_at_the_defaults(detector_name, width):
     assert abs(max(box[2:]) - width) < 0.3 * width
 
 
+@pytest.mark.parametrize("detector_name", ["mtcnn", "haar"])
+def test_a_4k_frame_is_searched_as_if_it_were_1920_px(detector_name):
+    """A full scan costs in proportion to the frame's area: 4K video ran at 19 fps where 640x480
+    ran at 80, a 12 MP photo took 0.9 s to scan, an 8000x8000 one 3.6-5.5 s and 1.7 GB. A frame
+    over LARGE_FRAME_SIDE is now searched for faces from 80 px by default (4K: 42 fps, 12 MP:
+    0.12 s, 8000x8000: 1.1 GB), a 56 px face there only with --min-face 40, as asked."""
+    from emovision.faces import make_detector, smallest_face
+
+    frame = np.full((2160, 3840, 3), 120, np.uint8)
+    faces = []
+    for photo, face, side, x, y in ((grace_hopper(), HOPPER_FACE, 400, 300, 300),
+                                    (astronaut(), ASTRONAUT_FACE, 56, 3000, 1500)):
+        f = side / face[2]
+        img = cv2.resize(photo, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        frame[y:y + img.shape[0], x:x + img.shape[1]] = img
+        faces.append((x + face[0] * f, y + face[1] * f, side, face[3] * f))
+    assert smallest_face(frame.shape) == 80 and smallest_face((1080, 1920)) == 40
+    found = {min_face: make_detector(detector_name, min_face=min_face).detect(gray(frame)) for min_face in (None, 40)}
+    assert (iou_matrix(found[None], np.array(faces)) > 0.5).sum(0).tolist() == [1, 0]
+    assert (iou_matrix(found[40], np.array(faces)) > 0.5).sum(0).tolist() == [1, 1]
+
+
 def astronaut_frame(width: int, background: int = 128) -> np.ndarray:
     """scikit-image's astronaut scaled so that her face is `width` px wide, in a grey 640x480 frame."""
     scale = width / ASTRONAUT_FACE[2]

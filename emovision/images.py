@@ -43,6 +43,10 @@ EXR_MAGIC = b"\x76\x2f\x31\x01"
 IMAGE_SIGNATURES = ((JPEG_START, 0), (b"\x89PNG\r\n\x1a\n", 0), (b"BM", 0), (b"II*\x00", 0), (b"MM\x00*", 0),
                     (b"WEBP", 8), (b"\x00\x00\x00\x0cjP  ", 0), (b"\xffO\xffQ", 0), (EXR_MAGIC, 0),
                     *((b"ftyp" + brand, 4) for brand in (*HEIF_BRANDS, b"avif", b"avis")))
+# How videos begin (MP4/MOV/3GP after their image brands above, Matroska/WebM, AVI, FLV): a video
+# named .jpg is played, and one given to predict is named as a video, not "unreadable".
+VIDEO_SIGNATURES = ((b"ftyp", 4), (b"moov", 4), (b"mdat", 4), (b"wide", 4), (b"\x1aE\xdf\xa3", 0), (b"AVI ", 8),
+                    (b"FLV\x01", 0))
 
 
 @contextlib.contextmanager
@@ -58,18 +62,24 @@ def quiet_opencv():
 
 
 def is_image_file(path: Path) -> bool:
-    """Whether `path` is a still image for the app: a file named as one (IMAGE_EXTENSIONS) or
-    whose first bytes are one (IMAGE_SIGNATURES), whatever its name."""
+    """Whether `path` is a still image for the app: by its first bytes when they say an image
+    (IMAGE_SIGNATURES) or a video (VIDEO_SIGNATURES), whatever its name; else by its name
+    (IMAGE_EXTENSIONS), so that a broken photo is refused as an image."""
     path = Path(path)
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return True
     try:
         with path.open("rb") as f:
-            head = f.read(16)
+            kind = content_kind(f.read(16))
     except OSError:
-        return False
-    return any(head[at:at + len(sig)] == sig for sig, at in IMAGE_SIGNATURES) or (
-        len(head) > 2 and head[:1] == b"P" and head[1:2] in b"123456" and head[2:3].isspace())  # PBM/PGM/PPM
+        kind = None
+    return kind == "image" if kind else path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def content_kind(head: bytes) -> str | None:
+    """"image" or "video" by a file's first bytes (IMAGE_SIGNATURES, VIDEO_SIGNATURES), or None."""
+    if any(head[at:at + len(sig)] == sig for sig, at in IMAGE_SIGNATURES) or (
+            len(head) > 2 and head[:1] == b"P" and head[1:2] in b"123456" and head[2:3].isspace()):  # PBM/PGM/PPM
+        return "image"
+    return "video" if any(head[at:at + len(sig)] == sig for sig, at in VIDEO_SIGNATURES) else None
 
 
 def decode_image(data: np.ndarray | bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | str:
@@ -94,7 +104,11 @@ def decode_image(data: np.ndarray | bytes, flags: int = cv2.IMREAD_COLOR) -> np.
         if "CV_IO_MAX_IMAGE" in str(err):  # checked on the header's size, before any allocation
             return "image too large for OpenCV to decode (CV_IO_MAX_IMAGE_PIXELS: 2**30 pixels by default)"
         return f"unreadable image file ({err.err})"
-    return "unreadable image file" if image is None else pixel_levels(image)
+    if image is None:
+        if content_kind(data[:16].tobytes()) == "video":
+            return "a video, not an image (python -m emovision.webcam --source VIDEO reads videos)"
+        return "unreadable image file"
+    return pixel_levels(image)
 
 
 def read_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | str:

@@ -210,6 +210,20 @@ def test_a_photo_is_a_still_whatever_its_name_and_hidden_files_are_not_photos(tm
     assert webcam_main(["--model", "pretrained", "--no-display", "--source", str(named_as_video),
                         "--log", str(log)]) == 0
     assert [len(json.loads(line)["faces"]) for line in log.read_text().splitlines()] == [1]
+    # and the other way round: a video named .jpg was refused as an unreadable image; it plays, and
+    # predict, which reads images, names a video as one rather than 'unreadable'
+    video = tmp_path / "clip.jpg"
+    writer = cv2.VideoWriter(str(tmp_path / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
+    for i in range(3):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    (tmp_path / "clip.mp4").rename(video)
+    assert webcam_main(["--model", "pretrained", "--no-display", "--source", str(video), "--log", str(log)]) == 0
+    assert len(log.read_text().splitlines()) == 3
+    capsys.readouterr()
+    assert predict_main(["--model", "pretrained", str(video)]) == 2
+    one_error_line(capsys.readouterr().err, f"error: cannot read image {video}: a video, not an image "
+                                            f"(python -m emovision.webcam --source VIDEO reads videos)")
 
 
 def test_a_folder_named_like_an_image_is_one_line(tmp_path, capsys):

@@ -41,6 +41,13 @@ FPS_SMOOTH = 0.9  # the on-screen fps is an EMA, so the number is readable rathe
 # CPU and is ~7x slower on a busy one (threads spin waiting for each other).
 INFERENCE_THREADS = 1
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv")  # what OpenCV writes with the mp4v codec
+# The window opens at the frame's size, shrunk to fit this (width, height) where it is larger: a
+# 1080x1920 phone video opened a 1920-px-tall window on a 768-px laptop screen, its lower half out of
+# sight. Any screen shows 1280x720; the window is resizable and keeps the frame's aspect.
+WINDOW_MAX = (1280, 720)
+# Without GUI_NORMAL, Qt's toolbar and status bar are part of the size resizeWindow sets, and a
+# 640x480 frame was drawn at 557x418.
+WINDOW_FLAGS = cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL
 EXIT_INCOMPLETE = 1  # the run finished, but the video ended early or images were skipped
 
 
@@ -171,6 +178,22 @@ def letterbox(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def window_size(width: int, height: int, fit: tuple[int, int] = WINDOW_MAX) -> tuple[int, int]:
+    """The window's size for a frame of `width` x `height`: the frame's, shrunk to fit `fit`."""
+    scale = min(1.0, fit[0] / width, fit[1] / height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def show(frame: np.ndarray, shown: tuple[int, ...] | None) -> tuple[int, ...]:
+    """Show `frame` in the app's window, sized for it (`window_size`) when the frame's size
+    differs from `shown`, the size of the frame shown before; returns the frame's size."""
+    if frame.shape[:2] != shown:
+        cv2.namedWindow(WINDOW, WINDOW_FLAGS)
+        cv2.resizeWindow(WINDOW, *window_size(frame.shape[1], frame.shape[0]))
+    cv2.imshow(WINDOW, frame)
+    return frame.shape[:2]
+
+
 @contextlib.contextmanager
 def atomic_text(path: Path | None) -> Iterator:
     """A text file written under a temporary name and renamed only if the block succeeds."""
@@ -261,6 +284,7 @@ def run(pipeline: EmotionPipeline, source: FrameSource, args: argparse.Namespace
     track_ids: set[int] = set()
     faces_seen = frames = 0
     paused = False
+    shown = None  # the size of the frame in the window
     stopped_early = False  # by --max-frames or a key: the end of the source was not reached
     writer: AtomicVideoWriter | None = None
     fps = None
@@ -299,7 +323,7 @@ def run(pipeline: EmotionPipeline, source: FrameSource, args: argparse.Namespace
                     log.write(json.dumps({"frame": index, "time": round(stamp, 4),
                                           "faces": [f.to_dict() for f in result.faces]}) + "\n")
                 if display:
-                    cv2.imshow(WINDOW, frame)
+                    shown = show(frame, shown)
                     wait = 1 if playback is None else playback.wait_ms(stamp)
                     key = cv2.waitKey(0 if paused else wait) & 0xFF
                     if key in KEY_QUIT:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -461,3 +462,36 @@ def test_playback_clock_keeps_a_files_own_frame_rate():
     clock.restart()  # after a pause
     now[0] += 60.0
     assert show(6, 0.0) == 1 and show(7, 0.0) == 32
+
+
+SHOW_FRAMES = """
+import cv2, numpy as np
+from emovision import webcam
+shown = None
+for h, w in [(480, 640), (1920, 1080), (2160, 3840), (480, 640)]:
+    shown = webcam.show(np.zeros((h, w, 3), np.uint8), shown)
+    cv2.waitKey(50)
+    print(*cv2.getWindowImageRect(webcam.WINDOW)[2:])
+"""
+
+
+def test_the_window_fits_a_laptop_screen_and_shows_small_frames_whole(tmp_path):
+    """A 1080x1920 phone video opened a 1920-px-tall window (OpenCV's autosize), its lower half
+    off a 768-px screen. The window now opens at the frame's size shrunk to fit 1280x720, keeping
+    its aspect; a 640x480 frame is drawn 1:1. A real Qt window on Xvfb where it is installed."""
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb is not installed (apt install xvfb)")
+    # -displayfd: Xvfb picks a free display and writes its number once it accepts clients
+    server = subprocess.Popen(["Xvfb", "-displayfd", "1", "-screen", "0", "1366x768x24"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        display = f":{server.stdout.readline().strip()}"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+        done = subprocess.run([sys.executable, "-c", SHOW_FRAMES], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        sizes = [tuple(map(int, line.split())) for line in done.stdout.split("\n") if line.strip()]
+        assert sizes == [(640, 480), (405, 720), (1280, 720), (640, 480)]
+    finally:
+        server.kill()
+        server.wait()

@@ -15,7 +15,9 @@ import json
 import os
 import random
 import re
+import sqlite3
 import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -89,6 +91,13 @@ def check_store(uri: str | None = None) -> None:
                         f"move it aside to start a new store, or set MLFLOW_TRACKING_URI")
 
 
+def project_store(uri: str | None = None) -> bool:
+    """Whether `uri` is the project's own store, `<project root>/mlflow.db`, whose artifacts
+    belong in `<project root>/mlruns` (however the URI was given: default or MLFLOW_TRACKING_URI)."""
+    uri = uri or tracking_uri()
+    return uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")) == project_root() / "mlflow.db"
+
+
 def setup(experiment: str = EXPERIMENT) -> str:
     """Point MLflow at the project store; create the experiment with artifacts in <root>/mlruns."""
     import mlflow
@@ -97,7 +106,68 @@ def setup(experiment: str = EXPERIMENT) -> str:
     check_store()
     mlflow.set_tracking_uri(tracking_uri())
     with _store_lock(tracking_uri()):
+        try:
+            follow_moved_project()
+        except sqlite3.Error as err:
+            raise DataError(f"MLflow store {tracking_uri().removeprefix('sqlite:///')} names its artifacts in "
+                            f"another folder (the project was moved) and cannot be updated ({err})") from None
         return _setup_experiment(mlflow, experiment)
+
+
+# Where MLflow keeps artifact locations, all absolute: a moved project's store names the old folder.
+_LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                     ("logged_models", "artifact_location"), ("model_versions", "storage_location"),
+                     ("model_versions", "source"))
+ARTIFACTS = "mlruns"  # <project root>/mlruns
+
+
+def _local_path(location: str) -> str:
+    """A local artifact location as a plain path (MLflow stores both paths and file:// URIs)."""
+    from urllib.parse import unquote, urlparse
+
+    return unquote(urlparse(location).path) if location.startswith("file:") else location
+
+
+def follow_moved_project() -> tuple[str, str] | None:
+    """A project folder moved or copied after runs exist: the project store (mlflow.db) still
+    names every artifact by its old absolute path, so models:/ references fail to load and new
+    runs write into the old folder. When the store's experiment lives in another folder's
+    mlruns/ and this project has its own mlruns/, every artifact location is pointed here, in
+    one SQLite transaction; returns (old, new) mlruns folders when it did so, else None.
+    Raises sqlite3.Error when the store cannot be written."""
+    uri = tracking_uri()
+    db = Path(uri.removeprefix("sqlite:///"))
+    new = project_root() / ARTIFACTS
+    if not project_store(uri) or not db.is_file() or not new.is_dir():
+        return None
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
+        try:
+            row = con.execute("SELECT artifact_location FROM experiments WHERE name = ?", (EXPERIMENT,)).fetchone()
+        except sqlite3.OperationalError:  # an empty file: MLflow has not made its tables yet
+            return None
+        if row is None or not row[0] or ("://" in row[0] and not row[0].startswith("file:")):
+            return None
+        parts = Path(_local_path(row[0])).parts
+        if ARTIFACTS not in parts:
+            return None
+        old = Path(*parts[:len(parts) - parts[::-1].index(ARTIFACTS)])
+        if old == new or (old.exists() and os.path.samefile(old, new)):
+            return None
+        tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        with con:  # one transaction: every location moves, or none
+            con.execute("BEGIN IMMEDIATE")
+            for table, column in _LOCATION_COLUMNS:
+                if table not in tables:
+                    continue
+                for before, after in {(str(old), str(new)), (old.as_uri(), new.as_uri()),
+                                      (f"file://{old}", f"file://{new}")}:
+                    con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                                f"WHERE substr({column}, 1, ?) = ? AND (length({column}) = ? "
+                                f"OR substr({column}, ?, 1) = '/')",
+                                (after, len(before) + 1, len(before), before, len(before), len(before) + 1))
+    print(f"the project moved: MLflow's artifact paths in {db.name} now point into {new} (they named {old})",
+          file=sys.stderr)
+    return str(old), str(new)
 
 
 @contextlib.contextmanager
@@ -135,9 +205,9 @@ def _setup_experiment(mlflow, experiment: str) -> str:
                 raise
             time.sleep(0.5 + random.random())
     if exp is None:
-        location = None
-        if tracking_uri().startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
-            location = (project_root() / "mlruns").as_uri()
+        # decided by the store's path: MLFLOW_TRACKING_URI cannot tell (mlflow.set_tracking_uri
+        # sets it), and MLflow's own default is <working directory>/mlruns
+        location = str(project_root() / ARTIFACTS) if project_store() else None
         try:
             exp_id = client.create_experiment(experiment, artifact_location=location,
                                               tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
@@ -375,6 +445,12 @@ def read_client():
             f"no MLflow store at {uri.removeprefix('sqlite:///')} (the project root is the nearest folder "
             f"with {PROJECT_MARKER} from {Path.cwd()} up); run this from the project, or set MLFLOW_TRACKING_URI")
     check_store(uri)
+    try:
+        follow_moved_project()
+    except sqlite3.Error as err:  # a read-only store, say: loading would fail on the old paths
+        raise ModelRefError(f"MLflow store {uri.removeprefix('sqlite:///')} names its artifacts in another "
+                            f"folder (the project was moved) and cannot be updated ({err}); run this where "
+                            f"the store can be written") from None
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

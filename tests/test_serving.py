@@ -175,6 +175,47 @@ def test_reading_a_model_creates_no_store(in_trained, tmp_path, monkeypatch):
     assert list((project / "sub" / "dir").iterdir()) == []
 
 
+def test_a_moved_project_loads_and_logs_in_its_own_folder(in_trained, tmp_path, monkeypatch, capsys):
+    """MLflow records artifact locations as absolute paths: in a project folder moved (or
+    copied) after runs existed, models:/ references read the old folder (or failed, `No such
+    artifact: ''`, once it was gone) and every new run wrote into it. The store now follows
+    the project, once, saying so."""
+    from emovision import tracking
+
+    project = tmp_path / "moved project"
+    (project / "sub").mkdir(parents=True)
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    shutil.copy(in_trained / "mlflow.db", project / "mlflow.db")
+    shutil.copytree(in_trained / "mlruns", project / "mlruns")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(project / "sub")
+    assert load_classifier("models:/fer/Production", "cpu").classes[3] == "happy"
+    assert "the project moved: MLflow's artifact paths in mlflow.db now point into " \
+           f"{project / 'mlruns'}" in capsys.readouterr().err
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    assert client.get_model_version_download_uri("fer", "1").startswith(f"{project / 'mlruns'}/")
+    experiment = tracking.setup()  # what every stage that logs does first
+    with mlflow.start_run(experiment_id=experiment) as run:
+        mlflow.log_text("x", "note.txt")
+    assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(project / "mlruns")
+    assert capsys.readouterr().err == ""  # moved once
+
+
+def test_the_store_keeps_artifacts_in_the_project_root(tmp_path, mlflow_store, migrated_mlflow_db, monkeypatch):
+    """`<project root>/mlruns` was meant, but mlflow.set_tracking_uri sets MLFLOW_TRACKING_URI,
+    so the check for it always saw it set and MLflow put artifacts under the working directory."""
+    from emovision import tracking
+
+    project = tmp_path / "project"
+    (project / "notebooks").mkdir(parents=True)
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    shutil.copy(migrated_mlflow_db, project / "mlflow.db")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(project / "notebooks")
+    experiment = tracking.setup()
+    assert mlflow.get_experiment(experiment).artifact_location == str(project / "mlruns")
+
+
 @pytest.mark.parametrize("ref, message, not_in", [
     ("models:/fer/Staging", "stages: Production", "make one with"),
     ("models:/fer@challenger", "aliases: champion", ".."),

@@ -72,6 +72,32 @@ def decide(challenger_dataset: str, challenger_acc: float, champion, min_delta: 
     return Decision(gain >= min_delta, reason, challenger_acc, champion.version, champion_acc)
 
 
+def _version(model_version) -> str | None:
+    return None if model_version is None else str(model_version.version)
+
+
+def gate(name: str, version: str, dataset: str, acc: float, min_delta: float,
+         score_champion: Callable[[str], float], metric: str) -> Decision | None:
+    """Decide on `version` (its gate score `acc` on `dataset`'s validation split) against the
+    champion, record the decision and promote it when it wins; None when it is the champion
+    already. Scoring the champion takes a while, and meanwhile another gate (a parallel `dvc
+    queue` worker, `stages.promote`) may have made a new champion: the decision is applied only
+    if the champion it was made against still holds, else it is made again against the new one,
+    so a challenger never replaces a champion it was not compared with."""
+    while True:
+        champion = current_champion(name)
+        if _version(champion) == str(version):
+            return None
+        decision = decide(dataset, acc, champion, min_delta, score_champion)
+        with tracking.store_lock():  # check and promote as one step among this machine's gates
+            if _version(current_champion(name)) != _version(champion):
+                continue
+            record(name, version, decision, metric)
+            if decision.promote:
+                promote(name, version)
+        return decision
+
+
 def promote(name: str, version: str) -> None:
     """Make `version` Production (archiving the previous one) and the `champion` alias."""
     import mlflow

@@ -105,7 +105,7 @@ def setup(experiment: str = EXPERIMENT) -> str:
     quiet_mlflow()
     check_store()
     mlflow.set_tracking_uri(tracking_uri())
-    with _store_lock(tracking_uri()):
+    with store_lock(tracking_uri()):
         try:
             follow_moved_project()
         except sqlite3.Error as err:
@@ -171,9 +171,11 @@ def follow_moved_project() -> tuple[str, str] | None:
 
 
 @contextlib.contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    """Serialise store creation between processes for a local SQLite store: the first client
-    creates the schema, and two doing so at once (parallel tuning workers) can fail."""
+def store_lock(uri: str | None = None) -> Iterator[None]:
+    """Serialise store creation and registry changes between processes for a local SQLite
+    store: the first client creates the schema, and two doing so at once (parallel tuning
+    workers) can fail; a promotion checks the champion and replaces it as one step."""
+    uri = uri or tracking_uri()
     path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
     try:
         import fcntl

@@ -119,18 +119,15 @@ def evaluate(params: Params, models_dir: Path | None = None) -> dict:
 def gate(params: Params, info: dict, dataset: str, acc: float, val: tuple, tta: bool, bs: int) -> None:
     """Champion/challenger: both scored on this run's val split (PublicTest), decision stored as tags."""
     name, version = info["model_name"], str(info["model_version"])
-    champion = promotion.current_champion(name)
-    if champion is not None and str(champion.version) == str(version):
-        print(f"{name} v{version} is already the champion")
-        return
 
     def score_champion(v: str) -> float:
         return score(load_classifier(f"models:/{name}/{v}", params.base.device), *val, tta, bs)["accuracy"]
 
-    decision = promotion.decide(dataset, acc, champion, params.registry.min_delta, score_champion)
-    promotion.record(name, version, decision, gate_metric(tta))
-    if decision.promote:
-        promotion.promote(name, version)
+    decision = promotion.gate(name, version, dataset, acc, params.registry.min_delta, score_champion,
+                              gate_metric(tta))
+    if decision is None:
+        print(f"{name} v{version} is already the champion")
+        return
     champ = "" if decision.champion_acc is None else f", champion v{decision.champion_version} val acc {decision.champion_acc:.4f}"
     print(f"promotion: {name} v{version} {'PROMOTED to Production (@champion)' if decision.promote else 'not promoted'}"
           f" — {decision.reason} (challenger {gate_metric(tta)} {acc:.4f}{champ})")

@@ -21,7 +21,8 @@ def force(name: str, version: str) -> None:
         client.get_model_version(name, version)
     except mlflow.exceptions.MlflowException:
         raise ModelRefError(f"no version {version} of model '{name}'. {tracking._registry_hint(name)}") from None
-    promotion.promote(name, version)
+    with tracking.store_lock():  # not between another promotion's check and its change
+        promotion.promote(name, version)
     client.set_model_version_tag(name, version, "promotion", "forced")
     print(f"{name} v{version} is now Production (@{tracking.CHAMPION})")
 
@@ -92,10 +93,6 @@ def register_pretrained(params: Params) -> str:
                 name, model_info, tags={"dataset": "fer2013", "pretrained_sha256": digest, "arch": spec.arch,
                                         **{k: f"{v:.4f}" for k, v in scores.items()}})
         print(f"registered the shipped FER2013 model as {name} v{version} (run {run.info.run_id})")
-    champion = promotion.current_champion(name)
-    if champion is not None and str(champion.version) == str(version):
-        print(f"{name} v{version} is already Production (@{tracking.CHAMPION})")
-        return version
 
     def recorded_acc(v: str) -> float:
         # Both numbers are FER2013 PublicTest accuracies recorded when each was evaluated
@@ -103,10 +100,11 @@ def register_pretrained(params: Params) -> str:
         score = promotion.recorded_score(client.get_model_version(name, v), metric)
         return float("inf") if score is None else score
 
-    decision = promotion.decide("fer2013", scores[metric], champion, params.registry.min_delta, recorded_acc)
-    promotion.record(name, version, decision, metric)
-    if decision.promote:
-        promotion.promote(name, version)
+    decision = promotion.gate(name, version, "fer2013", scores[metric], params.registry.min_delta,
+                              recorded_acc, metric)
+    if decision is None:
+        print(f"{name} v{version} is already Production (@{tracking.CHAMPION})")
+        return version
     print(f"{name} v{version}: {'Production (@champion)' if decision.promote else 'not promoted'} — {decision.reason}")
     return version
 

@@ -206,6 +206,36 @@ def test_promotion_gate(project, capsys):
     assert "PROMOTED" in capsys.readouterr().out
 
 
+def test_a_champion_crowned_while_the_gate_scores_is_the_one_it_must_beat(project, mlflow_store,
+                                                                        migrated_mlflow_db):
+    """Two experiments of `dvc queue start -j 2` evaluate at once: each gate read champion v1,
+    scored it, and promoted its own version, so the one finishing last took Production even when
+    the other, promoted meanwhile, was better. A gate now applies its decision only against the
+    champion it scored, else decides again."""
+    from emovision import promotion, tracking
+
+    shutil.copy(migrated_mlflow_db, mlflow_store.removeprefix("sqlite:///"))
+    tracking.setup()
+    client = mlflow.MlflowClient()
+    client.create_registered_model("fer")
+    for _ in range(3):
+        client.create_model_version("fer", source="file:///nowhere", tags={"dataset": "synthetic"})
+    promotion.promote("fer", "1")
+    accuracy = {"1": 0.50, "2": 0.80, "3": 0.90}
+    scored = []
+
+    def score_champion(version) -> float:
+        scored.append(str(version))
+        if str(version) == "1":  # meanwhile another worker's gate promotes v3, which beat v1 too
+            assert promotion.gate("fer", "3", "synthetic", accuracy["3"], 0.002,
+                                  lambda v: accuracy[str(v)], "val_acc").promote
+        return accuracy[str(version)]
+
+    decision = promotion.gate("fer", "2", "synthetic", accuracy["2"], 0.002, score_champion, "val_acc")
+    assert scored == ["1", "3"] and not decision.promote and str(decision.champion_version) == "3"
+    assert champion() == "3" and production() == ["3"] and versions()["2"].tags["champion_version"] == "3"
+
+
 def tiny_fer2013_raw(tmp_path: Path) -> str:
     """A raw dir holding a tiny real-format FER2013 CSV: its models count as FER2013 ones."""
     from emovision.data.fer2013 import write_csv

@@ -54,6 +54,12 @@ def run_trials(params: Params, study: optuna.Study, url: str, out_dir: Path) -> 
     """The trials of one invocation under one MLflow run, each trial a nested run."""
     t = params.tune
     meta, train, val = load_train_val(params)
+    # trials tune the model train builds on this data: on the demo set, demo.width's
+    width = params.for_dataset(meta["source"]).model.width
+    if width != params.model.width:
+        print(f"demo set: model.width {params.model.width} -> {width} in every trial, as train builds it "
+              f"(the demo section's caps)")
+        params = params.replace(**{"model.width": width})
     print(f"study '{t.study_name}' in {tuning.display_url(url)}: {len(study.trials)} earlier trials; "
           f"running {t.n_trials} more ({t.epochs} epochs each, {t.n_jobs} at a time, on {meta['source']} "
           f"{len(train):,} train / {len(val):,} val)")
@@ -65,7 +71,8 @@ def run_trials(params: Params, study: optuna.Study, url: str, out_dir: Path) -> 
         mlflow.log_params({"tune.storage": tuning.display_url(url),
                            **{f"tune.{k}": getattr(t, k) for k in
                               ("study_name", "n_trials", "timeout", "epochs", "n_jobs", "pruner",
-                               "lr_low", "lr_high", "dropout_low", "dropout_high")}})
+                               "lr_low", "lr_high", "dropout_low", "dropout_high")},
+                           "model.name": params.model.name, "model.width": params.model.width})
         logger = tuning.TrialLogger(exp_id, run.info.run_id)
         objective = tuning.make_objective(params, train, val, meta["classes"], logger)
         # a failed trial (CUDA out of memory, NaN loss) is recorded as FAIL and the study goes on

@@ -90,15 +90,21 @@ class AlwaysPrune(optuna.pruners.BasePruner):
 
 
 def test_pruned_trials_are_recorded(project, capsys):
+    # on the demo set trials train the width train builds there (demo.width), not model.width
     params = load_params("params.yaml").replace(**{
-        "tune.epochs": 2, "tune.n_trials": 2, "tune.study_name": "pruning", "tune.storage": storage_url(project)})
+        "tune.epochs": 2, "tune.n_trials": 2, "tune.study_name": "pruning", "tune.storage": storage_url(project),
+        "model.width": 12, "demo.width": 8})
     with pytest.raises(Exception, match="no trial .* has completed"):  # nothing left to report as best
         tune(params, pruner=AlwaysPrune())
     study = optuna.load_study(study_name="pruning", storage=storage_url(project))
     assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
     assert all(list(t.intermediate_values) == [1] for t in study.trials)  # stopped after epoch 1 of 2
     assert sorted(r.data.tags["trial_state"] for r in nested_runs()) == ["PRUNED", "PRUNED"]
-    assert "PRUNED" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "PRUNED" in out and "demo set: model.width 12 -> 8 in every trial" in out
+    parent, = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+               if r.data.tags.get("stage") == "tune"]
+    assert parent.data.params["model.width"] == "8"
 
 
 def test_apply_keeps_every_other_byte_and_writes_yaml_floats(tmp_path):

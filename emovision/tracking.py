@@ -288,6 +288,34 @@ def read_run_file(models_dir: Path, finished: bool = False) -> dict[str, Any] | 
     return info
 
 
+TRAIN_AGAIN = "train again with `dvc repro -f --downstream train` (train, evaluate and bench)"
+
+
+def check_recorded_run(models_dir: Path, info: dict[str, Any], version: bool = False) -> None:
+    """The MLflow run run.json names (and, with `version`, its registered version) exists in the
+    store in use; else a DataError in one line, before a stage writes anything: a store deleted
+    to start afresh, a run or version deleted in `mlflow ui`, or another MLFLOW_TRACKING_URI
+    otherwise ended evaluate and bench in a traceback, after their reports were rewritten."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    where = f"{run_file(models_dir)} names MLflow run {info['run_id']}"
+    try:
+        run = client.get_run(info["run_id"])
+    except mlflow.exceptions.MlflowException:
+        raise DataError(f"{where}, which is not in the store {tracking_uri()} (a new or another store); "
+                        f"{TRAIN_AGAIN}") from None
+    if run.info.lifecycle_stage == "deleted":
+        raise DataError(f"{where}, which was deleted in MLflow; restore it (`mlflow ui`: Runs, "
+                        f"show deleted runs) or {TRAIN_AGAIN}")
+    if version:
+        try:
+            client.get_model_version(info["model_name"], str(info["model_version"]))
+        except mlflow.exceptions.MlflowException:
+            raise DataError(f"{run_file(models_dir)} names {info['model_name']} v{info['model_version']}, which "
+                            f"is not in the registry of {tracking_uri()} (deleted?); {TRAIN_AGAIN}") from None
+
+
 def recorded_run_id(models_dir: Path) -> str | None:
     """The MLflow run run.json in `models_dir` names; None when there is none or it is unreadable."""
     try:
@@ -426,7 +454,9 @@ def _registry_hint(name: str, client=None) -> str:
         return f"the registry at {client.tracking_uri} cannot be read (MLFLOW_TRACKING_URI)"
     if name not in models:
         have = f"registered models: {', '.join(models)}" if models else "the registry is empty"
-        return f"{have} (tracking URI {client.tracking_uri}); run `dvc repro` to train and register one"
+        return (f"{have} (tracking URI {client.tracking_uri}); train and register one with `dvc repro` "
+                f"(`dvc repro -f --downstream train` when it finds nothing to do), or register the shipped model with "
+                f"`python -m stages.promote --pretrained`")
     versions = client.search_model_versions(f"name='{name}'")
     stages = sorted({v.current_stage for v in versions if v.current_stage != "None"})
     aliases = sorted(client.get_registered_model(name).aliases)

@@ -171,6 +171,7 @@ def bench(params: Params, models_dir: Path | None = None) -> dict:
     training = tracking.read_run_file(models_dir)  # the run the figures are logged into, if any
     if training is not None:
         open_store()  # the store answers: checked before minutes of timing and reports/ rewritten
+        tracking.check_recorded_run(models_dir, training)
     meta = load_meta(Path(params.data.prepared_dir))
     params = params.for_dataset(meta["source"])  # the model and epochs train really used
     if params.train.threads > 0:

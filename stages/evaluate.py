@@ -66,6 +66,7 @@ def evaluate(params: Params, models_dir: Path | None = None) -> dict:
     reports = Path(params.paths.reports)
     info = finished_training(models_dir)
     open_store()  # the store answers: checked before reports/ is rewritten for a run it could not log
+    tracking.check_recorded_run(models_dir, info, version=params.registry.promote)
     prepared = Path(params.data.prepared_dir)
     meta = load_meta(prepared)
     tta, bs = params.evaluate.tta, params.evaluate.batch_size

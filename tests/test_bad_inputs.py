@@ -207,6 +207,38 @@ def test_a_store_that_is_not_sqlite_stops_every_stage_before_writing(in_finished
         store.write_bytes(good)
 
 
+@pytest.mark.parametrize("stage", ["evaluate", "bench", "export"])
+def test_a_store_without_the_recorded_run_stops_the_stage_before_writing(in_finished, capsys, monkeypatch,
+                                                                          migrated_mlflow_db, tmp_path, stage):
+    """mlflow.db deleted to start afresh (or another MLFLOW_TRACKING_URI): run.json's run is not
+    in the store. evaluate and bench rewrote reports/, export fer.onnx, then ended in MLflow's
+    traceback `Run with id=... not found`; `dvc repro` itself finds nothing to do, so the line
+    says how to train again."""
+    main, flags = RUN_FILE_STAGES[stage]
+    store = tmp_path / "mlflow.db"
+    shutil.copy(migrated_mlflow_db, store)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    before = snapshot(in_finished)
+    assert main(["--params", "params.yaml", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"which is not in the store sqlite:///{store}" in err and "dvc repro -f --downstream train" in err, err
+    assert "\n" not in err and snapshot(in_finished) == before
+
+
+def test_evaluate_of_a_version_deleted_from_the_registry_stops_before_writing(in_finished, capsys):
+    run_file = in_finished / "models" / "run.json"
+    finished_info = run_file.read_text()
+    try:  # as after deleting the version in `mlflow ui`
+        run_file.write_text(json.dumps({**json.loads(finished_info), "model_version": "99"}))
+        before, runs = snapshot(in_finished), run_count()
+        assert evaluate_main(["--params", "params.yaml"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "models/run.json names fer v99, which is not in the registry" in err and "\n" not in err, err
+        assert snapshot(in_finished) == before and run_count() == runs
+    finally:
+        run_file.write_text(finished_info)
+
+
 @pytest.mark.parametrize("stage", list(RUN_FILE_STAGES))
 def test_a_tracking_server_that_is_down_stops_every_stage_before_writing(in_finished, capsys, monkeypatch, stage):
     """MLFLOW_TRACKING_URI naming a server that does not answer: one line, and train keeps the

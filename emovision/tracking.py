@@ -486,6 +486,29 @@ def read_client():
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def _raise_if_files_missing(ref: str, client) -> None:
+    """A reference that resolves in the store but whose local files are gone (mlruns/ deleted,
+    or mlflow.db copied without it): MLflow's own words for it are `No such artifact: ''`."""
+    try:
+        if ref.startswith("models:/"):
+            from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+            found = get_model_name_and_version(client, ref)
+            if len(found) != 2:  # models:/<logged model id>
+                return
+            location = client.get_model_version_download_uri(*found)
+        else:
+            location = client.get_run(ref.removeprefix("runs:/").split("/")[0]).info.artifact_uri
+    except Exception:  # it does not resolve: the caller's message says so
+        return
+    if "://" in location and not location.startswith("file:"):
+        return
+    folder = Path(_local_path(location))
+    if not folder.exists():
+        raise ModelRefError(f"cannot load {ref}: its files are missing ({folder} does not exist: "
+                            f"{ARTIFACTS}/ deleted, or mlflow.db copied without it)")
+
+
 def download_model(ref: str) -> Path:
     """Resolve `models:/name/Stage`, `models:/name@alias`, `models:/name/3` or `runs:/id/model`
     to a local model folder (an MLflow model, or the older weights.pt + config.json folder)."""
@@ -501,15 +524,15 @@ def download_model(ref: str) -> Path:
             warnings.simplefilter("ignore")
             path = Path(mlflow.artifacts.download_artifacts(ref, tracking_uri=client.tracking_uri,
                                                             registry_uri=client.tracking_uri))
-    except mlflow.exceptions.MlflowException as err:
-        first = str(err).splitlines()[0].rstrip(". ")
-        if m:
+    except (mlflow.exceptions.MlflowException, OSError) as err:
+        _raise_if_files_missing(ref, client)
+        first = (str(err).splitlines() or [type(err).__name__])[0].rstrip(". ")
+        if m and isinstance(err, mlflow.exceptions.MlflowException):
             raise ModelRefError(f"cannot load {ref}: {first}. {_registry_hint(m['name'], client)}") from None
         raise ModelRefError(f"cannot load {ref}: {first}") from None
-    except OSError as err:
-        raise ModelRefError(f"cannot load {ref}: {err}") from None
     try:
         artifact.model_files(path)
     except ModelRefError:
+        _raise_if_files_missing(ref, client)
         raise ModelRefError(f"{ref} is not an emovision model (no {artifact.CONFIG_FILE} in it)") from None
     return path

@@ -199,6 +199,12 @@ def test_a_moved_project_loads_and_logs_in_its_own_folder(in_trained, tmp_path, 
         mlflow.log_text("x", "note.txt")
     assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(project / "mlruns")
     assert capsys.readouterr().err == ""  # moved once
+    from emovision.errors import ModelRefError
+
+    shutil.rmtree(project / "mlruns")  # a store without its artifacts: said as such
+    for ref in ("models:/fer/Production", f"runs:/{run.info.run_id}/model"):
+        with pytest.raises(ModelRefError, match=rf"cannot load {ref}: its files are missing \({project}/mlruns/"):
+            load_classifier(ref, "cpu")
 
 
 def test_the_store_keeps_artifacts_in_the_project_root(tmp_path, mlflow_store, migrated_mlflow_db, monkeypatch):

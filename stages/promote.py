@@ -109,11 +109,18 @@ def register_pretrained(params: Params) -> str:
     return version
 
 
+def version_number(text: str) -> str:
+    """`3`, ` 3` or `v3` (as the stages print versions: `fer v3`) -> `3`."""
+    text = text.strip()
+    return text[1:] if text[:1] in ("v", "V") and text[1:].isdigit() else text
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--version", help="registered version to make Production / @champion")
+    group.add_argument("--version", type=version_number,
+                       help="registered version to make Production / @champion (3 or v3)")
     group.add_argument("--pretrained", action="store_true", help="register the shipped FER2013 model")
     args, params = parse(parser, argv)
     open_store()

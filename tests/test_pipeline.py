@@ -196,8 +196,8 @@ def test_promotion_gate(project, capsys):
     # v3: the same recipe as v1 with a min_delta it cannot clear -> rejected
     train_and_evaluate({"registry": {"min_delta": 0.5}})
     assert versions()["3"].tags["promotion"] == "rejected"
-    # forced promotion archives the old Production version
-    assert promote_main(["--params", "params.yaml", "--version", "2"]) == 0
+    # forced promotion archives the old Production version (`v2`: as the stages print versions)
+    assert promote_main(["--params", "params.yaml", "--version", "v2"]) == 0
     assert champion() == "2" and production() == ["2"]
     assert versions()["1"].current_stage == "Archived"
     # v4: better than the (bad) champion v2 -> promoted

@@ -291,11 +291,10 @@ def read_run_file(models_dir: Path, finished: bool = False) -> dict[str, Any] | 
 TRAIN_AGAIN = "train again with `dvc repro -f --downstream train` (train, evaluate and bench)"
 
 
-def check_recorded_run(models_dir: Path, info: dict[str, Any], version: bool = False) -> None:
-    """The MLflow run run.json names (and, with `version`, its registered version) exists in the
-    store in use; else a DataError in one line, before a stage writes anything: a store deleted
-    to start afresh, a run or version deleted in `mlflow ui`, or another MLFLOW_TRACKING_URI
-    otherwise ended evaluate and bench in a traceback, after their reports were rewritten."""
+def recorded_run_problem(models_dir: Path, info: dict[str, Any], version: bool = False) -> str | None:
+    """Why the MLflow run run.json names (and, with `version`, its registered version) cannot be
+    used in the store in use, or None: a store deleted to start afresh, a run or version deleted
+    in `mlflow ui`, another MLFLOW_TRACKING_URI."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -303,17 +302,25 @@ def check_recorded_run(models_dir: Path, info: dict[str, Any], version: bool = F
     try:
         run = client.get_run(info["run_id"])
     except mlflow.exceptions.MlflowException:
-        raise DataError(f"{where}, which is not in the store {tracking_uri()} (a new or another store); "
-                        f"{TRAIN_AGAIN}") from None
+        return f"{where}, which is not in the store {tracking_uri()} (a new or another store)"
     if run.info.lifecycle_stage == "deleted":
-        raise DataError(f"{where}, which was deleted in MLflow; restore it (`mlflow ui`: Runs, "
-                        f"show deleted runs) or {TRAIN_AGAIN}")
+        return f"{where}, which was deleted in MLflow (`mlflow ui` can restore it)"
     if version:
         try:
             client.get_model_version(info["model_name"], str(info["model_version"]))
         except mlflow.exceptions.MlflowException:
-            raise DataError(f"{run_file(models_dir)} names {info['model_name']} v{info['model_version']}, which "
-                            f"is not in the registry of {tracking_uri()} (deleted?); {TRAIN_AGAIN}") from None
+            return (f"{run_file(models_dir)} names {info['model_name']} v{info['model_version']}, which is "
+                    f"not in the registry of {tracking_uri()} (deleted?)")
+    return None
+
+
+def check_recorded_run(models_dir: Path, info: dict[str, Any], version: bool = False) -> None:
+    """A DataError in one line, before a stage writes anything, when run.json's run (or version)
+    is not in the store in use (`recorded_run_problem`): evaluate and bench otherwise rewrote
+    their reports and then ended in MLflow's traceback `Run with id=... not found`."""
+    problem = recorded_run_problem(models_dir, info, version)
+    if problem:
+        raise DataError(f"{problem}; {TRAIN_AGAIN}")
 
 
 def recorded_run_id(models_dir: Path) -> str | None:

@@ -167,6 +167,13 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
     # a store that cannot log the run must not cost the previous model; the run run.json names
     # is decided on here: resumed, or ended by end_abandoned_run
     open_store(keep=tracking.recorded_run_id(models_dir))
+    # the run to continue must be in this store (not in one deleted to start afresh)
+    problem = tracking.recorded_run_problem(models_dir, tracking.read_run_file(models_dir)) if resume else None
+    if problem and not auto_resume:
+        raise DataError(f"cannot --resume: {problem}; run without --resume to start over")
+    if problem:
+        print(f"starting a new run instead ({problem})")
+        resume, run_id = False, None
     if not resume:
         abandoned = tracking.end_abandoned_run(models_dir)
         if abandoned:

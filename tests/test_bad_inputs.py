@@ -225,6 +225,35 @@ def test_a_store_without_the_recorded_run_stops_the_stage_before_writing(in_fini
     assert "\n" not in err and snapshot(in_finished) == before
 
 
+def test_an_interrupted_training_whose_run_is_not_in_the_store_starts_over(in_finished, capsys, monkeypatch,
+                                                                           migrated_mlflow_db, tmp_path):
+    """A training interrupted, then mlflow.db deleted: every `dvc repro` tried to resume the run
+    in the new store and ended in MLflow's traceback. --auto-resume now starts a new run;
+    --resume refuses in one line."""
+    saved = tmp_path / "saved"
+    for folder in ("models", "reports"):
+        shutil.copytree(in_finished / folder, saved / folder)
+    run_file = in_finished / "models" / "run.json"
+    run_id = json.loads(run_file.read_text())["run_id"]
+    store = tmp_path / "mlflow.db"
+    shutil.copy(migrated_mlflow_db, store)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    try:  # what an interrupted training leaves: run.json without a registered version, last.pt
+        run_file.write_text(json.dumps({"run_id": run_id}))
+        before = snapshot(in_finished)
+        assert train_main(["--params", "params.yaml", "--resume"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"cannot --resume: models/run.json names MLflow run {run_id}, which is not in the store" in err
+        assert "\n" not in err and snapshot(in_finished) == before
+        assert train_main(["--params", "params.yaml", "--auto-resume"]) == 0
+        assert f"starting a new run instead (models/run.json names MLflow run {run_id}" in capsys.readouterr().out
+        assert json.loads(run_file.read_text())["run_id"] != run_id and run_count() == 1
+    finally:
+        for folder in ("models", "reports"):
+            shutil.rmtree(in_finished / folder)
+            shutil.copytree(saved / folder, in_finished / folder)
+
+
 def test_evaluate_of_a_version_deleted_from_the_registry_stops_before_writing(in_finished, capsys):
     run_file = in_finished / "models" / "run.json"
     finished_info = run_file.read_text()

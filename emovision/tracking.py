@@ -480,6 +480,11 @@ def read_client():
     quiet_mlflow()
     uri = tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        if project_store(uri) and (project_root() / PROJECT_MARKER).is_file():  # a project that registered nothing yet
+            raise ModelRefError(
+                f"no MLflow store at {uri.removeprefix('sqlite:///')} yet: nothing is registered in this project; "
+                f"`dvc repro` trains and registers a model, `python -m stages.promote --pretrained` registers "
+                f"the shipped one (or name it directly: pretrained)")
         raise ModelRefError(
             f"no MLflow store at {uri.removeprefix('sqlite:///')} (the project root is the nearest folder "
             f"with {PROJECT_MARKER} from {Path.cwd()} up); run this from the project, or set MLFLOW_TRACKING_URI")

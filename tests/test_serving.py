@@ -168,6 +168,9 @@ def test_reading_a_model_creates_no_store(in_trained, tmp_path, monkeypatch):
     project = tmp_path / "project"
     (project / "sub" / "dir").mkdir(parents=True)
     (project / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(project)  # a fresh clone, nothing registered yet: says how to register one
+    with pytest.raises(ModelRefError, match="yet: nothing is registered in this project; `dvc repro` trains"):
+        load_classifier("models:/fer/Production", "cpu")
     shutil.copy(in_trained / "mlflow.db", project / "mlflow.db")
     monkeypatch.chdir(project / "sub" / "dir")
     assert load_classifier("models:/fer/Production", "cpu").classes[3] == "happy"

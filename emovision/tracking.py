@@ -128,6 +128,11 @@ def _local_path(location: str) -> str:
     return unquote(urlparse(location).path) if location.startswith("file:") else location
 
 
+def _another_store(path: Path, db: Path) -> bool:
+    """Whether `path` is an MLflow store other than `db`: the folder this project was copied from."""
+    return path.is_file() and not os.path.samefile(path, db)
+
+
 def follow_moved_project() -> tuple[str, str] | None:
     """A project folder moved or copied after runs exist: the project store (mlflow.db) still
     names every artifact by its old absolute path, so models:/ references fail to load and new
@@ -153,6 +158,8 @@ def follow_moved_project() -> tuple[str, str] | None:
         old = Path(*parts[:len(parts) - parts[::-1].index(ARTIFACTS)])
         if old == new or (old.exists() and os.path.samefile(old, new)):
             return None
+        if old.exists() and not _another_store(old.parent / db.name, db):
+            return None  # kept there on purpose, or a store this folder shares (mlflow.db a link)
         tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         with con:  # one transaction: every location moves, or none
             con.execute("BEGIN IMMEDIATE")

@@ -210,6 +210,46 @@ def test_a_moved_project_loads_and_logs_in_its_own_folder(in_trained, tmp_path, 
             load_classifier(ref, "cpu")
 
 
+def test_a_store_that_was_not_moved_keeps_its_artifact_paths(tmp_path, migrated_mlflow_db, monkeypatch, capsys):
+    """Only a moved or copied project's store is pointed into its own mlruns/. A second folder
+    sharing the store (its mlflow.db a link to the first's) rewrote the first's paths into its
+    own empty mlruns/, and a store whose artifacts live in another folder's mlruns/ (MLflow put
+    them under the working directory before) lost them; in both the artifacts were where the
+    store said."""
+    from emovision import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # restored after the test: setup() sets it
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    first, second, third = (tmp_path / name for name in ("first", "second", "third"))
+    for project in (first, second, third):
+        (project / "mlruns").mkdir(parents=True)
+        (project / "dvc.yaml").write_text("stages: {}\n")
+        shutil.copy(migrated_mlflow_db, project / "mlflow.db")
+    (second / "mlflow.db").unlink()
+    (second / "mlflow.db").symlink_to(first / "mlflow.db")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{third / 'mlflow.db'}")
+    client.create_experiment(tracking.EXPERIMENT, artifact_location=str(third / "notebooks" / "mlruns"))
+    (third / "notebooks" / "mlruns").mkdir(parents=True)  # its runs' artifacts are there
+    runs = {}
+    for project in (first, third):
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        monkeypatch.chdir(project)
+        experiment = tracking.setup()
+        with mlflow.start_run(experiment_id=experiment) as run:
+            mlflow.log_text("x", "note.txt")
+        runs[project] = run.info
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    for project, store in ((second, first), (third, third)):
+        monkeypatch.chdir(project)
+        assert tracking.follow_moved_project() is None
+        run = runs[store]
+        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+        assert client.get_run(run.run_id).info.artifact_uri == run.artifact_uri
+        assert (Path(run.artifact_uri.removeprefix("file://")) / "note.txt").is_file()
+    assert "the project moved" not in capsys.readouterr().err
+    mlflow.set_tracking_uri(None)
+
+
 def test_the_store_keeps_artifacts_in_the_project_root(tmp_path, mlflow_store, migrated_mlflow_db, monkeypatch):
     """`<project root>/mlruns` was meant, but mlflow.set_tracking_uri sets MLFLOW_TRACKING_URI,
     so the check for it always saw it set and MLflow put artifacts under the working directory."""

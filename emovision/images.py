@@ -39,8 +39,11 @@ EXR_MAGIC = b"\x76\x2f\x31\x01"
 # How the still images of IMAGE_EXTENSIONS begin, so that one is read as a photo whatever its name:
 # browsers save JPEGs as .jfif, older tools as .jpe, and a photo named .mp4 or with no extension
 # went to the video reader, where a face must be confirmed over frames that never come (none was
-# found). GIF is left out, as from IMAGE_EXTENSIONS. (prefix, offset) pairs.
-IMAGE_SIGNATURES = ((JPEG_START, 0), (b"\x89PNG\r\n\x1a\n", 0), (b"BM", 0), (b"II*\x00", 0), (b"MM\x00*", 0),
+# found). GIF is left out, as from IMAGE_EXTENSIONS. (prefix, offset) pairs. A BMP's "BM" counts
+# with its header's reserved zeros (a text file may start "BM"); a TIFF only named as one or not
+# named (`is_image_file`): camera raw files (NEF, CR2, DNG, ARW) are TIFF inside.
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+IMAGE_SIGNATURES = ((JPEG_START, 0), (b"\x89PNG\r\n\x1a\n", 0), (b"BM", 0), *((magic, 0) for magic in TIFF_MAGIC),
                     (b"WEBP", 8), (b"\x00\x00\x00\x0cjP  ", 0), (b"\xffO\xffQ", 0), (EXR_MAGIC, 0),
                     *((b"ftyp" + brand, 4) for brand in (*HEIF_BRANDS, b"avif", b"avis")))
 # How videos begin (MP4/MOV/3GP after their image brands above, Matroska/WebM, AVI, FLV): a video
@@ -63,19 +66,25 @@ def quiet_opencv():
 
 def is_image_file(path: Path) -> bool:
     """Whether `path` is a still image for the app: by its first bytes when they say an image
-    (IMAGE_SIGNATURES) or a video (VIDEO_SIGNATURES), whatever its name; else by its name
-    (IMAGE_EXTENSIONS), so that a broken photo is refused as an image."""
+    (IMAGE_SIGNATURES) or a video (VIDEO_SIGNATURES), whatever its name (but a TIFF named
+    otherwise, a camera's raw file); else by its name (IMAGE_EXTENSIONS), so that a broken photo
+    is refused as an image."""
     path = Path(path)
     try:
         with path.open("rb") as f:
-            kind = content_kind(f.read(16))
+            head = f.read(16)
     except OSError:
-        kind = None
+        head = b""
+    kind = content_kind(head)
+    if kind == "image" and head[:4] in TIFF_MAGIC and path.suffix and path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return False  # a camera's raw file: its first image is a thumbnail, or one OpenCV cannot decode
     return kind == "image" if kind else path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def content_kind(head: bytes) -> str | None:
     """"image" or "video" by a file's first bytes (IMAGE_SIGNATURES, VIDEO_SIGNATURES), or None."""
+    if head[:2] == b"BM" and head[6:10] != bytes(4):  # not a BMP: its header's reserved fields are 0
+        return None
     if any(head[at:at + len(sig)] == sig for sig, at in IMAGE_SIGNATURES) or (
             len(head) > 2 and head[:1] == b"P" and head[1:2] in b"123456" and head[2:3].isspace()):  # PBM/PGM/PPM
         return "image"

@@ -226,6 +226,25 @@ def test_a_photo_is_a_still_whatever_its_name_and_hidden_files_are_not_photos(tm
                                             f"(python -m emovision.webcam --source VIDEO reads videos)")
 
 
+def test_a_cameras_raw_file_and_a_text_file_are_not_photos(tmp_path):
+    """Photos recognised by their first bytes took more than photos: camera raw files (NEF,
+    CR2, DNG, ARW) are TIFF inside, their first image a thumbnail (or one OpenCV cannot
+    decode), and a folder of RAW+JPEG pairs was read twice over; any file starting "BM" (BMP's
+    two bytes: a BMI table) was a broken photo. Until now their names had kept them out."""
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "DSC_0001.JPG"), grace_hopper())
+    cv2.imwrite(str(folder / "thumb.tif"), grace_hopper()[::8, ::8])
+    (folder / "thumb.tif").rename(folder / "DSC_0001.NEF")
+    (folder / "BMI.csv").write_text("BMI,weight,height\n22.5,70,1.76\n")
+    assert [p.name for p in open_source(str(folder)).files] == ["DSC_0001.JPG"]
+    cv2.imwrite(str(folder / "photo.tif"), grace_hopper())  # a TIFF named as one, or not named, still is
+    (folder / "photo.tif").rename(folder / "scan")
+    cv2.imwrite(str(folder / "photo.bmp"), grace_hopper())
+    (folder / "photo.bmp").rename(folder / "photo.dib")
+    assert [p.name for p in open_source(str(folder)).files] == ["DSC_0001.JPG", "photo.dib", "scan"]
+
+
 def test_a_folder_named_like_an_image_is_one_line(tmp_path, capsys):
     folder = tmp_path / "photo.jpg"
     folder.mkdir()

@@ -130,7 +130,7 @@ def _local_path(location: str) -> str:
 
 def _another_store(path: Path, db: Path) -> bool:
     """Whether `path` is an MLflow store other than `db`: the folder this project was copied from."""
-    return path.is_file() and not os.path.samefile(path, db)
+    return os.path.isfile(path) and not os.path.samefile(path, db)
 
 
 def follow_moved_project() -> tuple[str, str] | None:
@@ -156,9 +156,12 @@ def follow_moved_project() -> tuple[str, str] | None:
         if ARTIFACTS not in parts:
             return None
         old = Path(*parts[:len(parts) - parts[::-1].index(ARTIFACTS)])
-        if old == new or (old.exists() and os.path.samefile(old, new)):
+        # os.path.exists: a folder this user may not look into (a project copied from a
+        # colleague's private folder) is one the project left; Path.exists raises there
+        reachable = os.path.exists(old)
+        if old == new or (reachable and os.path.samefile(old, new)):
             return None
-        if old.exists() and not _another_store(old.parent / db.name, db):
+        if reachable and not _another_store(old.parent / db.name, db):
             return None  # kept there on purpose, or a store this folder shares (mlflow.db a link)
         tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         with con:  # one transaction: every location moves, or none

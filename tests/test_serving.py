@@ -250,6 +250,29 @@ def test_a_store_that_was_not_moved_keeps_its_artifact_paths(tmp_path, migrated_
     mlflow.set_tracking_uri(None)
 
 
+def test_a_project_copied_from_a_folder_it_cannot_look_into_follows_it(tmp_path, migrated_mlflow_db,
+                                                                      monkeypatch, capsys):
+    """A project copied from a colleague's private folder: its store names artifacts where this
+    user may not look, and Path.exists raises PermissionError there, so every stage and model
+    reference ended in that traceback. A folder that cannot be looked at is one this project
+    left. (Root may look anywhere: a name too long to look up fails the same way.)"""
+    from emovision import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # restored after the test: setup() sets it
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    (tmp_path / "mlruns").mkdir()
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    shutil.copy(migrated_mlflow_db, tmp_path / "mlflow.db")
+    old = tmp_path / ("x" * 300) / "mlruns"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").create_experiment(
+        tracking.EXPERIMENT, artifact_location=str(old))
+    monkeypatch.chdir(tmp_path)
+    experiment = tracking.setup()
+    assert mlflow.get_experiment(experiment).artifact_location == str(tmp_path / "mlruns")
+    assert f"(they named {old})" in capsys.readouterr().err
+    mlflow.set_tracking_uri(None)
+
+
 def test_the_store_keeps_artifacts_in_the_project_root(tmp_path, mlflow_store, migrated_mlflow_db, monkeypatch):
     """`<project root>/mlruns` was meant, but mlflow.set_tracking_uri sets MLFLOW_TRACKING_URI,
     so the check for it always saw it set and MLflow put artifacts under the working directory."""

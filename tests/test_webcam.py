@@ -465,13 +465,19 @@ def test_playback_clock_keeps_a_files_own_frame_rate():
 
 
 SHOW_FRAMES = """
+import time
 import cv2, numpy as np
 from emovision import webcam
 shown = None
 for h, w in [(480, 640), (1920, 1080), (2160, 3840), (480, 640)]:
     shown = webcam.show(np.zeros((h, w, 3), np.uint8), shown)
-    cv2.waitKey(50)
-    print(*cv2.getWindowImageRect(webcam.WINDOW)[2:])
+    deadline = time.monotonic() + 10  # Qt lays the window out in its event loop: wait for it to settle
+    while True:
+        cv2.waitKey(50)
+        size = cv2.getWindowImageRect(webcam.WINDOW)[2:]
+        if tuple(size) == webcam.window_size(w, h) or time.monotonic() > deadline:
+            break
+    print(*size)
 """
 
 

@@ -98,6 +98,18 @@ def test_grey_levels_of_any_integer_dtype_and_size_give_the_uint8_answer():
         np.testing.assert_allclose(clf.predict_proba(same), want, atol=1e-6)
 
 
+def test_both_ways_at_once_is_each_way_exactly():
+    """predict_proba_both (what the claim tests and ship_model score with) is predict_proba
+    without and with TTA at the same batch size to the bit, across chunk edges, and for no faces."""
+    clf = load_classifier("pretrained", "cpu")
+    faces = np.random.default_rng(2).integers(0, 256, (37, 48, 48), dtype=np.uint8)
+    for batch_size in (16, 256):
+        plain, flipped = clf.predict_proba_both(faces, batch_size=batch_size)
+        np.testing.assert_array_equal(plain, clf.predict_proba(faces, tta=False, batch_size=batch_size))
+        np.testing.assert_array_equal(flipped, clf.predict_proba(faces, tta=True, batch_size=batch_size))
+    assert [p.shape for p in clf.predict_proba_both(np.zeros((0, 48, 48), np.uint8))] == [(0, 7), (0, 7)]
+
+
 # (reference, folder, floor of its PrivateTest claims): the floors sit above the compact peers
 # of the README (TinyFER-Lite 67.1%); the ensemble's above the single shipped model's.
 SHIPPED = [("pretrained", WEIGHTS_DIR, 0.68), ("pretrained-ensemble", WEIGHTS_DIR / "ensemble", 0.70)]

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from emovision.errors import ConfigError, SourceError
-from emovision.framing import Framing, crop_faces, eye_angles
+from emovision.framing import LARGE_FRAME_SIDE, MIN_FACE, Framing, crop_faces, eye_angles, smallest_face
 from emovision.levels import to_uint8
 
 # Detection runs on a downscaled frame. OpenCV's alt2 frontal cascade has a 20-px window, so
@@ -40,14 +40,6 @@ VERIFY_CASCADE = "haarcascade_frontalface_alt.xml"
 VERIFY_PAD = 0.25  # region searched by the verifier, as a fraction of the box side on each edge
 VERIFY_SIDE = 48  # the box's side in pixels when verified: above the verifier's 20-px window
 VERIFY_MIN_SIZE = 0.6  # the verifier's face must be at least this fraction of the box side
-MIN_FACE = 40  # smallest face side in full-frame pixels: the cascade's window at DETECT_SCALE
-# A frame larger than this (its longer side) is searched, unless a min_face is given, as if it
-# were scaled down to it: faces from MIN_FACE px at that size, so from 80 px in a 4K frame, 84 px
-# in a 12 MP phone photo. A full scan costs in proportion to the frame's area: with MTCNN a 4K
-# frame took 196 ms (640x480: 16 ms, 1920x1080: 45 ms), a 12 MP photo 0.9 s and an 8000x8000
-# one 3.6-5.5 s and 0.4 GB more; crops are still cut from the whole frame. Up to 1920 px nothing
-# changes.
-LARGE_FRAME_SIDE = 1920
 MIN_NEIGHBORS = 3
 SCALE_FACTOR = 1.1  # pyramid step; 1.15 lost 4 of 80 squashed-face frames
 # No histogram equalisation: the cascade normalises each window's contrast itself, and a
@@ -100,12 +92,6 @@ PANEL_SIZE = (86 + BAR_WIDTH, 28 + 16 * 7)  # probability panel (width, height) 
 # 320x240 frame, a face filling the frame) a smaller panel is tried, and if none fits it is
 # left out (each face's label still gives its top class); below 0.75 its text is unreadable.
 PANEL_SCALES = (1.0, 0.75)
-
-
-def smallest_face(shape: tuple[int, ...], min_face: int | None = None) -> float:
-    """The smallest face side (px) a full scan of a frame of `shape` looks for: `min_face` when
-    given; else MIN_FACE, or as much more as the frame's longer side exceeds LARGE_FRAME_SIDE."""
-    return min_face if min_face is not None else MIN_FACE * max(1.0, max(shape[:2]) / LARGE_FRAME_SIDE)
 
 
 def load_cascade(path: str | Path) -> cv2.CascadeClassifier:

@@ -22,8 +22,7 @@ from torch import nn
 from torchvision.ops import nms
 
 from emovision.errors import SourceError
-from emovision.faces import smallest_face
-from emovision.framing import OUTSIDE_BORDER, Framing
+from emovision.framing import OUTSIDE_BORDER, Framing, smallest_face
 
 WEIGHTS_DIR = Path(__file__).parent / "weights" / "mtcnn"
 PYRAMID_FACTOR = 0.709  # the paper's step between pyramid levels

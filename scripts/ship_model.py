@@ -33,11 +33,12 @@ import torch
 
 from emovision import artifact, fileio
 from emovision.data.prepared import load_meta, load_split
-from emovision.errors import DataError, cli_main
+from emovision.errors import ConfigError, DataError, cli_main
 from emovision.inference import WEIGHTS_DIR, load_artifact, load_classifier
 from emovision.metrics import classification_report
 from emovision.models import count_macs, count_params
 from emovision.scoring import CPU_BATCH
+from emovision.webcam import torch_threads
 
 LATENCY_CALLS = 200
 # The ensemble's weights ship as float16 (half the MB; probabilities move by about 2e-4) and are
@@ -59,17 +60,13 @@ def score_all(clf, prepared: Path, splits: tuple[str, ...] = ("val", "test")) ->
 def latency_ms(clf, threads: int) -> float:
     """Median batch-1 latency on `threads` CPU threads (scoring, before it, uses all of torch's)."""
     face = np.random.default_rng(0).integers(0, 256, (1, 48, 48), dtype=np.uint8)
-    scoring_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         clf.predict_proba(face)
         times = []
         for _ in range(LATENCY_CALLS):
             t = time.perf_counter()
             clf.predict_proba(face)
             times.append(time.perf_counter() - t)
-    finally:
-        torch.set_num_threads(scoring_threads)
     return 1000 * statistics.median(times)
 
 
@@ -184,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prepared", type=Path, default=Path("data/prepared"))
     p.add_argument("--threads", type=int, default=1, help="CPU threads for the latency figure")
     args = p.parse_args(argv)
+    if args.threads < 1:  # checked before minutes of scoring, not by torch at the latency figure
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.ensemble:
         return ship_ensemble(args)
     if (args.score_only or args.teacher) and (args.check or args.checkpoint is None):

@@ -183,6 +183,16 @@ def test_auto_resume_continues_only_an_unfinished_run_of_the_same_params(in_fini
         assert "inputs.train" in saved and interrupted_run(params, models, saved)[0] is not None
         run_id, why = interrupted_run(params, models, {**saved, "inputs.train": "0" * 16})
         assert run_id is None and "was trained with other data (inputs.train)" in why
+        # the run deleted in `mlflow ui`: the same decision refuses it, in the same words as
+        # evaluate and bench (tracking.recorded_run_problem)
+        client, recorded = mlflow.MlflowClient(), json.loads(info)["run_id"]
+        client.delete_run(recorded)
+        try:
+            assert interrupted_run(params, models) == (
+                None, f"{models}/run.json names MLflow run {recorded}, which was deleted in MLflow "
+                      f"(`mlflow ui` can restore it)")
+        finally:
+            client.restore_run(recorded)
     finally:
         run_file.write_text(info)
 
@@ -246,7 +256,7 @@ def test_an_interrupted_training_whose_run_is_not_in_the_store_starts_over(in_fi
         assert f"cannot --resume: models/run.json names MLflow run {run_id}, which is not in the store" in err
         assert "\n" not in err and snapshot(in_finished) == before
         assert train_main(["--params", "params.yaml", "--auto-resume"]) == 0
-        assert f"starting a new run instead (models/run.json names MLflow run {run_id}" in capsys.readouterr().out
+        assert f"starting a new run (models/run.json names MLflow run {run_id}" in capsys.readouterr().out
         assert json.loads(run_file.read_text())["run_id"] != run_id and run_count() == 1
     finally:
         for folder in ("models", "reports"):

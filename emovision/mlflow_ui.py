@@ -8,15 +8,24 @@ This app is MLflow's unchanged server (registered as an `mlflow.app` plugin in
 pyproject.toml, the mechanism MLflow's own `basic-auth` app uses) whose page seeds that key
 with "machine_learning" in a browser that has not chosen yet, so our experiment opens as a
 training experiment, and the GenAI / Model training switch still works and is remembered.
+Before it serves, the app points a moved or copied project's store at the project's own
+mlruns/ (`tracking.follow_moved_project`, what every stage does first), so the UI shows this
+folder's artifacts, not the old folder's (or none, once that is gone).
 """
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
+import sys
 from pathlib import Path
 
 from flask import Response
+from mlflow.server import BACKEND_STORE_URI_ENV_VAR
 from mlflow.server import app as flask_app
 from mlflow.server.fastapi_app import app  # the ASGI app `mlflow ui` runs; it mounts flask_app
+
+from emovision import tracking
 
 __all__ = ["app", "WORKFLOW_STORAGE_KEY", "MODEL_TRAINING_WORKFLOW", "seed_script"]
 
@@ -46,3 +55,31 @@ def _serve_index() -> Response:
 
 _mlflow_serve = flask_app.view_functions[INDEX_VIEW]
 flask_app.view_functions[INDEX_VIEW] = _serve_index
+
+
+def served_store() -> str | None:
+    """The SQLite store this server serves (`mlflow ui` passes it to its workers in
+    BACKEND_STORE_URI_ENV_VAR; by default sqlite:///mlflow.db in its working directory), as an
+    absolute sqlite:/// URI; None outside a server or for another kind of store."""
+    uri = os.environ.get(BACKEND_STORE_URI_ENV_VAR, "")
+    if not uri.startswith("sqlite:///") or "?" in uri:
+        return None
+    return f"sqlite:///{Path.cwd().resolve() / uri.removeprefix('sqlite:///')}"
+
+
+def follow_moved_project() -> None:
+    """Point the served store at this project's mlruns/ when the project was moved or copied
+    (only the project's own <root>/mlflow.db, as stages do; one line when it did). A store that
+    cannot be written is said in one line and served as it is."""
+    uri = served_store()
+    if uri is None:
+        return
+    try:
+        with tracking.store_lock(uri):  # the server's workers start together
+            tracking.follow_moved_project(uri)
+    except sqlite3.Error as err:
+        print(f"MLflow store {uri.removeprefix('sqlite:///')} names its artifacts in another folder (the project "
+              f"was moved) and cannot be updated ({err}): the UI shows them where they were", file=sys.stderr)
+
+
+follow_moved_project()

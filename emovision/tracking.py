@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-from emovision import artifact, fileio
+from emovision import fileio
 from emovision.errors import DataError, ModelRefError
 
 EXPERIMENT = "emovision"
@@ -133,14 +133,15 @@ def _another_store(path: Path, db: Path) -> bool:
     return os.path.isfile(path) and not os.path.samefile(path, db)
 
 
-def follow_moved_project() -> tuple[str, str] | None:
+def follow_moved_project(uri: str | None = None) -> tuple[str, str] | None:
     """A project folder moved or copied after runs exist: the project store (mlflow.db) still
     names every artifact by its old absolute path, so models:/ references fail to load and new
     runs write into the old folder. When the store's experiment lives in another folder's
     mlruns/ and this project has its own mlruns/, every artifact location is pointed here, in
     one SQLite transaction; returns (old, new) mlruns folders when it did so, else None.
-    Raises sqlite3.Error when the store cannot be written."""
-    uri = tracking_uri()
+    `uri`: the store to look at (default: the one stages use; `mlflow ui --app-name emovision`
+    passes the one it serves). Raises sqlite3.Error when the store cannot be written."""
+    uri = uri or tracking_uri()
     db = Path(uri.removeprefix("sqlite:///"))
     new = project_root() / ARTIFACTS
     if not project_store(uri) or not db.is_file() or not new.is_dir():
@@ -552,6 +553,8 @@ def download_model(ref: str) -> Path:
         if m and isinstance(err, mlflow.exceptions.MlflowException):
             raise ModelRefError(f"cannot load {ref}: {first}. {_registry_hint(m['name'], client)}") from None
         raise ModelRefError(f"cannot load {ref}: {first}") from None
+    from emovision import artifact  # torch: not for what only opens the store (mlflow ui --app-name emovision)
+
     try:
         artifact.model_files(path)
     except ModelRefError:

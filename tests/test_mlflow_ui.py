@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import urllib.request
 from pathlib import Path
@@ -45,3 +46,42 @@ def test_mlflow_ui_app_seeds_the_model_training_view(tmp_path):
                                          json.dumps({"max_results": 5}).encode(), {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
             assert "Default" in [e["name"] for e in json.loads(response.read())["experiments"]]
+
+
+def _get(port: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/{path}", timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_mlflow_ui_app_follows_a_moved_project(trained, tmp_path, monkeypatch):
+    """A project moved after runs existed, then `mlflow ui --app-name emovision` in it before any
+    stage: the store still named every artifact by the old folder, so the UI showed no artifacts
+    and no model files (or, for a copy, the original's). The app points the store here first."""
+    from emovision import tracking
+
+    first, project = tmp_path / "first", tmp_path / "moved project"
+    first.mkdir()
+    (first / "dvc.yaml").write_text("stages: {}\n")
+    shutil.copy(trained / "mlflow.db", first / "mlflow.db")
+    shutil.copytree(trained / "mlruns", first / "mlruns")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(first)
+    tracking.follow_moved_project()  # the store now names first/mlruns, as if made there
+    monkeypatch.chdir(tmp_path)
+    first.rename(project)  # and the project is moved: first/ is gone
+    run_id = json.loads((trained / "models" / "run.json").read_text())["run_id"]
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {k: v for k, v in server_env(PYTHONPATH=pythonpath).items() if k != "MLFLOW_TRACKING_URI"}
+    # as a user starts it: in the project root, on MLflow's default store ./mlflow.db
+    ui = [sys.executable, "-m", "mlflow", "ui", "--app-name", "emovision", "--host", "127.0.0.1",
+          "--workers", "2", "--port"]
+    log = tmp_path / "ui.log"
+    with running_server(lambda port: ui + [str(port)], "/", project, env, log) as (port, _):
+        run = _get(port, f"runs/get?run_id={run_id}")["run"]
+        assert run["info"]["artifact_uri"].removeprefix("file://").startswith(f"{project / 'mlruns'}/")
+        files = [f["path"] for f in _get(port, f"artifacts/list?run_id={run_id}").get("files", [])]
+        assert "training_curves.png" in files, files
+        model = _get(port, "model-versions/get-download-uri?name=fer&version=1")["artifact_uri"]
+        assert model.removeprefix("file://").startswith(f"{project / 'mlruns'}/"), model
+    said = [line for line in log.read_text().splitlines() if "the project moved" in line]
+    assert len(said) == 1 and f"now point into {project / 'mlruns'}" in said[0], log.read_text()[-3000:]

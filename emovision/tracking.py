@@ -302,10 +302,11 @@ def read_run_file(models_dir: Path, finished: bool = False) -> dict[str, Any] | 
 TRAIN_AGAIN = "train again with `dvc repro -f --downstream train` (train, evaluate and bench)"
 
 
-def recorded_run_problem(models_dir: Path, info: dict[str, Any], version: bool = False) -> str | None:
-    """Why the MLflow run run.json names (and, with `version`, its registered version) cannot be
-    used in the store in use, or None: a store deleted to start afresh, a run or version deleted
-    in `mlflow ui`, another MLFLOW_TRACKING_URI."""
+def recorded_run_problem(models_dir: Path, info: dict[str, Any], version: bool = False,
+                         logged_model: bool = False) -> str | None:
+    """Why the MLflow run run.json names (and, with `version`, its registered version; with
+    `logged_model`, its logged model) cannot be used in the store in use, or None: a store
+    deleted to start afresh, a run, version or model deleted in MLflow, another MLFLOW_TRACKING_URI."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -322,14 +323,21 @@ def recorded_run_problem(models_dir: Path, info: dict[str, Any], version: bool =
         except mlflow.exceptions.MlflowException:
             return (f"{run_file(models_dir)} names {info['model_name']} v{info['model_version']}, which is "
                     f"not in the registry of {tracking_uri()} (deleted?)")
+    if logged_model and info.get("model_id"):
+        try:
+            client.get_logged_model(info["model_id"])
+        except mlflow.exceptions.MlflowException:
+            return (f"{run_file(models_dir)} names MLflow logged model {info['model_id']}, which is not in "
+                    f"the store {tracking_uri()} (deleted?)")
     return None
 
 
-def check_recorded_run(models_dir: Path, info: dict[str, Any], version: bool = False) -> None:
+def check_recorded_run(models_dir: Path, info: dict[str, Any], version: bool = False,
+                       logged_model: bool = False) -> None:
     """A DataError in one line, before a stage writes anything, when run.json's run (or version)
     is not in the store in use (`recorded_run_problem`): evaluate and bench otherwise rewrote
     their reports and then ended in MLflow's traceback `Run with id=... not found`."""
-    problem = recorded_run_problem(models_dir, info, version)
+    problem = recorded_run_problem(models_dir, info, version, logged_model)
     if problem:
         raise DataError(f"{problem}; {TRAIN_AGAIN}")
 

@@ -45,7 +45,7 @@ def export(params: Params, models_dir: Path | None = None) -> dict:
     info = tracking.read_run_file(models_dir) or {}  # checked before anything is written
     if info.get("model_id"):
         open_store()  # the store answers: checked before anything is written
-        tracking.check_recorded_run(models_dir, info)
+        tracking.check_recorded_run(models_dir, info, logged_model=True)  # fer.onnx is logged with it
     spec, state_dict = artifact.load_checkpoint(best)
     prepared = Path(params.data.prepared_dir)
     load_meta(prepared)

@@ -264,6 +264,22 @@ def test_an_interrupted_training_whose_run_is_not_in_the_store_starts_over(in_fi
             shutil.copytree(saved / folder, in_finished / folder)
 
 
+def test_export_of_a_logged_model_missing_from_the_store_stops_before_writing(in_finished, capsys):
+    """run.json's logged model deleted in MLflow: export wrote fer.onnx, then ended in MLflow's
+    traceback `Logged model with ID ... not found` when it logged the file with it."""
+    run_file = in_finished / "models" / "run.json"
+    finished_info = run_file.read_text()
+    try:
+        run_file.write_text(json.dumps({**json.loads(finished_info), "model_id": "m-0123456789abcdef"}))
+        before, runs = snapshot(in_finished), run_count()
+        assert export_main(["--params", "params.yaml"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "models/run.json names MLflow logged model m-0123456789abcdef, which is not in the store" in err
+        assert "\n" not in err and snapshot(in_finished) == before and run_count() == runs, err
+    finally:
+        run_file.write_text(finished_info)
+
+
 def test_evaluate_of_a_version_deleted_from_the_registry_stops_before_writing(in_finished, capsys):
     run_file = in_finished / "models" / "run.json"
     finished_info = run_file.read_text()

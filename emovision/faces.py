@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 
 from emovision.errors import ConfigError, SourceError
-from emovision.framing import LARGE_FRAME_SIDE, MIN_FACE, Framing, crop_faces, eye_angles, smallest_face
+from emovision.framing import (LARGE_FRAME_SIDE, MIN_FACE, PNET_WINDOW, Framing, crop_faces, eye_angles,
+                               smallest_face)
 from emovision.levels import to_uint8
 
 # Detection runs on a downscaled frame. OpenCV's alt2 frontal cascade has a 20-px window, so
@@ -202,21 +203,27 @@ def make_detector(name: str = DEFAULT_DETECTOR, cascade: str | Path | None = Non
     default) is a ConfigError: such faces are found only in a frame enlarged (window / min_face)**2
     times, and `--min-face 1` took 48 s and 5.9 GB on a 512x600 photo (MTCNN; Haar 23 s, 6.9 GB),
     where 40 takes 0.04 s; a face of a few pixels has no expression to read anyway."""
-    given = None if min_face is None else max(min_face, 1)
-    if name == "haar":
-        detector = HaarFaceDetector(cascade, min_face=given)
-    elif cascade is not None:
+    if cascade is not None and name != "haar":
         raise SourceError(f"--cascade is for the haar detector, not {name}")
-    elif name == "mtcnn":
+    if name not in DETECTORS:
+        raise SourceError(f"unknown face detector {name!r}; choose from {', '.join(DETECTORS)}")
+    given = None if min_face is None else max(min_face, 1)
+    if name == "mtcnn":
+        # checked before the import: emovision.mtcnn loads torch and the weights (3.2 s, 850 MB
+        # for a refusal that takes 0.1 s)
+        _check_min_face(min_face, PNET_WINDOW, name)
         from emovision.mtcnn import MTCNNFaceDetector
 
-        detector = MTCNNFaceDetector(min_face=given)
-    else:
-        raise SourceError(f"unknown face detector {name!r}; choose from {', '.join(DETECTORS)}")
-    if min_face is not None and min_face < detector.window:
-        raise ConfigError(f"--min-face must be >= {detector.window} px with --detector {name} (its smallest "
-                          f"window; a smaller face would need each image enlarged), got {min_face}")
+        return MTCNNFaceDetector(min_face=given)
+    detector = HaarFaceDetector(cascade, min_face=given)  # its window is the cascade XML's own (read in ms)
+    _check_min_face(min_face, detector.window, name)
     return detector
+
+
+def _check_min_face(min_face: int | None, window: int, name: str) -> None:
+    if min_face is not None and min_face < window:
+        raise ConfigError(f"--min-face must be >= {window} px with --detector {name} (its smallest "
+                          f"window; a smaller face would need each image enlarged), got {min_face}")
 
 
 def _overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

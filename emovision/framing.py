@@ -39,6 +39,9 @@ MIN_FACE = 40  # smallest face side in full-frame pixels: the Haar cascade's win
 # one 3.6-5.5 s and 0.4 GB more; crops are still cut from the whole frame. Up to 1920 px nothing
 # changes.
 LARGE_FRAME_SIDE = 1920
+# MTCNN's P-Net window: a face smaller than this is found only in an enlarged frame. Here so that
+# faces refuses a --min-face under it without importing mtcnn (torch and the weights).
+PNET_WINDOW = 12
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from torch import nn
 from torchvision.ops import nms
 
 from emovision.errors import SourceError
-from emovision.framing import OUTSIDE_BORDER, Framing, smallest_face
+from emovision.framing import OUTSIDE_BORDER, PNET_WINDOW, Framing, smallest_face
 
 WEIGHTS_DIR = Path(__file__).parent / "weights" / "mtcnn"
 PYRAMID_FACTOR = 0.709  # the paper's step between pyramid levels
@@ -41,7 +41,6 @@ THRESHOLDS = (0.6, 0.7, 0.7)  # face probability kept after P-Net, R-Net, O-Net 
 RESCUE_THRESHOLDS = (0.1, 0.1, 0.8)
 RESCUE_MIN_FACE = 64
 RESCUE_MAX_FACE = 0.75
-PNET_WINDOW = 12  # P-Net's window: a face smaller than this is found only in an enlarged frame
 # Candidates around a known face (centre shift in box sides, scale): R-Net and O-Net's box
 # regression pulls each onto the face, so a face that moved up to about a quarter of its side
 # between detection rounds is re-found without a scan.

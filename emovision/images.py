@@ -1,9 +1,9 @@
 """Reading image files: the one reader for prepare, predict, the app's image sources and the
 serving API's images.
 
-`read_image` reads a file, `decode_image` the same from bytes (the serving API's base64
-images). Both decode 16-bit and float files at their own depth and bring every image to
-uint8 by the one level rule, `emovision.levels.to_uint8` (uint16 0..65535, float 0..1), so a
+`read_image` reads a file (a pipe too: `read_bytes`), `decode_image` the same from bytes
+(the serving API's base64 images). Both decode 16-bit and float files at their own depth and
+bring every image to uint8 by the one level rule, `emovision.levels.to_uint8` (uint16 0..65535, float 0..1), so a
 16-bit PNG or a float TIFF reads as the 8-bit photo it holds, not as a near-black one.
 
 `cv2.imread` decodes a truncated JPEG with the missing rows grey and says nothing (libjpeg
@@ -123,13 +123,22 @@ def decode_image(data: np.ndarray | bytes, flags: int = cv2.IMREAD_COLOR) -> np.
 def read_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | str:
     """The decoded uint8 image (`decode_image`), or why it is unusable: missing, a folder,
     unreadable, a truncated JPEG, or not an image OpenCV can decode."""
+    data = read_bytes(path)
+    return data if isinstance(data, str) else decode_image(data, flags)
+
+
+def read_bytes(path: Path) -> bytes | str:
+    """A file's bytes, or why they cannot be read (missing, a folder, unreadable). Read in one
+    stream, so a pipe or FIFO (`predict <(cat photo.jpg)`, /dev/fd/63) reads like a file:
+    np.fromfile, used before, asks for the file's position and failed on it. A pipe's bytes
+    come once; a second read of it is empty."""
     if Path(path).is_dir():
         return "a folder, not an image file"
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        with open(path, "rb") as f:
+            return f.read()
     except OSError as err:
         return f"unreadable image file ({err.strerror or type(err).__name__})"
-    return decode_image(data, flags)
 
 
 def jpeg_truncated(data: np.ndarray) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from emovision.errors import ConfigError, SourceError, cli_main
 from emovision.faces import (DEFAULT_DETECTOR, DETECTORS, LARGE_FRAME_SIDE, MIN_FACE, analyze_still, make_detector,
                              to_gray)
 from emovision.fileio import user_path
-from emovision.images import read_image
+from emovision.images import decode_image, read_bytes
 
 
 @cli_main
@@ -42,15 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_faces < 0:
         raise ConfigError(f"--max-faces must be >= 0 (0: all faces), got {args.max_faces}")
     detector = make_detector(args.detector, args.cascade, args.min_face)
-    # Every file is read first, so a bad one fails before any output, and read again when its
-    # turn comes: kept, a thousand 12 MP photos (predict photos/*.jpg) held 12 GB of pixels.
+    # Every file is read first, so a bad one fails before any output, and a regular file is read
+    # again when its turn comes: kept, a thousand 12 MP photos (predict photos/*.jpg) held 12 GB of
+    # pixels. A pipe or FIFO (predict <(curl -s URL)) gives its bytes once: those are kept.
+    piped: dict[Path, bytes] = {}
     for path in args.images:
-        read_gray(path)
+        data = piped.get(path) or read_bytes(path)
+        read_gray(path, data)
+        if not isinstance(data, str) and not is_regular_file(path):
+            piped[path] = data
     from emovision.inference import load_classifier
 
     classifier = load_classifier(args.model, args.device, backend=args.backend)
     for path in args.images:
-        faces = analyze_still(classifier, read_gray(path), detector, args.max_faces, args.tta)
+        faces = analyze_still(classifier, read_gray(path, piped.get(path) or read_bytes(path)), detector,
+                              args.max_faces, args.tta)
         if not faces:
             print(f"no face found in {path}", file=sys.stderr)
         for face in faces:
@@ -58,14 +65,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def read_gray(path: Path) -> np.ndarray:
-    """The image file as gray levels, converted exactly as the webcam app converts frames; a
-    SourceError naming the file when it cannot be used."""
-    frame = read_image(path)
+def read_gray(path: Path, data: bytes | str) -> np.ndarray:
+    """The image file's bytes (`read_bytes`: or why it could not be read) as gray levels,
+    converted exactly as the webcam app converts frames; a SourceError naming the file when
+    it cannot be used."""
+    frame = data if isinstance(data, str) else decode_image(data)
     if isinstance(frame, str):
         raise SourceError(f"cannot read image {path}: {frame}")
     return to_gray(frame)
 
+
+def is_regular_file(path: Path) -> bool:
+    """Whether `path` is a regular file (read again, it gives the same bytes), not a pipe, FIFO
+    or device."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 if __name__ == "__main__":
     raise SystemExit(main())

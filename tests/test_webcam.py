@@ -1,6 +1,7 @@
 """The webcam and predict apps, headless on videos built from real photos."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -425,6 +426,35 @@ def test_predict_does_not_hold_every_image_in_memory(checkpoint, tmp_path, capsy
         tracemalloc.stop()
     assert capsys.readouterr().err.count("no face found") == 41
     assert peak < 20e6, f"{peak / 1e6:.0f} MB traced at the peak"
+
+
+def test_predict_reads_a_pipe(checkpoint, tmp_path, capsys):
+    """`predict <(cat photo.jpg)` gets /dev/fd/63, a pipe: np.fromfile failed on it ("unreadable
+    image file (OSError)"), and predict's second read of it (the first checks every file up
+    front) would find it empty. Its bytes are read as a stream now and kept from the first read;
+    the same photo from a regular file gives the same record."""
+    import threading
+
+    img = tmp_path / "hopper.jpg"
+    cv2.imwrite(str(img), grace_hopper())
+    read, write = os.pipe()
+
+    def feed():
+        with contextlib.suppress(BrokenPipeError), os.fdopen(write, "wb") as f:
+            f.write(img.read_bytes())  # more than a pipe holds: written while predict reads
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        code = predict_main(["--model", checkpoint, f"/dev/fd/{read}", str(img)])
+    finally:
+        os.close(read)  # a reader that gave up leaves the feeder a broken pipe, not a wait
+        feeder.join()
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    piped, regular = [json.loads(line) for line in captured.out.splitlines()]
+    assert piped.pop("image") == f"/dev/fd/{read}" and regular.pop("image") == str(img)
+    assert piped == regular
 
 
 def test_predict_finds_a_60_px_face_at_the_defaults(checkpoint, tmp_path, capsys):

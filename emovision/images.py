@@ -35,13 +35,16 @@ JPEG_START = b"\xff\xd8\xff"  # start-of-image, then the first segment's marker
 JPEG_START_OF_SCAN, JPEG_END = 0xDA, 0xD9
 # ISO base media files (HEIC, AVIF, MP4) name their brand at bytes 8..12, after "ftyp".
 HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
+# Canon's CR3 raw photos are ISO base media files too (brand "crx "): a camera's raw file, which
+# the video signatures below took for a video.
+RAW_BRANDS = (b"crx ",)
 EXR_MAGIC = b"\x76\x2f\x31\x01"
 # How the still images of IMAGE_EXTENSIONS begin, so that one is read as a photo whatever its name:
 # browsers save JPEGs as .jfif, older tools as .jpe, and a photo named .mp4 or with no extension
 # went to the video reader, where a face must be confirmed over frames that never come (none was
 # found). GIF is left out, as from IMAGE_EXTENSIONS. (prefix, offset) pairs. A BMP's "BM" counts
 # with its header's reserved zeros (a text file may start "BM"); a TIFF only named as one or not
-# named (`is_image_file`): camera raw files (NEF, CR2, DNG, ARW) are TIFF inside.
+# named (`is_image_file`): camera raw files (NEF, CR2, DNG, ARW) are TIFF inside (`is_camera_raw`).
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
 IMAGE_SIGNATURES = ((JPEG_START, 0), (b"\x89PNG\r\n\x1a\n", 0), (b"BM", 0), *((magic, 0) for magic in TIFF_MAGIC),
                     (b"WEBP", 8), (b"\x00\x00\x00\x0cjP  ", 0), (b"\xffO\xffQ", 0), (EXR_MAGIC, 0),
@@ -66,25 +69,40 @@ def quiet_opencv():
 
 def is_image_file(path: Path) -> bool:
     """Whether `path` is a still image for the app: by its first bytes when they say an image
-    (IMAGE_SIGNATURES) or a video (VIDEO_SIGNATURES), whatever its name (but a TIFF named
-    otherwise, a camera's raw file); else by its name (IMAGE_EXTENSIONS), so that a broken photo
-    is refused as an image."""
+    (IMAGE_SIGNATURES) or a video (VIDEO_SIGNATURES), whatever its name (but not a camera's raw
+    file, `is_camera_raw`); else by its name (IMAGE_EXTENSIONS), so that a broken photo is
+    refused as an image."""
     path = Path(path)
-    try:
-        with path.open("rb") as f:
-            head = f.read(16)
-    except OSError:
-        head = b""
+    head = file_head(path)
+    if is_camera_raw(path, head):
+        return False  # its first image is a thumbnail, or one OpenCV cannot decode
     kind = content_kind(head)
-    if kind == "image" and head[:4] in TIFF_MAGIC and path.suffix and path.suffix.lower() not in IMAGE_EXTENSIONS:
-        return False  # a camera's raw file: its first image is a thumbnail, or one OpenCV cannot decode
     return kind == "image" if kind else path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def is_camera_raw(path: Path, head: bytes) -> bool:
+    """Whether a file (`head`: its first bytes) is a camera's raw photo: a Canon CR3 by its brand
+    (RAW_BRANDS), or a TIFF named other than as an image (NEF, CR2, DNG, ARW are TIFF inside)."""
+    suffix = Path(path).suffix.lower()
+    return content_kind(head) == "raw" or (head[:4] in TIFF_MAGIC and bool(suffix) and suffix not in IMAGE_EXTENSIONS)
+
+
+def file_head(path: Path) -> bytes:
+    """A file's first 16 bytes, what `content_kind` reads (empty when it cannot be read)."""
+    try:
+        with Path(path).open("rb") as f:
+            return f.read(16)
+    except OSError:
+        return b""
+
+
 def content_kind(head: bytes) -> str | None:
-    """"image" or "video" by a file's first bytes (IMAGE_SIGNATURES, VIDEO_SIGNATURES), or None."""
+    """"image", "video" or "raw" (a Canon CR3, RAW_BRANDS) by a file's first bytes
+    (IMAGE_SIGNATURES, VIDEO_SIGNATURES), or None."""
     if head[:2] == b"BM" and head[6:10] != bytes(4):  # not a BMP: its header's reserved fields are 0
         return None
+    if head[4:8] == b"ftyp" and head[8:12] in RAW_BRANDS:
+        return "raw"
     if any(head[at:at + len(sig)] == sig for sig, at in IMAGE_SIGNATURES) or (
             len(head) > 2 and head[:1] == b"P" and head[1:2] in b"123456" and head[2:3].isspace()):  # PBM/PGM/PPM
         return "image"
@@ -100,6 +118,8 @@ def decode_image(data: np.ndarray | bytes, flags: int = cv2.IMREAD_COLOR) -> np.
         return "empty file"
     if data[4:8].tobytes() == b"ftyp" and data[8:12].tobytes() in HEIF_BRANDS:
         return "a HEIC/HEIF image, which OpenCV cannot decode: convert it to JPEG or PNG"
+    if data[4:8].tobytes() == b"ftyp" and data[8:12].tobytes() in RAW_BRANDS:
+        return "a Canon CR3 camera raw file, which OpenCV cannot decode: convert it to JPEG or PNG"
     if data[:3].tobytes() == JPEG_START and jpeg_truncated(data):
         return "truncated JPEG (no end-of-image marker after the image data)"
     exr = data[:4].tobytes() == EXR_MAGIC

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from emovision.errors import SourceError
-from emovision.images import quiet_opencv, is_image_file, read_image
+from emovision.images import file_head, is_camera_raw, is_image_file, quiet_opencv, read_image
 
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 LIVE_READ_TIMEOUT_S = 5.0
@@ -173,7 +173,10 @@ def open_source(spec: str | int) -> FrameSource:
         return ImageSource(images)
     if not path.is_file():
         raise SourceError(f"source not found: {spec} (a camera index, video, image, folder or stream URL)")
-    if is_image_file(path):
+    # A camera's raw file is read as `predict` reads it (its first image; a CR3 is refused in one
+    # line): the video reader took a NEF for a video of unknown length, where a face is never
+    # confirmed (none found, exit 0), and a CR3 for a broken video.
+    if is_image_file(path) or is_camera_raw(path, file_head(path)):
         image = read_image(path)  # the whole source: refused before anything starts, and kept
         if isinstance(image, str):
             raise SourceError(f"cannot read image {path}: {image}")

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from emovision.faces import analyze_still, iou_matrix, make_detector
-from emovision.images import decode_image, read_image
+from emovision.images import content_kind, decode_image, read_image
 from emovision.inference import load_classifier
 from emovision.predict import main as predict_main
 from emovision.serving import predict_table
@@ -131,11 +131,23 @@ def _exr_of_hopper(tmp_path) -> bytes:
     return path.read_bytes()
 
 
+def _cr3_head() -> bytes:
+    """How a Canon CR3 begins: an ISO base media `ftyp` box of brand "crx ", then `moov` with
+    Canon's own uuid box (the raw image data follows in `mdat`)."""
+    ftyp = b"ftyp" + b"crx " + struct.pack(">I", 1) + b"crx isom"
+    uuid = b"uuid" + bytes.fromhex("85c0b687820f11e08111f4ce462b6a48")
+    return (struct.pack(">I", 8 + len(ftyp)) + ftyp + struct.pack(">I", 16 + len(uuid)) + b"moov"
+            + struct.pack(">I", 8 + len(uuid)) + uuid + bytes(256))
+
+
 UNUSABLE = [  # (file name, its bytes, what the one line says)
     ("notes.jpg", lambda tmp: b"a text file, renamed", "unreadable image file"),
     ("empty.png", lambda tmp: b"", "empty file"),
     ("photo.heic", lambda tmp: b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(64),
      "a HEIC/HEIF image, which OpenCV cannot decode: convert it to JPEG or PNG"),
+    # a CR3 was "a video" to predict and a broken video to the app
+    ("IMG_0001.CR3", lambda tmp: _cr3_head(),
+     "a Canon CR3 camera raw file, which OpenCV cannot decode: convert it to JPEG or PNG"),
     ("bomb.png", lambda tmp: _png_claiming(100_000, 100_000),
      "image too large for OpenCV to decode (CV_IO_MAX_IMAGE_PIXELS: 2**30 pixels by default)"),
     ("hdr.tif", lambda tmp: cv2.imencode(".tif", np.full((8, 8, 3), 4.0, np.float32))[1].tobytes(),
@@ -237,12 +249,54 @@ def test_a_cameras_raw_file_and_a_text_file_are_not_photos(tmp_path):
     cv2.imwrite(str(folder / "thumb.tif"), grace_hopper()[::8, ::8])
     (folder / "thumb.tif").rename(folder / "DSC_0001.NEF")
     (folder / "BMI.csv").write_text("BMI,weight,height\n22.5,70,1.76\n")
+    (folder / "IMG_0002.CR3").write_bytes(_cr3_head())
     assert [p.name for p in open_source(str(folder)).files] == ["DSC_0001.JPG"]
     cv2.imwrite(str(folder / "photo.tif"), grace_hopper())  # a TIFF named as one, or not named, still is
     (folder / "photo.tif").rename(folder / "scan")
     cv2.imwrite(str(folder / "photo.bmp"), grace_hopper())
     (folder / "photo.bmp").rename(folder / "photo.dib")
     assert [p.name for p in open_source(str(folder)).files] == ["DSC_0001.JPG", "photo.dib", "scan"]
+
+
+def test_a_cameras_raw_file_as_the_source_is_read_as_predict_reads_it(tmp_path, capsys):
+    """A NEF given as --source went to the video reader, which announced no frame count: one
+    frame of a video, where a face is never confirmed (0 faces, exit 0). It is read as predict
+    reads it, its first image as a still (a TIFF of the whole photo here)."""
+    raw = tmp_path / "DSC_0003.NEF"
+    cv2.imwrite(str(tmp_path / "photo.tif"), grace_hopper())
+    (tmp_path / "photo.tif").rename(raw)
+    log = tmp_path / "faces.jsonl"
+    assert webcam_main(["--model", "pretrained", "--no-display", "--source", str(raw), "--log", str(log)]) == 0
+    assert [len(json.loads(line)["faces"]) for line in log.read_text().splitlines()] == [1]
+    capsys.readouterr()
+    assert predict_main(["--model", "pretrained", str(raw)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def _video_head(tmp_path, name: str) -> bytes:
+    """The first bytes of a real 3-frame video OpenCV writes as `name` (mp4v codec)."""
+    path = tmp_path / name
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
+    for i in range(3):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    return path.read_bytes()[:16]
+
+
+@pytest.mark.parametrize("brand, kind", [
+    *((b, "video") for b in (b"mp41", b"mp42", b"avc1", b"3gp5", b"3g2a")),
+    *((b, "image") for b in (b"heic", b"heix", b"mif1", b"avif")),
+    (b"crx ", "raw"),  # Canon CR3: was "video"
+])
+def test_an_iso_media_file_is_told_by_its_brand(brand, kind):
+    assert content_kind(b"\0\0\0\x18ftyp" + brand + b"\0\0\0\0") == kind
+
+
+@pytest.mark.parametrize("name, brand", [("v.mp4", b"isom"), ("v.mov", b"qt  "), ("v.m4v", b"M4V "),
+                                         ("v.3gp", b"3gp4")])
+def test_videos_opencv_writes_are_videos(tmp_path, name, brand):
+    head = _video_head(tmp_path, name)
+    assert head[4:12] == b"ftyp" + brand and content_kind(head) == "video"
 
 
 def test_a_folder_named_like_an_image_is_one_line(tmp_path, capsys):

@@ -10,6 +10,7 @@ a truncated JPEG is never classified grey-filled).
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from pathlib import Path
@@ -75,7 +76,8 @@ class ImageSource(FrameSource):
 
 
 class VideoSource(FrameSource):
-    """A video file, read frame by frame with no drops."""
+    """A video file, read frame by frame with no drops; each frame at its own time
+    (`frame_time`), so a phone's variable-frame-rate video is logged and played as recorded."""
 
     def __init__(self, path: Path):
         with quiet_opencv():
@@ -88,7 +90,7 @@ class VideoSource(FrameSource):
         if not ok:
             self.cap.release()
             raise SourceError(f"cannot read video {path}: no frames could be decoded")
-        self._first = first
+        self._first, self._first_ms = first, self.cap.get(cv2.CAP_PROP_POS_MSEC)
         self.files = (path,)
         self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 30.0
         # The frame count the container announces (0 when unknown): a run that reads fewer
@@ -99,15 +101,28 @@ class VideoSource(FrameSource):
         self.stills = self.expected_frames == 1
 
     def __iter__(self) -> Iterator[Frame]:
-        frame, i = self._first, 0
+        frame, ms, i, stamp = self._first, self._first_ms, 0, None
         while frame is not None:
-            yield i, i / self.fps, frame
+            stamp = frame_time(ms, stamp, self.fps)
+            yield i, stamp, frame
             ok, frame = self.cap.read()
-            frame = frame if ok else None
+            frame, ms = (frame if ok else None), self.cap.get(cv2.CAP_PROP_POS_MSEC)
             i += 1
 
     def close(self) -> None:
         self.cap.release()
+
+
+def frame_time(ms: float, previous: float | None, fps: float) -> float:
+    """A video frame's time in seconds: the backend's timestamp of it (CAP_PROP_POS_MSEC, `ms`)
+    where that is sane, finite and after the `previous` frame's (the first: from 0); else one
+    frame period after the previous frame, frame / fps from the start. Frame / fps alone drifts
+    on a variable-frame-rate video: on one of 10 frames at 30 fps then 10 at 10 fps (15 fps on
+    average), frame 19 was logged at 1.27 s, recorded at 1.23 s, and frame 10 at 0.67 s for 0.33."""
+    t = ms / 1000
+    if previous is None:
+        return t if math.isfinite(t) and t >= 0 else 0.0
+    return t if math.isfinite(t) and t > previous else previous + 1 / fps
 
 
 class LiveSource(FrameSource):

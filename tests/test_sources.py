@@ -1,0 +1,122 @@
+"""Frame sources' timestamps: each video frame at its own time, on real OpenCV videos."""
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from emovision.sources import frame_time, open_source
+from emovision.webcam import main as webcam_main
+from tests.media import grace_hopper
+
+CONTAINERS = (b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts")  # ISO media boxes that hold boxes
+
+
+def _parse(data: bytes) -> list:
+    boxes, pos = [], 0
+    while pos < len(data):
+        size, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + size]
+        boxes.append([kind, _parse(body) if kind in CONTAINERS else bytearray(body)])
+        pos += size
+    return boxes
+
+
+def _serialize(boxes: list) -> bytes:
+    out = b""
+    for kind, body in boxes:
+        body = _serialize(body) if isinstance(body, list) else bytes(body)
+        out += struct.pack(">I4s", 8 + len(body), kind) + body
+    return out
+
+
+def _box(boxes: list, *path: bytes) -> bytearray | list:
+    for kind, body in boxes:
+        if kind == path[0]:
+            return body if len(path) == 1 else _box(body, *path[1:])
+    raise KeyError(path[0])
+
+
+def variable_rate_video(path: Path, durations_s: list[float], size: tuple[int, int] = (320, 240)) -> list[float]:
+    """A real mp4v video (cv2.VideoWriter) whose frame i lasts durations_s[i], as a phone records
+    (OpenCV writes a constant rate: its sample-duration table, `stts`, is rewritten, and the
+    durations of the track, movie and edit list with it; the file has one track, version-0
+    boxes and its index after the frames, so no frame moves). Returns the frames' times."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, size)
+    photo = cv2.resize(grace_hopper(), (size[1] * 512 // 600, size[1]))
+    for i in range(len(durations_s)):
+        frame = np.full((size[1], size[0], 3), 100, np.uint8)
+        x = 4 * i % (size[0] - photo.shape[1])
+        frame[:, x:x + photo.shape[1]] = photo
+        writer.write(frame)
+    writer.release()
+    boxes = _parse(path.read_bytes())
+    movie_scale = struct.unpack(">I", _box(boxes, b"moov", b"mvhd")[12:16])[0]
+    mdhd = _box(boxes, b"moov", b"trak", b"mdia", b"mdhd")
+    media_scale = struct.unpack(">I", mdhd[12:16])[0]
+    ticks = [round(d * media_scale) for d in durations_s]
+    total, movie_total = sum(ticks), round(sum(ticks) * movie_scale / media_scale)
+    mdhd[16:20] = struct.pack(">I", total)
+    _box(boxes, b"moov", b"mvhd")[16:20] = struct.pack(">I", movie_total)
+    _box(boxes, b"moov", b"trak", b"tkhd")[20:24] = struct.pack(">I", movie_total)
+    _box(boxes, b"moov", b"trak", b"edts", b"elst")[8:12] = struct.pack(">I", movie_total)
+    runs: list[list[int]] = []
+    for t in ticks:
+        if runs and runs[-1][1] == t:
+            runs[-1][0] += 1
+        else:
+            runs.append([1, t])
+    for entry in _box(boxes, b"moov", b"trak", b"mdia", b"minf", b"stbl"):
+        if entry[0] == b"stts":
+            entry[1] = bytearray(struct.pack(">II", 0, len(runs)) + b"".join(struct.pack(">II", *r) for r in runs))
+    path.write_bytes(_serialize(boxes))
+    return [sum(ticks[:i]) / media_scale for i in range(len(ticks))]
+
+
+def test_a_variable_frame_rate_video_is_logged_at_its_own_times(tmp_path):
+    """The log's `time` was frame / fps: on 10 frames at 30 fps then 10 at 10 fps (15 fps on
+    average, as OpenCV reports it) frame 10 was at 0.67 s for 0.33 recorded, frame 19 at 1.27 for
+    1.23. It is each frame's own timestamp now (CAP_PROP_POS_MSEC)."""
+    video = tmp_path / "phone.mp4"
+    truth = variable_rate_video(video, [1 / 30] * 10 + [1 / 10] * 10)
+    with open_source(str(video)) as source:
+        assert source.fps == pytest.approx(15, abs=0.5)  # frame / fps would be off by up to 0.33 s
+        stamps = [stamp for _, stamp, _ in source]
+    assert stamps == pytest.approx(truth, abs=1e-3)
+    log = tmp_path / "faces.jsonl"
+    assert webcam_main(["--model", "pretrained", "--no-display", "--source", str(video), "--log", str(log),
+                        "--detector", "haar"]) == 0
+    assert [json.loads(line)["time"] for line in log.read_text().splitlines()] == pytest.approx(truth, abs=1e-3)
+
+
+@pytest.mark.parametrize("fps", [10, 25, 30])
+def test_a_constant_rate_video_keeps_frame_over_fps(tmp_path, fps):
+    """The backend's timestamps are used where they are sane: on a constant-rate video they are
+    frame / fps, as before."""
+    video = tmp_path / "v.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), fps, (64, 48))
+    for i in range(12):
+        writer.write(np.full((48, 64, 3), 20 * i, np.uint8))
+    writer.release()
+    with open_source(str(video)) as source:
+        assert [stamp for _, stamp, _ in source] == pytest.approx([i / fps for i in range(12)], abs=1e-6)
+
+
+@pytest.mark.parametrize("reported_ms, expected_s", [
+    ([0, 40, 80], [0, 0.04, 0.08]),  # sane: the backend's own
+    ([0, 0, 0], [0, 0.04, 0.08]),  # a backend without timestamps
+    ([math.nan, math.inf, -5.0], [0, 0.04, 0.08]),  # not finite, negative
+    ([0, 40, 30, 120], [0, 0.04, 0.08, 0.12]),  # going back: one period on, then the backend's again
+    ([-40, 0, 40], [0, 0.04, 0.08]),  # a negative start is not before 0
+])
+def test_a_broken_timestamp_falls_back_to_one_frame_period(reported_ms, expected_s):
+    stamps, previous = [], None
+    for ms in reported_ms:
+        previous = frame_time(ms, previous, fps=25.0)
+        stamps.append(previous)
+    assert stamps == pytest.approx(expected_s)

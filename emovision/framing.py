@@ -112,6 +112,13 @@ def crop_faces(gray: np.ndarray, boxes: Sequence[Sequence[float]], framing: Fram
     return [crop_levelled(gray, *fer_square(b, framing), framing.level * a) for b, a in zip(boxes, angles)]
 
 
+def face_fits(shape: tuple[int, ...], min_face: int | None) -> bool:
+    """Whether a frame of `shape` can hold a face of `min_face` px (a `--min-face`; None: the
+    default, which a frame's size scales), its shorter side at least that: a larger one makes the
+    detector find nothing, and the apps say so."""
+    return min_face is None or min_face <= min(shape[:2])
+
+
 def smallest_face(shape: tuple[int, ...], min_face: int | None = None) -> float:
     """The smallest face side (px) a full scan of a frame of `shape` looks for: `min_face` when
     given; else MIN_FACE, or as much more as the frame's longer side exceeds LARGE_FRAME_SIDE."""

@@ -18,6 +18,7 @@ from emovision.errors import ConfigError, SourceError, cli_main
 from emovision.faces import (DEFAULT_DETECTOR, DETECTORS, LARGE_FRAME_SIDE, MIN_FACE, analyze_still, make_detector,
                              to_gray)
 from emovision.fileio import user_path
+from emovision.framing import face_fits
 from emovision.images import decode_image, read_bytes
 
 
@@ -56,10 +57,13 @@ def main(argv: list[str] | None = None) -> int:
 
     classifier = load_classifier(args.model, args.device, backend=args.backend)
     for path in args.images:
-        faces = analyze_still(classifier, read_gray(path, piped.get(path) or read_bytes(path)), detector,
-                              args.max_faces, args.tta)
+        gray = read_gray(path, piped.get(path) or read_bytes(path))
+        faces = analyze_still(classifier, gray, detector, args.max_faces, args.tta)
         if not faces:
-            print(f"no face found in {path}", file=sys.stderr)
+            h, w = gray.shape
+            fits = face_fits(gray.shape, args.min_face)
+            print(f"no face found in {path}" + ("" if fits else f" (--min-face {args.min_face} is larger than its "
+                                                                  f"{w}x{h})"), file=sys.stderr)
         for face in faces:
             print(json.dumps({"image": str(path), **face}))
     return 0

@@ -36,6 +36,8 @@ class FrameSource:
     stills: bool = False  # unrelated images: nothing to track or smooth between them
     files: tuple[Path, ...] = ()  # the files it reads (none for cameras and streams)
     skipped: tuple[tuple[Path, str], ...] | list[tuple[Path, str]] = ()  # (file, why) passed over: image folders
+    frame_size: tuple[int, int] | None = None  # (width, height) of every frame, where known at open
+    expected_frames: int = 0  # the frames a video's header announces (0: unknown, or live)
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
@@ -64,6 +66,8 @@ class ImageSource(FrameSource):
         self.fps = 1.0
         self.skipped: list[tuple[Path, str]] = []
         self._first = first
+        if first is not None and len(paths) == 1:
+            self.frame_size = first.shape[1::-1]
 
     def __iter__(self) -> Iterator[Frame]:
         first, self._first = self._first, None  # used once: a second pass reads the files
@@ -92,6 +96,7 @@ class VideoSource(FrameSource):
             raise SourceError(f"cannot read video {path}: no frames could be decoded")
         self._first, self._first_ms = first, self.cap.get(cv2.CAP_PROP_POS_MSEC)
         self.files = (path,)
+        self.frame_size = first.shape[1::-1]
         self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 30.0
         # The frame count the container announces (0 when unknown): a run that reads fewer
         # frames than this met a truncated or damaged file, and the app says so.
@@ -133,6 +138,8 @@ class LiveSource(FrameSource):
     def __init__(self, cap: cv2.VideoCapture, name: str):
         self.cap, self.name = cap, name
         self.fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+        size = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        self.frame_size = size if min(size) > 0 else None
         self._frame: np.ndarray | None = None
         self._stamp = 0.0
         self._seq = 0  # frames read by the thread

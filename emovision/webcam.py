@@ -27,8 +27,9 @@ import numpy as np
 from emovision import fileio
 from emovision.device import usable_cpus
 from emovision.errors import EXIT_INTERRUPTED, ConfigError, SourceError, cli_main
-from emovision.faces import (DEFAULT_DETECTOR, DETECT_EVERY, DETECTORS, LARGE_FRAME_SIDE, MIN_FACE, SMOOTH,
+from emovision.faces import (DEFAULT_DETECTOR, DETECT_EVERY, DETECTORS, LARGE_FRAME_SIDE, MIN_FACE, MIN_HITS, SMOOTH,
                              EmotionPipeline, make_detector)
+from emovision.framing import face_fits
 from emovision.sources import FrameSource, open_source
 
 WINDOW = "emovision"
@@ -119,6 +120,27 @@ def check_outputs_spare_inputs(args: argparse.Namespace, source: FrameSource) ->
         if path is not None and path.resolve() in inputs:
             raise ConfigError(f"--{flag} {path} is the source being read; it would be overwritten: "
                               f"give another file name")
+
+
+def check_source_fits(args: argparse.Namespace, source: FrameSource) -> None:
+    """Flags under which the app could only find nothing, refused before the model loads:
+    `--detect-every` so large that the frames to be read (a video's header, `--max-frames`;
+    a camera has no count) hold fewer than the MIN_HITS detection rounds a face needs before it
+    is shown, and a `--min-face` larger than frames all of one size (a video, a camera, one
+    image; a folder's images are counted as they come, `run`)."""
+    counts = [(n, what) for n, what in ((args.max_frames, "--max-frames reads"),
+                                        (source.expected_frames, f"{args.source} has")) if n]
+    if counts and not source.stills:
+        frames, what = min(counts)
+        most = (frames - 1) // (MIN_HITS - 1)
+        if most and args.detect_every > most:
+            raise ConfigError(f"--detect-every {args.detect_every}: the {frames} frames {what} hold fewer than "
+                              f"{MIN_HITS} detection rounds, and a face is shown only once {MIN_HITS} rounds agree "
+                              f"(none would be); give at most {most}")
+    if source.frame_size is not None and not face_fits(source.frame_size[::-1], args.min_face):
+        w, h = source.frame_size
+        raise ConfigError(f"--min-face {args.min_face} is larger than the frames of {args.source} ({w}x{h}): no "
+                          f"face could be found; give at most {min(w, h)}")
 
 
 def check_output_file(flag: str, path: Path | None, example: str) -> None:
@@ -286,6 +308,8 @@ def run(pipeline: EmotionPipeline, source: FrameSource, args: argparse.Namespace
     paused = False
     shown = None  # the size of the frame in the window
     stopped_early = False  # by --max-frames or a key: the end of the source was not reached
+    too_small = 0  # frames smaller than --min-face (a folder's images): no face can be found in them
+    min_face = getattr(pipeline.detector, "min_face", None)
     writer: AtomicVideoWriter | None = None
     fps = None
     ok = False
@@ -302,6 +326,7 @@ def run(pipeline: EmotionPipeline, source: FrameSource, args: argparse.Namespace
                 index, stamp, frame = item
                 decode_ms = 1000 * (time.perf_counter() - t0)
                 result = pipeline.process(frame)
+                too_small += not face_fits(frame.shape, min_face)
                 pipeline.annotate(frame, result, fps)
                 now = time.perf_counter()
                 rate = 1.0 / max(now - t_prev, 1e-6)
@@ -347,9 +372,11 @@ def run(pipeline: EmotionPipeline, source: FrameSource, args: argparse.Namespace
         if display:
             cv2.destroyAllWindows()
     summary = summarize(times, detect_frames, frames, faces_seen, track_ids, time.perf_counter() - started)
+    if too_small:
+        summary["min_face_too_large"] = too_small
     if source.live:
         summary["dropped"] = getattr(source, "dropped", 0)
-    expected = getattr(source, "expected_frames", 0)
+    expected = source.expected_frames
     if not stopped_early and expected and frames < expected:
         summary["expected_frames"] = expected
     return summary
@@ -373,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     detector = make_detector(args.detector, args.cascade, args.min_face)
     with open_source(args.source) as source, torch_threads(args.threads):
         check_outputs_spare_inputs(args, source)
+        check_source_fits(args, source)
         classifier = load_classifier(args.model, args.device, backend=args.backend)
         print(f"model {args.model} ({classifier.info.get('arch')}, trained on "
               f"{classifier.info.get('dataset') or 'unknown data'}) on {classifier.device}; source {args.source}")
@@ -394,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
               f"its header announces (truncated or damaged file); the outputs cover the frames read",
               file=sys.stderr)
         return EXIT_INCOMPLETE
+    if "min_face_too_large" in summary:  # a folder's images of many sizes: the others were searched
+        print(f"warning: --min-face {args.min_face} is larger than {summary['min_face_too_large']} of the "
+              f"{summary['frames']} images (their shorter side): no face could be found in them", file=sys.stderr)
     skipped = source.skipped
     if skipped:  # broken images in a folder: the others were processed, the broken ones are named
         names = "; ".join(f"{path} ({why})" for path, why in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")

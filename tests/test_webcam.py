@@ -457,6 +457,63 @@ def test_predict_reads_a_pipe(checkpoint, tmp_path, capsys):
     assert piped == regular
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--detect-every", "20"], "--detect-every 20: the 20 frames {video} has hold fewer than 2 detection rounds, and a "
+                               "face is shown only once 2 rounds agree (none would be); give at most 19"),
+    (["--max-frames", "8", "--detect-every", "8"], "--detect-every 8: the 8 frames --max-frames reads hold fewer"),
+    (["--min-face", "481"], "--min-face 481 is larger than the frames of {video} (640x480): no face could be found; "
+                            "give at most 480"),
+])
+def test_flags_that_can_only_find_nothing_are_refused(tmp_path, args, message, capsys):
+    """--detect-every at or past a video's length detects once, and a face is shown only once two
+    rounds agree; a --min-face over the frame's side fits no face: both found nothing, exit 0.
+    Refused before the model loads ('nope.pt' would fail next)."""
+    video = make_benchmark_video(tmp_path / "v.mp4", frames=20)
+    assert webcam_main(["--model", "nope.pt", "--no-display", "--source", str(video), *args]) == 2
+    one_error_line(capsys.readouterr().err, message.format(video=video))
+
+
+def test_the_largest_detect_every_a_video_allows_still_runs_and_a_camera_is_not_counted(checkpoint, tmp_path):
+    from emovision.sources import LiveSource
+    from emovision.webcam import build_parser, check_source_fits
+
+    video = tmp_path / "still_face.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 30, (640, 480))
+    frame = blank()
+    frame[:, 64:576] = cv2.resize(grace_hopper(), (512, 480))
+    for _ in range(20):
+        writer.write(frame)
+    writer.release()
+    log = tmp_path / "faces.jsonl"
+    assert webcam_main(["--model", checkpoint, "--no-display", "--source", str(video), "--detect-every", "19",
+                        "--log", str(log)]) == 0
+    assert [r["frame"] for r in read_log(log) if r["faces"]] == [19]  # found on frames 0 and 19, shown on 19
+    args = build_parser().parse_args(["--source", "0", "--detect-every", "1000"])
+    with LiveSource(cv2.VideoCapture(str(video)), "camera 0") as camera:  # live: no frame count
+        check_source_fits(args, camera)
+
+
+def test_a_min_face_larger_than_some_images_of_a_folder_is_said(checkpoint, tmp_path, capsys):
+    """In a folder of photos of several sizes a --min-face larger than some is not refused (the
+    others are searched), but no longer passes in silence; predict says why it found no face."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), grace_hopper())  # 512x600
+    cv2.imwrite(str(folder / "b.png"), cv2.resize(grace_hopper(), None, fx=2.5, fy=2.5))  # 1280x1500, face 560 px
+    log = tmp_path / "faces.jsonl"
+    assert webcam_main(["--model", checkpoint, "--no-display", "--source", str(folder), "--min-face", "520",
+                        "--detector", "haar", "--log", str(log)]) == 0
+    assert [len(r["faces"]) for r in read_log(log)] == [0, 1]
+    err = capsys.readouterr().err
+    one_error_line(err, "warning: --min-face 520 is larger than 1 of the 2 images (their shorter side): no face "
+                        "could be found in them")
+    assert predict_main(["--model", checkpoint, "--min-face", "520", "--detector", "haar",
+                         str(folder / "a.png"), str(folder / "b.png")]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 1
+    one_error_line(captured.err, f"no face found in {folder / 'a.png'} (--min-face 520 is larger than its 512x600)")
+
+
 def test_predict_finds_a_60_px_face_at_the_defaults(checkpoint, tmp_path, capsys):
     scale = 60 / ASTRONAUT_FACE[2]
     frame = np.full((480, 640, 3), 128, np.uint8)

@@ -3,8 +3,9 @@ serving API's images.
 
 `read_image` reads a file (a pipe too: `read_bytes`), `decode_image` the same from bytes
 (the serving API's base64 images). Both decode 16-bit and float files at their own depth and
-bring every image to uint8 by the one level rule, `emovision.levels.to_uint8` (uint16 0..65535, float 0..1), so a
-16-bit PNG or a float TIFF reads as the 8-bit photo it holds, not as a near-black one.
+bring every image to uint8 by the one level rule, `emovision.levels.to_uint8` (uint16
+0..65535, float 0..1), so a 16-bit PNG or a float TIFF reads as the 8-bit photo it holds, not
+as a near-black one.
 
 `cv2.imread` decodes a truncated JPEG with the missing rows grey and says nothing (libjpeg
 prints a warning to the terminal at most), so a cut-off download or a half-copied photo

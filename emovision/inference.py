@@ -48,14 +48,15 @@ class EmotionClassifier:
         self.tta = tta
 
     def predict_proba(self, faces: np.ndarray | Sequence[np.ndarray], tta: bool | None = None,
-                      batch_size: int = 256) -> np.ndarray:
+                      batch_size: int | None = None) -> np.ndarray:
         """(N, H, W) crops (or a list of crops of any size, grey or BGR) -> (N, n_classes) float32.
 
         Levels by dtype (`emovision.levels`): uint8 0..255, uint16 0..65535, float 0..1; a
         crop outside its dtype's range (a float crop of 0..255) is a ValueError, never cast.
 
         With `tta` (default: the classifier's `tta`, on unless switched off), probabilities
-        are averaged with those of the mirrored face.
+        are averaged with those of the mirrored face. `batch_size` (faces per forward pass):
+        by default `scoring.batch_size_for` the classifier's device.
         """
         tta = self.tta if tta is None else tta
         out, = self._in_chunks(faces, batch_size, 1, lambda pixels: (
@@ -63,15 +64,16 @@ class EmotionClassifier:
         return out
 
     def predict_proba_both(self, faces: np.ndarray | Sequence[np.ndarray],
-                           batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                           batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(without TTA, with flip TTA) probabilities, each equal to `predict_proba(faces, tta=...)`,
         from one pass: scoring a split both ways (a model card's two rows) costs two forwards, not three."""
         return self._in_chunks(faces, batch_size, 2, lambda pixels: scoring.predict_proba_both(
             self.model, pixels, self.preprocess, batch_size))
 
-    def _in_chunks(self, faces, batch_size: int, n_outputs: int, probs_of) -> tuple[np.ndarray, ...]:
+    def _in_chunks(self, faces, batch_size: int | None, n_outputs: int, probs_of) -> tuple[np.ndarray, ...]:
         """`probs_of(pixels)`, a tuple of `n_outputs` (n, n_classes) tensors, over `faces`
         preprocessed `batch_size` crops at a time."""
+        batch_size = scoring.batch_size_for(self.device, batch_size)
         outs = tuple(np.zeros((len(faces), len(self.classes)), dtype=np.float32) for _ in range(n_outputs))
         for start in range(0, len(faces), batch_size):
             pixels = torch.from_numpy(prepare_pixels(faces[start:start + batch_size], self.preprocess))

@@ -15,14 +15,27 @@ from torch import nn
 
 from emovision.preprocess import PreprocessConfig, normalize
 
-DEFAULT_BATCH = 256
-# Scoring a whole split on CPU: a batch of 32 48x48 faces keeps each layer's activations in
-# cache (cnn_small width 48: 14 MB at 32, 113 MB at 256). PrivateTest, shipped model, 2 threads,
-# AMD EPYC with 32 MB L3: 6.0 CPU-s at 32 against 13.3 at 256; on both FER2013 test splits the
-# shipped model's and ensemble's probabilities came out the same to the bit (batches of a few
-# faces can differ from larger ones in the last float bit: oneDNN picks kernels by batch).
+DEFAULT_BATCH = 256  # faces per forward pass on a GPU (or any device but the CPU)
+# On a CPU a batch of 32 48x48 faces keeps each layer's activations in cache (cnn_small width
+# 48: 14 MB at 32, 113 MB at 256), so 32 is the default there (`batch_size_for`). PublicTest,
+# plain + flip TTA, one thread, AMD EPYC 32 MB L3 (scripts/score_batches.py, medians of 3
+# alternating runs): shipped model 12.0 s at 32 against 21.6 at 256 and 24.9 at 512; the
+# ensemble 22.3 against 45.0; untrained resnet_fer w64 15.0 against 25.4 (512 faces).
+# Probabilities at every batch measured (16-512) are the same to the bit for both shipped
+# models (earlier, on both test splits at 32 and 256 with 2 threads too; batches of a few
+# faces can differ in the last float bit: oneDNN picks kernels by batch).
 CPU_BATCH = 32
 LOG_EPS = 1e-8  # keeps log(p) finite for a probability of exactly zero
+
+
+def batch_size_for(device: torch.device | str, batch_size: int | None = None,
+                   gpu_batch: int = DEFAULT_BATCH) -> int:
+    """Faces per forward pass on `device`: `batch_size` when the caller gives one, otherwise
+    CPU_BATCH on the CPU (cache-sized) and `gpu_batch` elsewhere (a configured
+    `evaluate.batch_size` is a GPU batch: on the CPU it would only be slower)."""
+    if batch_size is not None:
+        return batch_size
+    return CPU_BATCH if torch.device(device).type == "cpu" else gpu_batch
 
 
 def inference_layout(model: nn.Module) -> nn.Module:
@@ -37,7 +50,7 @@ def inference_layout(model: nn.Module) -> nn.Module:
 
 @torch.inference_mode()
 def predict_proba(model: nn.Module, pixels: torch.Tensor, pre: PreprocessConfig, tta: bool,
-                  batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+                  batch_size: int | None = None) -> torch.Tensor:
     """uint8 pixels (N, H, W) or (N, 1, H, W) of `pre.size`, on the model's device ->
     softmax probabilities (N, C) float32; with `tta`, averaged with the mirrored face's."""
     plain, mirrored = _forward(model, pixels, pre, batch_size, mirror=tta)
@@ -46,7 +59,7 @@ def predict_proba(model: nn.Module, pixels: torch.Tensor, pre: PreprocessConfig,
 
 @torch.inference_mode()
 def predict_proba_both(model: nn.Module, pixels: torch.Tensor, pre: PreprocessConfig,
-                       batch_size: int = DEFAULT_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+                       batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(without TTA, with flip TTA) from one pass, each exactly what `predict_proba` gives:
     the plain forward is the first half of the TTA one, so both cost two forwards, not three."""
     return _forward(model, pixels, pre, batch_size, mirror=True)
@@ -54,7 +67,7 @@ def predict_proba_both(model: nn.Module, pixels: torch.Tensor, pre: PreprocessCo
 
 @torch.inference_mode()
 def score(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, pre: PreprocessConfig,
-          batch_size: int = DEFAULT_BATCH) -> dict[str, float]:
+          batch_size: int | None = None) -> dict[str, float]:
     """Accuracy and loss of a split with and without flip TTA, from one pass over it:
     {"acc", "loss", "acc_tta", "loss_tta"}."""
     plain, tta = _forward(model, pixels, pre, batch_size, mirror=True)
@@ -66,10 +79,11 @@ def score(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, pre: Pre
     return out
 
 
-def _forward(model: nn.Module, pixels: torch.Tensor, pre: PreprocessConfig, batch_size: int,
+def _forward(model: nn.Module, pixels: torch.Tensor, pre: PreprocessConfig, batch_size: int | None,
              mirror: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(plain, flip-TTA) probabilities; without `mirror` the second is the first (no mirror pass)."""
     model = inference_layout(model)
+    batch_size = batch_size_for(pixels.device, batch_size)
     plain, tta = [], []
     for start in range(0, len(pixels), batch_size):
         x = normalize(pixels[start:start + batch_size], pre).contiguous(memory_format=torch.channels_last)

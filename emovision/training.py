@@ -382,7 +382,7 @@ def train_one_epoch(
 
 
 def evaluate(model: nn.Module, data: SplitTensors, pre: PreprocessConfig,
-             batch_size: int = scoring.DEFAULT_BATCH) -> dict[str, float]:
+             batch_size: int | None = None) -> dict[str, float]:
     """Validation metrics of a split, through the one prediction path (`scoring`): the same
     numbers the evaluate stage and the promotion gate compute for the saved model."""
     stats = scoring.score(model, data.x, data.y, pre, batch_size)
@@ -481,6 +481,8 @@ def fit(
         artifact.save_checkpoint(path, spec.replace(metrics=metrics, epoch=state.epoch, weights=weights),
                                  state_dict, kind=kind, params={**params.flat(), **(inputs or {})}, **resume_state)
 
+    # evaluate.batch_size on a GPU; on the CPU the cache-sized scoring.CPU_BATCH (same probabilities)
+    val_batch = scoring.batch_size_for(device, gpu_batch=params.evaluate.batch_size)
     stopped = "epochs"
     while state.epoch < cfg.epochs:
         epoch = state.epoch + 1
@@ -489,7 +491,7 @@ def fit(
         if not math.isfinite(stats["train_loss"]):  # nothing of this epoch is saved
             raise TrainingDiverged(f"the training loss became {stats['train_loss']} in epoch {epoch} "
                                    f"(train.lr {cfg.lr:g}, amp {amp.name}); lower train.lr")
-        val_stats = evaluate(ema.module if ema is not None else model, val, pre, params.evaluate.batch_size)
+        val_stats = evaluate(ema.module if ema is not None else model, val, pre, val_batch)
         metrics = {**stats, **val_stats, "lr": optimizer.param_groups[0]["lr"]}
         state.epoch = epoch
         state.history.append({"epoch": epoch, **metrics})

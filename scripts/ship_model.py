@@ -37,7 +37,6 @@ from emovision.errors import ConfigError, DataError, cli_main
 from emovision.inference import WEIGHTS_DIR, load_artifact, load_classifier
 from emovision.metrics import classification_report
 from emovision.models import count_macs, count_params
-from emovision.scoring import CPU_BATCH
 from emovision.webcam import torch_threads
 
 LATENCY_CALLS = 200
@@ -51,8 +50,8 @@ def score_all(clf, prepared: Path, splits: tuple[str, ...] = ("val", "test")) ->
     out = {}
     for split in splits:
         x, y = load_split(prepared, split)
-        # both ways from one pass (two forwards, not three), at the CPU's batch (scoring.CPU_BATCH)
-        for tta, probs in zip((False, True), clf.predict_proba_both(x, batch_size=CPU_BATCH)):
+        # both ways from one pass (two forwards, not three), at the device's batch (scoring.batch_size_for)
+        for tta, probs in zip((False, True), clf.predict_proba_both(x)):
             out[f"{split}{'_tta' if tta else ''}"] = classification_report(y, probs.argmax(1), clf.classes)
     return out
 

@@ -110,6 +110,36 @@ def test_both_ways_at_once_is_each_way_exactly():
     assert [p.shape for p in clf.predict_proba_both(np.zeros((0, 48, 48), np.uint8))] == [(0, 7), (0, 7)]
 
 
+def test_cpu_scoring_runs_cache_sized_batches_unless_told():
+    """By default a CPU classifier (and the library's scoring, as training's validation calls it)
+    runs the model on scoring.CPU_BATCH faces at a time; a batch size the caller passes is
+    used as given; other devices keep their batch (GPU behaviour unchanged)."""
+    from emovision import scoring, training
+
+    clf = load_classifier("pretrained", "cpu")
+    seen = []
+    clf.model.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    faces = np.random.default_rng(3).integers(0, 256, (2 * scoring.CPU_BATCH + 5, 48, 48), dtype=np.uint8)
+
+    def batches(score) -> list[int]:
+        seen.clear()
+        score()
+        return seen[:]
+
+    cpu, given = [scoring.CPU_BATCH, scoring.CPU_BATCH, 5], [24, 24, 21]
+    assert batches(lambda: clf.predict_proba(faces, tta=False)) == cpu
+    assert batches(lambda: clf.predict_proba_both(faces)) == [n for n in cpu for _ in "ab"]  # face, mirror
+    assert batches(lambda: clf.predict_proba(faces, tta=False, batch_size=24)) == given
+    val = training.to_tensors(faces, np.zeros(len(faces), np.int64), clf.preprocess, clf.device)
+    assert batches(lambda: training.evaluate(clf.model, val, clf.preprocess)) == [n for n in cpu for _ in "ab"]
+    assert batches(lambda: training.evaluate(clf.model, val, clf.preprocess, 24)) == [n for n in given for _ in "ab"]
+    # fit's validation: evaluate.batch_size is the GPU batch
+    assert scoring.batch_size_for("cpu", gpu_batch=512) == scoring.CPU_BATCH
+    assert scoring.batch_size_for("cuda", gpu_batch=512) == 512
+    assert scoring.batch_size_for("cuda") == scoring.DEFAULT_BATCH
+    assert scoring.batch_size_for("cpu", 24) == scoring.batch_size_for("cuda", 24) == 24
+
+
 # (reference, folder, floor of its PrivateTest claims): the floors sit above the compact peers
 # of the README (TinyFER-Lite 67.1%); the ensemble's above the single shipped model's.
 SHIPPED = [("pretrained", WEIGHTS_DIR, 0.68), ("pretrained-ensemble", WEIGHTS_DIR / "ensemble", 0.70)]
@@ -123,13 +153,12 @@ def test_shipped_models_score_what_they_claim_on_privatetest(fer2013_raw, ref, f
 
     from emovision.data.fer2013 import read_folders
     from emovision.metrics import classification_report
-    from emovision.scoring import CPU_BATCH
 
     claimed = json.loads((folder / "config.json").read_text())["metrics"]
     x, y = read_folders(fer2013_raw / "fer2013").splits["test"]
     assert len(y) == 3589
     clf = load_classifier(ref, "cpu")
-    plain, flipped = clf.predict_proba_both(x, batch_size=CPU_BATCH)
+    plain, flipped = clf.predict_proba_both(x)  # CPU: at scoring.CPU_BATCH
     for probs, tta, figures in ((flipped, True, claimed["test"]), (plain, False, claimed["no_tta"]["test"])):
         report = classification_report(y, probs.argmax(1), clf.classes)
         assert report["accuracy"] == pytest.approx(figures["accuracy"], abs=0.002), tta  # 0.2% = 7 faces

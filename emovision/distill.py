@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
-from emovision import fileio
+from emovision import fileio, scoring
 from emovision.data.prepared import DIGEST_CHARS, split_digest
 from emovision.errors import DataError
 from emovision.inference import load_classifier
@@ -65,10 +65,11 @@ def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
 
 
 def teacher_probs(teachers: Sequence[str], x: np.ndarray, y: np.ndarray, classes: Sequence[str],
-                  device: str = "auto", batch_size: int = 256) -> TeacherCache:
+                  device: str = "auto", gpu_batch: int = scoring.DEFAULT_BATCH) -> TeacherCache:
     """Mean softmax probabilities of `teachers` for every view of the train split's uint8 faces
     `x` (N, H, W) with labels `y`, each teacher with its own preprocessing, through the one
-    prediction path (no TTA: the views are kept apart)."""
+    prediction path (no TTA: the views are kept apart); `gpu_batch` faces per forward pass off
+    the CPU (`scoring.batch_size_for`)."""
     if not teachers:
         raise ValueError("teacher_probs needs at least one teacher")
     total = np.zeros((len(VIEWS), len(x), len(classes)), np.float64)
@@ -81,7 +82,8 @@ def teacher_probs(teachers: Sequence[str], x: np.ndarray, y: np.ndarray, classes
                             f"data has {', '.join(classes)}: a teacher must share the data's class order")
         digests.append(weights_digest(clf.model.state_dict()))
         for i, view in enumerate(VIEWS):
-            total[i] += clf.predict_proba(views[view], tta=False, batch_size=batch_size)
+            total[i] += clf.predict_proba(views[view], tta=False,
+                                          batch_size=scoring.batch_size_for(clf.device, gpu_batch=gpu_batch))
         print(f"teacher {ref}: weights {digests[-1]}, {len(x):,} images x {len(VIEWS)} views", flush=True)
     return TeacherCache(probs=(total / len(teachers)).astype(PROBS_DTYPE), views=VIEWS,
                         teachers=tuple(teachers), digests=tuple(digests), classes=tuple(classes),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emovision import fileio, plots, progress, promotion, tracking
+from emovision import fileio, plots, progress, promotion, scoring, tracking
 from emovision.config import Params
 from emovision.data.prepared import load_meta, load_split
 from emovision.errors import DataError, cli_main
@@ -69,8 +69,8 @@ def evaluate(params: Params, models_dir: Path | None = None) -> dict:
     tracking.check_recorded_run(models_dir, info, version=params.registry.promote)
     prepared = Path(params.data.prepared_dir)
     meta = load_meta(prepared)
-    tta, bs = params.evaluate.tta, params.evaluate.batch_size
     clf = load_classifier(str(models_dir / "best.pt"), params.base.device)
+    tta, bs = params.evaluate.tta, scoring.batch_size_for(clf.device, gpu_batch=params.evaluate.batch_size)
     splits = {s: load_split(prepared, s) for s in ("test", "val")}
     progress.info(f"scoring {clf.info['arch']} on test ({len(splits['test'][1]):,}) and val "
                   f"({len(splits['val'][1]):,} images), TTA {'on' if tta else 'off'}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emovision import artifact, tracking
+from emovision import artifact, scoring, tracking
 from emovision.config import Params
 from emovision.data.prepared import load_meta, load_split
 from emovision.errors import DataError, cli_main
@@ -54,7 +54,7 @@ def export(params: Params, models_dir: Path | None = None) -> dict:
     staged = models_dir / f".{ONNX_FILE}.checking.onnx"
     try:
         export_onnx(spec, state_dict, staged)
-        check = parity(spec, state_dict, staged, x, params.evaluate.batch_size)
+        check = parity(spec, state_dict, staged, x, scoring.CPU_BATCH)
         bad = [k for k in ("plain", "tta") if check[f"max_prob_diff_{k}"] > PARITY_MAX_DIFF
                or check[f"prediction_mismatches_{k}"]]
         if bad:

@@ -24,6 +24,7 @@ import os
 import random
 import re
 import time
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from emovision import fileio, tracking
 from emovision.config import Params
-from emovision.errors import ConfigError
+from emovision.errors import ConfigError, DataError
 from emovision.training import SplitTensors, fit
 
 HEARTBEAT_S = 20  # a running trial proves it is alive this often
@@ -47,11 +48,18 @@ TPE_STARTUP_TRIALS = 5  # random trials before TPE models the results
 PRUNE_STARTUP_TRIALS = 5  # the median pruner waits for this many finished trials...
 PRUNE_WARMUP_EPOCHS = 2  # ...and never judges epoch 1, all of it lr warm-up (train.warmup_epochs)
 STORAGE_INIT_ATTEMPTS = 5  # workers starting together on a new database race to create it
+# a SQLite storage waits this long on another process's write lock (MLflow's store waits as
+# long): a query in a sqlite3 shell passes; a lock held longer stops the run, in one line
+SQLITE_WAIT_S = 20
 JOURNAL_PREFIX = "journal:///"
 JOURNAL_SUFFIXES = (".log", ".journal")
 SEARCH_SPACE_ATTR = "search_space"
 EPOCHS_ATTR = "epochs_per_trial"
 TUNED_KEYS = ("train.lr", "model.dropout")
+# what SQLite (and MySQL, PostgreSQL) say when another process held a lock past their wait
+LOCKED_MESSAGES = ("database is locked", "database table is locked", "Lock wait timeout exceeded",
+                   "lock timeout")
+LOCKED = "is locked by another process"
 # a trial's user attrs: its MLflow run and the invocation's, ended KILLED when the trial is found dead
 RUN_ATTRS = ("mlflow_run_id", "mlflow_parent_run_id")
 OWNER_ATTR = "owner"  # a trial's user attr: the worker process running it (fileio.this_process())
@@ -66,7 +74,28 @@ def default_storage() -> str:
 
 
 def is_journal(url: str) -> bool:
-    return url.startswith(JOURNAL_PREFIX) or url.endswith(JOURNAL_SUFFIXES)
+    """`journal:///path`, or a plain path (no scheme) ending .log / .journal: `sqlite:///x.log`
+    is a SQLite file, not a journal in a folder named `sqlite:`."""
+    return url.startswith(JOURNAL_PREFIX) or ("://" not in url and url.endswith(JOURNAL_SUFFIXES))
+
+
+def storage_file(url: str) -> Path | None:
+    """The local file a storage URL names (a journal file, a SQLite database), else None."""
+    if is_journal(url):
+        if url.startswith(JOURNAL_PREFIX):  # journal:////abs/path (an absolute path pasted after ///) too
+            return Path("/" + url[len(JOURNAL_PREFIX):].lstrip("/"))
+        return Path(url)
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # not a URL: open_storage says so
+        return None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or database in (None, "", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database)
 
 
 def display_url(url: str) -> str:
@@ -74,58 +103,103 @@ def display_url(url: str) -> str:
     return re.sub(r"^([a-z0-9+]+://[^:/@]*):[^/]*@", r"\1:***@", url)
 
 
-class QuietCtrlC(logging.Filter):
-    """Optuna logs a trial stopped by Ctrl-C as a failure, with the KeyboardInterrupt's
-    traceback (20 lines); the stage says `interrupted` in one line instead. Other failures
-    are logged as before."""
+class QuietStops(logging.Filter):
+    """Optuna logs a trial stopped by Ctrl-C or by a store that is locked or gone as a failure,
+    with its traceback (20 lines and more), and Optuna and MLflow log each locked query; the
+    stage says `interrupted`, or the store's problem, in one line instead. Other failures are
+    logged as before."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.interrupted: set[str] = set()  # trial numbers, from Optuna's two lines per failure
+        self.stopped: set[str] = set()  # trial numbers, from Optuna's two lines per failure
 
     def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        quiet = (isinstance(error, KeyboardInterrupt) or _is_locked(record.getMessage())
+                 or (error is not None and _database_error(error) is not None))
         trial = re.match(r"Trial (\d+) failed", record.getMessage())
-        if trial and record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
-            self.interrupted.add(trial[1])
-        return not (trial and trial[1] in self.interrupted)
+        if trial is None:
+            return not quiet
+        if quiet:
+            self.stopped.add(trial[1])
+        return trial[1] not in self.stopped
+
+
+QUIETED_LOGGERS = ("optuna.study._optimize",  # where Optuna logs failed trials
+                   "optuna.storages._rdb.storage",  # a query it retries another way (locked first)
+                   "mlflow.store.db.utils")  # where MLflow logs a database error it raises
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna storage for a URL: `journal:///path` or a *.log / *.journal path is a
     journal file; anything else is a SQLAlchemy URL (sqlite:///, postgresql://, mysql://)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    optimize_log = logging.getLogger("optuna.study._optimize")  # where Optuna logs failed trials
-    if not any(isinstance(f, QuietCtrlC) for f in optimize_log.filters):
-        optimize_log.addFilter(QuietCtrlC())
+    for name in QUIETED_LOGGERS:
+        log = logging.getLogger(name)
+        if not any(isinstance(f, QuietStops) for f in log.filters):
+            log.addFilter(QuietStops())
     # heartbeat, fail_stale_trials and journal files are marked experimental; they are the
     # documented way to recover from killed workers and to share a study without a server
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    attempts = 0
+    _check_storage_folder(url)
+    attempts, started = 0, time.monotonic()
     while True:
+        attempt_started = time.monotonic()
         try:
             return _open_storage(url)
         except Exception as err:  # SQLAlchemy, drivers and the file system raise many kinds
             attempts += 1
             text = str(err).strip()
-            if attempts < STORAGE_INIT_ATTEMPTS and _is_schema_race(text):
+            # a lock SQLite waited on in vain is held by another process: no race of new workers
+            held = _is_locked(text) and time.monotonic() - attempt_started >= SQLITE_WAIT_S
+            if attempts < STORAGE_INIT_ATTEMPTS and _is_schema_race(text) and not held:
                 time.sleep(0.2 + random.random())  # another worker is creating the tables
                 continue
-            first = text.splitlines()[0] if text else type(err).__name__
+            first = _first_line(err)
+            if _is_locked(text):  # not the URL's fault: the advice on URL formats would mislead
+                raise DataError(f"Optuna storage {display_url(url)!r} {LOCKED} ({first[:200]}, waited "
+                                f"{time.monotonic() - started:.0f} s); run again once that process is "
+                                f"done, or use another --storage") from None
             raise ConfigError(f"cannot open Optuna storage {display_url(url)!r}: {first[:200]}; "
                               f"use sqlite:///abs/path.db, postgresql://user@host/db, mysql://… "
                               f"or journal:///abs/path/study.log") from None
+
+
+def _check_storage_folder(url: str) -> None:
+    """A storage file's folder must exist: a typo in the path should not create folders
+    (journal files) or end in SQLite's bare `unable to open database file`."""
+    path = storage_file(url)
+    if path is None or path.parent.is_dir():
+        return
+    missing = next((p for p in reversed(path.parents) if not p.is_dir()), path.parent)
+    why = (f"{missing} is a file, not a folder; fix the path" if missing.exists() else
+           f"folder {missing} does not exist; fix the path, or create the folder first")
+    raise ConfigError(f"cannot open Optuna storage {display_url(url)!r}: {why}")
 
 
 def _open_storage(url: str) -> optuna.storages.BaseStorage:
     if is_journal(url):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        path = Path(url[len(JOURNAL_PREFIX) - 1:] if url.startswith(JOURNAL_PREFIX) else url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    return optuna.storages.RDBStorage(
-        url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-        heartbeat_stale_trial_callback=RetryAndEndRuns(max_retry=MAX_RETRY))
+        return JournalStorage(JournalFileBackend(str(storage_file(url))))
+    sqlite = storage_file(url) is not None
+    return BeatThroughLocks(url, engine_kwargs={"connect_args": {"timeout": SQLITE_WAIT_S}} if sqlite else None,
+                            heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                            heartbeat_stale_trial_callback=RetryAndEndRuns(max_retry=MAX_RETRY))
+
+
+class BeatThroughLocks(optuna.storages.RDBStorage):
+    """An RDB storage whose heartbeat outlasts a database locked for a while. Optuna's heartbeat
+    thread died on the first beat the lock refused (a traceback on stderr, the trial training on
+    without beats), so a trial longer than the grace period was then failed and re-run by other
+    workers while it still ran. A refused beat is skipped; the next one, HEARTBEAT_S later, retries."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except optuna.exceptions.StorageInternalError as err:
+            if _database_error(err) is None:
+                raise
 
 
 class RetryAndEndRuns(optuna.storages.RetryHeartbeatStaleTrialCallback):
@@ -146,6 +220,17 @@ class RetryAndEndRuns(optuna.storages.RetryHeartbeatStaleTrialCallback):
             tracking.end_runs(run_ids, mlflow.MlflowClient(tracking_uri=tracking.tracking_uri()))
         except Exception:  # bookkeeping of a dead run: never a reason to stop the study
             pass
+
+
+def _first_line(err: BaseException) -> str:
+    """An error's first line, without SQLAlchemy's `(sqlite3.OperationalError) ` prefix."""
+    text = str(err).strip()
+    return re.sub(r"^\([\w.]+\) ", "", text.splitlines()[0]) if text else type(err).__name__
+
+
+def _is_locked(message: str) -> bool:
+    """A database another process holds a lock on for longer than the driver waits."""
+    return any(s in message for s in LOCKED_MESSAGES)
 
 
 def _is_schema_race(message: str) -> bool:
@@ -180,11 +265,11 @@ class TrialSeededTPESampler(optuna.samplers.TPESampler):
     def __init__(self, seed: int, **kwargs: Any):
         super().__init__(seed=seed, **kwargs)
         self._base_seed = seed
-        self.trial_ids: list[int] = []  # the trials this process began (fail_interrupted_trials)
+        self.began: dict[int, int] = {}  # id: number of each trial this process began (fail_interrupted_trials)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         super().before_trial(study, trial)
-        self.trial_ids.append(trial._trial_id)
+        self.began[trial._trial_id] = trial.number
         study._storage.set_trial_user_attr(trial._trial_id, OWNER_ATTR, fileio.this_process())
         # Optuna's heartbeat thread starts only once the trial is set up; a worker stopped
         # before its first beat left a trial that no heartbeat could ever find stale (a stale
@@ -276,9 +361,8 @@ def fail_interrupted_trials(study: optuna.Study) -> list[int]:
     """Mark FAIL the trials this process began that are still RUNNING (numbers returned):
     Optuna fails a trial whose objective sees Ctrl-C, but not one interrupted while it is
     being created, sampled or told."""
-    sampler = study.sampler
     failed = []
-    for trial_id in getattr(sampler, "trial_ids", ()):
+    for trial_id in getattr(study.sampler, "began", {}):
         trial = study._storage.get_trial(trial_id)
         if trial.state != TrialState.RUNNING:
             continue
@@ -288,6 +372,64 @@ def fail_interrupted_trials(study: optuna.Study) -> list[int]:
             continue  # it finished meanwhile
         failed.append(trial.number)
     return failed
+
+
+def _database_error(err: BaseException) -> BaseException | None:
+    """The first database OperationalError (locked, unreachable) behind `err`, if any: the
+    deepest SQLAlchemy one in the chain of errors raised while handling others (later ones are
+    clean-up failing on it again), whose frames show whose database it is (the plain sqlite3
+    error below it holds SQLAlchemy's frames only)."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    found: list[BaseException] = []
+    seen: set[int] = set()
+    link: BaseException | None = err
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, (OperationalError, sqlite3.OperationalError)):
+            found.append(link)
+        link = link.__context__ or link.__cause__
+    return next((e for e in reversed(found) if isinstance(e, OperationalError)), found[-1] if found else None)
+
+
+def store_failure(err: BaseException, url: str) -> str | None:
+    """Which store failed and how, when `err` comes from a database that is locked or gone (a
+    database OperationalError anywhere in its chain: Optuna and MLflow wrap it, and their
+    clean-up may fail on it again, as Optuna's does with an UnboundLocalError); else None."""
+    cause = _database_error(err)
+    if cause is None:
+        return None
+    modules = (frame.f_globals.get("__name__", "") for frame, _ in traceback.walk_tb(cause.__traceback__))
+    if any(m == "mlflow" or m.startswith("mlflow.") for m in modules):
+        store = f"MLflow store {display_url(tracking.tracking_uri())!r}"
+    else:
+        store = f"Optuna storage {display_url(url)!r}"
+    return f"{store} {LOCKED if _is_locked(str(cause)) else 'failed'} ({_first_line(cause)[:200]})"
+
+
+def stopped_by_store(err: BaseException, url: str, study: optuna.Study | None) -> str | None:
+    """The one line for an invocation stopped by a store that is locked or gone (None for other
+    errors), after failing the trials it left RUNNING: finished trials stay in the study, and
+    the same command continues it."""
+    problem = store_failure(err, url)
+    if problem is None:
+        return None
+    ended = ""
+    if study is not None:
+        try:
+            fail_interrupted_trials(study)
+            failed = [number for trial_id, number in getattr(study.sampler, "began", {}).items()
+                      if study._storage.get_trial(trial_id).state == TrialState.FAIL]
+            ended = f"trial {', '.join(map(str, failed))} failed; " if failed else ""
+        except Exception as again:  # the storage still cannot be written
+            if store_failure(again, url) is None:
+                raise
+            ended = ("the trial it was running stays RUNNING until the next run on this machine fails "
+                     "and retries it; ")
+    when = "once that process is done" if LOCKED in problem else "once the store answers again"
+    return f"stopped: {problem}; {ended}finished trials are kept: run the same command again {when}"
 
 
 def existing_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
@@ -317,8 +459,9 @@ class TrialLogger:
         from mlflow.entities import Param
 
         client = mlflow.MlflowClient()
+        # the owner: a run this process could not end (its store locked) is ended by the next stage
         tags = {"mlflow.parentRunId": self.parent_run_id, "trial_number": str(trial.number),
-                "study": trial.study.study_name}
+                "study": trial.study.study_name, tracking.OWNER_TAG: fileio.this_process()}
         retry_of = retried_trial_number(trial)
         if retry_of is not None:
             tags["retry_of_trial"] = str(retry_of)

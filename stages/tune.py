@@ -13,7 +13,7 @@ import optuna
 
 from emovision import progress, tracking, tuning
 from emovision.config import DEFAULT_PARAMS, Params
-from emovision.errors import ConfigError, cli_main
+from emovision.errors import ConfigError, DataError, cli_main
 from emovision.training import load_train_val
 from stages import open_store, parse, stage_parser
 
@@ -30,13 +30,21 @@ def tune(params: Params, pruner: optuna.pruners.BasePruner | None = None,
     out_dir = Path(params.paths.reports) / OUT_DIR if out_dir is None else out_dir
     url = t.storage or tuning.default_storage()
     storage = tuning.open_storage(url)
-    if t.n_trials == 0:
-        study = tuning.existing_study(storage, t.study_name)
-        print(f"study '{t.study_name}' in {tuning.display_url(url)}: {len(study.trials)} trials; no new ones")
-        rows = tuning.trials_table(study)
-        best = write_reports(study, rows, out_dir)
-    else:
-        rows, best = run_trials(params, tuning.load_study(params, storage, pruner), url, out_dir)
+    study = None
+    try:  # a store locked or gone midway: one line, its trials failed, the study resumable
+        if t.n_trials == 0:
+            study = tuning.existing_study(storage, t.study_name)
+            print(f"study '{t.study_name}' in {tuning.display_url(url)}: {len(study.trials)} trials; no new ones")
+            rows = tuning.trials_table(study)
+            best = write_reports(study, rows, out_dir)
+        else:
+            study = tuning.load_study(params, storage, pruner)
+            rows, best = run_trials(params, study, url, out_dir)
+    except Exception as err:
+        message = tuning.stopped_by_store(err, url, study)
+        if message is None:
+            raise
+        raise DataError(message) from None
     apply_cmd = " ".join(["python -m stages.tune --n-trials 0 --apply",
                           *([f"--params {params_path}"] if params_path and str(params_path) != DEFAULT_PARAMS else []),
                           f"--study-name {t.study_name}",

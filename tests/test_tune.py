@@ -1,6 +1,7 @@
 """Optuna tuning against a real SQLite / journal storage and a real MLflow store."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -324,3 +325,119 @@ def test_a_trial_killed_mid_run_is_retried_at_once_and_its_mlflow_runs_ended(pro
         "trial-0": "KILLED", "tune-fer-lr-dropout": "KILLED"}
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert "RUNNING" not in [r.info.status for r in runs]
+
+
+# holds a write lock on a SQLite file from another process until its stdin closes
+LOCKER = ("import sqlite3, sys; db = sqlite3.connect(sys.argv[1], isolation_level=None); "
+          "db.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); sys.stdin.read(); db.rollback()")
+# a storage's wait on a lock (tuning.SQLITE_WAIT_S) in the tests that hold one: runs that give up sooner
+SHORT_WAIT_S = 1
+
+
+@contextlib.contextmanager
+def locked(db):
+    """Another process holding an exclusive lock on SQLite file `db` while the block runs."""
+    proc = subprocess.Popen([sys.executable, "-c", LOCKER, str(db)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("storage", ["sqlite:///{root}/typo/dir/optuna.db", "journal:///{root}/typo/dir/study.log",
+                                     "typo/dir/study.journal"])
+def test_a_storage_in_a_missing_folder_is_refused_and_no_folder_is_made(project, capsys, storage):
+    """A journal path with a typo created every missing folder; sqlite:/// said only `unable to
+    open database file` and advised on URL formats. Both now name the missing folder."""
+    assert tune_main(["--params", "params.yaml", "--n-trials", "1", "--storage", storage.format(root=project)]) == 2
+    err = capsys.readouterr().err
+    missing = "typo" if storage.startswith("typo") else project / "typo"
+    assert f"folder {missing} does not exist" in err, err
+    assert err.count("\n") == 1 and not (project / "typo").exists()
+    # a sqlite URL ending .log is a SQLite file, not a journal in a folder named `sqlite:`
+    assert tune_main(["--params", "params.yaml", "--n-trials", "0", "--storage", "sqlite:///x.log"]) == 2
+    assert not (project / "sqlite:").exists() and (project / "x.log").read_bytes().startswith(tracking.SQLITE_MAGIC)
+
+
+def test_a_locked_storage_is_said_to_be_locked(project, capsys, monkeypatch):
+    """A storage another process holds a write lock on ended in advice on URL formats."""
+    monkeypatch.setattr(tuning, "SQLITE_WAIT_S", SHORT_WAIT_S)
+    url = storage_url(project)
+    tuning.open_storage(url)  # the database exists, with Optuna's tables
+    with locked(project / "optuna.db"):
+        assert tune_main(["--params", "params.yaml", "--n-trials", "1", "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert f"Optuna storage '{url}' is locked by another process (database is locked" in err, err
+    assert "journal:///" not in err and err.count("\n") == 1
+
+
+# worker code that waits for a file `locked` where the lock should fall, after saying `paused`
+PAUSE = "print('paused', flush=True)\n    while not os.path.exists('locked'): time.sleep(0.05)\n"
+PAUSE_BETWEEN_TRIALS = ("said = tune.print_trial\n"
+                        "def print_trial(study, trial):\n"
+                        f"    said(study, trial)\n    {PAUSE}"
+                        "tune.print_trial = print_trial\n")
+PAUSE_IN_TRIAL_1 = ("logged, runs = tuning.TrialLogger.epoch, set()\n"  # after trial 1's first epoch, before it reports
+                    "def epoch(run_id, epoch, metrics):\n"
+                    "    logged(run_id, epoch, metrics); runs.add(run_id)\n"
+                    "    if len(runs) < 2: return\n"
+                    f"    {PAUSE}"
+                    "tuning.TrialLogger.epoch = staticmethod(epoch)\n")
+
+
+@pytest.mark.parametrize("pause, states", [(PAUSE_BETWEEN_TRIALS, ["COMPLETE"]),
+                                           (PAUSE_IN_TRIAL_1, ["COMPLETE", "RUNNING"])],
+                         ids=["between-trials", "mid-trial"])
+def test_a_storage_locked_mid_study_stops_in_one_line_and_the_study_goes_on(project, mlflow_store, capsys,
+                                                                             pause, states):
+    """optuna.db locked by another process during a study: Optuna's OperationalError escaped as
+    a 150-line traceback (mid-trial ending in Optuna's own UnboundLocalError) and the trial stayed
+    RUNNING. Now: one line, exit 2, finished trials kept; the storage still locked, a trial it ran
+    stays RUNNING, and the next run on this machine fails and retries it."""
+    url = storage_url(project)
+    worker = ("import os, sys, time; from emovision import tuning; from stages import tune\n"
+              f"tuning.SQLITE_WAIT_S = {SHORT_WAIT_S}\n" + pause +
+              f"sys.exit(tune.main(['--params', 'params.yaml', '--n-trials', '3', '--epochs', '2', '--storage', {url!r}]))")
+    proc = subprocess.Popen([sys.executable, "-c", worker], cwd=project, env=_tune_env(mlflow_store),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("paused"):
+            break
+    with locked(project / "optuna.db"):  # held until the worker has given up
+        (project / "locked").touch()
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: stopped: Optuna storage '{url}' is locked by another process") and \
+        "finished trials are kept" in err, err
+    assert [t.state.name for t in optuna.load_study(study_name="fer-lr-dropout", storage=url).trials] == states
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert "RUNNING" not in [r.info.status for r in runs]
+    # the next worker (as `python -m stages.tune` starts) fails a trial left RUNNING and queues its retry
+    study = tuning.load_study(load_params("params.yaml").replace(**{"tune.epochs": 2}), tuning.open_storage(url))
+    if "RUNNING" in states:
+        assert f"trial 1 failed: its worker ({fileio._machine()}.{proc.pid}) is gone" in capsys.readouterr().out
+        assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "WAITING"]
+        assert study.trials[2].system_attrs["failed_trial"] == 1
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_the_heartbeat_outlasts_a_locked_storage(tmp_path, monkeypatch):
+    """Optuna's heartbeat thread died on the first beat a lock refused, so a long trial beat no
+    more and other workers failed and re-ran it while it ran. A refused beat is now skipped."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    monkeypatch.setattr(tuning, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(tuning, "SQLITE_WAIT_S", SHORT_WAIT_S)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = tuning.load_study(load_params(REPO / "params.yaml"), tuning.open_storage(url))
+    trial = study.ask()
+    heartbeat = get_heartbeat_thread(trial._trial_id, study._storage)
+    with heartbeat:
+        with locked(tmp_path / "optuna.db"):  # long enough for a beat to give up on it
+            time.sleep(3 * (SHORT_WAIT_S + tuning.HEARTBEAT_S))
+        assert heartbeat._thread.is_alive()
+

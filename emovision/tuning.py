@@ -8,7 +8,7 @@ killed worker is failed and re-queued with the same params, and the MLflow runs 
 left RUNNING are marked KILLED: at once when the worker ran on this machine (each trial
 records its owner process, and a new worker sees it is gone), else by the heartbeat of SQL
 storages, a minute later; journal files have no heartbeat, so another machine's such trial
-stays RUNNING there.
+stays RUNNING there (the summary says how to fail it: running_trials_hint).
 A study remembers its search space and epochs per trial and refuses to mix in trials run
 with others. Every trial is a nested MLflow run under the invocation's run.
 """
@@ -430,6 +430,20 @@ def stopped_by_store(err: BaseException, url: str, study: optuna.Study | None) -
                      "and retries it; ")
     when = "once that process is done" if LOCKED in problem else "once the store answers again"
     return f"stopped: {problem}; {ended}finished trials are kept: run the same command again {when}"
+
+
+def running_trials_hint(url: str, study_name: str, rows: list[dict[str, Any]]) -> str | None:
+    """For a journal study with RUNNING trials: how to fail one whose worker died on another
+    machine. A journal file has no heartbeat (Optuna 5.0), and only a worker on the dead one's
+    machine can see it is gone, so nothing here clears such a trial by itself."""
+    running = [str(r["number"]) for r in rows if r["state"] == TrialState.RUNNING.name]
+    if not running or not is_journal(url):
+        return None
+    import shlex
+
+    return (f"running: trial {', '.join(running)}; one whose worker died on another machine stays RUNNING "
+            f"(a journal file has no heartbeat): optuna tell --storage {shlex.quote(str(storage_file(url)))} "
+            f"--study-name {shlex.quote(study_name)} --trial-number N --state fail")
 
 
 def existing_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:

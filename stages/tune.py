@@ -50,6 +50,9 @@ def tune(params: Params, pruner: optuna.pruners.BasePruner | None = None,
                           f"--study-name {t.study_name}",
                           *([f"--storage '{tuning.display_url(url)}'"] if t.storage else [])])
     print_summary(rows, best, out_dir / "best_params.json", None if apply else apply_cmd)
+    hint = tuning.running_trials_hint(url, t.study_name, rows)
+    if hint:
+        print(hint)
     if apply:
         tuning.apply_to_params_file(params_path, {k: best[k] for k in tuning.TUNED_KEYS})
         print(f"wrote train.lr={tuning.yaml_float(best['train.lr'])} "

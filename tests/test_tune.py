@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -441,3 +442,19 @@ def test_the_heartbeat_outlasts_a_locked_storage(tmp_path, monkeypatch):
             time.sleep(3 * (SHORT_WAIT_S + tuning.HEARTBEAT_S))
         assert heartbeat._thread.is_alive()
 
+
+def test_a_journal_study_says_how_to_fail_a_trial_of_a_dead_worker_elsewhere(project, capsys):
+    """A journal file has no heartbeat: a trial whose worker died on another machine stays RUNNING.
+    The summary says so, with the command that fails it (Optuna's own CLI), which works as printed."""
+    url = f"journal:///{project / 'study.log'}"
+    study = tuning.load_study(load_params("params.yaml"), tuning.open_storage(url))
+    study.ask().set_user_attr(tuning.OWNER_ATTR, "elsewhere.1")  # a worker on another machine, then silence
+    assert tune_main(["--params", "params.yaml", "--n-trials", "1", "--storage", url]) == 0
+    hint = capsys.readouterr().out.splitlines()[-1]
+    assert hint.startswith("running: trial 0; one whose worker died on another machine stays RUNNING"), hint
+    program, *args = ["0" if word == "N" else word for word in shlex.split(hint.split(": ", 2)[2])]
+    done = subprocess.run([os.path.join(os.path.dirname(sys.executable), program), *args],  # the venv's optuna
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    trials = optuna.load_study(study_name="fer-lr-dropout", storage=tuning.open_storage(url)).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]

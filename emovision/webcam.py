@@ -18,6 +18,7 @@ import statistics
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -295,12 +296,30 @@ class PlaybackClock:
         self.origin = None
 
 
-def run(pipeline: EmotionPipeline, source: FrameSource, args: argparse.Namespace,
+@dataclass(frozen=True)
+class RunOptions:
+    """What `run` does besides processing frames: everything it reads, typed, so a caller
+    other than the app (`benchmark_pipeline`) builds it directly; the defaults run headless
+    and write nothing. `from_args` reads it off the app's flags."""
+
+    display: bool = False  # show the window (keys: q / Esc quit, space pauses, s saves a snapshot)
+    fast: bool = False  # in the window, play a file as fast as it is processed, not at its frame rate
+    output: Path | None = None  # the annotated video
+    log: Path | None = None  # one JSON record per frame
+    max_frames: int = 0  # stop after this many frames (0: no limit)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunOptions:
+        return cls(display=not args.no_display, fast=args.fast, output=args.output, log=args.log,
+                   max_frames=args.max_frames)
+
+
+def run(pipeline: EmotionPipeline, source: FrameSource, options: RunOptions = RunOptions(),
         stop: threading.Event | None = None) -> dict:
-    """The main loop, until the source ends, a key, --max-frames or `stop` (set by Ctrl-C)
-    ends it; returns a summary of frames, faces and per-stage times."""
-    display = not args.no_display
-    playback = PlaybackClock() if display and not source.live and not args.fast else None
+    """The main loop, until the source ends, a key, `options.max_frames` or `stop` (set by
+    Ctrl-C) ends it; returns a summary of frames, faces and per-stage times."""
+    display = options.display
+    playback = PlaybackClock() if display and not source.live and not options.fast else None
     times: dict[str, list[float]] = {"decode": [], "detect": [], "classify": [], "draw": []}
     detect_frames: list[bool] = []
     track_ids: set[int] = set()
@@ -315,7 +334,7 @@ def run(pipeline: EmotionPipeline, source: FrameSource, args: argparse.Namespace
     ok = False
     started = time.perf_counter()
     try:
-        with atomic_text(args.log) as log:
+        with atomic_text(options.log) as log:
             t_prev = time.perf_counter()
             it = iter(source)
             while True:
@@ -339,10 +358,10 @@ def run(pipeline: EmotionPipeline, source: FrameSource, args: argparse.Namespace
                 faces_seen += len(result.faces)
                 track_ids.update(f.track_id for f in result.faces if f.track_id is not None)
                 frames += 1
-                if args.output is not None:
+                if options.output is not None:
                     if writer is None:
                         h, w = frame.shape[:2]
-                        writer = AtomicVideoWriter(args.output, source.fps if source.fps > 1 else DEFAULT_FPS, (w, h))
+                        writer = AtomicVideoWriter(options.output, source.fps if source.fps > 1 else DEFAULT_FPS, (w, h))
                     writer.write(frame)
                 if log is not None:
                     log.write(json.dumps({"frame": index, "time": round(stamp, 4),
@@ -362,7 +381,7 @@ def run(pipeline: EmotionPipeline, source: FrameSource, args: argparse.Namespace
                         snap = Path(f"snapshot_{index:06d}.png")
                         cv2.imwrite(str(snap), frame)
                         print(f"saved {snap}")
-                if (args.max_frames and frames >= args.max_frames) or (stop is not None and stop.is_set()):
+                if (options.max_frames and frames >= options.max_frames) or (stop is not None and stop.is_set()):
                     stopped_early = True
                     break
         ok = True
@@ -410,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             pipeline = EmotionPipeline(classifier, detector, args.detect_every, args.smooth, args.max_faces, args.tta)
         with stop_on_ctrl_c() as stop:
-            summary = run(pipeline, source, args, stop)
+            summary = run(pipeline, source, RunOptions.from_args(args), stop)
     print(summary_line(summary))
     if stop.is_set():  # the outputs are whole files of the frames processed
         kept = [str(p) for p in (args.output, args.log) if p is not None]
@@ -462,10 +481,9 @@ def benchmark_pipeline(classifier, video: Path, detect_every: int = DETECT_EVERY
     Keys: frames, faces, tracks, decode_ms, detect_ms (frames that detect), detect_ms_amortized,
     classify_ms, draw_ms, process_ms (per frame), process_fps (decode excluded), end_to_end_fps.
     """
-    args = argparse.Namespace(no_display=True, output=None, log=None, max_frames=0)
     pipeline = EmotionPipeline(classifier, make_detector(detector), detect_every)
     with open_source(str(video)) as source, torch_threads(threads):
-        return run(pipeline, source, args)
+        return run(pipeline, source, RunOptions())  # headless, nothing written
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -553,6 +554,7 @@ def test_playback_clock_keeps_a_files_own_frame_rate():
 
 SHOW_FRAMES = """
 import time
+from pathlib import Path
 import cv2, numpy as np
 from emovision import webcam
 shown = None
@@ -588,3 +590,18 @@ def test_the_window_fits_a_laptop_screen_and_shows_small_frames_whole(tmp_path):
     finally:
         server.kill()
         server.wait()
+
+
+def test_the_bench_runs_the_apps_loop_headless_writing_nothing(checkpoint, tmp_path, monkeypatch):
+    """`stages.bench` calls the app's loop through `benchmark_pipeline`, which builds its options
+    (`RunOptions`) itself: headless, no output, no log, no frame limit."""
+    from emovision.inference import load_classifier
+    from emovision.webcam import RunOptions, benchmark_pipeline, build_parser
+
+    video = make_benchmark_video(tmp_path / "bench.mp4", frames=20)
+    monkeypatch.chdir(tmp_path)
+    summary = benchmark_pipeline(load_classifier(checkpoint, "cpu"), video)
+    assert summary["frames"] == 20 and summary["faces"] > 0 and summary["tracks"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.mp4", "model.pt"]
+    args = build_parser().parse_args(["--no-display", "--log", "f.jsonl", "--max-frames", "5", "--fast"])
+    assert RunOptions.from_args(args) == RunOptions(display=False, fast=True, log=Path("f.jsonl"), max_frames=5)

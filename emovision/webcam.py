@@ -364,7 +364,7 @@ def run(pipeline: EmotionPipeline, source: FrameSource, options: RunOptions = Ru
                         writer = AtomicVideoWriter(options.output, source.fps if source.fps > 1 else DEFAULT_FPS, (w, h))
                     writer.write(frame)
                 if log is not None:
-                    log.write(json.dumps({"frame": index, "time": round(stamp, 4),
+                    log.write(json.dumps({"frame": index, "time": round(stamp, 4), "cut": result.cut,
                                           "faces": [f.to_dict() for f in result.faces]}) + "\n")
                 if display:
                     shown = show(frame, shown)

@@ -470,11 +470,12 @@ def test_a_face_that_leaves_is_gone_by_the_next_detection_frame(classifier):
     face, empty = grace_hopper()[:480], np.full((480, 512, 3), 90, np.uint8)
     pipeline = EmotionPipeline(classifier, detect_every=2)
     results = [pipeline.process(f) for f in [face] * 7 + [empty] * 3]
-    assert [len(r.faces) for r in results] == [0, 0, 1, 1, 1, 1, 1, 1, 0, 0]
+    assert [len(r.faces) for r in results] == [0, 0, 1, 1, 1, 1, 1, 0, 0, 0]
     assert [f.detected for r in results[2:7] for f in r.faces] == [True, False, True, False, True]
-    # frame 7 is between detection rounds: the face is carried there, marked as not detected,
-    # and gone on frame 8, the next detection round, instead of being held on the background
-    assert results[7].faces[0].detected is False and not results[8].detected is False
+    # frame 7 replaces the whole photo: a shot cut (`ShotCuts`), so the face is not carried onto
+    # it (before, it was drawn there on the grey, then gone on frame 8, the next detection round);
+    # frame 8 confirms the cut and ends the track
+    assert not results[7].detected and [r.cut for r in results] == [False] * 8 + [True, False]
 
 
 def test_stills_share_nothing(classifier):

@@ -21,8 +21,8 @@ from emovision.predict import main as predict_main
 from emovision.webcam import AtomicVideoWriter, atomic_text, make_benchmark_video
 from emovision.webcam import main as webcam_main
 from tests.conftest import REPO
-from tests.media import (ASTRONAUT_FACE, FACE_SCENES, HOPPER_FACE, astronaut, blank, cameraman_box, grace_hopper,
-                         make_video, model_ref)
+from tests.media import (ASTRONAUT_FACE, FACE_SCENES, HOPPER_FACE, astronaut, blank, cameraman_box, face_frame,
+                         grace_hopper, make_video, model_ref)
 
 DETECT_EVERY = 2
 SETTLE = DETECT_EVERY * 2  # frames after a scene change before the display must agree with it
@@ -605,3 +605,71 @@ def test_the_bench_runs_the_apps_loop_headless_writing_nothing(checkpoint, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.mp4", "model.pt"]
     args = build_parser().parse_args(["--no-display", "--log", "f.jsonl", "--max-frames", "5", "--fast"])
     assert RunOptions.from_args(args) == RunOptions(display=False, fast=True, log=Path("f.jsonl"), max_frames=5)
+
+
+SHOT = 24  # frames in each shot of the cut videos
+
+
+def write_video(path, frames) -> list[np.ndarray]:
+    """Write `frames` as a 30 fps mp4v video and return them as decoded (what the app reads)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (640, 480))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    cap = cv2.VideoCapture(str(path))
+    decoded = []
+    while (read := cap.read())[0]:
+        decoded.append(read[1])
+    return decoded
+
+
+@pytest.mark.parametrize("background", [128, 200])  # behind the second face: the same grey, another
+def test_a_cut_to_another_face_at_the_same_place_starts_a_new_track(tmp_path, background):
+    """An edited video cuts from grace_hopper to the astronaut at the same place and size: the
+    astronaut gets a new id, and the shot after the cut is processed as if it were a video of
+    its own (no probability, box or velocity of grace_hopper's track carried over). Before,
+    the astronaut took track 1 and its 'happy' rose from grace_hopper's 'neutral' over 4 frames."""
+    from emovision.faces import EmotionPipeline
+    from emovision.inference import load_classifier
+    from emovision.webcam import torch_threads
+
+    frames = [face_frame(grace_hopper(), HOPPER_FACE, 300 + i, 230, 110)[0] for i in range(SHOT)]
+    frames += [face_frame(astronaut(), ASTRONAUT_FACE, 303 + i, 232, 110, background)[0] for i in range(SHOT)]
+    decoded = write_video(tmp_path / "cut.mp4", frames)
+    log = tmp_path / "faces.jsonl"
+    assert webcam_main(["--model", "pretrained", "--source", str(tmp_path / "cut.mp4"), "--no-display",
+                        "--log", str(log), "--device", "cpu"]) == 0
+    records = read_log(log)
+    ids = [{f["track_id"] for r in shot for f in r["faces"]} for shot in (records[:SHOT], records[SHOT:])]
+    assert len(ids[0]) == 1 and len(ids[1]) == 1 and not ids[0] & ids[1], ids
+    assert [r["frame"] for r in records if r["cut"]] == [SHOT + 1]  # known one frame late
+    assert not records[SHOT]["faces"]  # the cut frame shows neither face
+    fresh = EmotionPipeline(load_classifier("pretrained", "cpu"))
+    with torch_threads(1):  # as the app runs
+        alone = [[{**f.to_dict(), "track_id": None} for f in fresh.process(frame).faces] for frame in decoded[SHOT + 1:]]
+    assert [[{**f, "track_id": None} for f in r["faces"]] for r in records[SHOT + 1:]] == alone
+    assert sum(map(bool, alone)) >= SHOT - 4  # the astronaut is found
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_light_switched_on_and_a_moving_face_keep_one_track(tmp_path, seed):
+    """No cut in a webcam's video: the light switched on (x0.5 -> x1.5 in one frame) or off, and
+    a face moving 20-30 px a frame, then jumping 60 px in one: one id, every frame shows the face
+    once it is confirmed, no frame taken for a cut."""
+    rng = np.random.default_rng(seed)
+    photo, face = (grace_hopper(), HOPPER_FACE) if seed % 2 == 0 else (astronaut(), ASTRONAUT_FACE)
+    gains = (0.5, 1.5) if seed % 2 == 0 else (1.5, 0.5)
+    speed, cx, background = rng.uniform(20, 30), 160.0, int(rng.integers(60, 200))
+    frames = []
+    for i in range(2 * SHOT):
+        cx += (60 if i == SHOT + 8 else speed) * (1 if (i // 8) % 2 == 0 else -1)  # turns every 8 frames
+        frame = face_frame(photo, face, cx, 240, 120, background)[0]
+        frames.append(np.clip(frame * gains[i >= SHOT], 0, 255).astype(np.uint8))
+    write_video(tmp_path / "live.mp4", frames)
+    log = tmp_path / "faces.jsonl"
+    assert webcam_main(["--model", "pretrained", "--source", str(tmp_path / "live.mp4"), "--no-display",
+                        "--log", str(log), "--device", "cpu"]) == 0
+    records = read_log(log)
+    assert not any(r["cut"] for r in records)
+    assert {f["track_id"] for r in records for f in r["faces"]} == {1}
+    assert sum(len(r["faces"]) == 1 for r in records) >= len(records) - 4

@@ -98,7 +98,7 @@ DETECT_EVERY = 2
 # light x0.5 <-> x1.5 in one frame, exposure ramps, faces at 25-50 px a frame or jumping 30-80
 # px in one, a hand sweeping past, a knocked camera, heavy noise: the worst of these scored 0.67
 # of the threshold (the jump), the rest under 0.63.
-CUT_THUMB = (32, 24)  # thumbnail (width, height): 20-px cells at 640x480; 0.09 ms a frame
+CUT_THUMB = (32, 24)  # thumbnail (width, height): 20-px cells at 640x480; 0.12 ms a frame
 CUT_CONTRAST_FLOOR = 1.0  # grey levels added to the thumbnail's std: a flat frame normalises to 0, not noise
 CUT_REACH = 2  # cells: a change a neighbour within this reach explains is motion (40 px at 640x480)
 CUT_CHANGE = 0.15  # mean normalised level outside the previous frame's local range: above is a cut

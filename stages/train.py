@@ -53,12 +53,14 @@ def _changed(params: Params, saved: dict, inputs: dict[str, str] | None) -> list
     return sorted(k for k, v in _training_params(current).items() if saved.get(k) != v)
 
 
-def interrupted_run(params: Params, models_dir: Path, inputs: dict[str, str] | None = None) -> tuple[str | None, str]:
+def interrupted_run(params: Params, models_dir: Path, inputs: dict[str, str] | None = None,
+                    in_store: bool = True) -> tuple[str | None, str]:
     """(MLflow run id, why) of an unfinished training of these params (and, when given, these
     `inputs`: training.input_digests, the data it learns from) in `models_dir`, or (None, why
     not): the one decision `--resume` and `--auto-resume` take. Unfinished: run.json names a
     run but no registered version yet, and that run is in the store in use (not one deleted to
-    start afresh, nor deleted in `mlflow ui`): call after `open_store`.
+    start afresh, nor deleted in `mlflow ui`): call after `open_store`, or with `in_store`
+    False, which leaves that last check out (what can be decided without a store).
     A corrupt run.json is a DataError: whether it can be resumed is unknown."""
     info, last = tracking.read_run_file(models_dir), models_dir / "last.pt"
     if not last.is_file() or info is None:
@@ -74,7 +76,7 @@ def interrupted_run(params: Params, models_dir: Path, inputs: dict[str, str] | N
     if changed:
         what = "data" if all(k.startswith("inputs.") for k in changed) else "params"
         return None, f"{last} was trained with other {what} ({', '.join(changed[:4])})"
-    problem = tracking.recorded_run_problem(models_dir, info)
+    problem = tracking.recorded_run_problem(models_dir, info) if in_store else None
     if problem:
         return None, problem
     return run_id, f"resuming the interrupted run {run_id} after epoch {epoch}"
@@ -163,11 +165,16 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
         print(f"the run {done['run_id']} finished (registered as {done['model_name']} version "
               f"{done['model_version']}); only its ONNX export was interrupted: exporting it, not training again")
         return done
-    # The store first: one that cannot log the run must not cost the previous model, and
+    # What needs no store is decided first: a --resume refused for it (no last.pt, other params)
+    # opens none (a fresh project's mlflow.db was made, a server's outage said instead).
+    run_id, why = interrupted_run(params, models_dir, inputs, in_store=False) if (resume or auto_resume) else (None, "")
+    # Then the store: one that cannot log the run must not cost the previous model, and
     # whether the run run.json names can be resumed depends on it. That run is left to the
     # decision below (keep): resumed, or ended by end_abandoned_run when training starts over.
-    open_store(keep=tracking.recorded_run_id(models_dir))
-    run_id, why = interrupted_run(params, models_dir, inputs) if (resume or auto_resume) else (None, "")
+    if run_id is not None or not resume:
+        open_store(keep=tracking.recorded_run_id(models_dir))
+    if run_id is not None:
+        run_id, why = interrupted_run(params, models_dir, inputs)
     if resume and run_id is None:
         raise DataError(f"cannot --resume: {why}; run without --resume to start over")
     if auto_resume:

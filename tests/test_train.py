@@ -183,6 +183,14 @@ def test_resume_after_changing_the_model_width_is_refused_before_anything_is_tou
     assert len(mlflow.MlflowClient().search_runs([mlflow.get_experiment_by_name("emovision").experiment_id])) == 1
 
 
+def test_resume_without_a_checkpoint_is_refused_before_the_store_is_opened(project, mlflow_store, capsys):
+    """`--resume` in a project that never trained: the store was opened before the decision,
+    so the refusal first made a new mlflow.db (seconds of migrations) in a fresh project."""
+    assert train_main(["--params", "params.yaml", "--resume"]) == 2
+    assert "cannot --resume: no interrupted run in models/" in capsys.readouterr().err
+    assert not (project / "mlflow.db").exists()
+
+
 def _first_conv(path) -> torch.Tensor:
     _, state = artifact.load_checkpoint(path)
     return next(v for k, v in state.items() if k.endswith("weight") and v.dim() == 4).float()

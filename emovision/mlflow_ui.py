@@ -14,6 +14,7 @@ folder's artifacts, not the old folder's (or none, once that is gone).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -70,16 +71,21 @@ def served_store() -> str | None:
 def follow_moved_project() -> None:
     """Point the served store at this project's mlruns/ when the project was moved or copied
     (only the project's own <root>/mlflow.db, as stages do; one line when it did). A store that
-    cannot be written is said in one line and served as it is."""
+    cannot be written is said in one line and served as it is; one in a folder this user cannot
+    write (no lock file can be made there) is only read."""
     uri = served_store()
     if uri is None:
         return
-    try:
-        with tracking.store_lock(uri):  # the server's workers start together
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(tracking.store_lock(uri))  # the server's workers start together
+        except OSError:  # a read-only folder: each worker looks alone, and can only find it unmoved or say so
+            pass
+        try:
             tracking.follow_moved_project(uri)
-    except sqlite3.Error as err:
-        print(f"MLflow store {uri.removeprefix('sqlite:///')} names its artifacts in another folder (the project "
-              f"was moved) and cannot be updated ({err}): the UI shows them where they were", file=sys.stderr)
+        except sqlite3.Error as err:
+            print(f"MLflow store {uri.removeprefix('sqlite:///')} names its artifacts in another folder (the project "
+                  f"was moved) and cannot be updated ({err}): the UI shows them where they were", file=sys.stderr)
 
 
 follow_moved_project()

@@ -85,3 +85,18 @@ def test_mlflow_ui_app_follows_a_moved_project(trained, tmp_path, monkeypatch):
         assert model.removeprefix("file://").startswith(f"{project / 'mlruns'}/"), model
     said = [line for line in log.read_text().splitlines() if "the project moved" in line]
     assert len(said) == 1 and f"now point into {project / 'mlruns'}" in said[0], log.read_text()[-3000:]
+
+
+def test_mlflow_ui_app_serves_a_store_in_a_folder_it_cannot_write(trained, tmp_path, monkeypatch, capsys):
+    """`mlflow ui --app-name emovision` on a project this user cannot write (a read-only mount, a
+    colleague's folder): the lock file beside mlflow.db could not be made, so every worker died
+    importing the app (OSError) and the UI never served. The store is read as it is now. Root
+    writes anywhere, so a folder stands where the lock file would go: open() refuses it alike."""
+    from mlflow.server import BACKEND_STORE_URI_ENV_VAR
+
+    shutil.copy(trained / "mlflow.db", tmp_path / "mlflow.db")
+    (tmp_path / "mlflow.db.lock").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(BACKEND_STORE_URI_ENV_VAR, "sqlite:///mlflow.db")  # as `mlflow ui` passes it to a worker
+    mlflow_ui.follow_moved_project()
+    assert capsys.readouterr().err == ""

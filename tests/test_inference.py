@@ -226,3 +226,22 @@ def test_torch_threads_wait_passively_unless_the_user_chose(user, shown):
                          text=True)
     assert out.returncode == 0, out.stderr[-1000:]
     assert shown in out.stderr, out.stderr[-2000:]
+
+
+def test_bench_times_the_batches_its_figures_name(trained, monkeypatch):
+    """bench's `images_per_s_batch64` and `torch_ms_batch64` (against ONNX's) were timed on two
+    forward passes of 32 faces on a CPU once the classifier's CPU default became
+    scoring.CPU_BATCH, while ONNX Runtime ran 64 at once: each now runs the batch it names."""
+    from emovision.config import load_params
+    from stages import bench
+
+    monkeypatch.setattr(bench, "LATENCY_SAMPLES", 1)
+    params = load_params(trained / "params.yaml").replace(**{"bench.batch_size": 64})
+    clf = load_classifier(str(trained / "models" / "best.pt"), "cpu")
+    seen = set()
+    clf.model.register_forward_pre_hook(lambda module, args: seen.add(len(args[0])))
+    assert "images_per_s_batch64" in bench.inference_speed(clf, params, lambda: None)
+    assert seen == {1, 64}
+    seen.clear()
+    assert "torch_ms_batch64" in bench.backend_latency(clf, trained / "models", params)
+    assert seen == {1, 64}

@@ -125,12 +125,16 @@ def check_outputs_spare_inputs(args: argparse.Namespace, source: FrameSource) ->
 
 def check_source_fits(args: argparse.Namespace, source: FrameSource) -> None:
     """Flags under which the app could only find nothing, refused before the model loads:
-    `--detect-every` so large that the frames to be read (a video's header, `--max-frames`;
-    a camera has no count) hold fewer than the MIN_HITS detection rounds a face needs before it
-    is shown, and a `--min-face` larger than frames all of one size (a video, a camera, one
-    image; a folder's images are counted as they come, `run`)."""
+    a `--max-frames` under MIN_HITS on a video or camera, a `--detect-every` so large that the
+    frames to be read (a video's header, `--max-frames`; a camera has no count) hold fewer than
+    the MIN_HITS detection rounds a face needs before it is shown, and a `--min-face` larger
+    than frames all of one size (a video, a camera, one image; a folder's images are counted
+    as they come, `run`)."""
     counts = [(n, what) for n, what in ((args.max_frames, "--max-frames reads"),
                                         (source.expected_frames, f"{args.source} has")) if n]
+    if 0 < args.max_frames < MIN_HITS and not source.stills:
+        raise ConfigError(f"--max-frames {args.max_frames}: a face in a video is shown only once {MIN_HITS} detection "
+                          f"rounds agree, so {args.max_frames} frame(s) would show none; give at least {MIN_HITS}")
     if counts and not source.stills:
         frames, what = min(counts)
         most = (frames - 1) // (MIN_HITS - 1)

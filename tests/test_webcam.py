@@ -462,6 +462,8 @@ def test_predict_reads_a_pipe(checkpoint, tmp_path, capsys):
     (["--detect-every", "20"], "--detect-every 20: the 20 frames {video} has hold fewer than 2 detection rounds, and a "
                                "face is shown only once 2 rounds agree (none would be); give at most 19"),
     (["--max-frames", "8", "--detect-every", "8"], "--detect-every 8: the 8 frames --max-frames reads hold fewer"),
+    (["--max-frames", "1"], "--max-frames 1: a face in a video is shown only once 2 detection rounds agree, so 1 "
+                            "frame(s) would show none; give at least 2"),
     (["--min-face", "481"], "--min-face 481 is larger than the frames of {video} (640x480): no face could be found; "
                             "give at most 480"),
 ])

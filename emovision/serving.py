@@ -11,12 +11,16 @@ Input: a table, one row per item, with exactly one of two columns set:
   is accepted); its faces are found with the app's detector and framing (`faces.analyze_still`).
 Output: one row per face: `input` (the row it came from), `box` ([x, y, w, h] in the image,
 null for a crop), `label`, and one probability column per class. Flip TTA is on, as in the app.
+
+A logged model carries a copy of this package (`code_paths`), so it loads where only its
+requirements are installed (`mlflow.pyfunc.get_model_dependencies`), emovision or not.
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import math
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,7 +32,11 @@ from emovision import artifact
 from emovision.artifact import ModelSpec
 
 MODEL_ARTIFACT = "model"  # the logged model's name in its run
-MODEL_CODE = Path(__file__).resolve().parent / "mlflow_model.py"  # the model-from-code file
+PACKAGE = Path(__file__).resolve().parent  # emovision, copied into every logged model
+MODEL_CODE = PACKAGE / "mlflow_model.py"  # the model-from-code file
+# The package's weights/ a model leaves out of its copy: the shipped classifiers (a model
+# carries its own weights); mtcnn/ stays, whole images are searched with it (1.9 MB).
+WEIGHTS_LEFT_OUT = ("weights.pt", "config.json", "ensemble")
 MAX_GREY = 255
 DATA_URI_MARK = ";base64,"
 
@@ -61,19 +69,28 @@ def log_model(spec: ModelSpec, state_dict: dict[str, Any], name: str = MODEL_ART
     with tempfile.TemporaryDirectory() as tmp:
         folder = artifact.save_model_dir(Path(tmp) / name, spec, state_dict)
         return mlflow.pyfunc.log_model(
-            name=name, python_model=str(MODEL_CODE),
+            name=name, python_model=str(MODEL_CODE), code_paths=[str(_package_copy(Path(tmp) / "code"))],
             artifacts={"weights": str(folder / artifact.WEIGHTS_FILE), "config": str(folder / artifact.CONFIG_FILE)},
             signature=signature(spec.classes), input_example=input_example(),
             pip_requirements=_requirements(), tags={"arch": spec.arch, "dataset": str(spec.dataset)})
 
 
+def _package_copy(folder: Path) -> Path:
+    """emovision's code (and the MTCNN weights) in `folder`/emovision, for `code_paths`."""
+    def left_out(where: str, names: list[str]) -> set[str]:
+        skip = {n for n in names if n == "__pycache__" or n.endswith(".pyc")}
+        return skip | (set(WEIGHTS_LEFT_OUT) & set(names) if Path(where) == PACKAGE / "weights" else set())
+
+    return Path(shutil.copytree(PACKAGE, folder / PACKAGE.name, ignore=left_out))
+
+
 def _requirements() -> list[str]:
-    """What the model needs at serve time, pinned to this environment (emovision itself must
-    be importable: `--env-manager local` from the project's environment)."""
+    """What the model needs at serve time besides its own copy of emovision, pinned to this
+    environment (torchvision: MTCNN's non-maximum suppression, for whole images)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for package in ("torch", "numpy", "pandas", "opencv-python", "mlflow"):
+    for package in ("torch", "torchvision", "numpy", "pandas", "opencv-python", "mlflow"):
         try:
             out.append(f"{package}=={version(package)}")
         except PackageNotFoundError:

@@ -63,6 +63,56 @@ def test_pyfunc_load_model_equals_load_classifier(in_trained):
     assert [c["name"] for c in info.signature.outputs.to_dict()][:3] == ["input", "box", "label"]
 
 
+
+# A notebook in another venv, holding only the model's requirements: emovision cannot be
+# imported there, except the model's own copy (MLflow puts its code_paths, <model>/code, on sys.path).
+_LOAD_WITHOUT_EMOVISION = """
+import base64, importlib, importlib.machinery, json, os, sys
+
+class NoEmovision:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name != "emovision":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, [p for p in sys.path if p.endswith(os.sep + "code")])
+        if spec is None:
+            raise ModuleNotFoundError("No module named 'emovision'", name=name)
+        return spec
+
+sys.meta_path.insert(0, NoEmovision)
+try:
+    importlib.import_module("emovision")
+    raise SystemExit("emovision importable before the model loaded")
+except ModuleNotFoundError:
+    pass
+import mlflow, pandas as pd
+crops, image = json.loads(sys.stdin.read())
+model = mlflow.pyfunc.load_model("models:/fer@champion")
+out = model.predict(pd.DataFrame({"crop": crops + [None], "image": [None] * len(crops) + [image]}))
+print(json.dumps({"emovision": sys.modules["emovision"].__file__, "rows": out.to_dict("records")}))
+"""
+
+
+def test_a_registered_model_loads_where_emovision_is_not_installed(in_trained, tmp_path):
+    """Every version carried only mlflow_model.py, whose first line imports emovision: a
+    notebook in another venv got `Failed to import code model ... No module named 'emovision'`,
+    and its requirements left out torchvision (MTCNN, for whole images). The model now carries
+    emovision's code (code_paths) and lists torchvision."""
+    crops = _crops()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["OMP_NUM_THREADS"] = "1"
+    done = subprocess.run([sys.executable, "-c", _LOAD_WITHOUT_EMOVISION], cwd=tmp_path, env=env, text=True,
+                          input=json.dumps([[c.tolist() for c in crops], _image_b64()]), capture_output=True,
+                          timeout=SERVER_START_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not Path(answer["emovision"]).is_relative_to(REPO)
+    rows = pd.DataFrame(answer["rows"])
+    clf = load_classifier("models:/fer@champion", "cpu")
+    np.testing.assert_allclose(_probs(rows[rows["input"] < 3], clf.classes), clf.predict_proba(crops), atol=1e-5)
+    assert [list(b) for b in rows[rows["input"] == 3]["box"]] == [f["box"] for f in analyze_still(clf, grace_hopper())]
+    assert "torchvision==" in Path(mlflow.pyfunc.get_model_dependencies("models:/fer@champion")).read_text()
+
 def _post(url: str, payload: dict) -> tuple[int, dict]:
     request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
     try:

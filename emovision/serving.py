@@ -166,9 +166,27 @@ def predict_table(classifier, table: pd.DataFrame, detector=None) -> pd.DataFram
 
 
 try:
+    from mlflow.exceptions import MlflowException
     from mlflow.pyfunc import PythonModel
 except ImportError:  # serving needs mlflow; the rest of emovision does not import this module
+    MlflowException = Exception
     PythonModel = object
+
+
+class BadInput(MlflowException):
+    """A request the model cannot read: HTTP 400 (`BadInput.invalid_parameter_value(line)`)
+    whose message stays the one line naming the row. MLflow's scoring server rewrites an
+    MlflowException's message to `Failed to predict data '<the request's table, up to 60
+    lines>'. Error: <line>`; the first message set is kept."""
+
+    @property
+    def message(self) -> str:
+        return self._line
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_line"):
+            self._line = value
 
 
 class EmotionModel(PythonModel):
@@ -195,10 +213,8 @@ class EmotionModel(PythonModel):
     # pd.DataFrame hints: MLflow keeps its pyfunc wrapper, takes the schema from our explicit
     # signature (a DataFrame hint infers none) and prints no "add type hints" warning.
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        from mlflow.exceptions import MlflowException
-
         has_images = "image" in model_input.columns and model_input["image"].notna().any()
         try:
             return predict_table(self.classifier, model_input, self.detector() if has_images else None)
         except ValueError as err:  # the scoring server answers 400 with this one line
-            raise MlflowException.invalid_parameter_value(str(err)) from None
+            raise BadInput.invalid_parameter_value(str(err)) from None

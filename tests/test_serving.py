@@ -11,6 +11,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import mlflow
@@ -122,35 +123,53 @@ def _post(url: str, payload: dict) -> tuple[int, dict]:
         return err.code, json.loads(err.read() or b"{}")
 
 
-def test_mlflow_models_serve_answers_crops_and_images(in_trained, tmp_path):
-    env = server_env(PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=f"sqlite:///{in_trained / 'mlflow.db'}")
+@pytest.fixture(scope="module")
+def invocations(trained, tmp_path_factory) -> Iterator[str]:
+    """`mlflow models serve` of the trained model on 127.0.0.1, started once for this module's
+    REST tests (a cold start is most of their time): its /invocations URL."""
+    env = server_env(PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=f"sqlite:///{trained / 'mlflow.db'}")
     serve = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/fer/Production", "--env-manager", "local",
              "-h", "127.0.0.1", "--workers", "1", "-p"]
-    with running_server(lambda port: serve + [str(port)], "/ping", in_trained, env, tmp_path / "server.log") as (port, _):
-        crops = _crops()
-        status, answer = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": [  # mixed rows: the other column null
-            {"crop": crops[0].tolist(), "image": None}, {"crop": None, "image": _image_b64()},
-            {"crop": crops[1].tolist(), "image": None}]})
-        assert status == 200, answer
-        rows = answer["predictions"]
-        clf = load_classifier("models:/fer/Production", "cpu")
-        by_input = {i: [r for r in rows if r["input"] == i] for i in range(3)}
-        assert len(by_input[0]) == len(by_input[2]) == 1 and by_input[0][0]["box"] is None
-        np.testing.assert_allclose([[r[c] for c in clf.classes] for r in (by_input[0][0], by_input[2][0])],
-                                   clf.predict_proba([crops[0], crops[1]]), atol=1e-5)
-        expected = analyze_still(clf, grace_hopper())
-        assert [r["box"] for r in by_input[1]] == [f["box"] for f in expected] and expected
-        for row, face in zip(by_input[1], expected):
-            assert len([c for c in clf.classes if c in row]) == 7 and row["label"] == face["label"]
-            np.testing.assert_allclose([row[c] for c in clf.classes], [face["probs"][c] for c in clf.classes], atol=1e-5)
-        status, answer = _post(f"http://127.0.0.1:{port}/invocations",
-                               {"dataframe_records": [{"crop": c.tolist()} for c in crops]})  # crops only
-        assert status == 200 and len(answer["predictions"]) == 3
-        np.testing.assert_allclose([[r[c] for c in clf.classes] for r in answer["predictions"]],
-                                   clf.predict_proba(crops), atol=1e-5)
-        # bad input: one clear line, HTTP 400, the server keeps running
-        status, answer = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": [{"image": "not base64!"}]})
-        assert status == 400 and "row 0: image is not valid base64" in answer.get("message", "")
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with running_server(lambda port: serve + [str(port)], "/ping", trained, env, log) as (port, _):
+        yield f"http://127.0.0.1:{port}/invocations"
+
+
+def test_mlflow_models_serve_answers_crops_and_images(in_trained, invocations):
+    crops = _crops()
+    status, answer = _post(invocations, {"dataframe_records": [  # mixed rows: the other column null
+        {"crop": crops[0].tolist(), "image": None}, {"crop": None, "image": _image_b64()},
+        {"crop": crops[1].tolist(), "image": None}]})
+    assert status == 200, answer
+    rows = answer["predictions"]
+    clf = load_classifier("models:/fer/Production", "cpu")
+    by_input = {i: [r for r in rows if r["input"] == i] for i in range(3)}
+    assert len(by_input[0]) == len(by_input[2]) == 1 and by_input[0][0]["box"] is None
+    np.testing.assert_allclose([[r[c] for c in clf.classes] for r in (by_input[0][0], by_input[2][0])],
+                               clf.predict_proba([crops[0], crops[1]]), atol=1e-5)
+    expected = analyze_still(clf, grace_hopper())
+    assert [r["box"] for r in by_input[1]] == [f["box"] for f in expected] and expected
+    for row, face in zip(by_input[1], expected):
+        assert len([c for c in clf.classes if c in row]) == 7 and row["label"] == face["label"]
+        np.testing.assert_allclose([row[c] for c in clf.classes], [face["probs"][c] for c in clf.classes], atol=1e-5)
+    status, answer = _post(invocations,
+                           {"dataframe_records": [{"crop": c.tolist()} for c in crops]})  # crops only
+    assert status == 200 and len(answer["predictions"]) == 3
+    np.testing.assert_allclose([[r[c] for c in clf.classes] for r in answer["predictions"]],
+                               clf.predict_proba(crops), atol=1e-5)
+    # bad input: one clear line, HTTP 400, the server keeps running
+    status, answer = _post(invocations, {"dataframe_records": [{"image": "not base64!"}]})
+    assert status == 400 and "row 0: image is not valid base64" in answer.get("message", "")
+
+
+def test_a_bad_row_is_answered_in_one_line_naming_it(invocations):
+    """MLflow's server wrote the request's table into the message before our line (`Failed to
+    predict data '<up to 60 rows of the table>'. Error: row 2: ...`), over several lines."""
+    crops = [c.tolist() for c in _crops()]
+    status, answer = _post(invocations, {"dataframe_records": [{"crop": crops[0]}, {"crop": crops[1]},
+                                                               {"crop": [[1, 2], [3]]}]})
+    assert (status, answer["message"]) == (400, "row 2: crop must be a rectangular 2-D array of grey levels")
+    assert _post(invocations, {"dataframe_records": [{"crop": crops[0]}]})[0] == 200  # still serving
 
 
 def _register_old_format(name: str, folder: Path) -> str:

@@ -6,7 +6,10 @@ A registered version of `fer` is an MLflow model *from code*: its MLmodel points
 classifier as `load_classifier` (weights_only=True, nothing unpickled).
 
 Input: a table, one row per item, with exactly one of two columns set:
-- `crop`: a face crop, a 2-D array of uint8 grey levels (any size) or H x W x 3 (BGR);
+- `crop`: a face crop, H x W grey levels (any size) or H x W x 3 (BGR), read by the one rule
+  of `emovision.levels` (JSON integers 0..255, floats 0..1). The signature types it `Any`:
+  MLflow's types cannot say "2-D or 3-D", and its own check refused every colour crop in a
+  message that named no row, so `decode_crop` checks it;
 - `image`: a whole image (PNG/JPEG/...) as base64 text (a `data:image/...;base64,` prefix
   is accepted); its faces are found with the app's detector and framing (`faces.analyze_still`).
 Output: one row per face: `input` (the row it came from), `box` ([x, y, w, h] in the image,
@@ -39,14 +42,15 @@ MODEL_CODE = PACKAGE / "mlflow_model.py"  # the model-from-code file
 WEIGHTS_LEFT_OUT = ("weights.pt", "config.json", "ensemble")
 MAX_GREY = 255
 DATA_URI_MARK = ";base64,"
+NUMERIC_KINDS = "biuf"  # numpy dtype kinds of bools, integers and floats
 
 
 def signature(classes: Sequence[str]):
     """The MLflow signature shown in the UI and enforced by the scoring server."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+    from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
 
-    inputs = Schema([ColSpec(Array(Array(DataType.long)), "crop", required=False),
+    inputs = Schema([ColSpec(AnyType(), "crop", required=False),
                      ColSpec(DataType.string, "image", required=False)])
     outputs = Schema([ColSpec(DataType.long, "input"), ColSpec(Array(DataType.long), "box", required=False),
                       ColSpec(DataType.string, "label"),
@@ -115,6 +119,8 @@ def decode_crop(value: Any, row: int) -> np.ndarray:
         raise ValueError(f"row {row}: crop must be a rectangular 2-D array of grey levels") from None
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3) or min(arr.shape[:2]) < 1:
         raise ValueError(f"row {row}: crop must be H x W grey levels (or H x W x 3 BGR), got shape {arr.shape}")
+    if arr.dtype.kind not in NUMERIC_KINDS:  # JSON text, nulls, integers beyond 64 bits
+        raise ValueError(f"row {row}: crop must hold only pixel levels (integers 0..255 or floats 0..1)")
     return to_uint8(arr, f"row {row}: crop")
 
 
@@ -139,8 +145,9 @@ def decode_image(text: Any, row: int) -> np.ndarray:
 def predict_table(classifier, table: pd.DataFrame, detector=None) -> pd.DataFrame:
     """The pyfunc's predict, on an EmotionClassifier: crops in one batch, images via analyze_still."""
     columns = set(table.columns)
-    if not columns & {"crop", "image"}:
-        raise ValueError("input needs a 'crop' or an 'image' column")
+    if not columns & {"crop", "image"}:  # MLflow drops the columns its signature does not name
+        raise ValueError("input needs rows with a 'crop' or an 'image' column (an empty request has none, and "
+                         "MLflow drops columns of other names)")
     crops, crop_rows, rows = [], [], []
     for i, item in enumerate(table.to_dict("records")):
         crop, image = item.get("crop"), item.get("image")

@@ -172,6 +172,33 @@ def test_a_bad_row_is_answered_in_one_line_naming_it(invocations):
     assert _post(invocations, {"dataframe_records": [{"crop": crops[0]}]})[0] == 200  # still serving
 
 
+def test_served_crops_in_colour_or_floats_are_read_and_bad_ones_refused_by_row(in_trained, invocations):
+    """The signature typed a crop Array(Array(long)), so MLflow refused the documented H x W x 3
+    BGR crops and float crops of 0..1 (the levels rule) before the model saw them, and NaN, text
+    or a 4-channel crop, all in `Can not safely convert object to int64`, naming no row; `inputs`
+    and `instances` requests failed too. decode_crop now checks crops."""
+    rng = np.random.default_rng(5)
+    colour, floats = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8), rng.random((48, 48))
+    clf = load_classifier("models:/fer/Production", "cpu")
+    expected = clf.predict_proba([colour, floats])
+    for body, rows in (({"dataframe_records": [{"crop": colour.tolist()}, {"crop": floats.tolist()}]}, 2),
+                       # MLflow stacks `instances` and `inputs` into one array: crops of one size
+                       ({"instances": [{"crop": colour.tolist()}]}, 1), ({"inputs": {"crop": [colour.tolist()]}}, 1)):
+        status, answer = _post(invocations, body)
+        assert status == 200, answer
+        np.testing.assert_allclose(_probs(pd.DataFrame(answer["predictions"]), clf.classes), expected[:rows], atol=1e-5)
+    for crop, message in [([[float("nan"), 0.5]], "crop: float pixels must be 0..1, got float64 with NaN or infinite values"),
+                          ([[0.5, 200.0]], "crop: float pixels must be 0..1, got float64 values in [0.5, 200]; for grey "
+                                           "levels 0..255 pass uint8 (x.astype(np.uint8)) or x / 255"),
+                          ([["a", "b"]], "crop must hold only pixel levels (integers 0..255 or floats 0..1)"),
+                          (np.zeros((4, 4, 4), int).tolist(), "crop must be H x W grey levels (or H x W x 3 BGR), "
+                                                              "got shape (4, 4, 4)")]:
+        status, answer = _post(invocations, {"dataframe_records": [{"crop": colour.tolist()}, {"crop": crop}]})
+        assert (status, answer["message"]) == (400, f"row 1: {message}")
+    status, answer = _post(invocations, {"dataframe_records": [{"crops": floats.tolist()}]})  # a misspelt column
+    assert status == 400 and "input needs rows with a 'crop' or an 'image' column" in answer["message"]
+
+
 def _register_old_format(name: str, folder: Path) -> str:
     """A version as registered before MLflow models: a run artifact folder weights.pt + config.json."""
     from emovision import tracking

@@ -132,6 +132,7 @@ def decode_image(text: Any, row: int) -> np.ndarray:
         raise ValueError(f"row {row}: image must be base64 text")
     if DATA_URI_MARK in text[:100]:
         text = text.split(DATA_URI_MARK, 1)[1]
+    text = "".join(text.split())  # `base64 FILE` (GNU) and base64.encodebytes break lines at 76
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):

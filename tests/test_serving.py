@@ -199,6 +199,16 @@ def test_served_crops_in_colour_or_floats_are_read_and_bad_ones_refused_by_row(i
     assert status == 400 and "input needs rows with a 'crop' or an 'image' column" in answer["message"]
 
 
+def test_served_images_may_be_base64_in_lines(invocations):
+    """`base64 photo.jpg` (GNU) and Python's base64.encodebytes break the text every 76
+    characters, as MIME allows: such an image was refused as `not valid base64`."""
+    ok, png = cv2.imencode(".png", grace_hopper())
+    wrapped = base64.encodebytes(png.tobytes()).decode()
+    one_line = _post(invocations, {"dataframe_records": [{"image": _image_b64()}]})
+    assert one_line[0] == 200 and "\n" in wrapped
+    assert _post(invocations, {"dataframe_records": [{"image": wrapped}]}) == one_line
+
+
 def _register_old_format(name: str, folder: Path) -> str:
     """A version as registered before MLflow models: a run artifact folder weights.pt + config.json."""
     from emovision import tracking

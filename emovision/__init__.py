@@ -15,6 +15,15 @@ import os
 # default.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# OpenMP starts one thread per CPU of the affinity mask, but a container's CPU quota (`docker run
+# --cpus 1`, a Kubernetes limit) is no affinity: torch would run a thread per CPU of the host and
+# have the quota throttle them (OpenCV reads the quota itself). Read with OMP_WAIT_POLICY, once,
+# when torch loads; a user's own OMP_NUM_THREADS wins. device.py owns the count.
+from emovision.device import quota_thread_env  # noqa: E402  (no torch import: kept light)
+
+for _name, _value in quota_thread_env().items():
+    os.environ.setdefault(_name, _value)
+
 __version__ = "0.1.0"
 __all__ = ["load_classifier", "__version__"]
 

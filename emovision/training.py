@@ -24,7 +24,7 @@ from emovision import artifact, progress, scoring
 from emovision.artifact import ModelSpec
 from emovision.config import AugmentParams, Params, TrainParams
 from emovision.data.augment import augment_batch_flips
-from emovision.device import resolve_device
+from emovision.device import resolve_device, use_cpu_threads
 from emovision.errors import TrainingDiverged
 from emovision.models import create_model
 from emovision.preprocess import PreprocessConfig, normalize, prepare_pixels, value_range
@@ -83,8 +83,8 @@ def load_train_val(params: Params) -> tuple[dict[str, Any], SplitTensors, SplitT
     """Prepared meta plus the train and val splits on the configured device."""
     from emovision.data.prepared import load_meta, load_split
 
-    if params.train.threads > 0:
-        torch.set_num_threads(params.train.threads)
+    if params.train.threads > 0 and (note := use_cpu_threads(params.train.threads)):
+        print(note)
     device = resolve_device(params.base.device)
     prepared = Path(params.data.prepared_dir)
     meta = load_meta(prepared)

@@ -26,7 +26,7 @@ from emovision.config import Params
 from emovision.data.augment import augment_batch
 from emovision.data.prepared import load_meta
 from emovision.errors import DataError, EmovisionError, cli_main
-from emovision.device import resolve_device
+from emovision.device import resolve_device, use_cpu_threads
 from emovision.inference import load_classifier
 from emovision.models import count_macs, count_params, create_model
 from emovision.preprocess import normalize, value_range
@@ -175,8 +175,8 @@ def bench(params: Params, models_dir: Path | None = None) -> dict:
         tracking.check_recorded_run(models_dir, training)
     meta = load_meta(Path(params.data.prepared_dir))
     params = params.for_dataset(meta["source"])  # the model and epochs train really used
-    if params.train.threads > 0:
-        torch.set_num_threads(params.train.threads)
+    if params.train.threads > 0 and (note := use_cpu_threads(params.train.threads)):
+        print(note)
     device = resolve_device(params.base.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     progress.info(f"bench 1/4: training images/s, fp32 and bf16 side by side ({params.bench.repeats} repeats "

@@ -14,7 +14,6 @@ output) and reads no data, so the default pipeline costs a second here.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -25,6 +24,7 @@ from emovision import fileio
 from emovision.config import Params
 from emovision.data.app_views import AppViews, write_app_views
 from emovision.data.prepared import load_meta, load_split, split_digest
+from emovision.device import usable_cpus
 from emovision.errors import ConfigError, cli_main
 from emovision.faces import make_detector
 from emovision.livecheck import app_crop
@@ -57,8 +57,8 @@ def _cut(seed: int, first: int, faces: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def cut_app_views(x: np.ndarray, seed: int, workers: int = 0, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
     """(the app's crops of faces `x`, which were found): `workers` processes (0: one per core),
     `chunk` faces per task."""
-    if not workers:  # the cores this process may use (macOS has no sched_getaffinity)
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if not workers:  # the CPUs this process may use (affinity and cgroup quota)
+        workers = usable_cpus()
     out, found = x.copy(), np.zeros(len(x), bool)
     starts = range(0, len(x), chunk)
     started, done = time.perf_counter(), 0

@@ -19,6 +19,7 @@ import pandas as pd
 
 from emovision import progress
 from emovision.data import CLASSES, IMAGE_SIZE, SPLITS, USAGE_TO_SPLIT
+from emovision.device import usable_cpus
 from emovision.errors import DataError
 from emovision.images import read_image
 
@@ -179,8 +180,8 @@ def read_folders(base: Path, on_bad_row: str = "error") -> ReadResult:
                     path = Path(entry.path)
                     files.append((path, label, _split_for(path, folder_split)))
     files.sort(key=lambda f: (f[2], f[1], f[0].name))  # stable order across file systems
-    # cv2 releases the GIL while decoding, so threads use both cores.
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+    # cv2 releases the GIL while decoding, so threads use every usable core.
+    with ThreadPoolExecutor(max_workers=usable_cpus()) as pool:
         images = list(progress.track(pool.map(_read_image, (f[0] for f in files), chunksize=256),
                                      len(files), f"reading {base}", "images"))
     skipped: list[str] = []

@@ -42,7 +42,7 @@ MODEL_CODE = PACKAGE / "mlflow_model.py"  # the model-from-code file
 WEIGHTS_LEFT_OUT = ("weights.pt", "config.json", "ensemble")
 MAX_GREY = 255
 DATA_URI_MARK = ";base64,"
-NUMERIC_KINDS = "biuf"  # numpy dtype kinds of bools, integers and floats
+NUMERIC_KINDS = "iuf"  # numpy dtype kinds of integers and floats (JSON true/false are no levels)
 
 
 def signature(classes: Sequence[str]):

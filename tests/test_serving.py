@@ -191,6 +191,7 @@ def test_served_crops_in_colour_or_floats_are_read_and_bad_ones_refused_by_row(i
                           ([[0.5, 200.0]], "crop: float pixels must be 0..1, got float64 values in [0.5, 200]; for grey "
                                            "levels 0..255 pass uint8 (x.astype(np.uint8)) or x / 255"),
                           ([["a", "b"]], "crop must hold only pixel levels (integers 0..255 or floats 0..1)"),
+                          ([[True, False]], "crop must hold only pixel levels (integers 0..255 or floats 0..1)"),
                           (np.zeros((4, 4, 4), int).tolist(), "crop must be H x W grey levels (or H x W x 3 BGR), "
                                                               "got shape (4, 4, 4)")]:
         status, answer = _post(invocations, {"dataframe_records": [{"crop": colour.tolist()}, {"crop": crop}]})

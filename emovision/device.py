@@ -2,11 +2,12 @@
 and every app."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from emovision.errors import ConfigError
 
@@ -78,7 +79,8 @@ def cpu_threads(requested: int = 0) -> int:
     """torch's CPU threads for `requested` (train.threads; 0: one per usable CPU), never more
     than the usable CPUs: the extra threads only wait for each other (two on one CPU trained
     cnn_small 20% slower and classified a face 60% slower, with OMP_WAIT_POLICY=PASSIVE)."""
-    return min(requested, usable_cpus()) if requested > 0 else usable_cpus()
+    cpus = usable_cpus()
+    return min(requested, cpus) if requested > 0 else cpus
 
 
 def use_cpu_threads(requested: int = 0) -> str | None:
@@ -92,3 +94,18 @@ def use_cpu_threads(requested: int = 0) -> str | None:
         return (f"train.threads {requested} -> {threads}: this process may use {threads} CPU"
                 f"{'s' if threads > 1 else ''} (affinity mask / cgroup quota)")
     return None
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Set torch's intra-op threads for the block (None or 0: leave them), then restore them:
+    the app's --threads, and a script's latency figure measured on as many threads as the app."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from emovision import fileio
-from emovision.device import usable_cpus
+from emovision.device import torch_threads, usable_cpus
 from emovision.errors import EXIT_INTERRUPTED, ConfigError, SourceError, cli_main
 from emovision.faces import (DEFAULT_DETECTOR, DETECT_EVERY, DETECTORS, LARGE_FRAME_SIDE, MIN_FACE, MIN_HITS, SMOOTH,
                              EmotionPipeline, make_detector)
@@ -248,20 +248,6 @@ def stop_on_ctrl_c() -> Iterator[threading.Event]:
         yield stop
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Set torch's intra-op threads for the block, then restore them."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def summarize(times: dict[str, list[float]], detect_frames: list[bool], frames: int, faces: int,

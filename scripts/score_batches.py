@@ -32,10 +32,10 @@ import torch
 from emovision import scoring, training
 from emovision.config import load_params
 from emovision.data.prepared import load_split
+from emovision.device import torch_threads
 from emovision.errors import cli_main
 from emovision.inference import EmotionClassifier, load_classifier
 from emovision.models import create_model, trainable_models
-from emovision.webcam import torch_threads
 
 FIT_VAL = "fit-val"
 SPLIT = "val"  # PublicTest

@@ -33,11 +33,11 @@ import torch
 
 from emovision import artifact, fileio
 from emovision.data.prepared import load_meta, load_split
+from emovision.device import torch_threads
 from emovision.errors import ConfigError, DataError, cli_main
 from emovision.inference import WEIGHTS_DIR, load_artifact, load_classifier
 from emovision.metrics import classification_report
 from emovision.models import count_macs, count_params
-from emovision.webcam import torch_threads
 
 LATENCY_CALLS = 200
 # The ensemble's weights ship as float16 (half the MB; probabilities move by about 2e-4) and are

@@ -119,7 +119,8 @@ def decode_image(data: np.ndarray | bytes, flags: int = cv2.IMREAD_COLOR) -> np.
         return "empty file"
     if data[4:8].tobytes() == b"ftyp" and data[8:12].tobytes() in HEIF_BRANDS:
         return "a HEIC/HEIF image, which OpenCV cannot decode: convert it to JPEG or PNG"
-    if data[4:8].tobytes() == b"ftyp" and data[8:12].tobytes() in RAW_BRANDS:
+    kind = content_kind(data[:16].tobytes())
+    if kind == "raw":
         return "a Canon CR3 camera raw file, which OpenCV cannot decode: convert it to JPEG or PNG"
     if data[:3].tobytes() == JPEG_START and jpeg_truncated(data):
         return "truncated JPEG (no end-of-image marker after the image data)"
@@ -135,7 +136,7 @@ def decode_image(data: np.ndarray | bytes, flags: int = cv2.IMREAD_COLOR) -> np.
             return "image too large for OpenCV to decode (CV_IO_MAX_IMAGE_PIXELS: 2**30 pixels by default)"
         return f"unreadable image file ({err.err})"
     if image is None:
-        if content_kind(data[:16].tobytes()) == "video":
+        if kind == "video":
             return "a video, not an image (python -m emovision.webcam --source VIDEO reads videos)"
         return "unreadable image file"
     return pixel_levels(image)

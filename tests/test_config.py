@@ -151,3 +151,35 @@ def test_demo_caps_apply_only_to_the_demo_set():
     assert shown.for_dataset("synthetic").augment.app_view == 0 and shown.for_dataset("fer2013") == shown
     small = p.replace(**{"train.epochs": 2, "model.width": 8, "distill.teachers": (), "distill.alpha": 0.0})
     assert small.for_dataset("synthetic") == small  # caps, never raises
+
+
+NUMBER = r"-?\d+(?:\.\d+)?"
+RANGE_IN_COMMENT = re.compile(rf"(?:^|, )(?:(?P<low>{NUMBER})\.\.(?P<high>{NUMBER})|(?P<open>[\[(])(?P<lo>{NUMBER}), (?P<hi>{NUMBER})(?P<close>[\])]))")
+
+
+def test_ranges_in_params_yaml_comments_are_the_ones_enforced():
+    """The README sends users to params.yaml's comments for each key's range: `a..b` (both
+    ends valid) or `[a, b)` / `(a, b]`. Each stated end must be accepted or refused as written,
+    and a value just past it refused."""
+    section, checked = None, 0
+    for line in (REPO / "params.yaml").read_text().splitlines():
+        if re.match(r"^\w+:", line):
+            section = line.split(":")[0]
+            continue
+        found = re.match(r"^  (\w+): \S+\s+# (int|float): (.*)", line)
+        if not found or not (r := RANGE_IN_COMMENT.search(found[3])):
+            continue
+        key, kind = f"{section}.{found[1]}", found[2]
+        low, high = (r["low"], r["high"]) if r["low"] else (r["lo"], r["hi"])
+        low_ok, high_ok = (True, True) if r["low"] else (r["open"] == "[", r["close"] == "]")
+        cast = int if kind == "int" else float
+        step = 1 if kind == "int" else 0.01
+        for value, ok in [(cast(low), low_ok), (cast(high), high_ok), (cast(low) - step, False),
+                          (cast(high) + step, False)]:
+            if ok:
+                Params().replace(**{key: value})
+            else:
+                with pytest.raises(ConfigError, match=re.escape(key)):
+                    Params().replace(**{key: value})
+        checked += 1
+    assert checked >= 15  # the comments that state a range were all found

@@ -1,6 +1,7 @@
-"""Stage 3: score the trained model on test (PrivateTest) and val (PublicTest), log it into
-the training run, and run the champion/challenger promotion gate (on val: selection never
-looks at PrivateTest).
+"""Stage 3: score the trained model on test and val, and run the promotion gate.
+
+Scores test (PrivateTest) and val (PublicTest), logs the scores into the training run, and
+runs the champion/challenger promotion gate (on val: selection never looks at PrivateTest).
 
 Writes <paths.reports>/metrics.json (DVC metrics: accuracy and macro-F1 per split, the
 numbers people compare), evaluation.json (per-class precision/recall/F1, TTA, dataset: not a

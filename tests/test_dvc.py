@@ -2,6 +2,7 @@
 and reads exactly the params its dvc.yaml entry lists (tests/stage_trace.py records both)."""
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -108,3 +109,13 @@ def test_output_paths_come_from_params():
         assert outs and all(o.startswith("${") for o in outs), (stage, outs)
     hard_coded = re.findall(r"^\s*- (?:models|reports)\b.*$", text, re.M)
     assert not hard_coded and "reports/" not in text.replace("${paths.reports}/", ""), hard_coded
+
+
+def test_every_stage_help_opens_with_a_whole_sentence():
+    """`python -m stages.X --help` shows the first line of the stage's docstring: a summary cut
+    mid-sentence ('..., log it into') tells the user nothing."""
+    for path in sorted((REPO / "stages").glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        first = ast.get_docstring(ast.parse(path.read_text())).splitlines()[0]
+        assert first.endswith("."), f"{path.name}: --help says {first!r}"

@@ -27,10 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m emovision.predict", description=__doc__.splitlines()[0])
     p.add_argument("images", nargs="+", type=user_path)
     p.add_argument("--model", default="models:/fer/Production", type=os.path.expanduser,
-                   help="registry URI, runs:/ID/model, checkpoint or 'pretrained' (default: %(default)s)")
+                   help="models:/NAME/STAGE, models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, "
+                        "a checkpoint, a model folder, an .onnx file, 'pretrained' or 'pretrained-ensemble' "
+                        "(default: %(default)s)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
-                   help="PyTorch, or ONNX Runtime (pip install onnx onnxruntime onnxscript; default: %(default)s)")
+                   help="PyTorch, or ONNX Runtime (installed with emovision; default: %(default)s)")
     p.add_argument("--min-face", type=int, help=f"smallest face side in pixels (default: {MIN_FACE}; in a frame "
                    f"over {LARGE_FRAME_SIDE} px, as much more as the frame is larger: 80 in 4K)")
     p.add_argument("--max-faces", type=int, default=0, help="keep the N largest faces per image (0: all)")

@@ -57,12 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m emovision.webcam", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="models:/fer/Production", type=os.path.expanduser,
                    help="models:/NAME/STAGE, models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, "
-                        "a checkpoint, or 'pretrained' (default: %(default)s)")
+                        "a checkpoint, a model folder, an .onnx file, 'pretrained' or 'pretrained-ensemble' "
+                        "(default: %(default)s)")
     p.add_argument("--source", default="0", type=os.path.expanduser,
                    help="camera index, video/image file, folder or stream URL (default: 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
-                   help="PyTorch, or ONNX Runtime (pip install onnx onnxruntime onnxscript; default: %(default)s)")
+                   help="PyTorch, or ONNX Runtime (installed with emovision; default: %(default)s)")
     p.add_argument("--no-display", action="store_true", help="run without a window")
     p.add_argument("--fast", action="store_true",
                    help="in the window, play files as fast as they are processed, not at their own frame rate")

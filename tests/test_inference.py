@@ -245,3 +245,22 @@ def test_bench_times_the_batches_its_figures_name(trained, monkeypatch):
     seen.clear()
     assert "torch_ms_batch64" in bench.backend_latency(clf, trained / "models", params)
     assert seen == {1, 64}
+
+
+@pytest.mark.parametrize("app", ["emovision.webcam", "emovision.predict"])
+def test_model_flag_help_names_every_kind_of_reference(app):
+    """README: every way of naming a model works everywhere (the apps included); their --help
+    lists them all, and does not send users to pip for ONNX Runtime, which is a dependency."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = subprocess.run([sys.executable, "-m", app, "--help"], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "400"})  # one line per flag: no phrase broken
+    assert out.returncode == 0, out.stderr
+    for kind in ("models:/NAME/STAGE", "models:/NAME@ALIAS", "models:/NAME/VERSION", "runs:/ID/model",
+                 "a checkpoint", "a model folder", ".onnx", "'pretrained'", "'pretrained-ensemble'"):
+        assert kind in out.stdout, f"{app} --help does not name {kind}"
+    assert "pip install" not in out.stdout

@@ -491,6 +491,16 @@ def _registry_hint(name: str, client=None) -> str:
             f" ({PROMOTE_HINT})")
 
 
+def _registered(client, name: str) -> bool:
+    import mlflow
+
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
+
+
 def read_client():
     """A client on the project's store for reading only: a missing SQLite store is an error,
     never created (no mlflow.db, no lock file, no experiment)."""
@@ -558,6 +568,8 @@ def download_model(ref: str) -> Path:
     except (mlflow.exceptions.MlflowException, OSError) as err:
         _raise_if_files_missing(ref, client)
         first = (str(err).splitlines() or [type(err).__name__])[0].rstrip(". ")
+        if m and m["alias"] and isinstance(err, mlflow.exceptions.MlflowException) and _registered(client, m["name"]):
+            first = f"'{m['name']}' has no alias '{m['alias']}'"  # MLflow says the model itself is not found
         if m and isinstance(err, mlflow.exceptions.MlflowException):
             raise ModelRefError(f"cannot load {ref}: {first}. {_registry_hint(m['name'], client)}") from None
         raise ModelRefError(f"cannot load {ref}: {first}") from None

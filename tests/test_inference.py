@@ -31,7 +31,8 @@ def test_every_reference_kind_loads_the_same_model(in_trained):
 @pytest.mark.parametrize("ref, message", [
     ("models:/nope/Production", "Registered Model with name=nope not found"),
     ("models:/fer/Staging", "stages: Production"),
-    ("models:/fer@challenger", "aliases: champion"),
+    ("models:/fer@challenger", "'fer' has no alias 'challenger'. 'fer' has versions 1; stages: Production; "
+                               "aliases: champion"),
     ("models:/fer/7", "has versions 1"),
     ("models:/", "malformed model URI"),
     ("does/not/exist.pt", "not found"),

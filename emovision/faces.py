@@ -105,7 +105,8 @@ CUT_CHANGE = 0.15  # mean normalised level outside the previous frame's local ra
 CUT_DECORRELATION = 0.35  # 1 - correlation with the previous frame: above is a cut (light changes: < 0.2)
 # A cut comes out of a steady shot into a steady shot: the change before the cut frame and the
 # one after it must both be below this (a hand sweeping past or a flash changes several frames
-# running). The cut is thus known one frame late: the cut frame itself shows no face.
+# running). The cut is thus known one frame late: the cut frame shows no face, but its detection
+# round counts as the new shot's first (`EmotionPipeline`).
 CUT_STEADY = 0.05
 BAR_WIDTH = 120
 PANEL_SIZE = (86 + BAR_WIDTH, 28 + 16 * 7)  # probability panel (width, height) for 7 classes
@@ -572,6 +573,7 @@ class EmotionPipeline:
         self._rounds = 0
         self._next_round = 0  # the frame of the next detection round
         self.cuts = ShotCuts()
+        self._pending: tuple[np.ndarray, np.ndarray | None] | None = None  # a suspect frame's detection round
 
     def process(self, frame: np.ndarray) -> FrameResult:
         result = self._process_still(frame) if self.stills else self._process_video(frame)
@@ -591,11 +593,22 @@ class EmotionPipeline:
         t0 = time.perf_counter()
         gray = to_gray(frame)
         shot = self.cuts.update(gray)
-        if shot == "cut":  # the frame before began a new shot: start afresh, as on a new video
+        pending, self._pending = self._pending, None
+        if shot == "cut":  # the frame before began a new shot: start afresh, as on a new video whose
+            # first frame was that one, its detection round the one it ran (`pending`)
             self.tracker.reset()
-            self._next_round, self._rounds, result.cut = self._frames, 0, True
+            self.tracker.update(*pending)
+            self._next_round, self._rounds, result.cut = self._frames - 1 + self.detect_every, 1, True
         self.tracker.advance(frame_size=gray.shape[1::-1])
-        if shot == "suspect":  # perhaps a new shot: the old tracks' faces are not shown, nor matched on it
+        if shot == "suspect":
+            # Perhaps a new shot: the old tracks' faces are not shown, nor matched on it. The
+            # frame is scanned whole, as a new video's first frame is, and the round kept until
+            # the next frame tells: on a cut it is the new shot's first round, so its faces are
+            # shown from its frame `detect_every` (two rounds agree: MIN_HITS), as in a new video
+            # (before, a round later); else it is dropped and the old tracks go on.
+            boxes = self.detector.detect(gray)
+            self._pending = (boxes, landmark_angles(self.detector, len(boxes)))
+            result.detected = result.full_scan = True
             result.times_ms = {"detect": 1000 * (time.perf_counter() - t0), "classify": 0.0}
             return result
         if self._frames >= self._next_round:

@@ -474,8 +474,9 @@ def test_a_face_that_leaves_is_gone_by_the_next_detection_frame(classifier):
     assert [f.detected for r in results[2:7] for f in r.faces] == [True, False, True, False, True]
     # frame 7 replaces the whole photo: a shot cut (`ShotCuts`), so the face is not carried onto
     # it (before, it was drawn there on the grey, then gone on frame 8, the next detection round);
-    # frame 8 confirms the cut and ends the track
-    assert not results[7].detected and [r.cut for r in results] == [False] * 8 + [True, False]
+    # frame 7 is scanned whole as the new shot's first round, and frame 8 confirms the cut and
+    # ends the track
+    assert results[7].full_scan and [r.cut for r in results] == [False] * 8 + [True, False]
 
 
 def test_stills_share_nothing(classifier):

@@ -79,6 +79,15 @@ SIZE_GATE = (0.67, 1.5)
 # renders: 0.03 sides a frame). Matching uses the velocity as measured.
 STILL_SPEED = 0.04
 MISSED_DECAY = 0.5  # a track's velocity is multiplied by this for each round it is not found
+# A new face has no velocity until its second round, so one moving 3/4 of its side or more a round
+# (a 100 px face at 40 px a frame, detect_every 2) was never matched, so never shown. A new track
+# found where no track matched gets a first velocity from the nearest face found in the last round
+# and not in this one (its side within NEW_SIZE_GATE, its centre within NEW_REACH of that side a
+# frame): a guess, which confirms it only if the next round finds the face where that motion leads
+# (or where it is now). The lost face keeps its own track and id, and no box is shown from the
+# guess: two faces found in turn keep their own ids.
+NEW_REACH = 1.0
+NEW_SIZE_GATE = (0.8, 1.25)
 MIN_HITS = 2  # detection rounds a new face needs before it is shown: one-off false faces never are
 SMOOTH = 0.6  # weight of the past in the per-face probability EMA
 # Weights of the past box: the centre follows a moving face closely; the side, which Haar
@@ -311,12 +320,33 @@ def _gated(track_box: np.ndarray, box: np.ndarray) -> bool:
     return dist <= CENTRE_GATE * side and SIZE_GATE[0] <= new_side / side <= SIZE_GATE[1]
 
 
+def _guess_velocities(lost: list[Track], new: list[Track]) -> None:
+    """Give each new track the motion from the nearest face of the last round that this round
+    lost and that could have moved there (see NEW_REACH); nearest pairs first."""
+    pairs = []
+    for old in lost:
+        side, frames = max(old.raw[2:]), max(old.since, 1)
+        for track in new:
+            dist = np.hypot(*(track.raw[:2] + track.raw[2:] / 2 - old.raw[:2] - old.raw[2:] / 2))
+            if dist <= NEW_REACH * side * frames and NEW_SIZE_GATE[0] <= max(track.raw[2:]) / side <= NEW_SIZE_GATE[1]:
+                pairs.append((dist / side, old.id, track.id, old, track))
+    taken: set[int] = set()
+    for _, old_id, new_id, old, track in sorted(pairs, key=lambda p: p[:3]):
+        if old_id in taken or new_id in taken:
+            continue
+        taken |= {old_id, new_id}
+        side, frames = max(old.raw[2:]), max(old.since, 1)
+        track.velocity = np.array([*(track.raw[:2] + track.raw[2:] / 2 - old.raw[:2] - old.raw[2:] / 2),
+                                   np.log(max(track.raw[2:]) / side)]) / frames
+
+
 class FaceTracker:
     """Greedy IoU matching of detections to tracks; stable ids; per-track EMA of probabilities.
 
     Each track keeps its last detection and its velocity (from its last two detections);
     `advance` moves the tracks on one frame, and a detection round is matched against where
-    each face's motion has taken it as well as where it was last found.
+    each face's motion has taken it as well as where it was last found; a new track starts with
+    the motion from a face lost in that round nearby, as a guess (see NEW_REACH).
 
     `smooth` is the weight of the past in the probability EMA (0: off); `box_smooth` and
     `size_smooth` the same for the box's centre and side (and for the eye line's tilt, when the
@@ -372,15 +402,19 @@ class FaceTracker:
             weight = 0.0 if track.missed else self.size_smooth  # re-found after a miss: its new tilt
             track.angle = weight * track.angle + (1 - weight) * float(angles[pairs[ti]])
             track.hits, track.missed = track.hits + 1, 0
+        lost = [t for t in self.tracks if t.missed == 1]  # found last round, not in this one
         self.tracks = [t for t in self.tracks if t.missed <= self.max_missed]
         matched = np.array([t.box for t in self.tracks if t.missed == 0]).reshape(-1, 4)
+        new: list[Track] = []
         for bi, box in enumerate(boxes):
             if bi in pairs.values():
                 continue
             if len(matched) and (_overlaps(box, matched)[0] / (box[2] * box[3])).max() >= NESTED_OVERLAP:
                 continue  # mostly inside a face matched this round: the same face found twice
-            self.tracks.append(Track(self._next_id, box.copy(), angle=float(angles[bi])))
+            new.append(Track(self._next_id, box.copy(), angle=float(angles[bi])))
             self._next_id += 1
+        _guess_velocities(lost, new)
+        self.tracks += new
         return self.tracks
 
     def advance(self, frames: int = 1, frame_size: tuple[int, int] | None = None) -> None:

@@ -7,13 +7,15 @@ classifier as `load_classifier` (weights_only=True, nothing unpickled).
 
 Input: a table, one row per item, with exactly one of two columns set:
 - `crop`: a face crop, H x W grey levels (any size) or H x W x 3 (BGR), read by the one rule
-  of `emovision.levels` (JSON integers 0..255, floats 0..1). The signature types it `Any`:
+  of `emovision.levels` (JSON integers 0..255, floats 0..1); in CSV, where a cell is text,
+  the same nested list as JSON text. The signature types it `Any`:
   MLflow's types cannot say "2-D or 3-D", and its own check refused every colour crop in a
   message that named no row, so `decode_crop` checks it;
 - `image`: a whole image (PNG/JPEG/...) as base64 text (a `data:image/...;base64,` prefix
   is accepted); its faces are found with the app's detector and framing (`faces.analyze_still`).
 Output: one row per face: `input` (the row it came from), `box` ([x, y, w, h] in the image,
-null for a crop), `label`, and one probability column per class. Flip TTA is on, as in the app.
+null for a crop), `label`, and one probability column per class. Flip TTA is on, as in the app,
+unless the param `tta` is false (`predict(..., params={"tta": False})`, `"params"` in a request).
 
 A logged model carries a copy of this package (`code_paths`), so it loads where only its
 requirements are installed (`mlflow.pyfunc.get_model_dependencies`), emovision or not.
@@ -22,11 +24,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import json
 import math
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,19 +47,26 @@ WEIGHTS_LEFT_OUT = ("weights.pt", "config.json", "ensemble")
 MAX_GREY = 255
 DATA_URI_MARK = ";base64,"
 NUMERIC_KINDS = "iuf"  # numpy dtype kinds of integers and floats (JSON true/false are no levels)
+TTA_PARAM = "tta"  # the one inference param: flip TTA, on by default as in the app
+# What a logged model needs besides its own copy of emovision, pinned to this environment.
+# OpenCV is whichever of its four wheels provides cv2 here (a server or a container often has a
+# headless one; naming opencv-python regardless listed it unpinned, a wheel that was not there).
+SERVING_PACKAGES = ("torch", "torchvision", "numpy", "pandas", "opencv-python", "mlflow")
+OPENCV_WHEELS = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
 
 
 def signature(classes: Sequence[str]):
     """The MLflow signature shown in the UI and enforced by the scoring server."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
+    from mlflow.types.schema import AnyType, Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
     inputs = Schema([ColSpec(AnyType(), "crop", required=False),
                      ColSpec(DataType.string, "image", required=False)])
     outputs = Schema([ColSpec(DataType.long, "input"), ColSpec(Array(DataType.long), "box", required=False),
                       ColSpec(DataType.string, "label"),
                       *[ColSpec(DataType.double, c) for c in classes]])
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    params = ParamSchema([ParamSpec(TTA_PARAM, DataType.boolean, True)])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
 def input_example():
@@ -89,16 +100,27 @@ def _package_copy(folder: Path) -> Path:
 
 
 def _requirements() -> list[str]:
-    """What the model needs at serve time besides its own copy of emovision, pinned to this
-    environment (torchvision: MTCNN's non-maximum suppression, for whole images)."""
+    """What the model needs at serve time, pinned to this environment's versions
+    (torchvision: MTCNN's non-maximum suppression, for whole images)."""
     from importlib.metadata import PackageNotFoundError, version
 
+    installed = {}
+    for name in dict.fromkeys((*SERVING_PACKAGES, *OPENCV_WHEELS)):
+        with contextlib.suppress(PackageNotFoundError):
+            installed[name] = version(name)
+    return pinned_requirements(installed)
+
+
+def pinned_requirements(installed: Mapping[str, str]) -> list[str]:
+    """SERVING_PACKAGES as `name==version` from `installed` (distribution -> version), each
+    installable from PyPI: a local version label (`2.14.1+cpu` from the PyTorch CPU index) is
+    dropped, as MLflow's own requirement inference does; a package not installed is unpinned."""
+    from packaging.version import Version
+
     out = []
-    for package in ("torch", "torchvision", "numpy", "pandas", "opencv-python", "mlflow"):
-        try:
-            out.append(f"{package}=={version(package)}")
-        except PackageNotFoundError:
-            out.append(package)
+    for package in SERVING_PACKAGES:
+        found = next((n for n in (OPENCV_WHEELS if package == "opencv-python" else (package,)) if n in installed), None)
+        out.append(f"{found}=={Version(installed[found]).public}" if found else package)
     return out
 
 
@@ -111,6 +133,12 @@ def decode_crop(value: Any, row: int) -> np.ndarray:
     integers 0..255, floats 0..1); anything else is refused."""
     from emovision.levels import to_uint8
 
+    if isinstance(value, str):  # a CSV cell (`mlflow models predict -t csv`, text/csv requests)
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError(f"row {row}: crop text must be a JSON array of grey levels, "
+                             "e.g. [[0, 128], [255, 64]]") from None
     try:
         arr = np.asarray(value)
         if arr.dtype == object:  # ragged rows, or arrays of arrays from pandas
@@ -118,7 +146,9 @@ def decode_crop(value: Any, row: int) -> np.ndarray:
     except (ValueError, TypeError):
         raise ValueError(f"row {row}: crop must be a rectangular 2-D array of grey levels") from None
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3) or min(arr.shape[:2]) < 1:
-        raise ValueError(f"row {row}: crop must be H x W grey levels (or H x W x 3 BGR), got shape {arr.shape}")
+        # a 1-D row: one crop given as the column, {"crop": crop}, whose rows became the table's
+        hint = "; one crop per row: {'crop': [crop]}" if arr.ndim == 1 else ""
+        raise ValueError(f"row {row}: crop must be H x W grey levels (or H x W x 3 BGR), got shape {arr.shape}{hint}")
     if arr.dtype.kind not in NUMERIC_KINDS:  # JSON text, nulls, integers beyond 64 bits
         raise ValueError(f"row {row}: crop must hold only pixel levels (integers 0..255 or floats 0..1)")
     return to_uint8(arr, f"row {row}: crop")
@@ -143,8 +173,20 @@ def decode_image(text: Any, row: int) -> np.ndarray:
     return image
 
 
-def predict_table(classifier, table: pd.DataFrame, detector=None) -> pd.DataFrame:
-    """The pyfunc's predict, on an EmotionClassifier: crops in one batch, images via analyze_still."""
+def _image_list_as_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """MLflow turns a dict whose values are all lists of text, `predict({"image": [a, b]})` or a
+    request's `{"inputs": {"image": [a, b]}}`, into ONE row holding the list (crops, the same dict
+    of columns, become a row each); read such a row as one image per row, as the crops are."""
+    if len(table) != 1 or "image" not in table.columns or ("crop" in table.columns and not _missing(table["crop"].iloc[0])):
+        return table
+    images = table["image"].iloc[0]
+    return pd.DataFrame({"image": list(images)}) if isinstance(images, (list, np.ndarray)) else table
+
+
+def predict_table(classifier, table: pd.DataFrame, detector=None, tta: bool = True) -> pd.DataFrame:
+    """The pyfunc's predict, on an EmotionClassifier: crops in one batch, images via analyze_still;
+    `tta`: flip TTA (the app's default)."""
+    table = _image_list_as_rows(table)
     columns = set(table.columns)
     if not columns & {"crop", "image"}:  # MLflow drops the columns its signature does not name
         raise ValueError("input needs rows with a 'crop' or an 'image' column (an empty request has none, and "
@@ -162,10 +204,10 @@ def predict_table(classifier, table: pd.DataFrame, detector=None) -> pd.DataFram
         else:
             from emovision.faces import analyze_still  # only for whole images: crops need no detector
 
-            for face in analyze_still(classifier, decode_image(image, i), detector):
+            for face in analyze_still(classifier, decode_image(image, i), detector, tta=tta):
                 rows.append({"input": i, "box": face["box"], "label": face["label"], **face["probs"]})
     if crops:
-        probs = classifier.predict_proba(crops)
+        probs = classifier.predict_proba(crops, tta)
         for i, p in zip(crop_rows, probs):
             rows.append({"input": i, "box": None, "label": classifier.classes[int(p.argmax())],
                          **{c: float(v) for c, v in zip(classifier.classes, p)}})
@@ -222,7 +264,8 @@ class EmotionModel(PythonModel):
     # signature (a DataFrame hint infers none) and prints no "add type hints" warning.
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         has_images = "image" in model_input.columns and model_input["image"].notna().any()
+        tta = (params or {}).get(TTA_PARAM, True)  # MLflow checked its type against the signature
         try:
-            return predict_table(self.classifier, model_input, self.detector() if has_images else None)
+            return predict_table(self.classifier, model_input, self.detector() if has_images else None, tta)
         except ValueError as err:  # the scoring server answers 400 with this one line
             raise BadInput.invalid_parameter_value(str(err)) from None

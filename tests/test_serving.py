@@ -210,6 +210,81 @@ def test_served_images_may_be_base64_in_lines(invocations):
     assert _post(invocations, {"dataframe_records": [{"image": wrapped}]}) == one_line
 
 
+def test_mlflow_models_predict_reads_crops_from_csv_as_json_text(in_trained, tmp_path):
+    """`mlflow models predict -t csv`: a CSV cell is text, so a crop there is its JSON array (the
+    only way CSV carries one); it was refused as `got shape ()`. (The server's text/csv cannot
+    read this model's table at all: MLflow's CSV reader takes no `Any` column.)"""
+    crops = _crops()[:2]
+    table = pd.DataFrame({"crop": [json.dumps(crops[0].tolist()), None, json.dumps(crops[1].tolist())],
+                          "image": [None, _image_b64(), None]})
+    (tmp_path / "in.csv").write_text(table.to_csv(index=False))
+    # the CLI's own function, in this process (a CLI process costs a cold start)
+    mlflow.models.predict("models:/fer/Production", input_path=str(tmp_path / "in.csv"), content_type="csv",
+                          output_path=str(tmp_path / "out.json"), env_manager="local")
+    rows = pd.DataFrame(json.loads((tmp_path / "out.json").read_text())["predictions"])
+    clf = load_classifier("models:/fer/Production", "cpu")
+    np.testing.assert_allclose(_probs(rows[rows["input"] != 1], clf.classes), clf.predict_proba(crops), atol=1e-5)
+    assert [list(b) for b in rows[rows["input"] == 1]["box"]] == [f["box"] for f in analyze_still(clf, grace_hopper())]
+    (tmp_path / "bad.csv").write_text('crop\n"[[1, 2], [3"\n')
+    with pytest.raises(mlflow.exceptions.MlflowException) as err:
+        mlflow.models.predict("models:/fer/Production", input_path=str(tmp_path / "bad.csv"), content_type="csv",
+                              env_manager="local")
+    assert err.value.message == "row 0: crop text must be a JSON array of grey levels, e.g. [[0, 128], [255, 64]]"
+
+
+def test_pyfunc_takes_a_table_a_dict_of_columns_or_records(in_trained, invocations):
+    """`predict({"image": [a, b]})` was refused (`row 0: image must be base64 text`): MLflow makes a
+    dict whose values are all lists of text one row holding the list, and `{"inputs": {"image":
+    [...]}}` requests the same. A table, a dict of columns and a list of records now answer alike."""
+    model = mlflow.pyfunc.load_model("models:/fer@champion")
+    crops, image = _crops()[:2], _image_b64()
+    expected = model.predict(pd.DataFrame({"crop": crops + [None, None], "image": [None, None, image, image]}))
+    faces = expected[expected["input"] >= 2].assign(input=lambda t: t["input"] - 2).reset_index(drop=True)
+    assert len(faces) >= 2
+    for given, answer in (({"crop": crops}, expected[expected["input"] < 2]),
+                          ([{"crop": c} for c in crops], expected[expected["input"] < 2]),
+                          ({"image": [image, image]}, faces), ([{"image": image}] * 2, faces)):
+        pd.testing.assert_frame_equal(model.predict(given), answer.reset_index(drop=True))
+    status, served = _post(invocations, {"inputs": {"image": [image, image]}})
+    assert status == 200, served
+    np.testing.assert_allclose(_probs(pd.DataFrame(served["predictions"]), model.metadata.signature.outputs.input_names()[3:]),
+                               _probs(faces, model.metadata.signature.outputs.input_names()[3:]), atol=1e-5)
+
+
+def test_flip_tta_is_a_param_of_the_model(in_trained, invocations):
+    """Serving always flipped (TTA on, as in the app); `params={"tta": False}` was dropped with a
+    logged warning (the signature had no params), so the plain figures (`val_acc`) could not be
+    reproduced through MLflow. tta is now a boolean param, default true."""
+    crops = _crops()
+    clf = load_classifier("models:/fer@champion", "cpu")
+    plain = clf.predict_proba(crops, tta=False)
+    assert np.abs(plain - clf.predict_proba(crops)).max() > 1e-3  # the two differ
+    model = mlflow.pyfunc.load_model("models:/fer@champion")
+    assert model.metadata.signature.params.to_dict() == [{"name": "tta", "type": "boolean", "default": True,
+                                                          "shape": None}]
+    np.testing.assert_allclose(_probs(model.predict({"crop": crops}, params={"tta": False}), clf.classes), plain,
+                               atol=1e-5)
+    faces = model.predict({"image": [_image_b64()]}, params={"tta": False})
+    expected = analyze_still(clf, grace_hopper(), tta=False)
+    np.testing.assert_allclose(_probs(faces, clf.classes), [[f["probs"][c] for c in clf.classes] for f in expected],
+                               atol=1e-5)
+    status, answer = _post(invocations, {"dataframe_records": [{"crop": c.tolist()} for c in crops],
+                                         "params": {"tta": False}})
+    assert status == 200, answer
+    np.testing.assert_allclose(_probs(pd.DataFrame(answer["predictions"]), clf.classes), plain, atol=1e-5)
+
+
+def test_requirements_pin_what_serving_needs_installably():
+    """A local version label (`torch==2.14.1+cpu`, from PyTorch's CPU index) is on no PyPI, and
+    OpenCV was always named opencv-python, unpinned where a headless wheel provided cv2."""
+    from emovision.serving import pinned_requirements
+
+    installed = {"torch": "2.14.1+cpu", "torchvision": "0.29.1+cpu", "numpy": "2.4.6", "pandas": "3.1.1",
+                 "opencv-python-headless": "4.14.0.94", "mlflow": "3.17.2"}
+    assert pinned_requirements(installed) == ["torch==2.14.1", "torchvision==0.29.1", "numpy==2.4.6",
+                                              "pandas==3.1.1", "opencv-python-headless==4.14.0.94", "mlflow==3.17.2"]
+
+
 def _register_old_format(name: str, folder: Path) -> str:
     """A version as registered before MLflow models: a run artifact folder weights.pt + config.json."""
     from emovision import tracking

@@ -106,10 +106,9 @@ def evaluate(params: Params, models_dir: Path | None = None) -> dict:
         flat = {f"{s}_{k}{suffix}": results[s][key] for s in results
                 for k, key in (("acc", "accuracy"), ("macro_f1", "macro_f1"))}
         flat.update({f"test_f1_{c}{suffix}": results["test"]["per_class"][c]["f1"] for c in clf.classes})
+        # MLflow 3 links a run's metrics to the model the run logged (its model views show them);
+        # logging them again with model_id= listed each twice, there and in the run's history.
         mlflow.log_metrics(flat)
-        if info.get("model_id"):  # shown with the logged model in MLflow 3's model views
-            mlflow.log_metrics({k: v for k, v in flat.items() if not k.startswith("test_f1_")},
-                               model_id=info["model_id"])
         mlflow.set_tag("tta", metrics["tta"])
         for path in (metrics_json, details_json, confusion_png, f1_png):
             mlflow.log_artifact(str(path), "evaluation")

@@ -87,8 +87,7 @@ def register_pretrained(params: Params) -> str:
                                   tags={"dataset": "fer2013", "stage": "promote"}) as run:
             model_info = serving.log_model(spec, state_dict)
             log_lineage(spec)
-            mlflow.log_metrics(scores)
-            mlflow.log_metrics(scores, model_id=model_info.model_id)
+            mlflow.log_metrics(scores)  # the run's and (MLflow 3 links them) its logged model's
             version = tracking.register_model(
                 name, model_info, tags={"dataset": "fer2013", "pretrained_sha256": digest, "arch": spec.arch,
                                         **{k: f"{v:.4f}" for k, v in scores.items()}})

@@ -259,6 +259,14 @@ def test_demo_model_never_replaces_fer2013_champion(project, tmp_path):
     assert champion() == fer["model_version"]
 
 
+def logged_model_metrics(version: str) -> list[str]:
+    """The metric names a registered version's logged model shows (MLflow 3's model views)."""
+    client = mlflow.MlflowClient()
+    registered = client.get_model_version("fer", version)  # the SQLite store leaves model_id empty
+    model_id = registered.model_id or registered.source.removeprefix("models:/")
+    return [m.key for m in client.get_logged_model(model_id).metrics]
+
+
 def test_pretrained_is_gated_against_fer2013_champions(project, tmp_path, capsys):
     from emovision.inference import WEIGHTS_DIR
 
@@ -267,9 +275,14 @@ def test_pretrained_is_gated_against_fer2013_champions(project, tmp_path, capsys
                               raw_dir=tiny_fer2013_raw(tmp_path))
     assert champion() == weak["model_version"] == "1"
     assert float(versions()["1"].tags["val_acc_tta"]) < shipped
+    # evaluate's and promote's figures, once each on the logged model (they were listed twice)
+    shown = logged_model_metrics("1")
+    assert "test_acc_tta" in shown and sorted(shown) == sorted(set(shown))
 
     # a weaker FER2013 champion is replaced by the shipped model, compared on PublicTest
     assert promote_main(["--params", "params.yaml", "--pretrained"]) == 0
+    shown = logged_model_metrics("2")
+    assert "val_acc_tta" in shown and sorted(shown) == sorted(set(shown))
     v2 = versions()["2"]
     assert v2.tags["dataset"] == "fer2013" and v2.tags["promotion"] == "promoted"
     assert float(v2.tags["val_acc_tta"]) == pytest.approx(shipped, abs=1e-4)

@@ -7,9 +7,12 @@ import os
 import shutil
 import sys
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import mlflow
+import pytest
 from mlflow.utils.plugins import get_entry_points
 
 from emovision import mlflow_ui
@@ -29,23 +32,61 @@ def test_installed_ui_keeps_the_workflow_choice_under_our_key():
     assert "=(e,t)=>`${e}_v${t}`" in bundle  # the key format of MLflow's useLocalStorage
 
 
-def test_mlflow_ui_app_seeds_the_model_training_view(tmp_path):
+@dataclass
+class MovedProjectUI:
+    port: int
+    project: Path
+    log: Path
+    run_id: str
+
+
+@pytest.fixture(scope="module")
+def moved_project_ui(trained, tmp_path_factory) -> Iterator[MovedProjectUI]:
+    """`mlflow ui --app-name emovision` as a user starts it in a project moved after runs existed:
+    in the project root, on MLflow's default store ./mlflow.db, before any stage ran there. Started
+    once for this module's server tests (a cold start is most of their time); they only read it."""
+    from emovision import tracking
+
+    tmp_path = tmp_path_factory.mktemp("moved")
+    first, project = tmp_path / "first", tmp_path / "moved project"
+    first.mkdir()
+    (first / "dvc.yaml").write_text("stages: {}\n")
+    shutil.copy(trained / "mlflow.db", first / "mlflow.db")
+    shutil.copytree(trained / "mlruns", first / "mlruns")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.chdir(first)
+        tracking.follow_moved_project()  # the store now names first/mlruns, as if made there
+    first.rename(project)  # and the project is moved: first/ is gone
+    run_id = json.loads((trained / "models" / "run.json").read_text())["run_id"]
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {k: v for k, v in server_env(PYTHONPATH=pythonpath).items() if k != "MLFLOW_TRACKING_URI"}
+    ui = [sys.executable, "-m", "mlflow", "ui", "--app-name", "emovision", "--host", "127.0.0.1",
+          "--workers", "2", "--port"]
+    log = tmp_path / "ui.log"
+    with running_server(lambda port: ui + [str(port)], "/", project, env, log) as (port, _):
+        yield MovedProjectUI(port, project, log, run_id)
+
+
+def _page(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
+        return response.read().decode()
+
+
+def test_mlflow_ui_app_seeds_the_model_training_view(moved_project_ui):
     assert "emovision" in [e.name for e in get_entry_points("mlflow.app")], \
         "the mlflow.app entry point is not installed: run `pip install -e .`"
-    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    ui = [sys.executable, "-m", "mlflow", "ui", "--app-name", "emovision", "--host", "127.0.0.1", "--workers", "1",
-          "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--port"]
-    with running_server(lambda port: ui + [str(port)], "/", tmp_path, server_env(PYTHONPATH=pythonpath),
-                        tmp_path / "ui.log") as (port, page):
-        # the seed runs in <head>, before the UI's deferred bundle reads the key
-        assert mlflow_ui.seed_script() in page.split("</head>")[0]
-        assert page.index('<script defer="defer"') < page.index(mlflow_ui.seed_script())  # defer runs after parse
-        assert f'localStorage.getItem("{mlflow_ui.WORKFLOW_STORAGE_KEY}")===null' in page  # a chosen view is kept
-        # and it is MLflow's whole server: the tracking API answers
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search",
-                                         json.dumps({"max_results": 5}).encode(), {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            assert "Default" in [e["name"] for e in json.loads(response.read())["experiments"]]
+    port = moved_project_ui.port
+    page = _page(port)
+    # the seed runs in <head>, before the UI's deferred bundle reads the key
+    assert mlflow_ui.seed_script() in page.split("</head>")[0]
+    assert page.index('<script defer="defer"') < page.index(mlflow_ui.seed_script())  # defer runs after parse
+    assert f'localStorage.getItem("{mlflow_ui.WORKFLOW_STORAGE_KEY}")===null' in page  # a chosen view is kept
+    # and it is MLflow's whole server: the tracking API answers
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search",
+                                     json.dumps({"max_results": 5}).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert "Default" in [e["name"] for e in json.loads(response.read())["experiments"]]
 
 
 def _get(port: int, path: str) -> dict:
@@ -53,36 +94,18 @@ def _get(port: int, path: str) -> dict:
         return json.loads(response.read())
 
 
-def test_mlflow_ui_app_follows_a_moved_project(trained, tmp_path, monkeypatch):
+def test_mlflow_ui_app_follows_a_moved_project(moved_project_ui):
     """A project moved after runs existed, then `mlflow ui --app-name emovision` in it before any
     stage: the store still named every artifact by the old folder, so the UI showed no artifacts
     and no model files (or, for a copy, the original's). The app points the store here first."""
-    from emovision import tracking
-
-    first, project = tmp_path / "first", tmp_path / "moved project"
-    first.mkdir()
-    (first / "dvc.yaml").write_text("stages: {}\n")
-    shutil.copy(trained / "mlflow.db", first / "mlflow.db")
-    shutil.copytree(trained / "mlruns", first / "mlruns")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(first)
-    tracking.follow_moved_project()  # the store now names first/mlruns, as if made there
-    monkeypatch.chdir(tmp_path)
-    first.rename(project)  # and the project is moved: first/ is gone
-    run_id = json.loads((trained / "models" / "run.json").read_text())["run_id"]
-    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {k: v for k, v in server_env(PYTHONPATH=pythonpath).items() if k != "MLFLOW_TRACKING_URI"}
-    # as a user starts it: in the project root, on MLflow's default store ./mlflow.db
-    ui = [sys.executable, "-m", "mlflow", "ui", "--app-name", "emovision", "--host", "127.0.0.1",
-          "--workers", "2", "--port"]
-    log = tmp_path / "ui.log"
-    with running_server(lambda port: ui + [str(port)], "/", project, env, log) as (port, _):
-        run = _get(port, f"runs/get?run_id={run_id}")["run"]
-        assert run["info"]["artifact_uri"].removeprefix("file://").startswith(f"{project / 'mlruns'}/")
-        files = [f["path"] for f in _get(port, f"artifacts/list?run_id={run_id}").get("files", [])]
-        assert "training_curves.png" in files, files
-        model = _get(port, "model-versions/get-download-uri?name=fer&version=1")["artifact_uri"]
-        assert model.removeprefix("file://").startswith(f"{project / 'mlruns'}/"), model
+    port, project, log, run_id = (moved_project_ui.port, moved_project_ui.project, moved_project_ui.log,
+                                  moved_project_ui.run_id)
+    run = _get(port, f"runs/get?run_id={run_id}")["run"]
+    assert run["info"]["artifact_uri"].removeprefix("file://").startswith(f"{project / 'mlruns'}/")
+    files = [f["path"] for f in _get(port, f"artifacts/list?run_id={run_id}").get("files", [])]
+    assert "training_curves.png" in files, files
+    model = _get(port, "model-versions/get-download-uri?name=fer&version=1")["artifact_uri"]
+    assert model.removeprefix("file://").startswith(f"{project / 'mlruns'}/"), model
     said = [line for line in log.read_text().splitlines() if "the project moved" in line]
     assert len(said) == 1 and f"now point into {project / 'mlruns'}" in said[0], log.read_text()[-3000:]
 

@@ -1,6 +1,7 @@
 """Shared fixtures: small params files, prepared demo data, an isolated MLflow store."""
 from __future__ import annotations
 
+import shutil
 import signal
 from pathlib import Path
 
@@ -38,27 +39,33 @@ def write_params(path: Path, overrides: dict | None = None, base: dict | None = 
     return path
 
 
+@pytest.fixture(scope="session")
+def migrated_mlflow_db(tmp_path_factory):
+    """An empty MLflow store whose schema is made once: migrating a new mlflow.db takes
+    seconds on a busy machine (in each process that opens it first), copying one takes
+    milliseconds."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def mlflow_store(tmp_path, monkeypatch):
-    """A real MLflow SQLite store in a temp dir, used through MLFLOW_TRACKING_URI."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def mlflow_store(tmp_path, monkeypatch, migrated_mlflow_db):
+    """A real MLflow SQLite store in a temp dir, used through MLFLOW_TRACKING_URI: a copy of
+    the empty migrated store (MLflow made its schema once per session). A test about what
+    happens before a store exists deletes the file first; the `trained` fixture and the
+    servers of test_mlflow_ui still have MLflow make new stores."""
+    path = tmp_path / "mlflow.db"
+    shutil.copy(migrated_mlflow_db, path)
+    uri = f"sqlite:///{path}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     import mlflow
 
     mlflow.set_tracking_uri(uri)
     yield uri
     mlflow.set_tracking_uri(None) if hasattr(mlflow, "set_tracking_uri") else None
-
-
-@pytest.fixture(scope="session")
-def migrated_mlflow_db(tmp_path_factory):
-    """An empty MLflow store whose schema is made once: migrating a new mlflow.db takes
-    seconds on a busy machine, copying one (onto `mlflow_store`) takes milliseconds."""
-    import mlflow
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
 
 
 @pytest.fixture

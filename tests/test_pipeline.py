@@ -206,15 +206,13 @@ def test_promotion_gate(project, capsys):
     assert "PROMOTED" in capsys.readouterr().out
 
 
-def test_a_champion_crowned_while_the_gate_scores_is_the_one_it_must_beat(project, mlflow_store,
-                                                                        migrated_mlflow_db):
+def test_a_champion_crowned_while_the_gate_scores_is_the_one_it_must_beat(project):
     """Two experiments of `dvc queue start -j 2` evaluate at once: each gate read champion v1,
     scored it, and promoted its own version, so the one finishing last took Production even when
     the other, promoted meanwhile, was better. A gate now applies its decision only against the
     champion it scored, else decides again."""
     from emovision import promotion, tracking
 
-    shutil.copy(migrated_mlflow_db, mlflow_store.removeprefix("sqlite:///"))
     tracking.setup()
     client = mlflow.MlflowClient()
     client.create_registered_model("fer")
@@ -330,13 +328,11 @@ def test_a_stage_killed_outright_leaves_no_run_running_after_the_next_stage(trai
     assert mlflow.MlflowClient().get_run(run.info.run_id).info.status == "KILLED"
 
 
-def test_a_promote_killed_before_it_registers_leaves_no_run_running(project, mlflow_store, migrated_mlflow_db,
-                                                                      capsys):
+def test_a_promote_killed_before_it_registers_leaves_no_run_running(project, capsys):
     """kill -9 of `promote --pretrained` while it logged the model left its MLflow run RUNNING
     forever. The next promote marks it KILLED (its process is gone) and registers as usual."""
     from emovision import tracking
 
-    shutil.copy(migrated_mlflow_db, mlflow_store.removeprefix("sqlite:///"))
     write_params(Path("params.yaml"))
     experiment = tracking.setup()  # the store exists before the two processes share it
     client = mlflow.MlflowClient()

@@ -186,6 +186,7 @@ def test_resume_after_changing_the_model_width_is_refused_before_anything_is_tou
 def test_resume_without_a_checkpoint_is_refused_before_the_store_is_opened(project, mlflow_store, capsys):
     """`--resume` in a project that never trained: the store was opened before the decision,
     so the refusal first made a new mlflow.db (seconds of migrations) in a fresh project."""
+    (project / "mlflow.db").unlink()  # mlflow_store's copy of an empty store: here there is none yet
     assert train_main(["--params", "params.yaml", "--resume"]) == 2
     assert "cannot --resume: no interrupted run in models/" in capsys.readouterr().err
     assert not (project / "mlflow.db").exists()

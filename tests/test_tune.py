@@ -28,8 +28,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalW
 
 
 @pytest.fixture
-def project(in_tmp, mlflow_store, migrated_mlflow_db):
-    shutil.copy(migrated_mlflow_db, mlflow_store.removeprefix("sqlite:///"))
+def project(in_tmp, mlflow_store):
     write_params(in_tmp / "params.yaml")
     assert prepare_main(["--params", "params.yaml"]) == 0
     return in_tmp

@@ -193,14 +193,16 @@ def test_promotion_gate(project, capsys):
     v2 = versions()["2"]
     assert v2.tags["promotion"] == "rejected" and champion() == "1"
     assert float(v2.tags["champion_val_acc_tta"]) == pytest.approx(acc1, abs=1e-4)
-    # v3: the same recipe as v1 with a min_delta it cannot clear -> rejected
-    train_and_evaluate({"registry": {"min_delta": 0.5}})
-    assert versions()["3"].tags["promotion"] == "rejected"
     # forced promotion archives the old Production version (`v2`: as the stages print versions)
     assert promote_main(["--params", "params.yaml", "--version", "v2"]) == 0
     assert champion() == "2" and production() == ["2"]
     assert versions()["1"].current_stage == "Archived"
-    # v4: better than the (bad) champion v2 -> promoted
+    # v3: v1's recipe beats the bad champion v2, so only a min_delta it cannot clear rejects it
+    train_and_evaluate({"registry": {"min_delta": 0.99}})
+    v3 = versions()["3"]
+    assert float(v3.tags["val_acc_tta"]) > float(v3.tags["champion_val_acc_tta"]) + 0.002  # the default would promote
+    assert v3.tags["promotion"] == "rejected" and champion() == "2"
+    # v4: better than the (bad) champion v2 at the default min_delta -> promoted
     train_and_evaluate({})
     assert versions()["4"].tags["promotion"] == "promoted" and champion() == "4"
     assert "PROMOTED" in capsys.readouterr().out

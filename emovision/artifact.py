@@ -196,8 +196,10 @@ def save_checkpoint(path: str | Path, spec: ModelSpec, state_dict: dict[str, tor
     """Atomic save: a crash mid-write leaves the previous checkpoint intact. `extra` carries
     what only training needs (params, optimiser and RNG state for --resume)."""
     state = {"format": CHECKPOINT_FORMAT, **spec.to_dict(), "state_dict": clean_state_dict(state_dict), **extra}
-    with fileio.atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # Through a Python file, not a path: torch's own writer reports a full disk as "unexpected
+    # pos", Python's file as the OS error fileio turns into one line.
+    with fileio.atomic_path(path) as tmp, tmp.open("wb") as f:
+        torch.save(state, f)
     return Path(path)
 
 
@@ -229,8 +231,8 @@ def save_model_dir(folder: str | Path, spec: ModelSpec, state_dict: dict[str, to
     """weights.pt (a bare state dict) + config.json, each written atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with fileio.atomic_path(folder / WEIGHTS_FILE) as tmp:
-        torch.save(clean_state_dict(state_dict), tmp)
+    with fileio.atomic_path(folder / WEIGHTS_FILE) as tmp, tmp.open("wb") as f:  # as save_checkpoint
+        torch.save(clean_state_dict(state_dict), f)
     fileio.write_json(folder / CONFIG_FILE, {"format": FOLDER_FORMAT, **spec.to_dict()})
     return folder
 

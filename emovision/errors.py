@@ -1,15 +1,21 @@
 """Errors a user can act on, and the one way command-line entry points report them."""
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import sys
 from typing import Callable, TypeVar
 
 F = TypeVar("F", bound=Callable[..., int | None])
 
-# Exit codes: 2 for bad input (params, data, model references, files), 130 for Ctrl-C.
+# Exit codes: 2 for bad input (params, data, model references, files) and outputs that cannot
+# be written (a full disk), 130 for Ctrl-C.
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+# A full disk, or a user over quota: the OS errors that free space (not a fix of the input) cures.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+NO_SPACE_HINT = "no space left on the disk; free some space and run again"
 
 
 class EmovisionError(Exception):
@@ -36,18 +42,57 @@ class SourceError(EmovisionError):
     """A camera, video, image or stream cannot be opened or read."""
 
 
+class OutputError(EmovisionError):
+    """An output cannot be written (a full disk); the file it would replace is left as it was."""
+
+
+def no_space(err: BaseException | None) -> bool:
+    """Whether `err`, or an error it was raised from or while handling (torch wraps the OS's
+    error in its own), says the disk is full."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno in NO_SPACE_ERRNOS:
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _drop_unwritten_stdout() -> None:
+    """Discard what stdout could not write (a full disk under `> file`), so the interpreter's
+    own flush at exit does not print a second error with a traceback."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # a stdout without a file (captured): nothing is flushed at exit
+            pass
+
+
 def cli_main(func: F) -> Callable[..., int]:
     """Wrap a `main()` so expected errors end in one line on stderr and a non-zero exit."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs) -> int:
         try:
-            return func(*args, **kwargs) or 0
+            code = func(*args, **kwargs) or 0
+            sys.stdout.flush()  # here, not at exit: a full disk under `> file` is said like any error
+            return code
         except EmovisionError as err:
             print(f"error: {err}", file=sys.stderr)
             return EXIT_BAD_INPUT
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except Exception as err:  # a write not made through fileio (stdout, MLflow's artifact copies)
+            if not no_space(err):
+                raise
+            _drop_unwritten_stdout()
+            where = f" ({err.filename})" if err.filename else ""
+            print(f"error: {NO_SPACE_HINT}{where}", file=sys.stderr)
+            return EXIT_BAD_INPUT
 
     return wrapper

@@ -32,7 +32,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from emovision.errors import ConfigError, DataError
+from emovision.errors import NO_SPACE_HINT, ConfigError, DataError, OutputError, no_space
 
 DEFAULT_FILE_MODE = 0o644  # what a plain open() gives under the usual umask; mkstemp gives 0600
 DEFAULT_FOLDER_MODE = 0o755  # likewise for mkdir; mkdtemp gives 0700
@@ -40,6 +40,9 @@ ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same content g
 PARTIAL = ".partial"  # a temporary file's name: .<target>.<owner>.<random>.partial[<suffix>]
 OWNER = r"(?P<machine>[A-Za-z0-9-]+)\.(?P<pid>[0-9]+)"  # what this_process() gives
 TEMP_RANDOM = r"[a-z0-9_]+"  # the random part tempfile adds to a name
+# Free space below which a disk counts as full: a write that failed there failed for want of
+# space (a video frame or checkpoint chunk is larger; a disk that filled up has ~0 left).
+FULL_DISK_BYTES = 1 << 20
 
 
 # ---------------------------------------------------------------- owners
@@ -105,8 +108,31 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else DEFAULT_FILE_MODE)
         os.replace(tmp, path)
+    except Exception as err:
+        raise_if_no_space(err, path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def disk_full(folder: str | Path) -> bool:
+    """Whether the disk of `folder` is (all but) full: how a writer that reports no error of its
+    own (OpenCV's video writer) is known to have failed for want of space."""
+    return shutil.disk_usage(folder).free < FULL_DISK_BYTES
+
+
+def raise_if_no_space(err: BaseException, path: Path) -> None:
+    """An OutputError line for `path` when `err` says its disk is full (what was there is kept).
+    The OS error stays its cause, so a writer around this one (a file checked under a temporary
+    name, then renamed) names its own target instead."""
+    if no_space(err):
+        raise unwritten(path, NO_SPACE_HINT) from err
+
+
+def unwritten(path: Path, why: str) -> OutputError:
+    """The one line for an output that could not be written: which, why, and what is left."""
+    kept = f"{path} is as it was" if path.exists() else f"nothing was written to {path}"
+    return OutputError(f"cannot write {path}: {why} ({kept})")
 
 
 def remove_stale_partials(path: Path) -> list[Path]:
@@ -164,8 +190,9 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
                 os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise_if_no_space(err, path)
         raise
 
 

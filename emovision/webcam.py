@@ -27,7 +27,7 @@ import numpy as np
 
 from emovision import fileio
 from emovision.device import torch_threads, usable_cpus
-from emovision.errors import EXIT_INTERRUPTED, ConfigError, SourceError, cli_main
+from emovision.errors import EXIT_INTERRUPTED, NO_SPACE_HINT, ConfigError, OutputError, SourceError, cli_main
 from emovision.faces import (DEFAULT_DETECTOR, DETECT_EVERY, DETECTORS, LARGE_FRAME_SIDE, MIN_FACE, MIN_HITS, SMOOTH,
                              EmotionPipeline, make_detector)
 from emovision.framing import face_fits
@@ -170,23 +170,73 @@ class AtomicVideoWriter:
     def __init__(self, path: Path, fps: float, size: tuple[int, int]):
         self.path, self.size = path, size
         self._stack = contextlib.ExitStack()
-        tmp = self._stack.enter_context(fileio.atomic_path(path, suffix=path.suffix or ".mp4"))
-        self.writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        self.tmp = self._stack.enter_context(fileio.atomic_path(path, suffix=path.suffix or ".mp4"))
+        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
         if not self.writer.isOpened():
             self.close(ok=False)
             raise SourceError(f"cannot write video {path}: check the folder and the .mp4 extension")
         self.frames = 0
 
     def write(self, frame: np.ndarray) -> None:
-        self.writer.write(letterbox(frame, self.size))
+        with opencv_quiet():  # a frame it fails to write is one warning line each; close() says it once
+            self.writer.write(letterbox(frame, self.size))
         self.frames += 1
 
     def close(self, ok: bool) -> None:
-        self.writer.release()
-        if ok:
+        """Finish the video; with `ok`, rename it into place if it reads back whole, else
+        remove it. OpenCV's writer reports no error (a full disk gives a file without its
+        index, unplayable): one line says so, and what `path` held is kept."""
+        with opencv_quiet():
+            self.writer.release()
+            problem = self._unreadable() if ok else None
+        if ok and problem is None:
             self._stack.close()  # renames the finished video into place
-        else:  # atomic_path removes the temporary file when its block fails
-            self._stack.__exit__(SourceError, SourceError(f"unfinished video {self.path}"), None)
+            return
+        error = fileio.unwritten(self.path, problem or "unfinished")
+        # atomic_path removes the temporary file when its block fails
+        self._stack.__exit__(OutputError, error, None)
+        if problem:
+            raise error
+
+    def _unreadable(self) -> str | None:
+        """Why the finished temporary video does not read back as `frames` frames, or None."""
+        with stderr_off():  # FFmpeg's own line for a broken file ("moov atom not found"); ours follows
+            capture = cv2.VideoCapture(str(self.tmp))
+            try:
+                count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+            finally:
+                capture.release()
+        if count == self.frames:
+            return None
+        if fileio.disk_full(self.tmp.parent):
+            return NO_SPACE_HINT
+        return f"OpenCV wrote a file that reads back as {count} of its {self.frames} frames"
+
+
+@contextlib.contextmanager
+def opencv_quiet() -> Iterator[None]:
+    """OpenCV's log lines off for the block."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
+@contextlib.contextmanager
+def stderr_off() -> Iterator[None]:
+    """The process's stderr (file descriptor 2) to /dev/null for a short block: FFmpeg, once
+    OpenCV has set it up, prints there itself, past OpenCV's log level."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def letterbox(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emovision import artifact, scoring, tracking
+from emovision import artifact, fileio, scoring, tracking
 from emovision.config import Params
 from emovision.data.prepared import load_meta, load_split
 from emovision.errors import DataError, cli_main
@@ -51,17 +51,14 @@ def export(params: Params, models_dir: Path | None = None) -> dict:
     load_meta(prepared)
     x, _ = load_split(prepared, "val")
     target = models_dir / ONNX_FILE
-    staged = models_dir / f".{ONNX_FILE}.checking.onnx"
-    try:
+    # checked under a temporary name: fer.onnx is replaced only by an export that agrees with PyTorch
+    with fileio.atomic_path(target, suffix=".onnx") as staged:
         export_onnx(spec, state_dict, staged)
         check = parity(spec, state_dict, staged, x, scoring.CPU_BATCH)
         bad = [k for k in ("plain", "tta") if check[f"max_prob_diff_{k}"] > PARITY_MAX_DIFF
                or check[f"prediction_mismatches_{k}"]]
         if bad:
             raise DataError(f"ONNX export of {best} disagrees with PyTorch on val: {json.dumps(check)}")
-        staged.replace(target)
-    finally:
-        staged.unlink(missing_ok=True)
     print(f"wrote {target}: val (PublicTest, {check['faces']} faces) max prob diff "
           f"{check['max_prob_diff_plain']:.2e} (TTA {check['max_prob_diff_tta']:.2e}), "
           f"prediction mismatches {check['prediction_mismatches_plain']} / {check['prediction_mismatches_tta']}")

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from emovision import fileio
 from tests.conftest import REPO
@@ -60,3 +61,36 @@ def test_owner_liveness_never_signals_a_process_off_posix(monkeypatch):
         windows.setattr(os, "name", "nt")
         judged_gone = fileio.owner_gone(owner)
     assert not judged_gone and sent == []
+
+
+SAVE_CHECKPOINT = """
+import sys
+from pathlib import Path
+from emovision.errors import cli_main
+from tests.media import model_ref
+
+@cli_main
+def main():
+    model_ref(sys.argv[1])  # stages.train's checkpoint writer
+
+sys.exit(main())
+"""
+
+
+def test_a_checkpoint_written_to_a_full_disk_is_one_line_and_keeps_the_earlier_one(tmp_path):
+    """On a full disk torch.save said `RuntimeError: [enforce fail at inline_container.cc:672] .
+    unexpected pos 128 vs 0` with a traceback (models/ on a full disk: train, promote, ship).
+    Now one line names the file and the cause, exit 2, and the earlier checkpoint is kept."""
+    from tests.full_disk import run_on_full_disk
+    from tests.media import model_ref
+
+    earlier, disk = Path(model_ref(tmp_path)), tmp_path / "disk"
+    rc, err = run_on_full_disk(disk, {"model.pt": earlier}, [sys.executable, "-c", SAVE_CHECKPOINT, str(disk)],
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    target = disk / "model.pt"
+    assert err.strip() == (f"error: cannot write {target}: no space left on the disk; free some space and run "
+                           f"again ({target} is as it was)"), err
+    assert rc == 2
+    after = disk.with_name("disk.after")
+    assert [p.name for p in after.iterdir()] == ["model.pt"]  # no partial left behind
+    assert (after / "model.pt").read_bytes() == earlier.read_bytes()

@@ -254,6 +254,40 @@ def test_ctrl_c_keeps_the_frames_recorded_so_far(checkpoint, tmp_path):
     assert not list(out.parent.glob(".*partial*"))
 
 
+def test_a_full_disk_keeps_the_earlier_video_and_says_so_in_one_line(checkpoint, tmp_path):
+    """OpenCV's video writer reports no error: on a full disk it wrote a file without its index
+    (unplayable: "moov atom not found"), renamed it over the user's earlier out.mp4 and exited
+    0, after a warning line per frame. Now the video is read back before the rename: one line,
+    exit 2, the earlier video kept."""
+    from tests.full_disk import run_on_full_disk
+
+    earlier = make_benchmark_video(tmp_path / "earlier.mp4", frames=5)
+    source = make_benchmark_video(tmp_path / "source.mp4", frames=40)  # about 200 kB annotated
+    disk = tmp_path / "disk"
+    out = disk / "out.mp4"
+    rc, err = run_on_full_disk(disk, {"out.mp4": earlier},
+                               [sys.executable, "-m", "emovision.webcam", "--model", checkpoint, "--source",
+                                str(source), "--no-display", "--output", str(out), "--threads", "1"],
+                               free=64 * 1024, env={**os.environ, "PYTHONPATH": str(REPO)})
+    one_error_line(err, f"error: cannot write {out}: no space left on the disk; free some space and run again "
+                        f"({out} is as it was)")
+    assert rc == 2
+    after = disk.with_name("disk.after")
+    assert [p.name for p in after.iterdir()] == ["out.mp4"]  # no partial left behind
+    assert (after / "out.mp4").read_bytes() == earlier.read_bytes()
+
+
+def test_predict_into_a_full_disk_is_one_line(checkpoint, tmp_path, capsys, monkeypatch):
+    """`predict ... > faces.jsonl` on a full disk ended in a traceback from print(); /dev/full
+    is such a disk."""
+    photo = tmp_path / "hopper.jpg"
+    cv2.imwrite(str(photo), grace_hopper())
+    with open("/dev/full", "w") as full:
+        monkeypatch.setattr(sys, "stdout", full)
+        assert predict_main(["--model", checkpoint, str(photo)]) == 2
+    one_error_line(capsys.readouterr().err, "error: no space left on the disk; free some space and run again")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--source", "7"], "cannot open camera 7: no such device"),
     (["--source", "missing.mp4"], "source not found: missing.mp4"),

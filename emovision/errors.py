@@ -1,16 +1,19 @@
 """Errors a user can act on, and the one way command-line entry points report them."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
+import signal
 import sys
+import threading
 from typing import Callable, TypeVar
 
 F = TypeVar("F", bound=Callable[..., int | None])
 
 # Exit codes: 2 for bad input (params, data, model references, files) and outputs that cannot
-# be written (a full disk), 130 for Ctrl-C.
+# be written (a full disk), 130 for Ctrl-C (and `kill`, taken as Ctrl-C).
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 # A full disk, or a user over quota: the OS errors that free space (not a fix of the input) cures.
@@ -72,10 +75,37 @@ def _drop_unwritten_stdout() -> None:
             pass
 
 
+def _as_ctrl_c(signum, frame) -> None:
+    """SIGTERM's handler: do what Ctrl-C does at this moment (raise KeyboardInterrupt, or what a
+    block that holds or handles Ctrl-C does with it: `fileio.ctrl_c_held`, the webcam's stop)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:  # Ctrl-C ignored (a background job): a kill must still stop the command
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def kill_as_ctrl_c():
+    """Take `kill` (SIGTERM, also what `timeout`, systemd and `docker stop` send) as Ctrl-C for
+    the block: by default it ended the process on the spot, so the webcam's --output and --log
+    were lost and MLflow runs and Optuna trials stayed RUNNING until a later command ended them."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _as_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cli_main(func: F) -> Callable[..., int]:
-    """Wrap a `main()` so expected errors end in one line on stderr and a non-zero exit."""
+    """Wrap a `main()` so expected errors end in one line on stderr and a non-zero exit, and
+    `kill` stops it as Ctrl-C does."""
 
     @functools.wraps(func)
+    @kill_as_ctrl_c()
     def wrapper(*args, **kwargs) -> int:
         try:
             code = func(*args, **kwargs) or 0

@@ -94,3 +94,34 @@ def test_a_checkpoint_written_to_a_full_disk_is_one_line_and_keeps_the_earlier_o
     after = disk.with_name("disk.after")
     assert [p.name for p in after.iterdir()] == ["model.pt"]  # no partial left behind
     assert (after / "model.pt").read_bytes() == earlier.read_bytes()
+
+
+CLI_WRITER = """
+import sys, time
+from emovision import fileio
+from emovision.errors import cli_main
+
+@cli_main
+def main():
+    with fileio.atomic_path(sys.argv[1]) as tmp:
+        tmp.write_text("half a file")
+        print("writing", flush=True)
+        time.sleep(120)
+
+sys.exit(main())
+"""
+
+
+def test_kill_stops_a_command_as_ctrl_c_does(tmp_path):
+    """`kill PID` (SIGTERM; `timeout`, systemd and `docker stop` send it too) ended a command on
+    the spot: no cleanup ran (its partial files, MLflow runs and Optuna trials were left for a
+    later command to find) and the webcam lost its whole recording. Now it is Ctrl-C: cleanup
+    runs, one line says `interrupted`, exit 130."""
+    target = tmp_path / "out.json"
+    proc = subprocess.Popen([sys.executable, "-c", CLI_WRITER, str(target)], env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err.strip()) == (130, "interrupted")
+    assert list(tmp_path.iterdir()) == []  # the partial removed, nothing at the target

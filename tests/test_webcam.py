@@ -228,10 +228,12 @@ def test_a_crash_mid_run_leaves_no_half_written_outputs(tmp_path):
 
 
 
-def test_ctrl_c_keeps_the_frames_recorded_so_far(checkpoint, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_ctrl_c_keeps_the_frames_recorded_so_far(checkpoint, tmp_path, stop):
     """Ctrl-C is how a headless run (a camera with --no-display) stops: it threw away the whole
     --output video and --log. Now the loop ends after the frame at hand and both are whole
-    files of the frames processed; one line says so, exit 130."""
+    files of the frames processed; one line says so, exit 130. `kill` (SIGTERM: `timeout 60
+    python -m emovision.webcam ...` sends it) ended the run on the spot and lost both: it is Ctrl-C now."""
     video = make_benchmark_video(tmp_path / "long.mp4", frames=600)
     out, log = tmp_path / "out" / "rec.mp4", tmp_path / "out" / "faces.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "emovision.webcam", "--model", checkpoint, "--source", str(video),
@@ -241,7 +243,7 @@ def test_ctrl_c_keeps_the_frames_recorded_so_far(checkpoint, tmp_path):
     deadline = time.time() + 60
     while not list(out.parent.glob(".rec.mp4.*")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)  # the video is opened at the first frame processed
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, err = proc.communicate(timeout=60)
     records = read_log(log)
     frames = len(records)

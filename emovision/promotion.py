@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable
 
-from emovision import tracking
+from emovision import fileio, tracking
 
 REAL_DATASET = "fer2013"
 
@@ -84,6 +84,10 @@ def gate(name: str, version: str, dataset: str, acc: float, min_delta: float,
     queue` worker, `stages.promote`) may have made a new champion: the decision is applied only
     if the champion it was made against still holds, else it is made again against the new one,
     so a challenger never replaces a champion it was not compared with."""
+    with tracking.store_lock():
+        finished = finish_promotion(name)
+    if finished:
+        print(finished)
     while True:
         champion = current_champion(name)
         if _version(champion) == str(version):
@@ -99,15 +103,40 @@ def gate(name: str, version: str, dataset: str, acc: float, min_delta: float,
 
 
 def promote(name: str, version: str) -> None:
-    """Make `version` Production (archiving the previous one) and the `champion` alias."""
+    """Make `version` the `champion` alias, then Production (archiving the previous one): two
+    writes, with Ctrl-C (and kill) held between them; a Ctrl-C there left Production on the new
+    version and @champion on the old, archived one. What a kill -9 or a store error leaves between
+    them (the alias moved, the stage not) the next promotion or gate completes (`finish_promotion`)."""
     import mlflow
 
     client = mlflow.MlflowClient()
+    with fileio.ctrl_c_held():
+        client.set_registered_model_alias(name, tracking.CHAMPION, version)
+        _make_production(client, name, version)
+
+
+def _make_production(client, name: str, version: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         client.transition_model_version_stage(name, version, tracking.PRODUCTION,
                                               archive_existing_versions=True)
-    client.set_registered_model_alias(name, tracking.CHAMPION, version)
+
+
+def finish_promotion(name: str) -> str | None:
+    """Complete a promotion stopped between its two writes: @champion names a version that is
+    not Production (which still serves the previous champion). Returns a line saying so, or None."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        champion = client.get_model_version_by_alias(name, tracking.CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        return None
+    if champion.current_stage == tracking.PRODUCTION:
+        return None
+    _make_production(client, name, str(champion.version))
+    return (f"{name} v{champion.version} was made @{tracking.CHAMPION} by a promotion that stopped before "
+            f"making it {tracking.PRODUCTION}: it is {tracking.PRODUCTION} now")
 
 
 def recorded_score(version, metric: str) -> float | None:

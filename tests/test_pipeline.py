@@ -1,6 +1,7 @@
 """End to end: `dvc repro` in a temp git repo, evaluation outputs and the promotion gate."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -355,3 +356,40 @@ def test_a_promote_killed_before_it_registers_leaves_no_run_running(project, cap
             f"({run.data.tags['owner']}) is gone") in capsys.readouterr().out.splitlines()
     assert sorted(versions()) == ["1"] and "RUNNING" not in {
         r.info.status for r in client.search_runs([experiment])}
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_a_promotion_stopped_between_its_two_writes_leaves_one_champion(trained, tmp_path, monkeypatch, stop):
+    """A promotion is two writes to the registry (stage Production, alias @champion): a Ctrl-C
+    between them (3 of 3 tries) left models:/fer/Production on the new version and @champion on
+    the old, archived one, so the app and the gate used different models until the next
+    promotion. Now Ctrl-C (and kill) is held between them, and what a kill -9 there leaves (the
+    alias moved, the stage not) the next gate completes."""
+    import sqlite3
+
+    from emovision import promotion
+
+    project = shutil.copytree(trained, tmp_path / "project")
+    db, uri = project / "mlflow.db", f"sqlite:///{project / 'mlflow.db'}"
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    first = mlflow.MlflowClient().get_model_version("fer", "1")  # the champion; v2: the same model again
+    mlflow.MlflowClient().create_model_version("fer", first.source, first.run_id, tags={"dataset": "synthetic"})
+    proc = subprocess.Popen([sys.executable, "-m", "stages.promote", "--params", "params.yaml", "--version", "2"],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    store = sqlite3.connect(db, timeout=0.001)
+    changed = ("select count(*) from model_versions where version = 2 and current_stage = 'Production' union all "
+               "select count(*) from registered_model_aliases where version = 2")
+    while proc.poll() is None:  # the first of the two writes, whichever it is
+        with contextlib.suppress(sqlite3.OperationalError):  # the store is being written
+            if any(n for n, in store.execute(changed)):
+                proc.send_signal(stop)
+                break
+    proc.communicate(timeout=60)
+    store.close()
+    assert proc.returncode == (130 if stop == signal.SIGINT else -signal.SIGKILL)
+    if stop == signal.SIGKILL:  # the next gate (evaluate's, promote --pretrained's) finishes it first
+        promotion.gate("fer", "1", "synthetic", 0.0, 0.002, lambda version: 1.0, "val_acc")
+    assert production() == [champion()]

@@ -252,15 +252,33 @@ def tracked_run(run_name: str | None = None, run_id: str | None = None, nested: 
 
     tags = {**(tags or {}), OWNER_TAG: fileio.this_process()}
     run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, tags=tags)
+    if run_id is not None:  # reopened (a resumed training): what it left PENDING, a process that is gone did
+        fail_pending_models(run_id)
     try:
         yield run
-    except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
-        raise
-    except BaseException:
-        mlflow.end_run("FAILED")
+    except BaseException as err:
+        with contextlib.suppress(Exception):  # the run's end matters more than this tidying
+            fail_pending_models(run.info.run_id)
+        mlflow.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     mlflow.end_run("FINISHED")
+
+
+def fail_pending_models(run_id: str, client=None) -> list[str]:
+    """Mark FAILED the models of run `run_id` that MLflow left PENDING, and return their ids:
+    MLflow marks a logged model READY when `log_model` returns and leaves it PENDING for good
+    when that is interrupted (Ctrl-C or kill -9 while it copies the files), a model without
+    weights listed beside the run's real one."""
+    import mlflow
+    from mlflow.entities import LoggedModelStatus
+
+    client = client or mlflow.MlflowClient()
+    experiment = client.get_run(run_id).info.experiment_id
+    pending = [m.model_id for m in client.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}'")
+               if m.status == LoggedModelStatus.PENDING]
+    for model_id in pending:
+        client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+    return pending
 
 
 def run_file(models_dir: Path) -> Path:
@@ -380,6 +398,7 @@ def end_runs(run_ids: list[str], client=None) -> list[str]:
     ended = []
     for run_id in run_ids:
         if client.get_run(run_id).info.status == "RUNNING":
+            fail_pending_models(run_id, client)
             client.set_terminated(run_id, "KILLED")
             ended.append(run_id)
     return ended

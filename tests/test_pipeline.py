@@ -393,3 +393,49 @@ def test_a_promotion_stopped_between_its_two_writes_leaves_one_champion(trained,
     if stop == signal.SIGKILL:  # the next gate (evaluate's, promote --pretrained's) finishes it first
         promotion.gate("fer", "1", "synthetic", 0.0, 0.002, lambda version: 1.0, "val_acc")
     assert production() == [champion()]
+
+
+LOGGING_A_MODEL = """
+import sys, time, mlflow
+from emovision import tracking
+from emovision.errors import cli_main
+
+@cli_main
+def main():
+    tracking.setup()
+    with tracking.tracked_run(run_name="logging") as run:
+        # the state serving.log_model leaves while it copies the files: a model PENDING until it returns
+        mlflow.initialize_logged_model(name="model", source_run_id=run.info.run_id)
+        print("logging", flush=True)
+        time.sleep(120)
+
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_a_model_whose_logging_was_stopped_is_not_left_pending(trained, tmp_path, monkeypatch, stop):
+    """A training stopped while it logged its model (Ctrl-C or kill -9 in log_model, the ~2 s
+    before registration) left that logged model PENDING for good, listed in `mlflow ui` beside
+    the model its resumed run then logged. Now it is FAILED when the run ends (Ctrl-C) or when the
+    next stage ends the dead process's run (kill -9)."""
+    from emovision import tracking
+
+    project = shutil.copytree(trained, tmp_path / "project")
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    proc = subprocess.Popen([sys.executable, "-c", LOGGING_A_MODEL], env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "logging"
+    proc.send_signal(stop)
+    proc.communicate(timeout=60)
+    client = mlflow.MlflowClient()
+    run, = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.run_name = 'logging'",
+                              output_format="list")
+    if stop == signal.SIGKILL:
+        assert run.info.status == "RUNNING"
+        tracking.end_orphaned_runs(run.info.experiment_id)  # what each stage does first
+    model, = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert (client.get_run(run.info.run_id).info.status, str(model.status)) == ("KILLED", "FAILED")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +53,10 @@ def _cut(seed: int, first: int, faces: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return out, found
 
 
+def _cut_chunk(task: tuple[int, int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return _cut(*task)
+
+
 def cut_app_views(x: np.ndarray, seed: int, workers: int = 0, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
     """(the app's crops of faces `x`, which were found): `workers` processes (0: one per core),
     `chunk` faces per task."""
@@ -63,14 +66,23 @@ def cut_app_views(x: np.ndarray, seed: int, workers: int = 0, chunk: int = CHUNK
     starts = range(0, len(x), chunk)
     started, done = time.perf_counter(), 0
     # spawned, not forked: a fork of a process whose torch/OpenMP threads have run can hang
-    with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), initializer=_start_worker) as pool:
-        jobs = [pool.submit(_cut, seed, s, x[s:s + chunk]) for s in starts]
-        for k, (s, job) in enumerate(zip(starts, jobs), 1):
-            out[s:s + chunk], found[s:s + chunk] = job.result()
-            done += len(x[s:s + chunk])
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_start_worker)
+    try:
+        tasks = [(seed, s, x[s:s + chunk]) for s in starts]
+        for k, (s, (crops, hits)) in enumerate(zip(starts, pool.imap(_cut_chunk, tasks)), 1):
+            out[s:s + chunk], found[s:s + chunk] = crops, hits
+            done += len(crops)
             if done == len(x) or k % 10 == 0:
                 print(f"recrop: {done:,}/{len(x):,} faces, {found[:done].mean():.1%} found, "
                       f"{time.perf_counter() - started:.0f}s", flush=True)
+        pool.close()
+    except BaseException:
+        # Ctrl-C or kill: stop the workers now. A ProcessPoolExecutor's exit cut every queued
+        # chunk first, so `kill` stopped recrop only after minutes, when all faces were cut.
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
     return out, found
 
 

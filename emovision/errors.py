@@ -19,6 +19,7 @@ EXIT_INTERRUPTED = 130
 # A full disk, or a user over quota: the OS errors that free space (not a fix of the input) cures.
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 NO_SPACE_HINT = "no space left on the disk; free some space and run again"
+SQLITE_FULL = 13  # sqlite3's "database or disk is full" (mlflow.db, optuna.db on a full disk)
 
 
 class EmovisionError(Exception):
@@ -51,10 +52,12 @@ class OutputError(EmovisionError):
 
 def no_space(err: BaseException | None) -> bool:
     """Whether `err`, or an error it was raised from or while handling (torch wraps the OS's
-    error in its own), says the disk is full."""
+    error in its own, MLflow SQLite's), says the disk is full."""
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, OSError) and err.errno in NO_SPACE_ERRNOS:
+            return True
+        if getattr(err, "sqlite_errorcode", None) == SQLITE_FULL:
             return True
         seen.add(id(err))
         err = err.__cause__ or err.__context__
@@ -121,7 +124,7 @@ def cli_main(func: F) -> Callable[..., int]:
             if not no_space(err):
                 raise
             _drop_unwritten_stdout()
-            where = f" ({err.filename})" if err.filename else ""
+            where = f" ({err.filename})" if getattr(err, "filename", None) else ""
             print(f"error: {NO_SPACE_HINT}{where}", file=sys.stderr)
             return EXIT_BAD_INPUT
 

@@ -67,6 +67,9 @@ def quiet_mlflow() -> None:
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # It logs each SQL error with a traceback and then raises it anyway: a full disk under mlflow.db
+    # printed 40 lines before the one that says so (errors.no_space)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file

@@ -439,3 +439,26 @@ def test_a_model_whose_logging_was_stopped_is_not_left_pending(trained, tmp_path
         tracking.end_orphaned_runs(run.info.experiment_id)  # what each stage does first
     model, = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
     assert (client.get_run(run.info.run_id).info.status, str(model.status)) == ("KILLED", "FAILED")
+
+
+def test_a_full_disk_under_the_store_is_one_line(trained, tmp_path):
+    """mlflow.db on a full disk ended a stage in MLflow's logged traceback and its own (40 lines
+    of SQLAlchemy for `database or disk is full`). Now one line, exit 2, the registry as it was."""
+    import sqlite3
+
+    from tests.full_disk import run_on_full_disk
+
+    store = tmp_path / "mlflow.db"
+    shutil.copy(trained / "mlflow.db", store)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}", registry_uri=f"sqlite:///{store}")
+    first = client.get_model_version("fer", "1")  # the champion; v2: the same model again
+    client.create_model_version("fer", first.source, first.run_id, tags={"dataset": "synthetic"})
+    disk = tmp_path / "disk"
+    rc, err = run_on_full_disk(disk, {"mlflow.db": store},
+                               [sys.executable, "-m", "stages.promote", "--params", "params.yaml", "--version", "2"],
+                               cwd=trained, env={**os.environ, "PYTHONPATH": str(REPO),
+                                                 "MLFLOW_TRACKING_URI": f"sqlite:///{disk / 'mlflow.db'}"})
+    assert (rc, err.strip()) == (2, "error: no space left on the disk; free some space and run again")
+    after = sqlite3.connect(disk.with_name("disk.after") / "mlflow.db")
+    assert after.execute("select alias, version from registered_model_aliases").fetchall() == [("champion", 1)]
+    after.close()

@@ -1,5 +1,5 @@
 """Faces entering and leaving the frame, through the real webcam app (the tenth session's
-edge harness; README: Webcam app).
+edge harness; docs/live-app.md: Faces at the frame's edge).
 
     python scripts/edge_faces.py --seeds 0-5 --out after.json [--videos DIR] [--extra "--detect-every 3"]
     python scripts/edge_faces.py --table before.json after.json

@@ -1,7 +1,7 @@
 """The app's view of each Training face: the crop the live app would cut around it.
 
 A model trained only on FER2013's crops learns the dataset's framing, and that framing depends
-on the expression (README, "Where the app's square and the dataset's disagree"): no fixed
+on the expression (docs/live-app.md, "Where the app's square and the dataset's disagree"): no fixed
 framing in the app reproduces it. `stages.recrop` renders every Training face into a frame,
 finds it with the app's detector and cuts it with the app's framing
 (`emovision.livecheck.app_crop`); with `augment.app_view` > 0 training shows a model that

@@ -31,6 +31,7 @@ from emovision.errors import EXIT_INTERRUPTED, NO_SPACE_HINT, ConfigError, Outpu
 from emovision.faces import (DEFAULT_DETECTOR, DETECT_EVERY, DETECTORS, LARGE_FRAME_SIDE, MIN_FACE, MIN_HITS, SMOOTH,
                              EmotionPipeline, make_detector)
 from emovision.framing import face_fits
+from emovision.images import quiet_opencv
 from emovision.sources import FrameSource, open_source
 
 WINDOW = "emovision"
@@ -178,7 +179,7 @@ class AtomicVideoWriter:
         self.frames = 0
 
     def write(self, frame: np.ndarray) -> None:
-        with opencv_quiet():  # a frame it fails to write is one warning line each; close() says it once
+        with quiet_opencv():  # a frame it fails to write is one warning line each; close() says it once
             self.writer.write(letterbox(frame, self.size))
         self.frames += 1
 
@@ -186,7 +187,7 @@ class AtomicVideoWriter:
         """Finish the video; with `ok`, rename it into place if it reads back whole, else
         remove it. OpenCV's writer reports no error (a full disk gives a file without its
         index, unplayable): one line says so, and what `path` held is kept."""
-        with opencv_quiet():
+        with quiet_opencv():
             self.writer.release()
             problem = self._unreadable() if ok else None
         if ok and problem is None:
@@ -211,17 +212,6 @@ class AtomicVideoWriter:
         if fileio.disk_full(self.tmp.parent):
             return NO_SPACE_HINT
         return f"OpenCV wrote a file that reads back as {count} of its {self.frames} frames"
-
-
-@contextlib.contextmanager
-def opencv_quiet() -> Iterator[None]:
-    """OpenCV's log lines off for the block."""
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    try:
-        yield
-    finally:
-        cv2.utils.logging.setLogLevel(level)
 
 
 @contextlib.contextmanager

@@ -14,8 +14,10 @@ output) and reads no data, so the default pipeline costs a second here.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -24,14 +26,19 @@ from emovision.config import Params
 from emovision.data.app_views import AppViews, write_app_views
 from emovision.data.prepared import load_meta, load_split, split_digest
 from emovision.device import usable_cpus
-from emovision.errors import ConfigError, cli_main
+from emovision.errors import ConfigError, EmovisionError, cli_main
 from emovision.faces import make_detector
 from emovision.livecheck import app_crop
 from stages import parse, stage_parser
 
 CHUNK = 512  # faces per task: progress lines and an even split over the processes
+POLL_S = 2.0  # how often the worker processes are checked while a chunk is awaited
 
 _detector = None  # one per worker process
+
+
+class WorkerDied(EmovisionError):
+    """A process cutting faces died (killed: the OOM killer) before it returned its chunk."""
 
 
 def _start_worker() -> None:
@@ -39,6 +46,9 @@ def _start_worker() -> None:
     import cv2
     import torch
 
+    # Ctrl-C (to the terminal's whole process group) is the main process's to handle: it stops
+    # the workers; here it printed a 'Process SpawnPoolWorker-N:' traceback per worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)  # the processes share the cores: one thread each
     cv2.setNumThreads(1)
     _detector = make_detector()
@@ -66,10 +76,12 @@ def cut_app_views(x: np.ndarray, seed: int, workers: int = 0, chunk: int = CHUNK
     starts = range(0, len(x), chunk)
     started, done = time.perf_counter(), 0
     # spawned, not forked: a fork of a process whose torch/OpenMP threads have run can hang
+    others = set(multiprocessing.active_children())
     pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_start_worker)
+    crew = set(multiprocessing.active_children()) - others
     try:
         tasks = [(seed, s, x[s:s + chunk]) for s in starts]
-        for k, (s, (crops, hits)) in enumerate(zip(starts, pool.imap(_cut_chunk, tasks)), 1):
+        for k, (s, (crops, hits)) in enumerate(zip(starts, _results(pool.imap(_cut_chunk, tasks), crew)), 1):
             out[s:s + chunk], found[s:s + chunk] = crops, hits
             done += len(crops)
             if done == len(x) or k % 10 == 0:
@@ -84,6 +96,23 @@ def cut_app_views(x: np.ndarray, seed: int, workers: int = 0, chunk: int = CHUNK
     finally:
         pool.join()
     return out, found
+
+
+def _results(results, crew: set) -> Iterator:
+    """`results` of a Pool's imap, as long as none of its worker processes `crew` has died: a
+    Pool starts another worker in place of one that died (the OOM killer's kill -9) and waits
+    for the lost chunk for ever (recrop hung, where a ProcessPoolExecutor said it was broken)."""
+    while True:
+        try:
+            yield results.next(timeout=POLL_S)
+        except StopIteration:
+            return
+        except multiprocessing.TimeoutError:
+            dead = [p for p in crew if not p.is_alive()]
+            if dead:
+                raise WorkerDied(f"recrop: a worker process died (exit code {dead[0].exitcode}"
+                                 f"{'; killed, perhaps for want of memory' if dead[0].exitcode == -9 else ''}); "
+                                 f"nothing was written; run again, with fewer --workers if memory is short")
 
 
 def recrop(params: Params, workers: int = 0) -> AppViews:

@@ -5,6 +5,7 @@ import contextlib
 import errno
 import functools
 import os
+import select
 import signal
 import sys
 import threading
@@ -16,6 +17,7 @@ F = TypeVar("F", bound=Callable[..., int | None])
 # be written (a full disk), 130 for Ctrl-C (and `kill`, taken as Ctrl-C).
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 128 + 13  # stdout's reader gone (`| head`): what a tool killed by SIGPIPE exits with
 # A full disk, or a user over quota: the OS errors that free space (not a fix of the input) cures.
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 NO_SPACE_HINT = "no space left on the disk; free some space and run again"
@@ -78,6 +80,16 @@ def _drop_unwritten_stdout() -> None:
             pass
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone (`| head` has read its lines)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or a stdout without a file
+        return False
+
+
 def _as_ctrl_c(signum, frame) -> None:
     """SIGTERM's handler: do what Ctrl-C does at this moment (raise KeyboardInterrupt, or what a
     block that holds or handles Ctrl-C does with it: `fileio.ctrl_c_held`, the webcam's stop)."""
@@ -120,6 +132,11 @@ def cli_main(func: F) -> Callable[..., int]:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except BrokenPipeError:  # `predict ... | head`: the reader has what it wanted; quietly stop
+            if not _stdout_reader_gone():
+                raise
+            _drop_unwritten_stdout()
+            return EXIT_BROKEN_PIPE
         except Exception as err:  # a write not made through fileio (stdout, MLflow's artifact copies)
             if not no_space(err):
                 raise

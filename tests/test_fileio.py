@@ -8,11 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from emovision import fileio
 from tests.conftest import REPO
 
 WRITER = """
 import sys, time
+import pytest
+
 from emovision import fileio
 with fileio.atomic_path(sys.argv[1]) as tmp:
     tmp.write_text("half a file")
@@ -98,6 +102,8 @@ def test_a_checkpoint_written_to_a_full_disk_is_one_line_and_keeps_the_earlier_o
 
 CLI_WRITER = """
 import sys, time
+import pytest
+
 from emovision import fileio
 from emovision.errors import cli_main
 
@@ -125,3 +131,32 @@ def test_kill_stops_a_command_as_ctrl_c_does(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert (proc.returncode, err.strip()) == (130, "interrupted")
     assert list(tmp_path.iterdir()) == []  # the partial removed, nothing at the target
+
+
+PRINTER = """
+import sys
+from emovision.errors import cli_main
+
+@cli_main
+def main():
+    for i in range(int(sys.argv[1])):
+        print("line", i)
+
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("lines", [1, 100_000])  # still buffered when main returns; written (and failing) in main
+def test_a_reader_that_stops_early_ends_a_command_quietly(lines):
+    """`predict ... | head -1`: cli_main's flush of stdout (2aecf62) put a traceback of
+    BrokenPipeError where Python had said `Exception ignored ... BrokenPipeError` (exit 120);
+    output larger than the buffer ended in a traceback from print. Now nothing is said, exit
+    141 (what a tool killed by SIGPIPE exits with)."""
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before the command writes
+    try:
+        proc = subprocess.run([sys.executable, "-c", PRINTER, str(lines)], stdout=write, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, "")

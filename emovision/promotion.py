@@ -17,6 +17,9 @@ from typing import Callable
 from emovision import fileio, tracking
 
 REAL_DATASET = "fer2013"
+# A registered model's tag naming the version a promotion is making champion, while it does:
+# what lets the next gate tell a promotion stopped half-way from a champion archived by hand.
+IN_FLIGHT = "promotion_in_flight"
 
 
 def gate_metric(tta: bool) -> str:
@@ -106,13 +109,16 @@ def promote(name: str, version: str) -> None:
     """Make `version` the `champion` alias, then Production (archiving the previous one): two
     writes, with Ctrl-C (and kill) held between them; a Ctrl-C there left Production on the new
     version and @champion on the old, archived one. What a kill -9 or a store error leaves between
-    them (the alias moved, the stage not) the next promotion or gate completes (`finish_promotion`)."""
+    them (the alias moved, the stage not) the next gate completes (`finish_promotion`): the
+    registered model's IN_FLIGHT tag names the version while they are made."""
     import mlflow
 
     client = mlflow.MlflowClient()
     with fileio.ctrl_c_held():
+        client.set_registered_model_tag(name, IN_FLIGHT, str(version))
         client.set_registered_model_alias(name, tracking.CHAMPION, version)
         _make_production(client, name, version)
+        client.delete_registered_model_tag(name, IN_FLIGHT)
 
 
 def _make_production(client, name: str, version: str) -> None:
@@ -123,20 +129,31 @@ def _make_production(client, name: str, version: str) -> None:
 
 
 def finish_promotion(name: str) -> str | None:
-    """Complete a promotion stopped between its two writes: @champion names a version that is
-    not Production (which still serves the previous champion). Returns a line saying so, or None."""
+    """Complete a promotion stopped between its two writes: the IN_FLIGHT tag and @champion name a
+    version that is not Production (which still serves the previous champion). Returns a line
+    saying so, or None. A champion that is not Production otherwise is the user's doing (archived,
+    or Production moved to another version: a rollback) and is left as it is."""
     import mlflow
 
     client = mlflow.MlflowClient()
     try:
-        champion = client.get_model_version_by_alias(name, tracking.CHAMPION)
+        pending = client.get_registered_model(name).tags.get(IN_FLIGHT)
     except mlflow.exceptions.MlflowException:
         return None
-    if champion.current_stage == tracking.PRODUCTION:
+    if pending is None:
         return None
-    _make_production(client, name, str(champion.version))
-    return (f"{name} v{champion.version} was made @{tracking.CHAMPION} by a promotion that stopped before "
-            f"making it {tracking.PRODUCTION}: it is {tracking.PRODUCTION} now")
+    try:
+        champion = client.get_model_version_by_alias(name, tracking.CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        champion = None
+    line = None
+    # the alias not moved yet: the promotion never happened; the stage made: nothing left to do
+    if champion is not None and str(champion.version) == pending and champion.current_stage != tracking.PRODUCTION:
+        _make_production(client, name, pending)
+        line = (f"{name} v{pending} was made @{tracking.CHAMPION} by a promotion that stopped before "
+                f"making it {tracking.PRODUCTION}: it is {tracking.PRODUCTION} now")
+    client.delete_registered_model_tag(name, IN_FLIGHT)
+    return line
 
 
 def recorded_score(version, metric: str) -> float | None:

@@ -395,6 +395,37 @@ def test_a_promotion_stopped_between_its_two_writes_leaves_one_champion(trained,
     assert production() == [champion()]
 
 
+@pytest.mark.parametrize("by_hand", ["archive", "rollback"])
+def test_a_gate_leaves_a_champion_a_user_took_out_of_production_alone(trained, tmp_path, monkeypatch, by_hand):
+    """The gate completed any @champion that was not Production as a promotion stopped between
+    its two writes (7f32d41): a champion the user archived (taken out of service in the UI), or
+    a rollback made by moving Production to an older version, was made Production again by the
+    next evaluate, the user's Production archived, and the line blamed a stopped promotion. Only
+    a promotion that marked itself in flight is completed now (the kill -9 test above)."""
+    from emovision import promotion
+
+    project = shutil.copytree(trained, tmp_path / "project")
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    first = client.get_model_version("fer", "1")
+    for _ in range(2):  # v2 (the champion, promoted as usual) and v3 (a challenger that loses)
+        client.create_model_version("fer", first.source, first.run_id, tags={"dataset": "synthetic"})
+    promotion.promote("fer", "2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if by_hand == "archive":
+            client.transition_model_version_stage("fer", "2", "Archived")
+        else:
+            client.transition_model_version_stage("fer", "1", "Production", archive_existing_versions=True)
+    kept = production()
+    decision = promotion.gate("fer", "3", "synthetic", 0.0, 0.002, lambda version: 1.0, "val_acc")
+    assert not decision.promote
+    assert production() == kept == ([] if by_hand == "archive" else ["1"])
+
+
 LOGGING_A_MODEL = """
 import sys, time, mlflow
 from emovision import tracking

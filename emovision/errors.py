@@ -95,7 +95,7 @@ def _as_ctrl_c(signum, frame) -> None:
     block that holds or handles Ctrl-C does with it: `fileio.ctrl_c_held`, the webcam's stop)."""
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler):
-        handler(signal.SIGINT, frame)
+        handler(signum, frame)  # SIGTERM: a block that holds Ctrl-C tells a kill from it
     else:  # Ctrl-C ignored (a background job): a kill must still stop the command
         raise KeyboardInterrupt
 

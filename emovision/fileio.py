@@ -166,6 +166,10 @@ def ctrl_c_held() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        if held and not callable(previous) and signal.SIGTERM in held:
+            # a kill (errors.kill_as_ctrl_c) where Ctrl-C is ignored (a script's background job):
+            # SIGINT raised again would be ignored and the kill lost
+            raise KeyboardInterrupt
         if held:
             signal.raise_signal(signal.SIGINT)
 

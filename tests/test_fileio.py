@@ -160,3 +160,38 @@ def test_a_reader_that_stops_early_ends_a_command_quietly(lines):
     finally:
         os.close(write)
     assert (proc.returncode, proc.stderr) == (141, "")
+
+
+HELD_IN_THE_BACKGROUND = """
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # what bash gives a script's background job (`cmd &`)
+from emovision import fileio
+from emovision.errors import cli_main
+
+@cli_main
+def main():
+    with fileio.ctrl_c_held():
+        print("held", flush=True)
+        time.sleep(2)
+    time.sleep(60)
+    print("ran to the end")
+
+sys.exit(main())
+"""
+
+
+def test_a_kill_while_ctrl_c_is_held_in_a_background_job_still_stops_it():
+    """A kill during a block that holds Ctrl-C (a promotion's two writes, a folder's renames) was
+    held as a Ctrl-C and raised again as SIGINT after the block: in a background job, where
+    SIGINT is ignored, that was the end of it and the command ran on to exit 0. Now it stops
+    after the block, as a kill does elsewhere: 'interrupted', exit 130."""
+    proc = subprocess.Popen([sys.executable, "-c", HELD_IN_THE_BACKGROUND], env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert (proc.returncode, out, err) == (130, "", "interrupted\n")
+    finally:
+        proc.kill()
+        proc.wait()

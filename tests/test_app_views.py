@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -155,6 +156,23 @@ sys.exit(main())
 """
 
 
+@contextlib.contextmanager
+def cutting(faces: np.ndarray, tmp_path: Path) -> Iterator[subprocess.Popen]:
+    """CUTTING in its own process group, yielded once its workers are cutting; the group is
+    killed afterwards, whatever happened (its workers too)."""
+    np.save(tmp_path / "faces.npy", faces)
+    proc = subprocess.Popen([sys.executable, "-c", CUTTING, str(tmp_path / "faces.npy")], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().startswith("recrop: 100/18,000 faces")  # the workers are cutting
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @pytest.mark.parametrize("kill", [lambda pid: os.kill(pid, signal.SIGTERM), lambda pid: os.killpg(pid, signal.SIGINT)],
                          ids=["kill", "ctrl-c"])
 def test_kill_stops_recrop_at_once_not_after_every_face(faces, tmp_path, kill):
@@ -165,30 +183,16 @@ def test_kill_stops_recrop_at_once_not_after_every_face(faces, tmp_path, kill):
     times over (about 60 faces/s on two busy cores). Ctrl-C (SIGINT to the whole group) also
     printed 'Process SpawnPoolWorker-N:' for a worker it interrupted: the workers leave it to
     the main process now, which says 'interrupted' alone."""
-    np.save(tmp_path / "faces.npy", faces)
-    proc = subprocess.Popen([sys.executable, "-c", CUTTING, str(tmp_path / "faces.npy")], cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        assert proc.stdout.readline().startswith("recrop: 100/18,000 faces")  # the workers are cutting
+    with cutting(faces, tmp_path) as proc:
         kill(proc.pid)
         _, err = proc.communicate(timeout=60)
         assert (proc.returncode, err.strip()) == (130, "interrupted")
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # its workers too, whatever happened
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def test_a_worker_killed_ends_recrop_in_one_line_not_a_hang(faces, tmp_path):
     """A worker killed (the OOM killer's kill -9) hung recrop for ever: a multiprocessing Pool
     starts another worker and waits for the lost chunk. Now it ends in one line, exit 2."""
-    np.save(tmp_path / "faces.npy", faces)
-    proc = subprocess.Popen([sys.executable, "-c", CUTTING, str(tmp_path / "faces.npy")], cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        assert proc.stdout.readline().startswith("recrop: 100/18,000 faces")  # the workers are cutting
+    with cutting(faces, tmp_path) as proc:
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         workers = [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
         assert len(workers) == 2
@@ -196,7 +200,3 @@ def test_a_worker_killed_ends_recrop_in_one_line_not_a_hang(faces, tmp_path):
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 2
         assert err.startswith("error: recrop: a worker process died (exit code -9; killed") and err.count("\n") == 1
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # its workers too, whatever happened
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()

@@ -26,11 +26,12 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
 import math
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -49,10 +50,13 @@ DATA_URI_MARK = ";base64,"
 NUMERIC_KINDS = "iuf"  # numpy dtype kinds of integers and floats (JSON true/false are no levels)
 TTA_PARAM = "tta"  # the one inference param: flip TTA, on by default as in the app
 # What a logged model needs besides its own copy of emovision, pinned to this environment.
-# OpenCV is whichever of its four wheels provides cv2 here (a server or a container often has a
-# headless one; naming opencv-python regardless listed it unpinned, a wheel that was not there).
-SERVING_PACKAGES = ("torch", "torchvision", "numpy", "pandas", "opencv-python", "mlflow")
-OPENCV_WHEELS = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
+# OpenCV is always its headless wheel, at the version of whichever of its four wheels provides cv2
+# here: a served model opens no window, and opencv-python's cv2 needs libGL, glib and X11, which
+# MLflow's Docker base (python:3.11-slim) and most servers lack (`ImportError: libGL.so.1`).
+OPENCV_HEADLESS = "opencv-python-headless"
+SERVING_PACKAGES = ("torch", "torchvision", "numpy", "pandas", OPENCV_HEADLESS, "mlflow")
+OPENCV_WHEELS = ("opencv-python", OPENCV_HEADLESS, "opencv-contrib-python", "opencv-contrib-python-headless")
+MLFLOW_REQUIREMENT_CHECK = "mlflow.utils.requirements_utils"  # the logger of MLflow's "mismatches" warning
 
 
 def signature(classes: Sequence[str]):
@@ -81,13 +85,27 @@ def log_model(spec: ModelSpec, state_dict: dict[str, Any], name: str = MODEL_ART
     as artifacts, signature, input example); returns MLflow's ModelInfo (model_id, model_uri)."""
     import mlflow
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_requirement_check():
         folder = artifact.save_model_dir(Path(tmp) / name, spec, state_dict)
         return mlflow.pyfunc.log_model(
             name=name, python_model=str(MODEL_CODE), code_paths=[str(_package_copy(Path(tmp) / "code"))],
             artifacts={"weights": str(folder / artifact.WEIGHTS_FILE), "config": str(folder / artifact.CONFIG_FILE)},
             signature=signature(spec.classes), input_example=input_example(),
             pip_requirements=_requirements(), tags={"arch": spec.arch, "dataset": str(spec.dataset)})
+
+
+@contextlib.contextmanager
+def _quiet_requirement_check() -> Iterator[None]:
+    """log_model loads the new model twice to check its input example, and MLflow warns each time
+    that this environment lacks a requirement: the requirements are this environment's own
+    versions, so the one it can lack is OPENCV_HEADLESS (where opencv-python provides cv2)."""
+    checker = logging.getLogger(MLFLOW_REQUIREMENT_CHECK)
+    level = checker.level
+    checker.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        checker.setLevel(level)
 
 
 def _package_copy(folder: Path) -> Path:
@@ -114,13 +132,14 @@ def _requirements() -> list[str]:
 def pinned_requirements(installed: Mapping[str, str]) -> list[str]:
     """SERVING_PACKAGES as `name==version` from `installed` (distribution -> version), each
     installable from PyPI: a local version label (`2.14.1+cpu` from the PyTorch CPU index) is
-    dropped, as MLflow's own requirement inference does; a package not installed is unpinned."""
+    dropped, as MLflow's own requirement inference does; a package not installed is unpinned.
+    OpenCV's four wheels share their version numbers: the headless one takes the installed one's."""
     from packaging.version import Version
 
     out = []
     for package in SERVING_PACKAGES:
-        found = next((n for n in (OPENCV_WHEELS if package == "opencv-python" else (package,)) if n in installed), None)
-        out.append(f"{found}=={Version(installed[found]).public}" if found else package)
+        found = next((n for n in (OPENCV_WHEELS if package == OPENCV_HEADLESS else (package,)) if n in installed), None)
+        out.append(f"{package}=={Version(installed[found]).public}" if found else package)
     return out
 
 

@@ -276,13 +276,19 @@ def test_flip_tta_is_a_param_of_the_model(in_trained, invocations):
 
 def test_requirements_pin_what_serving_needs_installably():
     """A local version label (`torch==2.14.1+cpu`, from PyTorch's CPU index) is on no PyPI, and
-    OpenCV was always named opencv-python, unpinned where a headless wheel provided cv2."""
+    OpenCV was always named opencv-python, unpinned where a headless wheel provided cv2. Then a
+    model logged where opencv-python provides cv2 (this project's environment: the app's window)
+    required it, and failed to load where its libGL, glib and X11 are missing (MLflow's Docker
+    base python:3.11-slim: `ImportError: libGL.so.1`): the served model opens no window, so it
+    requires the headless wheel at the installed wheel's version, whichever provides cv2."""
     from emovision.serving import pinned_requirements
 
     installed = {"torch": "2.14.1+cpu", "torchvision": "0.29.1+cpu", "numpy": "2.4.6", "pandas": "3.1.1",
-                 "opencv-python-headless": "4.14.0.94", "mlflow": "3.17.2"}
-    assert pinned_requirements(installed) == ["torch==2.14.1", "torchvision==0.29.1", "numpy==2.4.6",
-                                              "pandas==3.1.1", "opencv-python-headless==4.14.0.94", "mlflow==3.17.2"]
+                 "mlflow": "3.17.2"}
+    expected = ["torch==2.14.1", "torchvision==0.29.1", "numpy==2.4.6", "pandas==3.1.1",
+                "opencv-python-headless==4.14.0.94", "mlflow==3.17.2"]
+    for wheel in ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless"):
+        assert pinned_requirements({**installed, wheel: "4.14.0.94"}) == expected, wheel
 
 
 def _register_old_format(name: str, folder: Path) -> str:
@@ -486,7 +492,7 @@ def test_registry_errors_read_well(in_trained, ref, message, not_in):
 
 # Logs the shipped model as an MLflow model, loads it and predicts, recording every warning.
 _LOG_LOAD_PREDICT = """
-import json, warnings
+import json, sys, warnings
 warnings.simplefilter("always")
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
@@ -496,6 +502,7 @@ with warnings.catch_warnings(record=True) as caught:
     tracking.setup()
     with mlflow.start_run():
         info = serving.log_model(spec, state_dict)
+    print(LOGGED, file=sys.stderr, flush=True)
     model = mlflow.pyfunc.load_model(info.model_uri)
     out = model.predict(pd.DataFrame({"crop": [np.zeros((48, 48), np.uint8).tolist()]}))
     assert len(out) == 1
@@ -508,12 +515,16 @@ def test_pyfunc_model_logs_loads_and_predicts_without_mlflow_user_warnings(tmp_p
     # PythonModel's predict has none, so this runs in a fresh interpreter.
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
            "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", _LOG_LOAD_PREDICT], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=SERVER_START_S)
+    logged = "--- logged ---"
+    done = subprocess.run([sys.executable, "-c", f"LOGGED = {logged!r}\n" + _LOG_LOAD_PREDICT], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=SERVER_START_S)
     assert done.returncode == 0, done.stderr[-3000:]
     caught = json.loads(done.stdout.strip().splitlines()[-1])
     from_mlflow = [message for user, where, message in caught if user and f"{os.sep}mlflow{os.sep}" in where]
     assert not from_mlflow, from_mlflow
+    # Logging checks the input example by loading the model twice, and MLflow logged each time that
+    # this environment (opencv-python: the app's window) lacks the model's opencv-python-headless
+    assert "mismatches" not in done.stderr.split(logged)[0], done.stderr
     # and MLflow's predict wrapper is still in place (what `_skip_type_hint_validation` would drop)
     from emovision.serving import EmotionModel
 

@@ -36,6 +36,9 @@ PRODUCTION = "Production"
 RUN_FILE = "run.json"
 RUN_FILE_FIX = "run `python -m stages.train` again (or delete it to start over)"
 STORE_INIT_RETRIES = 5
+# A tracking server (MLFLOW_TRACKING_URI=http://...) that has not answered in this long is down:
+# asked directly, MLflow's client retries each request for minutes (7 retries, up to 120 s apart)
+SERVER_ANSWER_S = 10
 # The process that has a run open (fileio.this_process()), set each time one is started or
 # resumed: a run left RUNNING by a process that is gone was killed (end_orphaned_runs).
 OWNER_TAG = "owner"
@@ -76,9 +79,12 @@ SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite data
 
 
 def check_store(uri: str | None = None) -> None:
-    """A local SQLite store that exists must be an SQLite file: checked before a stage deletes
-    or writes anything, since MLflow's own error is a traceback after minutes of work."""
+    """A local SQLite store that exists must be an SQLite file, and a tracking server must answer:
+    checked before a stage deletes or writes anything, since MLflow's own error is a traceback
+    after minutes of work (or of waiting)."""
     uri = uri or tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
     if not uri.startswith("sqlite:///"):
         return
     path = Path(uri.removeprefix("sqlite:///"))
@@ -92,6 +98,27 @@ def check_store(uri: str | None = None) -> None:
     if head != SQLITE_MAGIC:
         raise DataError(f"MLflow store {path} is not an SQLite database (a damaged or foreign file); "
                         f"move it aside to start a new store, or set MLFLOW_TRACKING_URI")
+
+
+def check_server(uri: str) -> None:
+    """A tracking server must answer before MLflow is asked anything: MLflow's client retries a
+    refused connection for minutes per request, so a server that is down (or a mistyped port)
+    held a model load 12.5 minutes before its error (a stage: still waiting at 3 minutes). Any
+    HTTP answer will do (a proxy's 404, a login's 401): only a server out of reach is refused."""
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=SERVER_ANSWER_S)
+    except requests.exceptions.SSLError:
+        return  # it answered; MLflow checks TLS with its own settings (MLFLOW_TRACKING_INSECURE_TLS, ...)
+    except (requests.ConnectionError, requests.Timeout) as err:
+        if isinstance(err, requests.Timeout):
+            reason = f"no answer in {SERVER_ANSWER_S} s"
+        else:  # the OS's words, not urllib3's nested repr: "Connection refused", "Name or service not known"
+            cause = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(err))
+            reason = cause[1].strip() if cause else type(err).__name__
+        raise DataError(f"MLflow tracking server {uri} does not answer ({reason}); start it, or correct "
+                        f"MLFLOW_TRACKING_URI") from None
 
 
 def project_store(uri: str | None = None) -> bool:

@@ -21,8 +21,8 @@ import pytest
 
 from emovision.faces import analyze_still
 from emovision.inference import WEIGHTS_DIR, load_classifier
-from tests.conftest import REPO
-from tests.servers import SERVER_START_S, running_server, server_env
+from tests.conftest import REPO, write_params
+from tests.servers import SERVER_START_S, free_port, running_server, server_env
 from tests.media import grace_hopper
 
 REQUEST_S = 60
@@ -364,6 +364,23 @@ def test_reading_a_model_creates_no_store(in_trained, tmp_path, monkeypatch):
     assert load_classifier("models:/fer/Production", "cpu").classes[3] == "happy"
     assert sorted(p.name for p in project.iterdir()) == ["dvc.yaml", "mlflow.db", "sub"]
     assert list((project / "sub" / "dir").iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [["emovision.webcam", "--model", "models:/fer/Production", "--source", "hopper.png",
+                                      "--no-display"], ["stages.promote", "--pretrained"]], ids=["webcam", "promote"])
+def test_a_tracking_server_that_does_not_answer_is_named_in_one_line(tmp_path, command):
+    """MLFLOW_TRACKING_URI naming a server that is down (or a mistyped port): MLflow's client
+    retries each request for minutes, so the app's model load took 12.5 minutes to say so
+    (promote: still waiting at this test's 3-minute limit). The server is asked first, once: one line, exit 2."""
+    cv2.imwrite(str(tmp_path / "hopper.png"), grace_hopper())
+    write_params(tmp_path / "params.yaml")
+    uri = f"http://127.0.0.1:{free_port()}"  # a port nothing listens on
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", *command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=SERVER_START_S)
+    assert (done.returncode, done.stderr) == (2, f"error: MLflow tracking server {uri} does not answer (Connection "
+                                                 f"refused); start it, or correct MLFLOW_TRACKING_URI\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hopper.png", "params.yaml"]
 
 
 def test_a_moved_project_loads_and_logs_in_its_own_folder(in_trained, tmp_path, monkeypatch, capsys):

@@ -594,9 +594,18 @@ def _raise_if_files_missing(ref: str, client) -> None:
     if "://" in location and not location.startswith("file:"):
         return
     folder = Path(_local_path(location))
-    if not folder.exists():
-        raise ModelRefError(f"cannot load {ref}: its files are missing ({folder} does not exist: "
-                            f"{ARTIFACTS}/ deleted, or mlflow.db copied without it)")
+    if folder.exists():
+        return
+    if client.tracking_uri.startswith(("http://", "https://")):
+        # runs logged to the store itself (the project's mlflow.db, served by `mlflow ui`) name
+        # their files by a path of the server's machine; runs logged through an `mlflow server`
+        # have mlflow-artifacts: locations, which it serves
+        raise ModelRefError(f"cannot load {ref}: its files are in {folder} on the machine of the tracking server "
+                            f"{client.tracking_uri}, not on this one (its runs were logged to the store there, not "
+                            f"through the server); load it there, or share models through an `mlflow server "
+                            f"--artifacts-destination ...` that training logs to as well")
+    raise ModelRefError(f"cannot load {ref}: its files are missing ({folder} does not exist: "
+                        f"{ARTIFACTS}/ deleted, or mlflow.db copied without it)")
 
 
 def download_model(ref: str) -> Path:

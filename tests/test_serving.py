@@ -383,6 +383,26 @@ def test_a_tracking_server_that_does_not_answer_is_named_in_one_line(tmp_path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hopper.png", "params.yaml"]
 
 
+def test_a_model_whose_files_only_the_servers_machine_has_says_so(in_tmp, mlflow_store, tmp_path, monkeypatch):
+    """`mlflow ui` in the project root serves the project's store, whose runs name their files by a
+    path of that machine: a client elsewhere (MLFLOW_TRACKING_URI=http://...) was told `mlruns/
+    deleted, or mlflow.db copied without it`. It now hears where the files are and how to share."""
+    from emovision.errors import ModelRefError
+
+    version = _register_old_format("legacy", WEIGHTS_DIR)
+    (tmp_path / "mlruns").rename(tmp_path / "on-the-server")  # a path this machine does not have
+    (tmp_path / "server").mkdir()
+    serve = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", mlflow_store, "-h", "127.0.0.1",
+             "--workers", "1", "-p"]
+    with running_server(lambda port: serve + [str(port)], "/health", tmp_path / "server", server_env(),
+                        tmp_path / "server.log") as (port, _):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+        with pytest.raises(ModelRefError, match=rf"cannot load models:/legacy/{version}: its files are in "
+                                                rf"{tmp_path}/mlruns/\S+ on the machine of the tracking server "
+                                                rf"http://127.0.0.1:{port}, not on this one"):
+            load_classifier(f"models:/legacy/{version}", "cpu")
+
+
 def test_a_moved_project_loads_and_logs_in_its_own_folder(in_trained, tmp_path, monkeypatch, capsys):
     """MLflow records artifact locations as absolute paths: in a project folder moved (or
     copied) after runs existed, models:/ references read the old folder (or failed, `No such

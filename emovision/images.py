@@ -16,11 +16,17 @@ end-of-image marker. Bytes after that marker are not the image's: phones append 
 its own, and their bytes hold FFDA and FFD9 at random (looking for the last FFD9 after the
 last FFDA in the whole file refused half of such photos as truncated). `cv2.imdecode` refuses
 what it cannot decode where `imread` would guess.
+
+A transparent image (PNG, WebP or GIF with an alpha channel or a transparent colour) is read as
+a viewer shows it: composited over white (`decode_pixels`). OpenCV's colour decode drops the alpha
+and keeps whatever RGB lies under it: black, noise, or a face an editor erased (found, though
+nobody sees it); and a black image whose alpha draws the picture read as all black.
 """
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -40,6 +46,12 @@ HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"
 # the video signatures below took for a video.
 RAW_BRANDS = (b"crx ",)
 EXR_MAGIC = b"\x76\x2f\x31\x01"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PNG_ALPHA_TYPES = (4, 6)  # IHDR colour types with an alpha channel: grey + alpha, RGBA
+PNG_COLOUR_TYPE_AT = 25  # after the magic (8), IHDR's length and type (8), width, height, bit depth (9)
+# A WebP's alpha flag: VP8X (extended) sets bit 4 of its flags byte; VP8L (lossless) bit 28 of the
+# 32 bits after its signature byte (14 bits width, 14 height, then alpha_is_used). Lossy VP8 has none.
+WEBP_VP8X_FLAGS_AT, WEBP_VP8L_ALPHA_AT, WEBP_ALPHA_BIT = 20, 24, 0x10
 # How the still images of IMAGE_EXTENSIONS begin, so that one is read as a photo whatever its name:
 # browsers save JPEGs as .jfif, older tools as .jpe, and a photo named .mp4 or with no extension
 # went to the video reader, where a face must be confirmed over frames that never come (none was
@@ -47,13 +59,19 @@ EXR_MAGIC = b"\x76\x2f\x31\x01"
 # with its header's reserved zeros (a text file may start "BM"); a TIFF only named as one or not
 # named (`is_image_file`): camera raw files (NEF, CR2, DNG, ARW) are TIFF inside (`is_camera_raw`).
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
-IMAGE_SIGNATURES = ((JPEG_START, 0), (b"\x89PNG\r\n\x1a\n", 0), (b"BM", 0), *((magic, 0) for magic in TIFF_MAGIC),
+IMAGE_SIGNATURES = ((JPEG_START, 0), (PNG_MAGIC, 0), (b"BM", 0), *((magic, 0) for magic in TIFF_MAGIC),
                     (b"WEBP", 8), (b"\x00\x00\x00\x0cjP  ", 0), (b"\xffO\xffQ", 0), (EXR_MAGIC, 0),
                     *((b"ftyp" + brand, 4) for brand in (*HEIF_BRANDS, b"avif", b"avis")))
 # How videos begin (MP4/MOV/3GP after their image brands above, Matroska/WebM, AVI, FLV): a video
 # named .jpg is played, and one given to predict is named as a video, not "unreadable".
 VIDEO_SIGNATURES = ((b"ftyp", 4), (b"moov", 4), (b"mdat", 4), (b"wide", 4), (b"\x1aE\xdf\xa3", 0), (b"AVI ", 8),
                     (b"FLV\x01", 0))
+# What each EXIF orientation (1..8) asks of the stored image to show it upright (numpy views): OpenCV
+# turns its colour decode so, but not the decode that keeps the alpha (`decode_pixels`).
+EXIF_TURNS = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+              5: lambda a: a.swapaxes(0, 1), 6: lambda a: a.swapaxes(0, 1)[:, ::-1],
+              7: lambda a: a.swapaxes(0, 1)[::-1, ::-1], 8: lambda a: a.swapaxes(0, 1)[::-1]}
+EXIF_ORIENTATION_TAG = 0x0112
 
 
 @contextlib.contextmanager
@@ -127,7 +145,7 @@ def decode_image(data: np.ndarray | bytes, flags: int = cv2.IMREAD_COLOR) -> np.
     exr = data[:4].tobytes() == EXR_MAGIC
     try:  # OpenCV warns, then raises, for OpenEXR while its codec is off: our line says it once
         with quiet_opencv() if exr else contextlib.nullcontext():
-            image = cv2.imdecode(data, flags | cv2.IMREAD_ANYDEPTH)
+            image = decode_pixels(data, flags)
     except cv2.error as err:
         if exr:
             return ("an OpenEXR image, which OpenCV reads only with OPENCV_IO_ENABLE_OPENEXR=1 in the "
@@ -140,6 +158,87 @@ def decode_image(data: np.ndarray | bytes, flags: int = cv2.IMREAD_COLOR) -> np.
             return "a video, not an image (python -m emovision.webcam --source VIDEO reads videos)"
         return "unreadable image file"
     return pixel_levels(image)
+
+
+def may_have_alpha(data: np.ndarray) -> bool:
+    """Whether encoded image bytes may hold transparency, by their header: a PNG with an alpha
+    channel or a tRNS chunk (a palette's or a colour's transparency), a WebP whose header flags
+    alpha, or a GIF (a transparent colour). JPEG, BMP and the rest are read without alpha."""
+    head = data[:32].tobytes()
+    if head.startswith(PNG_MAGIC):
+        return len(head) > PNG_COLOUR_TYPE_AT and head[PNG_COLOUR_TYPE_AT] in PNG_ALPHA_TYPES or png_has_trns(data)
+    if head[8:12] == b"WEBP":
+        at = {b"VP8X": WEBP_VP8X_FLAGS_AT, b"VP8L": WEBP_VP8L_ALPHA_AT}.get(head[12:16])
+        return at is not None and len(head) > at and bool(head[at] & WEBP_ALPHA_BIT)
+    return head.startswith(b"GIF8")
+
+
+def png_has_trns(data: np.ndarray) -> bool:
+    """Whether a PNG has a tRNS chunk (transparency without an alpha channel); it comes before
+    the image data."""
+    for kind, _ in chunks(data):
+        if kind in (b"tRNS", b"IDAT"):
+            return kind == b"tRNS"
+    return False
+
+
+def chunks(data: np.ndarray) -> Iterator[tuple[bytes, np.ndarray]]:
+    """(type, bytes) of each chunk of a PNG, or of a WebP's RIFF container, walked by their
+    lengths (a 50 MP PNG's image data is skipped, not read); stops at a PNG's IEND or a cut."""
+    png = data[:8].tobytes() == PNG_MAGIC
+    pos, order = (8, "big") if png else (12, "little")
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos:pos + 4].tobytes() if png else data[pos + 4:pos + 8].tobytes(), order)
+        kind = data[pos + 4:pos + 8].tobytes() if png else data[pos:pos + 4].tobytes()
+        if kind == b"IEND":
+            return
+        yield kind, data[pos + 8:pos + 8 + size]
+        pos += 8 + size + (4 if png else size % 2)  # a PNG chunk ends in a CRC, a RIFF one is padded to even
+
+
+def exif_orientation(data: np.ndarray) -> int:
+    """The EXIF orientation (1..8) a PNG (eXIf chunk) or WebP (EXIF chunk) carries; 1 if none.
+    EXIF is a TIFF header and directory: its first directory's orientation tag is read."""
+    exif = next((body.tobytes() for kind, body in chunks(data) if kind in (b"eXIf", b"EXIF")), b"")
+    exif = exif.removeprefix(b"Exif\x00\x00")  # some writers keep JPEG's APP1 prefix
+    order = {b"II": "little", b"MM": "big"}.get(exif[:2])
+    if order is None:
+        return 1
+
+    def number(at: int, size: int) -> int:
+        return int.from_bytes(exif[at:at + size], order)
+
+    directory = number(4, 4)
+    for entry in range(directory + 2, directory + 2 + 12 * number(directory, 2), 12):
+        if number(entry, 2) == EXIF_ORIENTATION_TAG:
+            return number(entry + 8, 2) if number(entry + 8, 2) in EXIF_TURNS else 1
+    return 1
+
+
+def decode_pixels(data: np.ndarray, flags: int) -> np.ndarray | None:
+    """OpenCV's decode of image bytes at their depth (None where it cannot decode them); one
+    that may be transparent (`may_have_alpha`) decoded with its alpha and shown over white,
+    turned upright by its EXIF orientation as OpenCV turns the others."""
+    if may_have_alpha(data):
+        raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # the alpha kept, but not turned by EXIF
+        if raw is not None and raw.ndim == 3 and raw.shape[2] == 4:
+            shown = np.ascontiguousarray(EXIF_TURNS[exif_orientation(data)](over_white(raw)))
+            return cv2.cvtColor(shown, cv2.COLOR_BGR2GRAY) if flags == cv2.IMREAD_GRAYSCALE else shown
+    return cv2.imdecode(data, flags | cv2.IMREAD_ANYDEPTH)
+
+
+def over_white(bgra: np.ndarray) -> np.ndarray:
+    """A BGRA image as a viewer shows it: composited by its alpha over white, at its depth."""
+    white = np.iinfo(bgra.dtype).max if bgra.dtype.kind in "iu" else 1.0
+    alpha = cv2.extractChannel(bgra, 3)
+    if alpha.min() == white:  # opaque (a screenshot, a GIF): nothing to mix
+        return cv2.cvtColor(bgra, cv2.COLOR_BGRA2BGR)
+    alpha = alpha.astype(np.float32) / white
+    bgr = cv2.cvtColor(bgra, cv2.COLOR_BGRA2BGR)
+    if bgra.dtype in (np.uint8, np.float32):  # OpenCV's blend, rounded: half numpy's time
+        return cv2.blendLinear(bgr, np.full_like(bgr, white), alpha, 1 - alpha)
+    mixed = bgr * alpha[..., None] + white * (1 - alpha[..., None])  # 16 bits
+    return np.rint(mixed).astype(bgra.dtype) if bgra.dtype.kind in "iu" else mixed.astype(bgra.dtype)
 
 
 def read_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | str:

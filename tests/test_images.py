@@ -339,3 +339,40 @@ def test_odd_but_valid_images_are_read(shipped, tmp_path, capsys):
                         "--log", str(log)]) == 0
     (record,) = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(record["faces"]) == 1 and iou_matrix(np.array([record["faces"][0]["box"]]), np.array([upright]))[0, 0] > 0.8
+
+
+def test_a_transparent_image_is_read_as_a_viewer_shows_it(shipped, tmp_path):
+    """OpenCV's colour decode drops the alpha and keeps the RGB under it: a face an editor
+    erased (alpha 0, its pixels left) was found though no viewer shows it, and an image drawn
+    in its alpha over black pixels read as black (no face). Transparent PNG (8 and 16 bits,
+    grey + alpha, EXIF-turned), WebP and GIF are now composited over white, as a viewer shows them."""
+    hopper = grace_hopper()
+    upright = analyze_still(shipped, hopper)[0]["box"]
+    erased = np.dstack([np.hstack([hopper, hopper[:, ::-1]]), np.full((600, 1024), 255, np.uint8)])
+    erased[:, 512:, 3] = 0  # the mirrored copy on the right erased, its pixels left under the alpha
+    cv2.imwrite(str(tmp_path / "erased.png"), erased)
+    image = read_image(tmp_path / "erased.png")
+    assert (image[:, 512:] == 255).all()
+    (face,) = analyze_still(shipped, image)  # the erased copy is not found
+    assert iou_matrix(np.array([face["box"]]), np.array([upright]))[0, 0] > 0.8
+    grey = cv2.cvtColor(hopper, cv2.COLOR_BGR2GRAY)
+    ink = 255 - grey  # black pixels, the photo drawn by the alpha: over white it shows `grey`
+    Image.fromarray(np.dstack([np.zeros_like(grey), ink]), "LA").save(tmp_path / "ink.png")
+    for orientation, turn in ((6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270)):
+        turned = Image.fromarray(np.dstack([np.zeros_like(grey), ink]), "LA").transpose(turn)
+        exif = turned.getexif()
+        exif[EXIF_ORIENTATION] = orientation  # stored on its side, shown upright
+        turned.save(tmp_path / f"ink-{orientation}.png", exif=exif)
+        turned.convert("RGBA").save(tmp_path / f"ink-{orientation}.webp", exif=exif, lossless=True)
+    cv2.imwrite(str(tmp_path / "ink-16.png"), np.dstack([np.zeros((600, 512, 3), np.uint16), ink.astype(np.uint16) * 257]))
+    Image.fromarray(np.dstack([np.zeros((600, 512, 3), np.uint8), ink])).save(tmp_path / "ink.webp", lossless=True)
+    for name in ("ink.png", "ink-6.png", "ink-8.png", "ink-16.png", "ink.webp", "ink-6.webp", "ink-8.webp"):
+        image = read_image(tmp_path / name)
+        assert np.abs(image.astype(int) - grey[..., None]).max() <= 1, name
+    assert iou_matrix(np.array([analyze_still(shipped, read_image(tmp_path / "ink.png"))[0]["box"]]),
+                      np.array([upright]))[0, 0] > 0.8
+    sticker = Image.fromarray(erased[:, :, [2, 1, 0, 3]], "RGBA").convert("P", palette=Image.Palette.ADAPTIVE)
+    for name in ("sticker.gif", "sticker.png"):  # a palette's transparent colour (GIF, PNG tRNS)
+        sticker.save(tmp_path / name, transparency=sticker.getpixel((1023, 0)))
+        assert (read_image(tmp_path / name)[:, 512:] == 255).all(), name
+    np.testing.assert_array_equal(read_image(tmp_path / "erased.png", cv2.IMREAD_GRAYSCALE)[:, 512:], 255)

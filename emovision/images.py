@@ -25,6 +25,7 @@ nobody sees it); and a black image whose alpha draws the picture read as all bla
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -72,6 +73,12 @@ EXIF_TURNS = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1
               5: lambda a: a.swapaxes(0, 1), 6: lambda a: a.swapaxes(0, 1)[:, ::-1],
               7: lambda a: a.swapaxes(0, 1)[::-1, ::-1], 8: lambda a: a.swapaxes(0, 1)[::-1]}
 EXIF_ORIENTATION_TAG = 0x0112
+
+
+# FFmpeg prints its own errors (`moov atom not found` for a cut-off MP4) on the terminal beside our
+# one line; OpenCV's log level does not reach it. OpenCV reads this once, when it first opens a video
+# in the process: 8 is AV_LOG_FATAL. A user who wants FFmpeg's messages sets it (to 32, or 48) first.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
 
 
 @contextlib.contextmanager

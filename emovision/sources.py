@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from emovision.errors import SourceError
-from emovision.images import file_head, is_camera_raw, is_image_file, quiet_opencv, read_image
+from emovision.images import content_kind, file_head, is_camera_raw, is_image_file, quiet_opencv, read_image
 
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 LIVE_READ_TIMEOUT_S = 5.0
@@ -89,11 +89,13 @@ class VideoSource(FrameSource):
             ok = self.cap.isOpened()
             if ok:
                 ok, first = self.cap.read()
-        if not self.cap.isOpened():
-            raise SourceError(f"cannot open video {path}: unreadable or unsupported format")
         if not ok:
+            opened = self.cap.isOpened()
             self.cap.release()
-            raise SourceError(f"cannot read video {path}: no frames could be decoded")
+            if opened or content_kind(file_head(path)) == "video":
+                raise SourceError(f"cannot read video {path}: no frames could be decoded (cut off, empty, audio "
+                                  f"only, or a codec this OpenCV lacks)")
+            raise SourceError(f"cannot open video {path}: not a video or image that OpenCV can read")
         self._first, self._first_ms = first, self.cap.get(cv2.CAP_PROP_POS_MSEC)
         self.files = (path,)
         self.frame_size = first.shape[1::-1]

@@ -1,9 +1,13 @@
-"""Frame sources' timestamps: each video frame at its own time, on real OpenCV videos."""
+"""Frame sources: each video frame at its own time, on real OpenCV videos; and what a user may
+name as --source (a broken video, a folder of folders, a pipe, a device, a symlink loop)."""
 from __future__ import annotations
 
 import json
 import math
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -12,6 +16,7 @@ import pytest
 
 from emovision.sources import frame_time, open_source
 from emovision.webcam import main as webcam_main
+from tests.conftest import REPO
 from tests.media import grace_hopper
 
 CONTAINERS = (b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts")  # ISO media boxes that hold boxes
@@ -120,3 +125,29 @@ def test_a_broken_timestamp_falls_back_to_one_frame_period(reported_ms, expected
         previous = frame_time(ms, previous, fps=25.0)
         stamps.append(previous)
     assert stamps == pytest.approx(expected_s)
+
+
+def _clip(path: Path, frames: int = 3) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
+    for i in range(frames):
+        writer.write(np.full((48, 64, 3), 20 * i, np.uint8))
+    writer.release()
+    return path
+
+
+def test_a_video_that_cannot_be_read_is_one_line_and_ffmpeg_says_nothing(tmp_path):
+    """FFmpeg printed its own 'moov atom not found' above our line for a cut-off MP4 or a text
+    file named .mp4 (OpenCV's log level does not reach FFmpeg's): two lines. Each of these is
+    now one line, exit 2, before the model loads. In a fresh process: FFmpeg's level is set once."""
+    whole = _clip(tmp_path / "whole.mp4", 10).read_bytes()
+    cases = {"cut.mp4": whole[:len(whole) // 2], "notes.mp4": b"this is not a video\n",
+             "empty.mp4": _clip(tmp_path / "e.mp4", 0).read_bytes(),
+             "sound.mp4": b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(64)}  # a WAV (audio only) named .mp4
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        run = subprocess.run([sys.executable, "-m", "emovision.webcam", "--model", "nope.pt", "--no-display",
+                              "--source", str(tmp_path / name)], capture_output=True, text=True, cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+        assert run.returncode == 2 and len(run.stderr.splitlines()) == 1, (name, run.stderr)
+        assert run.stderr.startswith(f"error: cannot ") and str(tmp_path / name) in run.stderr, run.stderr
+

@@ -11,6 +11,7 @@ a truncated JPEG is never classified grey-filled).
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from emovision.images import content_kind, file_head, is_camera_raw, is_image_fi
 
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 LIVE_READ_TIMEOUT_S = 5.0
+IMAGE_KINDS = "JPEG, PNG, BMP, WebP, TIFF, PNM, JPEG 2000, AVIF"
 
 Frame = tuple[int, float, np.ndarray]  # (index, timestamp in seconds, BGR image)
 
@@ -182,18 +184,16 @@ class LiveSource(FrameSource):
 
 
 def open_source(spec: str | int) -> FrameSource:
-    """Open a camera index ("0"), a video or image file, a folder of images, or a stream URL."""
+    """Open a camera index ("0"), a video or image file, a folder of images (its subfolders too),
+    or a stream URL."""
     spec = str(spec)
     if spec.isdigit() or spec.lower().startswith(STREAM_PREFIXES):
         return _open_live(spec)
     path = Path(spec)
     if path.is_dir():
-        # hidden files are never photos: macOS leaves a ._NAME.jpg of metadata beside each photo
-        # copied to a USB stick or a network share, which was counted as a broken image
-        images = sorted(p for p in path.iterdir()
-                        if not p.name.startswith(".") and p.is_file() and is_image_file(p))
+        images = folder_images(path)
         if not images:
-            raise SourceError(f"no images in folder {path} (JPEG, PNG, BMP, WebP, TIFF, PNM, JPEG 2000, AVIF)")
+            raise SourceError(f"no images in folder {path} or its subfolders ({IMAGE_KINDS})")
         return ImageSource(images)
     if not path.is_file():
         raise SourceError(f"source not found: {spec} (a camera index, video, image, folder or stream URL)")
@@ -206,6 +206,22 @@ def open_source(spec: str | int) -> FrameSource:
             raise SourceError(f"cannot read image {path}: {image}")
         return ImageSource([path], first=image)
     return VideoSource(path)
+
+
+def folder_images(folder: Path) -> list[Path]:
+    """The images in `folder` and its subfolders (`is_image_file`), sorted by path. Hidden files
+    and folders are never photos: macOS leaves a ._NAME.jpg of metadata beside each photo copied
+    to a USB stick or a network share, which was counted as a broken image. Links to folders
+    are not followed (a link to a parent would loop). A folder that cannot be listed is one line."""
+    def refuse(err: OSError):
+        raise SourceError(f"cannot list folder {err.filename}: {err.strerror}")
+
+    images = []
+    for root, folders, files in os.walk(folder, onerror=refuse):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        images += [path for path in (Path(root) / name for name in files if not name.startswith("."))
+                   if path.is_file() and is_image_file(path)]
+    return sorted(images)
 
 
 def _open_live(spec: str) -> LiveSource:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from emovision.errors import SourceError
 from emovision.sources import frame_time, open_source
 from emovision.webcam import main as webcam_main
 from tests.conftest import REPO
@@ -151,3 +154,76 @@ def test_a_video_that_cannot_be_read_is_one_line_and_ffmpeg_says_nothing(tmp_pat
         assert run.returncode == 2 and len(run.stderr.splitlines()) == 1, (name, run.stderr)
         assert run.stderr.startswith(f"error: cannot ") and str(tmp_path / name) in run.stderr, run.stderr
 
+
+
+def test_a_folder_is_read_with_its_subfolders(tmp_path):
+    """Photos in subfolders (photos/2024/..., a camera's DCIM/100CANON) were passed over: a folder
+    of folders was 'no images in folder'. They are read, sorted by path; hidden folders are not
+    (.thumbnails, .git), nor links to folders (a link to its parent looped)."""
+    jpeg = cv2.imencode(".jpg", grace_hopper())[1].tobytes()
+    for name in ("DCIM/100CANON/IMG_1.JPG", "DCIM/101CANON/IMG_2.JPG", ".thumbnails/t.jpg"):
+        (tmp_path / "card" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "card" / name).write_bytes(jpeg)
+    (tmp_path / "card" / "DCIM" / "loop").symlink_to("..")
+    with open_source(str(tmp_path / "card")) as source:
+        assert [p.relative_to(tmp_path / "card").as_posix() for p in source.files] == [
+            "DCIM/100CANON/IMG_1.JPG", "DCIM/101CANON/IMG_2.JPG"]
+        assert len(list(source)) == 2
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(SourceError, match="no images in folder .* or its subfolders"):
+        open_source(str(tmp_path / "empty"))
+
+
+def _as_nobody(call) -> str:
+    """What `call()` returns when run by a user other than root, for whom permissions do not stop
+    a read: in a child forked and dropped to nobody where the tests run as root."""
+    if os.geteuid() != 0:
+        return call()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write, call().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as f:
+        return f.read()
+
+
+def _opening(spec: str) -> str:
+    try:
+        open_source(spec).close()
+        return "opened"
+    except SourceError as err:
+        return f"SourceError: {err}"
+    except Exception as err:  # noqa: BLE001 - what escapes is the finding
+        return f"{type(err).__name__}: {err}"
+
+
+@pytest.fixture
+def open_tmp():
+    """A temporary folder others may enter (pytest's tmp_path lies in a folder only its owner may)."""
+    folder = Path(tempfile.mkdtemp())
+    folder.chmod(0o755)
+    yield folder
+    for path in folder.rglob("*"):
+        path.chmod(0o755)
+    shutil.rmtree(folder)
+
+
+def test_a_folder_that_cannot_be_listed_is_one_line(open_tmp):
+    """A folder without read permission raised PermissionError from its listing: a traceback.
+    A photo without it was already named (`unreadable image file (Permission denied)`)."""
+    folder = open_tmp / "locked"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.jpg"), grace_hopper())
+    folder.chmod(0)
+    assert _as_nobody(lambda: _opening(str(folder))) == f"SourceError: cannot list folder {folder}: Permission denied"
+    folder.chmod(0o755)
+    (folder / "a.jpg").chmod(0)
+    assert _as_nobody(lambda: _opening(str(folder / "a.jpg"))) == (
+        f"SourceError: cannot read image {folder / 'a.jpg'}: unreadable image file (Permission denied)")

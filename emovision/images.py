@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import cv2
 import numpy as np
@@ -75,6 +76,7 @@ EXIF_TURNS = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1
 EXIF_ORIENTATION_TAG = 0x0112
 
 
+STDIN = "-"  # the path that names standard input, as for cat and most Unix tools
 # FFmpeg prints its own errors (`moov atom not found` for a cut-off MP4) on the terminal beside our
 # one line; OpenCV's log level does not reach it. OpenCV reads this once, when it first opens a video
 # in the process: 8 is AV_LOG_FATAL. A user who wants FFmpeg's messages sets it (to 32, or 48) first.
@@ -256,17 +258,24 @@ def read_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | str:
 
 
 def read_bytes(path: Path) -> bytes | str:
-    """A file's bytes, or why they cannot be read (missing, a folder, unreadable). Read in one
-    stream, so a pipe or FIFO (`predict <(cat photo.jpg)`, /dev/fd/63) reads like a file:
-    np.fromfile, used before, asks for the file's position and failed on it. A pipe's bytes
-    come once; a second read of it is empty."""
+    """A file's bytes, or why they cannot be read (missing, a folder, unreadable); "-" is
+    standard input (`STDIN`: `cat photo.jpg | predict -`). Read in one stream, so a pipe or FIFO
+    (`predict <(cat photo.jpg)`, /dev/fd/63) reads like a file: np.fromfile, used before, asks
+    for the file's position and failed on it. A pipe's bytes come once; a second read is empty."""
     if Path(path).is_dir():
         return "a folder, not an image file"
     try:
-        with open(path, "rb") as f:
+        with open_input(path) as f:
             return f.read()
     except OSError as err:
         return f"unreadable image file ({err.strerror or type(err).__name__})"
+
+
+def open_input(path: Path) -> contextlib.AbstractContextManager[BinaryIO]:
+    """`path` opened for reading bytes: standard input for "-" (left open when done)."""
+    if str(path) == STDIN:
+        return contextlib.nullcontext(sys.stdin.buffer)
+    return open(path, "rb")
 
 
 def jpeg_truncated(data: np.ndarray) -> bool:

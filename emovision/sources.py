@@ -1,4 +1,5 @@
-"""Frame sources: camera index, video file, image file, folder of images, or stream URL.
+"""Frame sources: camera index or device, video file, image file, folder of images (and its
+subfolders), an image piped in, or stream URL.
 
 Files are read in order, every frame. Live sources (cameras, streams) are read by a
 thread that keeps only the newest frame, so a slow consumer sees the present, not a
@@ -12,6 +13,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import stat
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,10 +25,12 @@ import cv2
 import numpy as np
 
 from emovision.errors import SourceError
-from emovision.images import content_kind, file_head, is_camera_raw, is_image_file, quiet_opencv, read_image
+from emovision.images import (STDIN, content_kind, decode_image, file_head, is_camera_raw, is_image_file,
+                              open_input, quiet_opencv, read_image)
 
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 LIVE_READ_TIMEOUT_S = 5.0
+CAMERA_DEVICE = re.compile(r"/dev/video\d+")  # a V4L2 camera's device file, which OpenCV opens by name
 IMAGE_KINDS = "JPEG, PNG, BMP, WebP, TIFF, PNM, JPEG 2000, AVIF"
 
 Frame = tuple[int, float, np.ndarray]  # (index, timestamp in seconds, BGR image)
@@ -184,19 +190,33 @@ class LiveSource(FrameSource):
 
 
 def open_source(spec: str | int) -> FrameSource:
-    """Open a camera index ("0"), a video or image file, a folder of images (its subfolders too),
-    or a stream URL."""
+    """Open a camera index ("0") or device (/dev/video0), a video or image file, a folder of
+    images (its subfolders too), an image piped in ("-" or a FIFO), or a stream URL."""
     spec = str(spec)
     if spec.isdigit() or spec.lower().startswith(STREAM_PREFIXES):
         return _open_live(spec)
     path = Path(spec)
+    if spec == STDIN or is_kind(path, stat.S_ISFIFO):
+        return _open_pipe(spec, path)
+    if CAMERA_DEVICE.fullmatch(spec) or is_kind(path, stat.S_ISCHR):
+        return _open_live(spec)
+    try:
+        path.stat()
+    except OSError as err:
+        if spec.startswith("-") and spec[1:].isdigit():
+            raise SourceError(f"no camera {spec}: camera indexes start at 0 (0 is the first camera)") from None
+        if isinstance(err, FileNotFoundError) and path.is_symlink():
+            raise SourceError(f"cannot read {spec}: a symbolic link to {os.readlink(path)}, which does not exist") from None
+        if isinstance(err, FileNotFoundError):
+            raise SourceError(f"source not found: {spec} (a camera index, video, image, folder or stream URL)") from None
+        raise SourceError(f"cannot read {spec}: {err.strerror or type(err).__name__}") from None  # a symlink loop
     if path.is_dir():
         images = folder_images(path)
         if not images:
             raise SourceError(f"no images in folder {path} or its subfolders ({IMAGE_KINDS})")
         return ImageSource(images)
     if not path.is_file():
-        raise SourceError(f"source not found: {spec} (a camera index, video, image, folder or stream URL)")
+        raise SourceError(f"cannot read {spec}: not a file, folder, camera or pipe")
     # A camera's raw file is read as `predict` reads it (its first image; a CR3 is refused in one
     # line): the video reader took a NEF for a video of unknown length, where a face is never
     # confirmed (none found, exit 0), and a CR3 for a broken video.
@@ -206,6 +226,14 @@ def open_source(spec: str | int) -> FrameSource:
             raise SourceError(f"cannot read image {path}: {image}")
         return ImageSource([path], first=image)
     return VideoSource(path)
+
+
+def is_kind(path: Path, test) -> bool:
+    """Whether `path` exists and its type passes `test` (stat.S_ISFIFO, S_ISCHR...)."""
+    try:
+        return test(path.stat().st_mode)
+    except OSError:
+        return False
 
 
 def folder_images(folder: Path) -> list[Path]:
@@ -224,6 +252,27 @@ def folder_images(folder: Path) -> list[Path]:
     return sorted(images)
 
 
+def _open_pipe(spec: str, path: Path) -> ImageSource:
+    """An image piped in ("-": standard input, or a FIFO such as bash's <(curl -s URL)), read
+    whole as `predict` reads it. A video is refused in one line: OpenCV's video reader needs a
+    file (an MP4's index is at its end), and whether a pipe is a live feed or a file cannot be told."""
+    if spec == STDIN and sys.stdin.isatty():
+        raise SourceError("--source -: nothing is piped in (standard input is the terminal)")
+    try:
+        with open_input(path) as pipe:
+            head = pipe.read(16)  # enough to tell an image (`content_kind`); a video is not read on
+            if content_kind(head) != "image":
+                raise SourceError(f"cannot read {spec}: a pipe, which the app reads only for an image; save a "
+                                  f"video to a file and pass that (a camera or stream: its index or URL)")
+            data = head + pipe.read()
+    except OSError as err:
+        raise SourceError(f"cannot read {spec}: {err.strerror or type(err).__name__}") from None
+    image = decode_image(data)
+    if isinstance(image, str):
+        raise SourceError(f"cannot read image {spec}: {image}")
+    return ImageSource([path], first=image)
+
+
 def _open_live(spec: str) -> LiveSource:
     with quiet_opencv():
         try:
@@ -231,10 +280,11 @@ def _open_live(spec: str) -> LiveSource:
         except (cv2.error, OverflowError, ValueError):  # an index beyond a C int: no such camera
             cap = cv2.VideoCapture()
         ok = cap.isOpened() and cap.read()[0]
+    camera = not spec.lower().startswith(STREAM_PREFIXES)  # an index or a device file
     if not ok:
         cap.release()
-        if spec.isdigit():
+        if camera:
             raise SourceError(f"cannot open camera {spec}: no such device or it is busy; "
                               f"pass --source PATH for a video file, image or folder")
         raise SourceError(f"cannot open stream {spec}: check the URL and that the stream is reachable")
-    return LiveSource(cap, f"camera {spec}" if spec.isdigit() else f"stream {spec}")
+    return LiveSource(cap, f"camera {spec}" if camera else f"stream {spec}")

@@ -2,6 +2,7 @@
 name as --source (a broken video, a folder of folders, a pipe, a device, a symlink loop)."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -10,6 +11,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import cv2
@@ -17,6 +19,8 @@ import numpy as np
 import pytest
 
 from emovision.errors import SourceError
+from emovision.images import decode_image
+from emovision.predict import main as predict_main
 from emovision.sources import frame_time, open_source
 from emovision.webcam import main as webcam_main
 from tests.conftest import REPO
@@ -155,7 +159,6 @@ def test_a_video_that_cannot_be_read_is_one_line_and_ffmpeg_says_nothing(tmp_pat
         assert run.stderr.startswith(f"error: cannot ") and str(tmp_path / name) in run.stderr, run.stderr
 
 
-
 def test_a_folder_is_read_with_its_subfolders(tmp_path):
     """Photos in subfolders (photos/2024/..., a camera's DCIM/100CANON) were passed over: a folder
     of folders was 'no images in folder'. They are read, sorted by path; hidden folders are not
@@ -172,6 +175,64 @@ def test_a_folder_is_read_with_its_subfolders(tmp_path):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     with pytest.raises(SourceError, match="no images in folder .* or its subfolders"):
         open_source(str(tmp_path / "empty"))
+
+
+def _feed(fifo: Path, data: bytes) -> threading.Thread:
+    """Write `data` into a FIFO from another thread, as a shell's <(cat FILE) does."""
+    def write():
+        try:
+            with open(fifo, "wb") as f:
+                f.write(data)
+        except BrokenPipeError:  # the reader stopped early: what it does for a video
+            pass
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_piped_image_is_read_and_a_piped_video_is_one_line(tmp_path, monkeypatch, capsys):
+    """`--source -` and a FIFO (bash's <(curl -s URL)) were 'source not found', and `predict -`
+    'unreadable image file (No such file or directory)'. A piped image is read whole, as predict
+    reads a FIFO; a piped video is refused in one line, after its first bytes only."""
+    photo = cv2.imencode(".jpg", grace_hopper())[1].tobytes()
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    feeder = _feed(fifo, photo)
+    with open_source(str(fifo)) as source:
+        ((_, _, frame),) = list(source)
+    np.testing.assert_array_equal(frame, decode_image(photo))
+    feeder.join(10)
+    feeder = _feed(fifo, _clip(tmp_path / "clip.mp4", 10).read_bytes())
+    with pytest.raises(SourceError, match=f"cannot read {fifo}: a pipe, which the app reads only for an image"):
+        open_source(str(fifo))
+    feeder.join(10)
+    log = tmp_path / "faces.jsonl"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(photo)))
+    assert webcam_main(["--model", "pretrained", "--no-display", "--source", "-", "--log", str(log)]) == 0
+    assert [len(json.loads(line)["faces"]) for line in log.read_text().splitlines()] == [1]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(photo)))
+    capsys.readouterr()
+    assert predict_main(["--model", "pretrained", "-"]) == 0
+    assert [json.loads(line)["image"] for line in capsys.readouterr().out.splitlines()] == ["-"]
+
+
+def test_what_is_not_a_file_is_named_in_one_line(tmp_path):
+    """A symlink loop and a dangling link were 'source not found'; so were -1 and a camera's device
+    file (with a camera too: /dev/video0 is no regular file). Each now says what it is."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "gone.mp4").symlink_to(tmp_path / "moved.mp4")
+    cases = [(str(tmp_path / "a"), f"cannot read {tmp_path / 'a'}: Too many levels of symbolic links"),
+             (str(tmp_path / "gone.mp4"), f"cannot read {tmp_path / 'gone.mp4'}: a symbolic link to "
+                                          f"{tmp_path / 'moved.mp4'}, which does not exist"),
+             ("-1", "no camera -1: camera indexes start at 0"),
+             ("/dev/video99", "cannot open camera /dev/video99: no such device or it is busy"),
+             ("/dev/null", "cannot open camera /dev/null: no such device or it is busy"),  # a device, not a camera
+             (str(tmp_path / "missing.mp4"), f"source not found: {tmp_path / 'missing.mp4'}")]
+    for spec, message in cases:
+        with pytest.raises(SourceError) as err:
+            open_source(spec)
+        assert str(err.value).startswith(message), (spec, str(err.value))
 
 
 def _as_nobody(call) -> str:

@@ -288,3 +288,25 @@ def test_a_folder_that_cannot_be_listed_is_one_line(open_tmp):
     (folder / "a.jpg").chmod(0)
     assert _as_nobody(lambda: _opening(str(folder / "a.jpg"))) == (
         f"SourceError: cannot read image {folder / 'a.jpg'}: unreadable image file (Permission denied)")
+
+
+def test_a_phone_video_is_read_upright(tmp_path):
+    """A phone stores a portrait video landscape, with a display matrix saying to turn it 90
+    degrees (tkhd). OpenCV's FFmpeg backend turns the frames (CAP_PROP_ORIENTATION_AUTO), so faces
+    are found upright and their boxes are in the frame the user sees: this holds it to that."""
+    upright = np.full((320, 240, 3), 100, np.uint8)
+    upright[40:274, 20:220] = cv2.resize(grace_hopper(), (200, 234))
+    video = tmp_path / "phone.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 240))
+    for _ in range(3):
+        writer.write(cv2.rotate(upright, cv2.ROTATE_90_COUNTERCLOCKWISE))  # as the sensor recorded it
+    writer.release()
+    boxes = _parse(video.read_bytes())
+    one, minus_one = 0x00010000, 0xFFFF0000  # 16.16 fixed point
+    _box(boxes, b"moov", b"trak", b"tkhd")[40:76] = struct.pack(">9I", 0, one, 0, minus_one, 0, 0, 240 << 16, 0,
+                                                                 0x40000000)  # turn 90 degrees clockwise
+    video.write_bytes(_serialize(boxes))
+    with open_source(str(video)) as source:
+        assert source.frame_size == (240, 320)
+        frames = [frame for _, _, frame in source]
+    assert len(frames) == 3 and np.abs(frames[0].astype(int) - upright).mean() < 10

@@ -263,7 +263,8 @@ def read_bytes(path: Path) -> bytes | str:
     (`predict <(cat photo.jpg)`, /dev/fd/63) reads like a file: np.fromfile, used before, asks
     for the file's position and failed on it. A pipe's bytes come once; a second read is empty."""
     if Path(path).is_dir():
-        return "a folder, not an image file"
+        return ("a folder, not an image file (name its images, FOLDER/*.jpg; python -m emovision.webcam "
+                "--source FOLDER reads a folder and its subfolders)")
     try:
         with open_input(path) as f:
             return f.read()

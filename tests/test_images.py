@@ -303,7 +303,9 @@ def test_a_folder_named_like_an_image_is_one_line(tmp_path, capsys):
     folder = tmp_path / "photo.jpg"
     folder.mkdir()
     assert predict_main(["--model", "nope.pt", str(folder)]) == 2
-    one_error_line(capsys.readouterr().err, f"error: cannot read image {folder}: a folder, not an image file")
+    one_error_line(capsys.readouterr().err, f"error: cannot read image {folder}: a folder, not an image file "
+                                            f"(name its images, FOLDER/*.jpg; python -m emovision.webcam --source "
+                                            f"FOLDER reads a folder and its subfolders)")
 
 
 def test_odd_but_valid_images_are_read(shipped, tmp_path, capsys):

@@ -261,6 +261,8 @@ def _open_pipe(spec: str, path: Path) -> ImageSource:
     try:
         with open_input(path) as pipe:
             head = pipe.read(16)  # enough to tell an image (`content_kind`); a video is not read on
+            if not head:
+                raise SourceError(f"cannot read {spec}: nothing came through the pipe (it is empty)")
             if content_kind(head) != "image":
                 raise SourceError(f"cannot read {spec}: a pipe, which the app reads only for an image; save a "
                                   f"video to a file and pass that (a camera or stream: its index or URL)")

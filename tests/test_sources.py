@@ -214,6 +214,9 @@ def test_a_piped_image_is_read_and_a_piped_video_is_one_line(tmp_path, monkeypat
     capsys.readouterr()
     assert predict_main(["--model", "pretrained", "-"]) == 0
     assert [json.loads(line)["image"] for line in capsys.readouterr().out.splitlines()] == ["-"]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))  # cron's or nohup's /dev/null
+    with pytest.raises(SourceError, match="cannot read -: nothing came through the pipe"):
+        open_source("-")
 
 
 def test_what_is_not_a_file_is_named_in_one_line(tmp_path):

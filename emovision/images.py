@@ -77,6 +77,7 @@ EXIF_ORIENTATION_TAG = 0x0112
 
 
 STDIN = "-"  # the path that names standard input, as for cat and most Unix tools
+HEAD_BYTES = 16  # the first bytes that tell an image from a video (`content_kind`)
 # FFmpeg prints its own errors (`moov atom not found` for a cut-off MP4) on the terminal beside our
 # one line; OpenCV's log level does not reach it. OpenCV reads this once, when it first opens a video
 # in the process: 8 is AV_LOG_FATAL. A user who wants FFmpeg's messages sets it (to 32, or 48) first.
@@ -116,10 +117,10 @@ def is_camera_raw(path: Path, head: bytes) -> bool:
 
 
 def file_head(path: Path) -> bytes:
-    """A file's first 16 bytes, what `content_kind` reads (empty when it cannot be read)."""
+    """A file's first HEAD_BYTES, what `content_kind` reads (empty when it cannot be read)."""
     try:
         with Path(path).open("rb") as f:
-            return f.read(16)
+            return f.read(HEAD_BYTES)
     except OSError:
         return b""
 
@@ -146,7 +147,7 @@ def decode_image(data: np.ndarray | bytes, flags: int = cv2.IMREAD_COLOR) -> np.
         return "empty file"
     if data[4:8].tobytes() == b"ftyp" and data[8:12].tobytes() in HEIF_BRANDS:
         return "a HEIC/HEIF image, which OpenCV cannot decode: convert it to JPEG or PNG"
-    kind = content_kind(data[:16].tobytes())
+    kind = content_kind(data[:HEAD_BYTES].tobytes())
     if kind == "raw":
         return "a Canon CR3 camera raw file, which OpenCV cannot decode: convert it to JPEG or PNG"
     if data[:3].tobytes() == JPEG_START and jpeg_truncated(data):

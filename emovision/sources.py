@@ -19,14 +19,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, NoReturn
 
 import cv2
 import numpy as np
 
 from emovision.errors import SourceError
-from emovision.images import (STDIN, content_kind, decode_image, file_head, is_camera_raw, is_image_file,
-                              open_input, quiet_opencv, read_image)
+from emovision.images import (HEAD_BYTES, STDIN, content_kind, decode_image, file_head, is_camera_raw,
+                              is_image_file, open_input, quiet_opencv, read_image)
 
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 LIVE_READ_TIMEOUT_S = 5.0
@@ -228,7 +228,7 @@ def open_source(spec: str | int) -> FrameSource:
     return VideoSource(path)
 
 
-def is_kind(path: Path, test) -> bool:
+def is_kind(path: Path, test: Callable[[int], bool]) -> bool:
     """Whether `path` exists and its type passes `test` (stat.S_ISFIFO, S_ISCHR...)."""
     try:
         return test(path.stat().st_mode)
@@ -241,7 +241,7 @@ def folder_images(folder: Path) -> list[Path]:
     and folders are never photos: macOS leaves a ._NAME.jpg of metadata beside each photo copied
     to a USB stick or a network share, which was counted as a broken image. Links to folders
     are not followed (a link to a parent would loop). A folder that cannot be listed is one line."""
-    def refuse(err: OSError):
+    def refuse(err: OSError) -> NoReturn:
         raise SourceError(f"cannot list folder {err.filename}: {err.strerror}")
 
     images = []
@@ -260,7 +260,7 @@ def _open_pipe(spec: str, path: Path) -> ImageSource:
         raise SourceError("--source -: nothing is piped in (standard input is the terminal)")
     try:
         with open_input(path) as pipe:
-            head = pipe.read(16)  # enough to tell an image (`content_kind`); a video is not read on
+            head = pipe.read(HEAD_BYTES)  # enough to tell an image (`content_kind`); a video is not read on
             if not head:
                 raise SourceError(f"cannot read {spec}: nothing came through the pipe (it is empty)")
             if content_kind(head) != "image":

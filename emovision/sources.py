@@ -204,12 +204,14 @@ def open_source(spec: str | int) -> FrameSource:
         path.stat()
     except OSError as err:
         if spec.startswith("-") and spec[1:].isdigit():
-            raise SourceError(f"no camera {spec}: camera indexes start at 0 (0 is the first camera)") from None
-        if isinstance(err, FileNotFoundError) and path.is_symlink():
-            raise SourceError(f"cannot read {spec}: a symbolic link to {os.readlink(path)}, which does not exist") from None
-        if isinstance(err, FileNotFoundError):
-            raise SourceError(f"source not found: {spec} (a camera index, video, image, folder or stream URL)") from None
-        raise SourceError(f"cannot read {spec}: {err.strerror or type(err).__name__}") from None  # a symlink loop
+            why = f"no camera {spec}: camera indexes start at 0 (0 is the first camera)"
+        elif isinstance(err, FileNotFoundError) and path.is_symlink():
+            why = f"cannot read {spec}: a symbolic link to {os.readlink(path)}, which does not exist"
+        elif isinstance(err, FileNotFoundError):
+            why = f"source not found: {spec} (a camera index, video, image, folder or stream URL)"
+        else:  # a symlink loop, a folder on the way that cannot be entered
+            why = f"cannot read {spec}: {err.strerror or type(err).__name__}"
+        raise SourceError(why) from None
     if path.is_dir():
         images = folder_images(path)
         if not images:

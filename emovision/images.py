@@ -35,8 +35,9 @@ import numpy as np
 
 from emovision.levels import pixel_levels
 
-# What the app reads as a still image (a folder's images, a single --source file). GIF is left
-# to the video reader, which plays an animated GIF; a one-frame GIF is a still there too.
+# What the app reads as a still image (a folder's images, a single --source file). A GIF given as
+# --source is left to the video reader, which plays an animated GIF (a one-frame GIF is a still
+# there too); in a folder of stills a GIF is one more still, its first frame (`GIF_MAGIC`).
 # HEIC is listed to be refused in one line: OpenCV cannot decode it.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pnm",
                     ".jp2", ".avif", ".exr", ".heic", ".heif")
@@ -49,6 +50,7 @@ HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"
 RAW_BRANDS = (b"crx ",)
 EXR_MAGIC = b"\x76\x2f\x31\x01"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+GIF_MAGIC = b"GIF8"  # GIF87a, GIF89a
 PNG_ALPHA_TYPES = (4, 6)  # IHDR colour types with an alpha channel: grey + alpha, RGBA
 PNG_COLOUR_TYPE_AT = 25  # after the magic (8), IHDR's length and type (8), width, height, bit depth (9)
 # A WebP's alpha flag: VP8X (extended) sets bit 4 of its flags byte; VP8L (lossless) bit 28 of the
@@ -180,7 +182,7 @@ def may_have_alpha(data: np.ndarray) -> bool:
     if head[8:12] == b"WEBP":
         at = {b"VP8X": WEBP_VP8X_FLAGS_AT, b"VP8L": WEBP_VP8L_ALPHA_AT}.get(head[12:16])
         return at is not None and len(head) > at and bool(head[at] & WEBP_ALPHA_BIT)
-    return head.startswith(b"GIF8")
+    return head.startswith(GIF_MAGIC)
 
 
 def png_has_trns(data: np.ndarray) -> bool:

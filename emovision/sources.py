@@ -25,13 +25,13 @@ import cv2
 import numpy as np
 
 from emovision.errors import SourceError
-from emovision.images import (HEAD_BYTES, STDIN, content_kind, decode_image, file_head, is_camera_raw,
+from emovision.images import (GIF_MAGIC, HEAD_BYTES, STDIN, content_kind, decode_image, file_head, is_camera_raw,
                               is_image_file, open_input, quiet_opencv, read_image)
 
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 LIVE_READ_TIMEOUT_S = 5.0
 CAMERA_DEVICE = re.compile(r"/dev/video\d+")  # a V4L2 camera's device file, which OpenCV opens by name
-IMAGE_KINDS = "JPEG, PNG, BMP, WebP, TIFF, PNM, JPEG 2000, AVIF"
+IMAGE_KINDS = "JPEG, PNG, BMP, WebP, GIF, TIFF, PNM, JPEG 2000, AVIF"
 
 Frame = tuple[int, float, np.ndarray]  # (index, timestamp in seconds, BGR image)
 
@@ -239,7 +239,8 @@ def is_kind(path: Path, test: Callable[[int], bool]) -> bool:
 
 
 def folder_images(folder: Path) -> list[Path]:
-    """The images in `folder` and its subfolders (`is_image_file`), sorted by path. Hidden files
+    """The images in `folder` and its subfolders (`is_image_file`, and GIFs: a still each, its
+    first frame, as `predict` reads one; they were passed over), sorted by path. Hidden files
     and folders are never photos: macOS leaves a ._NAME.jpg of metadata beside each photo copied
     to a USB stick or a network share, which was counted as a broken image. Links to folders
     are not followed (a link to a parent would loop). A folder that cannot be listed is one line."""
@@ -250,7 +251,7 @@ def folder_images(folder: Path) -> list[Path]:
     for root, folders, files in os.walk(folder, onerror=refuse):
         folders[:] = [name for name in folders if not name.startswith(".")]
         images += [path for path in (Path(root) / name for name in files if not name.startswith("."))
-                   if path.is_file() and is_image_file(path)]
+                   if path.is_file() and (is_image_file(path) or file_head(path).startswith(GIF_MAGIC))]
     return sorted(images)
 
 

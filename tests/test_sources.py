@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from emovision.errors import SourceError
-from emovision.images import decode_image
+from emovision.images import decode_image, read_image
 from emovision.predict import main as predict_main
 from emovision.sources import frame_time, open_source
 from emovision.webcam import main as webcam_main
@@ -175,6 +175,22 @@ def test_a_folder_is_read_with_its_subfolders(tmp_path):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     with pytest.raises(SourceError, match="no images in folder .* or its subfolders"):
         open_source(str(tmp_path / "empty"))
+
+
+def test_a_gif_in_a_folder_is_a_still(tmp_path):
+    """A folder's GIFs were passed over without a word (a folder of GIFs: 'no images in folder'),
+    as GIF was left to the video reader. Each is now a still, its first frame, as predict reads it."""
+    from PIL import Image
+
+    hopper = Image.fromarray(cv2.cvtColor(grace_hopper(), cv2.COLOR_BGR2RGB))
+    hopper.save(tmp_path / "a.gif", save_all=True, append_images=[Image.new("RGB", hopper.size)] * 2)
+    cv2.imwrite(str(tmp_path / "b.jpg"), grace_hopper())
+    with open_source(str(tmp_path)) as source:
+        assert [p.name for p in source.files] == ["a.gif", "b.jpg"]
+        frames = [frame for _, _, frame in source]
+    assert len(frames) == 2 and not source.skipped
+    np.testing.assert_array_equal(frames[0], read_image(tmp_path / "a.gif"))
+    assert frames[0].mean() > 50  # the photo, not the black frames after it
 
 
 def _feed(fifo: Path, data: bytes) -> threading.Thread:

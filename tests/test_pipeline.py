@@ -159,6 +159,39 @@ def test_dvc_repro_end_to_end(tmp_path, mlflow_store):
     assert "…" not in row.rstrip().rstrip("…"), table.stdout
 
 
+
+def test_a_failed_dvc_repro_deletes_no_data(tmp_path):
+    """DVC deletes a stage's outputs before running it unless they persist, so before prepare
+    can refuse a bad param its data/prepared was gone, and a `data.prepared_dir` naming a
+    folder of the user's lost that folder, which prepare exists to refuse."""
+    repo = copy_project(tmp_path / "proj")
+    full = yaml.safe_load((REPO / "params.yaml").read_text())  # DVC tracks the exact keys
+    full["data"]["synthetic_train_per_class"] = 5
+    (repo / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    git(repo, "init", "-q")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True, env=env)
+
+    def repro_prepare(**data) -> subprocess.CompletedProcess:
+        params = yaml.safe_load(yaml.safe_dump(full))
+        params["data"].update(data)
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        return subprocess.run([sys.executable, "-m", "dvc", "repro", "prepare"], cwd=repo, env=env,
+                              capture_output=True, text=True)
+
+    done = repro_prepare()
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    prepared = {p.name: p.read_bytes() for p in (repo / "data" / "prepared").iterdir()}
+    assert repro_prepare(on_bad_row="drop").returncode != 0
+    assert {p.name: p.read_bytes() for p in (repo / "data" / "prepared").iterdir()} == prepared
+    mine = repo / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's own")
+    refused = repro_prepare(prepared_dir="mine")
+    assert refused.returncode != 0 and "holds files prepare did not write" in refused.stdout + refused.stderr
+    assert (mine / "notes.txt").read_text() == "the user's own"
+
+
 @pytest.fixture
 def project(in_tmp, mlflow_store):
     return in_tmp

@@ -261,6 +261,10 @@ def _coerce(value: Any, annotation: Any, dotted: str, source: str) -> Any:
     if annotation is bool:
         ok = isinstance(value, bool)
     elif annotation is int:
+        # `-S train.epochs=2.0` is a whole number: DVC compares it equal to 2 and reruns nothing,
+        # so refusing it would leave a params.yaml that only the next stage to run refuses
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif annotation is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -277,9 +281,10 @@ def _coerce(value: Any, annotation: Any, dotted: str, source: str) -> Any:
     else:  # pragma: no cover - a new field type must be handled here
         raise TypeError(f"unsupported param type {annotation} for {dotted}")
     if not ok:
-        raise ConfigError(
-            f"{source}: {dotted} must be {annotation.__name__}, got {type(value).__name__} {value!r}"
-        )
+        kind = "bool (true or false)" if annotation is bool else annotation.__name__
+        rule = _default_rules().get(dotted)
+        got = "null (no value)" if value is None else f"{type(value).__name__} {value!r}"
+        raise ConfigError(f"{source}: {dotted} must be {kind}{f' {rule}' if rule else ''}, got {got}")
     return value
 
 
@@ -309,8 +314,35 @@ def params_from_dict(raw: Any, source: str = "params") -> Params:
     return params
 
 
+def _default_rules() -> dict[str, str]:
+    """Each key's range rule as the defaults state it: a value of the wrong type is told the
+    range too (`train.epochs must be int in [1, 10000], got float 2.5`)."""
+    rules: dict[str, str] = {}
+    for dotted, _, rule in _range_rules(Params()):
+        rules.setdefault(dotted, rule)  # a key's first rule is its range (distill.alpha has two)
+    return rules
+
+
 def _check_ranges(p: Params, source: str) -> None:
-    checks = [
+    for dotted, ok, rule in _range_rules(p):
+        if not ok:
+            section, key = dotted.split(".")
+            value = getattr(getattr(p, section), key)
+            raise ConfigError(f"{source}: {dotted} must be {rule}, got {value!r}")
+    from emovision.models import list_models, trainable_models  # torch; every caller of params needs it anyway
+
+    if p.model.name not in list_models():
+        raise ConfigError(f"{source}: model.name: unknown model '{p.model.name}'"
+                          f"{_closest(p.model.name, list_models())}; valid: {', '.join(list_models())}")
+    if p.model.name not in trainable_models():
+        raise ConfigError(f"{source}: model.name: '{p.model.name}' is composed from trained models "
+                          f"(scripts/ship_model.py --ensemble), not trained from params; "
+                          f"trainable: {', '.join(trainable_models())}")
+
+
+def _range_rules(p: Params) -> list[tuple[str, bool, str]]:
+    """(key, whether `p` keeps its rule, the rule) for every key with a range."""
+    return [
         ("base.seed", 0 <= p.base.seed <= MAX_SEED, f"in [0, {MAX_SEED}]"),
         ("data.raw_dir", p.data.raw_dir.strip() != "", "a folder name"),
         ("data.prepared_dir", p.data.prepared_dir.strip() != "", "a folder name"),
@@ -371,20 +403,6 @@ def _check_ranges(p: Params, source: str) -> None:
          "0 while distill.teachers is empty (there is no teacher to learn from)"),
         ("distill.temperature", 0.0 < p.distill.temperature <= MAX_TEMPERATURE, f"in (0, {MAX_TEMPERATURE}]"),
     ]
-    for dotted, ok, rule in checks:
-        if not ok:
-            section, key = dotted.split(".")
-            value = getattr(getattr(p, section), key)
-            raise ConfigError(f"{source}: {dotted} must be {rule}, got {value!r}")
-    from emovision.models import list_models, trainable_models  # torch; every caller of params needs it anyway
-
-    if p.model.name not in list_models():
-        raise ConfigError(f"{source}: model.name: unknown model '{p.model.name}'"
-                          f"{_closest(p.model.name, list_models())}; valid: {', '.join(list_models())}")
-    if p.model.name not in trainable_models():
-        raise ConfigError(f"{source}: model.name: '{p.model.name}' is composed from trained models "
-                          f"(scripts/ship_model.py --ensemble), not trained from params; "
-                          f"trainable: {', '.join(trainable_models())}")
 
 
 MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"

@@ -28,9 +28,13 @@ def test_every_key_has_a_comment():
 @pytest.mark.parametrize("raw, match", [
     ({"trian": {"epochs": 1}}, "unknown section 'trian' (did you mean 'train'?)"),
     ({"train": {"epoch": 1}}, "unknown key 'epoch' (did you mean 'epochs'?)"),
-    ({"train": {"lr": "fast"}}, "train.lr must be float, got str"),
-    ({"train": {"epochs": 1.5}}, "train.epochs must be int"),
-    ({"train": {"channels_last": "yes"}}, "train.channels_last must be bool"),
+    # a value of the wrong type is told the key's range too, as `dvc exp run -S` users type it
+    ({"train": {"lr": "fast"}}, "train.lr must be float > 0, got str 'fast'"),
+    ({"train": {"lr": [0.1, 0.2]}}, "train.lr must be float > 0, got list [0.1, 0.2]"),
+    ({"train": {"lr": None}}, "train.lr must be float > 0, got null (no value)"),
+    ({"train": {"epochs": 1.5}}, "train.epochs must be int in [1, 10000], got float 1.5"),
+    ({"train": {"channels_last": "yes"}}, "train.channels_last must be bool (true or false), got str 'yes'"),
+    ({"distill": {"alpha": "half"}}, "distill.alpha must be float in [0, 1] (the weight"),
     ({"data": {"source": "imagenet"}}, "data.source must be one of auto | fer2013 | synthetic"),
     ({"model": {"dropout": 1.5}}, "model.dropout must be in [0, 1)"),
     ({"augment": {"app_view": 1.5}}, "augment.app_view must be in [0, 1] (a probability)"),
@@ -87,6 +91,8 @@ def test_code_defaults_match_params_yaml():
     ("train:\n  lr: 1E+0\n", "train.lr", 1.0),
     ("train:\n  lr: .5\n", "train.lr", 0.5),
     ("train:\n  epochs: 3\n", "train.epochs", 3),     # ints stay ints
+    # a whole float is that int (DVC, comparing 2.0 == 2, would rerun nothing and leave it)
+    ("train:\n  epochs: 2.0\n", "train.epochs", 2),
     ("base:\n  seed: 1_000\n", "base.seed", 1000),
     ("train:\n  amp: off\n", "train.amp", "off"),  # YAML 1.1 would read False
     ("train:\n  compile: true\n", "train.compile", True),
@@ -126,7 +132,8 @@ def test_yaml12_numbers(tmp_path, text, dotted, expected):
     ("demo:\n  width: 3200\n", "demo.width must be in [4, 512], got 3200"),
     ("data:\n  synthetic_train_per_class: 2000000\n", "data.synthetic_train_per_class must be in [5, 100000]"),
     ("tune:\n  timeout: -1\n", "tune.timeout must be >= 0 seconds"),
-    ("train:\n  compile: yes\n", "train.compile must be bool, got str 'yes'"),
+    ("train:\n  compile: yes\n", "train.compile must be bool (true or false), got str 'yes'"),
+    ("augment:\n  hflip: on\n", "augment.hflip must be bool (true or false), got str 'on'"),
 ])
 def test_bad_params_files(tmp_path, text, match):
     (tmp_path / "p.yaml").write_text(text)

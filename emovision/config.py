@@ -197,15 +197,16 @@ class Params:
             for key, value in values.items()
         }
 
-    def replace(self, **overrides: Any) -> "Params":
-        """A copy with dotted-key overrides, validated like the file: replace(**{"train.lr": 1e-3})."""
+    def replace(self, source: str = "overrides", **overrides: Any) -> "Params":
+        """A copy with dotted-key overrides, validated like the file: replace(**{"train.lr": 1e-3});
+        an error names `source` (a command-line flag: `--n-trials`)."""
         raw = dataclasses.asdict(self)
         for dotted, value in overrides.items():
             section, _, key = dotted.partition(".")
             _check_name(section, raw, "section", where="override")
             _check_name(key, raw[section], "key", where=f"override {section}")
             raw[section][key] = value
-        return params_from_dict(raw, source="overrides")
+        return params_from_dict(raw, source=source)
 
     def distills_on(self, source: str) -> bool:
         """Whether distill.* applies to a training on `source` (on the demo set only with
@@ -392,6 +393,7 @@ def _range_rules(p: Params) -> list[tuple[str, bool, str]]:
         ("tune.dropout_low", 0 <= p.tune.dropout_low < p.tune.dropout_high < 1,
          f">= 0 and below tune.dropout_high ({p.tune.dropout_high}), which must be < 1"),
         ("tune.epochs", 1 <= p.tune.epochs <= MAX_EPOCHS, f"in [1, {MAX_EPOCHS}]"),
+        ("tune.study_name", p.tune.study_name.strip() != "", "a study name"),
         ("tune.n_jobs", 1 <= p.tune.n_jobs <= MAX_TUNE_JOBS, f"in [1, {MAX_TUNE_JOBS}]"),
         ("demo.epochs", 1 <= p.demo.epochs <= MAX_EPOCHS, f"in [1, {MAX_EPOCHS}]"),
         ("demo.width", 4 <= p.demo.width <= MAX_WIDTH, f"in [4, {MAX_WIDTH}]"),

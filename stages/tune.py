@@ -159,21 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--apply", action="store_true",
                         help="write the best train.lr and model.dropout into the params file")
     args, params = parse(parser, argv)
-    overrides = {f"tune.{k}": v for k, v in (("n_trials", args.n_trials), ("timeout", args.timeout),
-                                            ("epochs", args.epochs), ("study_name", args.study_name),
-                                            ("storage", args.storage), ("n_jobs", args.n_jobs),
-                                            ("pruner", args.pruner)) if v is not None}
-    # the flags' own rules first, so the line names the flag; then validated like the file
-    if args.n_trials is not None and args.n_trials < 0:
-        raise ConfigError(f"--n-trials / tune.n_trials must be >= 0 (0: report the study, no new trials), "
-                          f"got {args.n_trials}")
-    if args.timeout is not None and args.timeout < 0:
-        raise ConfigError(f"--timeout / tune.timeout must be >= 0 seconds (0: no limit), got {args.timeout}")
-    if args.study_name is not None and not args.study_name.strip():
-        raise ConfigError("--study-name / tune.study_name must not be empty")
-    params = params.replace(**overrides)
-    if not params.tune.study_name.strip():
-        raise ConfigError("--study-name / tune.study_name must not be empty")
+    for key in ("n_trials", "timeout", "epochs", "study_name", "storage", "n_jobs", "pruner"):
+        value = getattr(args, key)
+        if value is not None:  # validated like the file, one flag at a time so the line names it
+            params = params.replace(source=f"--{key.replace('_', '-')}", **{f"tune.{key}": value})
     tune(params, params_path=Path(args.params), apply=args.apply)
     return 0
 

@@ -163,9 +163,13 @@ def test_stale_running_trial_is_failed_and_retried(project, monkeypatch):
     (["--storage", "postgresql://nobody:hunter2@127.0.0.1:1/none"], "cannot open Optuna storage "
                                                                      "'postgresql://nobody:***@127.0.0.1:1/none'"),
     (["--storage", "notascheme"], "cannot open Optuna storage 'notascheme'"),
-    (["--n-trials", "-1"], "--n-trials / tune.n_trials must be >= 0"),
-    (["--epochs", "0"], "tune.epochs must be in [1, 10000]"),
-    (["--timeout", "-5"], "--timeout / tune.timeout must be >= 0"),
+    # every flag is checked by the params' own rules, and the line names the flag
+    (["--n-trials", "-1"], "--n-trials: tune.n_trials must be in [0, 10000] (0: report the study"),
+    (["--n-trials", "99999999999"], "--n-trials: tune.n_trials must be in [0, 10000]"),
+    (["--epochs", "0"], "--epochs: tune.epochs must be in [1, 10000]"),
+    (["--timeout", "-5"], "--timeout: tune.timeout must be >= 0"),
+    (["--n-jobs", "0"], "--n-jobs: tune.n_jobs must be in [1, 256]"),
+    (["--study-name", " "], "--study-name: tune.study_name must be a study name"),
     (["--n-trials", "0", "--study-name", "nope"], "no study 'nope' in this storage (it has: none)"),
 ])
 def test_bad_cli_input_is_one_line(project, capsys, args, message):

@@ -282,9 +282,9 @@ def tracked_run(run_name: str | None = None, run_id: str | None = None, nested: 
 
     tags = {**(tags or {}), OWNER_TAG: fileio.this_process()}
     run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, tags=tags)
-    if run_id is not None:  # reopened (a resumed training): what it left PENDING, a process that is gone did
-        fail_pending_models(run_id)
-    try:
+    try:  # from here on the run is ours to end: a Ctrl-C while tidying a reopened run ends it too
+        if run_id is not None:  # reopened (a resumed training): what it left PENDING, a process that is gone did
+            fail_pending_models(run_id)
         yield run
     except BaseException as err:
         with contextlib.suppress(Exception):  # the run's end matters more than this tidying

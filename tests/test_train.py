@@ -337,3 +337,23 @@ def test_a_run_killed_after_registering_is_not_registered_twice(project):
     assert (info["run_id"], info["model_version"], info["model_id"]) == (
         finished["run_id"], "1", finished["model_id"])
     assert client.get_run(info["run_id"]).info.status == "FINISHED"
+
+
+def test_a_ctrl_c_while_a_reopened_run_is_tidied_ends_the_run(mlflow_store, monkeypatch):
+    """tracked_run reopens a resumed training's run and fails the models it left PENDING; a
+    Ctrl-C (or a store error) there left the run RUNNING and active in this process."""
+    from emovision import tracking
+
+    with tracking.tracked_run(run_name="first") as run:
+        run_id = run.info.run_id
+    tidy = tracking.fail_pending_models
+
+    def interrupted(*args, **kwargs):
+        monkeypatch.setattr(tracking, "fail_pending_models", tidy)  # the except's own tidying runs
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tracking, "fail_pending_models", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.tracked_run(run_id=run_id):
+            pass
+    assert mlflow.active_run() is None and mlflow.get_run(run_id).info.status == "KILLED"

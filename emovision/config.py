@@ -249,6 +249,13 @@ def _check_name(name: str, valid: dict, what: str, where: str) -> None:
         )
 
 
+def _section_of(key: Any) -> str | None:
+    """The one section that has `key`, if only one has it."""
+    homes = [f.name for f in dataclasses.fields(Params)
+             if key in {k.name for k in dataclasses.fields(typing.get_type_hints(Params)[f.name])}]
+    return homes[0] if len(homes) == 1 else None
+
+
 def _coerce(value: Any, annotation: Any, dotted: str, source: str) -> Any:
     """Check one value against its field type; ints are accepted where floats are expected."""
     if typing.get_origin(annotation) is Literal:
@@ -307,6 +314,8 @@ def params_from_dict(raw: Any, source: str = "params") -> Params:
             raise ConfigError(f"{source}: section '{section}' must be a mapping of keys")
         kwargs = {}
         for key, value in values.items():
+            if key not in hints and (home := _section_of(key)):  # `train.seed` for base.seed
+                raise ConfigError(f"{source}: section '{section}' has no key '{key}'; it is {home}.{key}")
             _check_name(key, hints, "key", where=f"{source}: section '{section}'")
             kwargs[key] = _coerce(value, hints[key], f"{section}.{key}", source)
         built[section] = cls(**kwargs)

@@ -28,6 +28,7 @@ def test_every_key_has_a_comment():
 @pytest.mark.parametrize("raw, match", [
     ({"trian": {"epochs": 1}}, "unknown section 'trian' (did you mean 'train'?)"),
     ({"train": {"epoch": 1}}, "unknown key 'epoch' (did you mean 'epochs'?)"),
+    ({"train": {"seed": 1}}, "section 'train' has no key 'seed'; it is base.seed"),  # the key of one other section
     # a value of the wrong type is told the key's range too, as `dvc exp run -S` users type it
     ({"train": {"lr": "fast"}}, "train.lr must be float > 0, got str 'fast'"),
     ({"train": {"lr": [0.1, 0.2]}}, "train.lr must be float > 0, got list [0.1, 0.2]"),

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from emovision import fileio
 from emovision.config import Params
-from emovision.data import SPLITS
-from emovision.data.fer2013 import find_fer2013, read_fer2013
-from emovision.data.prepared import check_replaceable, write_prepared
+from emovision.data import CLASSES, SPLITS
+from emovision.data.fer2013 import Splits, find_fer2013, read_fer2013
+from emovision.data.prepared import check_replaceable, class_counts, write_prepared
 from emovision.data.synthetic import generate_synthetic
 
 from emovision.errors import DataError, cli_main
@@ -31,6 +31,7 @@ def prepare(params: Params) -> dict:
         splits, skipped = result.splits, result.skipped
         meta = {"source": "fer2013", "layout": result.layout, "raw_path": str(result.path)}
         print(f"source: FER2013 ({result.layout}) from {result.path}")
+        check_every_class_trains(splits, result.path, result.layout)
     else:
         splits = generate_synthetic(data.synthetic_train_per_class, params.base.seed)
         skipped = []
@@ -51,6 +52,20 @@ def prepare(params: Params) -> dict:
         print(f"{split:>5}: {sum(counts.values()):>6,}  " + " ".join(f"{k}={v}" for k, v in counts.items()))
     print(f"wrote {data.prepared_dir}/ in {elapsed:.1f}s")
     return meta
+
+
+def check_every_class_trains(splits: Splits, path: Path, layout: str) -> None:
+    """A class without Training images (a class folder missing from the unpacked archive) would
+    train a model that never predicts it, with nothing said: refuse it. An empty split is
+    write_prepared's to name."""
+    _, y = splits["train"]
+    if not all(len(splits[s][1]) for s in SPLITS):
+        return
+    missing = [name for name, n in class_counts(y).items() if n == 0]
+    if missing:
+        how = "a train/<class>/ folder each, any case" if layout == "folders" else "Training rows of each label"
+        raise DataError(f"{path}: no Training images of {', '.join(missing)}; the model learns all "
+                        f"{len(CLASSES)} classes ({', '.join(CLASSES)}), so each needs some ({how})")
 
 
 @cli_main

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -173,6 +174,17 @@ def test_unreadable_image_is_named(tmp_path, capsys):
     bad.write_bytes(b"not a jpeg")
     assert run_prepare(tmp_path, raw) == 2
     assert f"{bad}: unreadable image file" in capsys.readouterr().err
+
+
+def test_a_class_without_training_images_is_refused(tmp_path, capsys):
+    """A class folder missing from train/ prepared a dataset, and trained a model, without it."""
+    raw = tmp_path / "raw"
+    write_folder_layout(raw, tiny_splits(1))
+    shutil.rmtree(raw / "train" / "disgust")
+    assert run_prepare(tmp_path, raw) == 2
+    err = capsys.readouterr().err
+    assert f"{raw}: no Training images of disgust; the model learns all 7 classes" in err
+    assert err.count("\n") == 1 and not (tmp_path / "prepared").exists()
 
 
 def test_fer2013_source_without_data_says_where_to_put_it(tmp_path):

@@ -115,7 +115,8 @@ GOOD_PIXELS = " ".join(["7"] * 2304)
     (CSV_HEADER + f"0,{' '.join(['7'] * 2303)} 300,Training\n", "line 2: pixels has a value outside 0..255 (300)"),
     (CSV_HEADER + f"9,{GOOD_PIXELS},Training\n", "line 2: emotion '9' is not a label 0..6"),
     (CSV_HEADER + f"1,{GOOD_PIXELS},Validation\n", "line 2: unknown Usage 'Validation'"),
-    (CSV_HEADER + f"1,{GOOD_PIXELS},Training\n", "split 'val' is empty"),
+    (CSV_HEADER + f"1,{GOOD_PIXELS},Training\n", "split 'val' is empty: the dataset has no images for it "
+                                                  "(FER2013's PublicTest: PublicTest_* files or Usage PublicTest rows)"),
 ])
 def test_bad_csv_exits_2_naming_the_problem(tmp_path, capsys, body, message):
     raw = tmp_path / "raw"

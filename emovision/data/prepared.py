@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from emovision import fileio
-from emovision.data import CLASSES, SPLITS
+from emovision.data import CLASSES, SPLITS, USAGE_TO_SPLIT
 from emovision.errors import ConfigError, DataError
 
 META_NAME = "meta.json"
@@ -70,7 +70,9 @@ def write_prepared(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray
     check_replaceable(out_dir)
     for split in SPLITS:
         if split not in splits or len(splits[split][1]) == 0:
-            raise DataError(f"split '{split}' is empty: the dataset has no images for it")
+            usage = next(u for u, s in USAGE_TO_SPLIT.items() if s == split)
+            raise DataError(f"split '{split}' is empty: the dataset has no images for it (FER2013's "
+                            f"{usage}: {usage}_* files or Usage {usage} rows)")
     meta = {**meta, "classes": list(CLASSES),
             "counts": {s: class_counts(splits[s][1]) for s in SPLITS}}
     with fileio.atomic_folder(out_dir) as tmp:

@@ -38,6 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from emovision import fileio, tracking
 from emovision.config import Params
+from emovision.device import cpu_threads
 from emovision.errors import ConfigError, DataError
 from emovision.training import SplitTensors, fit
 
@@ -474,8 +475,11 @@ class TrialLogger:
 
         client = mlflow.MlflowClient()
         # the owner: a run this process could not end (its store locked) is ended by the next stage
+        import torch
+
         tags = {"mlflow.parentRunId": self.parent_run_id, "trial_number": str(trial.number),
-                "study": trial.study.study_name, tracking.OWNER_TAG: fileio.this_process()}
+                "study": trial.study.study_name, tracking.OWNER_TAG: fileio.this_process(),
+                "torch_threads": str(torch.get_num_threads())}  # in the trial's own thread
         retry_of = retried_trial_number(trial)
         if retry_of is not None:
             tags["retry_of_trial"] = str(retry_of)
@@ -511,6 +515,14 @@ def retried_trial_number(trial: optuna.Trial) -> int | None:
         if frozen.number == trial.number:
             return frozen.system_attrs.get("failed_trial")
     return None
+
+
+def threads_per_trial(n_jobs: int, requested: int = 0) -> int:
+    """torch CPU threads for each of `n_jobs` trials trained at once (threads of one process):
+    the CPUs `train.threads` gives one training (`requested`; 0: every usable CPU) shared out.
+    torch's thread count is per process, so each trial would otherwise start that many and
+    n_jobs trials ask for n_jobs times the CPUs."""
+    return max(1, cpu_threads(requested) // n_jobs)
 
 
 def make_objective(params: Params, train: SplitTensors, val: SplitTensors, classes: list[str],

@@ -13,6 +13,7 @@ import optuna
 
 from emovision import progress, tracking, tuning
 from emovision.config import DEFAULT_PARAMS, Params
+from emovision.device import torch_threads
 from emovision.errors import ConfigError, DataError, cli_main
 from emovision.training import load_train_val
 from stages import open_store, parse, stage_parser
@@ -86,10 +87,14 @@ def run_trials(params: Params, study: optuna.Study, url: str, out_dir: Path) -> 
                            "model.name": params.model.name, "model.width": params.model.width})
         logger = tuning.TrialLogger(exp_id, run.info.run_id)
         objective = tuning.make_objective(params, train, val, meta["classes"], logger)
+        threads = tuning.threads_per_trial(t.n_jobs, params.train.threads) if t.n_jobs > 1 else None
+        if threads:
+            print(f"{t.n_jobs} trials at a time: {threads} torch thread{'s' if threads > 1 else ''} each")
         # a failed trial (CUDA out of memory, NaN loss) is recorded as FAIL and the study goes on
         try:
-            study.optimize(objective, n_trials=t.n_trials, timeout=t.timeout or None, n_jobs=t.n_jobs,
-                           catch=(RuntimeError, ValueError), callbacks=[print_trial])
+            with torch_threads(threads):
+                study.optimize(objective, n_trials=t.n_trials, timeout=t.timeout or None, n_jobs=t.n_jobs,
+                               catch=(RuntimeError, ValueError), callbacks=[print_trial])
         except KeyboardInterrupt:  # no trial of this run may stay RUNNING (the next run would wait on it)
             tuning.fail_interrupted_trials(study)
             raise

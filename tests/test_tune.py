@@ -90,6 +90,18 @@ class AlwaysPrune(optuna.pruners.BasePruner):
         return True
 
 
+def test_parallel_trials_share_the_cpus_out(project):
+    """n_jobs trials train at once in one process, and torch's thread count is the process's:
+    with train.threads 2, two trials ran 2 threads each, 4 on 2 CPUs."""
+    from emovision.device import usable_cpus
+
+    if usable_cpus() < 2:
+        pytest.skip("needs 2 usable CPUs to share out")
+    write_params(project / "jobs.yaml", {"train": {"threads": 2}, "tune": {"n_trials": 2, "n_jobs": 2}})
+    assert tune_main(["--params", "jobs.yaml", "--storage", storage_url(project), "--quiet"]) == 0
+    assert [r.data.tags["torch_threads"] for r in nested_runs()] == ["1", "1"]
+
+
 def test_pruned_trials_are_recorded(project, capsys):
     # on the demo set trials train the width train builds there (demo.width), not model.width
     params = load_params("params.yaml").replace(**{

@@ -339,11 +339,12 @@ def test_a_run_killed_after_registering_is_not_registered_twice(project):
     assert client.get_run(info["run_id"]).info.status == "FINISHED"
 
 
-def test_a_ctrl_c_while_a_reopened_run_is_tidied_ends_the_run(mlflow_store, monkeypatch):
+def test_a_ctrl_c_while_a_reopened_run_is_tidied_ends_the_run(in_tmp, mlflow_store, monkeypatch):
     """tracked_run reopens a resumed training's run and fails the models it left PENDING; a
     Ctrl-C (or a store error) there left the run RUNNING and active in this process."""
     from emovision import tracking
 
+    tracking.setup()  # this store's experiment (an earlier test in the process set another)
     with tracking.tracked_run(run_name="first") as run:
         run_id = run.info.run_id
     tidy = tracking.fail_pending_models

@@ -123,6 +123,11 @@ def test_dvc_repro_end_to_end(tmp_path, mlflow_store):
     failed = dvc("repro")
     assert failed.returncode != 0 and "train.weight_decay must be >= 0, got -1.0" in failed.stdout + failed.stderr
     assert {p: p.read_bytes() for p in kept} == kept and list(versions()) == ["1"]
+    # evaluate's reports too: DVC deleted them before evaluate could refuse a param only it reads
+    (repo / "params.yaml").write_text(good.replace("min_delta: 0.002", "min_delta: 2.0"))
+    failed = dvc("repro")
+    assert failed.returncode != 0 and "registry.min_delta must be in [0, 1)" in failed.stdout + failed.stderr
+    assert {p: p.read_bytes() for p in kept if p.exists()} == kept
     (repo / "params.yaml").write_text(good)
 
     # the results as a user commits them, so the experiment below compares with a baseline

@@ -192,9 +192,14 @@ def test_a_failed_dvc_repro_deletes_no_data(tmp_path):
     mine = repo / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("the user's own")
+    (repo / "notes.txt").write_text("the user's own")
     refused = repro_prepare(prepared_dir="mine")
     assert refused.returncode != 0 and "holds files prepare did not write" in refused.stdout + refused.stderr
     assert (mine / "notes.txt").read_text() == "the user's own"
+    # a file of the user's: DVC used to delete it; prepare replaced it with a folder, hiding it
+    refused = repro_prepare(prepared_dir="notes.txt")
+    assert refused.returncode != 0 and "data.prepared_dir notes.txt is a file" in refused.stdout + refused.stderr
+    assert (repo / "notes.txt").read_text() == "the user's own"
 
 
 @pytest.fixture

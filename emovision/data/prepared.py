@@ -53,6 +53,10 @@ def check_replaceable(out_dir: Path) -> None:
     if out_dir.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
         raise ConfigError(f"data.prepared_dir {out_dir} is the working folder or one above it; "
                           f"prepare replaces that whole folder: name a folder of its own (data/prepared)")
+    if out_dir.exists() and not out_dir.is_dir():
+        # DVC no longer deletes it first (persist: true): replaced whole, the file would be hidden away
+        raise ConfigError(f"data.prepared_dir {out_dir} is a file; prepare replaces that path with a "
+                          f"folder: name a new or empty folder (data/prepared)")
     if not out_dir.is_dir():
         return
     ours = {META_NAME, *(f"{split}.npz" for split in SPLITS)}

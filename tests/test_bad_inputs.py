@@ -307,9 +307,10 @@ def test_a_tracking_server_that_is_down_stops_every_stage_before_writing(in_fini
     before = snapshot(in_finished)
     assert main(["--params", "params.yaml", *flags]) == 2
     err = capsys.readouterr().err.strip()
-    assert f"MLflow tracking server http://127.0.0.1:{port} cannot be used" in err and "\n" not in err, err
+    down = f"MLflow tracking server http://127.0.0.1:{port} does not answer (Connection refused)"
+    assert down in err and "\n" not in err, err
     assert snapshot(in_finished) == before
     with pytest.raises(EmovisionError) as refused:  # the app's models:/ reference: unknown, not "empty"
         load_classifier("models:/fer/Production", "cpu")
-    assert f"the registry at http://127.0.0.1:{port} cannot be read" in str(refused.value)
+    assert down in str(refused.value)
     assert "registry is empty" not in str(refused.value)

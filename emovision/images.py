@@ -265,6 +265,8 @@ def read_bytes(path: Path) -> bytes | str:
     standard input (`STDIN`: `cat photo.jpg | predict -`). Read in one stream, so a pipe or FIFO
     (`predict <(cat photo.jpg)`, /dev/fd/63) reads like a file: np.fromfile, used before, asks
     for the file's position and failed on it. A pipe's bytes come once; a second read is empty."""
+    if str(path) == STDIN and (why := stdin_unusable()):
+        return why
     if Path(path).is_dir():
         return ("a folder, not an image file (name its images, FOLDER/*.jpg; python -m emovision.webcam "
                 "--source FOLDER reads a folder and its subfolders)")
@@ -273,6 +275,17 @@ def read_bytes(path: Path) -> bytes | str:
             return f.read()
     except OSError as err:
         return f"unreadable image file ({err.strerror or type(err).__name__})"
+
+
+def stdin_unusable() -> str | None:
+    """Why standard input cannot give an image, or None: closed (`<&-`; Python's sys.stdin is
+    then None, which ended in an AttributeError traceback), or the terminal, where reading waits
+    for the user to type bytes (`predict -` sat silent until Ctrl-D)."""
+    if sys.stdin is None:
+        return "nothing is piped in (standard input is closed)"
+    if sys.stdin.isatty():
+        return "nothing is piped in (standard input is the terminal)"
+    return None
 
 
 def open_input(path: Path) -> contextlib.AbstractContextManager[BinaryIO]:

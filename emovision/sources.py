@@ -15,7 +15,6 @@ import math
 import os
 import re
 import stat
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 
 from emovision.errors import SourceError
 from emovision.images import (GIF_MAGIC, HEAD_BYTES, STDIN, content_kind, decode_image, file_head, is_camera_raw,
-                              is_image_file, open_input, quiet_opencv, read_image)
+                              is_image_file, open_input, quiet_opencv, read_image, stdin_unusable)
 
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 LIVE_READ_TIMEOUT_S = 5.0
@@ -259,8 +258,8 @@ def _open_pipe(spec: str, path: Path) -> ImageSource:
     """An image piped in ("-": standard input, or a FIFO such as bash's <(curl -s URL)), read
     whole as `predict` reads it. A video is refused in one line: OpenCV's video reader needs a
     file (an MP4's index is at its end), and whether a pipe is a live feed or a file cannot be told."""
-    if spec == STDIN and sys.stdin.isatty():
-        raise SourceError("--source -: nothing is piped in (standard input is the terminal)")
+    if spec == STDIN and (why := stdin_unusable()):
+        raise SourceError(f"--source -: {why}")
     try:
         with open_input(path) as pipe:
             head = pipe.read(HEAD_BYTES)  # enough to tell an image (`content_kind`); a video is not read on

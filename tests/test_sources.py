@@ -235,6 +235,27 @@ def test_a_piped_image_is_read_and_a_piped_video_is_one_line(tmp_path, monkeypat
         open_source("-")
 
 
+def test_standard_input_closed_or_a_terminal_is_one_line(monkeypatch, capsys):
+    """`predict -` and `--source -` with standard input closed (`<&-`: Python's sys.stdin is None)
+    ended in an AttributeError traceback; `predict -` at a terminal waited silently for typed bytes."""
+    import pty
+
+    leader, follower = pty.openpty()  # a real terminal, as an interactive shell's stdin
+    terminal = os.fdopen(follower, "r")
+    os.write(leader, b"\x04")  # Ctrl-D typed ahead: a read that waits on the terminal ends (empty), not hangs
+    try:
+        for stdin, why in ((None, "standard input is closed"), (terminal, "standard input is the terminal")):
+            monkeypatch.setattr(sys, "stdin", stdin)
+            with pytest.raises(SourceError, match=f"--source -: nothing is piped in \\({why}\\)"):
+                open_source("-")
+            capsys.readouterr()
+            assert predict_main(["--model", "pretrained", "-"]) == 2
+            assert capsys.readouterr().err == f"error: cannot read image -: nothing is piped in ({why})\n"
+    finally:
+        terminal.close()
+        os.close(leader)
+
+
 def test_what_is_not_a_file_is_named_in_one_line(tmp_path):
     """A symlink loop and a dangling link were 'source not found'; so were -1 and a camera's device
     file (with a camera too: /dev/video0 is no regular file). Each now says what it is."""

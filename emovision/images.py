@@ -83,7 +83,11 @@ HEAD_BYTES = 16  # the first bytes that tell an image from a video (`content_kin
 # FFmpeg prints its own errors (`moov atom not found` for a cut-off MP4) on the terminal beside our
 # one line; OpenCV's log level does not reach it. OpenCV reads this once, when it first opens a video
 # in the process: 8 is AV_LOG_FATAL. A user who wants FFmpeg's messages sets it (to 32, or 48) first.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
+FFMPEG_LOGLEVEL, FFMPEG_QUIET = "OPENCV_FFMPEG_LOGLEVEL", "8"
+os.environ.setdefault(FFMPEG_LOGLEVEL, FFMPEG_QUIET)
+# Where only FFmpeg knows why (a stream's 'HTTP error 401 Unauthorized', 'Connection refused': warning
+# level, 24), the one line says how to see it.
+FFMPEG_REASON_HINT = f"{FFMPEG_LOGLEVEL}=24 in the environment shows FFmpeg's reason"
 
 
 @contextlib.contextmanager

@@ -24,8 +24,9 @@ import cv2
 import numpy as np
 
 from emovision.errors import SourceError
-from emovision.images import (GIF_MAGIC, HEAD_BYTES, STDIN, content_kind, decode_image, file_head, is_camera_raw,
-                              is_image_file, open_input, quiet_opencv, read_image, stdin_unusable)
+from emovision.images import (FFMPEG_LOGLEVEL, FFMPEG_QUIET, FFMPEG_REASON_HINT, GIF_MAGIC, HEAD_BYTES, STDIN,
+                              content_kind, decode_image, file_head, is_camera_raw, is_image_file, open_input,
+                              quiet_opencv, read_image, stdin_unusable)
 
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 LIVE_READ_TIMEOUT_S = 5.0
@@ -290,5 +291,7 @@ def _open_live(spec: str) -> LiveSource:
         if camera:
             raise SourceError(f"cannot open camera {spec}: no such device or it is busy; "
                               f"pass --source PATH for a video file, image or folder")
-        raise SourceError(f"cannot open stream {spec}: check the URL and that the stream is reachable")
+        # FFmpeg's reason (401 Unauthorized, refused, not found) is silenced with its noise: say how to see it
+        hint = f" ({FFMPEG_REASON_HINT})" if os.environ.get(FFMPEG_LOGLEVEL) == FFMPEG_QUIET else ""
+        raise SourceError(f"cannot open stream {spec}: check the URL and that the stream is reachable{hint}")
     return LiveSource(cap, f"camera {spec}" if camera else f"stream {spec}")

@@ -256,6 +256,20 @@ def test_standard_input_closed_or_a_terminal_is_one_line(monkeypatch, capsys):
         os.close(leader)
 
 
+def test_a_stream_that_cannot_be_opened_says_how_to_see_ffmpegs_reason():
+    """FFmpeg's own messages are silenced (OPENCV_FFMPEG_LOGLEVEL=8), and with them the only reason
+    a stream fails ('HTTP error 401 Unauthorized', 'Connection refused'), which it printed before:
+    the one line says how to see it."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on: refused at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(SourceError, match=f"cannot open stream rtsp://127.0.0.1:{port}/cam: check the URL and that "
+                       f"the stream is reachable \\(OPENCV_FFMPEG_LOGLEVEL=24 in the environment shows FFmpeg's"):
+        open_source(f"rtsp://127.0.0.1:{port}/cam")
+
+
 def test_what_is_not_a_file_is_named_in_one_line(tmp_path):
     """A symlink loop and a dangling link were 'source not found'; so were -1 and a camera's device
     file (with a camera too: /dev/video0 is no regular file). Each now says what it is."""

@@ -17,8 +17,8 @@ its own, and their bytes hold FFDA and FFD9 at random (looking for the last FFD9
 last FFDA in the whole file refused half of such photos as truncated). `cv2.imdecode` refuses
 what it cannot decode where `imread` would guess.
 
-A transparent image (PNG, WebP or GIF with an alpha channel or a transparent colour) is read as
-a viewer shows it: composited over white (`decode_pixels`). OpenCV's colour decode drops the alpha
+A transparent image (PNG, WebP, GIF, TIFF or AVIF with an alpha channel or a transparent colour) is
+read as a viewer shows it: composited over white (`decode_pixels`). OpenCV's colour decode drops the alpha
 and keeps whatever RGB lies under it: black, noise, or a face an editor erased (found, though
 nobody sees it); and a black image whose alpha draws the picture read as all black.
 """
@@ -76,6 +76,13 @@ EXIF_TURNS = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1
               5: lambda a: a.swapaxes(0, 1), 6: lambda a: a.swapaxes(0, 1)[:, ::-1],
               7: lambda a: a.swapaxes(0, 1)[::-1, ::-1], 8: lambda a: a.swapaxes(0, 1)[::-1]}
 EXIF_ORIENTATION_TAG = 0x0112
+# A TIFF with an alpha channel lists it among its ExtraSamples; an AVIF keeps its alpha as an auxiliary
+# image, named by this URN in the file's item properties. OpenCV turns a TIFF by its orientation in
+# every decode, and an AVIF in none (its irot/imir boxes are ignored), so neither is turned here.
+TIFF_EXTRA_SAMPLES_TAG = 0x0152
+TIFF_ASSOCIATED_ALPHA = 1  # ExtraSamples 1: colours stored multiplied by the alpha (2: not)
+AVIF_ALPHA_URN = b"urn:mpeg:mpegB:cicp:systems:auxiliary:alpha"
+AVIF_BRANDS = (b"avif", b"avis")
 
 
 STDIN = "-"  # the path that names standard input, as for cat and most Unix tools
@@ -179,8 +186,13 @@ def decode_image(data: np.ndarray | bytes, flags: int = cv2.IMREAD_COLOR) -> np.
 def may_have_alpha(data: np.ndarray) -> bool:
     """Whether encoded image bytes may hold transparency, by their header: a PNG with an alpha
     channel or a tRNS chunk (a palette's or a colour's transparency), a WebP whose header flags
-    alpha, or a GIF (a transparent colour). JPEG, BMP and the rest are read without alpha."""
+    alpha, a GIF (a transparent colour), a TIFF with extra samples or an AVIF with an alpha image.
+    JPEG, BMP and the rest are read without alpha."""
     head = data[:32].tobytes()
+    if head[:4] in TIFF_MAGIC:
+        return tiff_tag(data, TIFF_EXTRA_SAMPLES_TAG) is not None
+    if head[4:8] == b"ftyp" and head[8:12] in AVIF_BRANDS:
+        return AVIF_ALPHA_URN in data.tobytes()
     if head.startswith(PNG_MAGIC):
         return len(head) > PNG_COLOUR_TYPE_AT and head[PNG_COLOUR_TYPE_AT] in PNG_ALPHA_TYPES or png_has_trns(data)
     if head[8:12] == b"WEBP":
@@ -213,22 +225,30 @@ def chunks(data: np.ndarray) -> Iterator[tuple[bytes, np.ndarray]]:
 
 
 def exif_orientation(data: np.ndarray) -> int:
-    """The EXIF orientation (1..8) a PNG (eXIf chunk) or WebP (EXIF chunk) carries; 1 if none.
-    EXIF is a TIFF header and directory: its first directory's orientation tag is read."""
-    exif = next((body.tobytes() for kind, body in chunks(data) if kind in (b"eXIf", b"EXIF")), b"")
-    exif = exif.removeprefix(b"Exif\x00\x00")  # some writers keep JPEG's APP1 prefix
-    order = {b"II": "little", b"MM": "big"}.get(exif[:2])
-    if order is None:
+    """The EXIF orientation (1..8) a PNG (eXIf chunk) or WebP (EXIF chunk) carries; 1 if none
+    (and for other files: OpenCV turns a TIFF itself, an AVIF never)."""
+    if not (data[:8].tobytes() == PNG_MAGIC or data[8:12].tobytes() == b"WEBP"):
         return 1
+    exif = next((body.tobytes() for kind, body in chunks(data) if kind in (b"eXIf", b"EXIF")), b"")
+    orientation = tiff_tag(exif.removeprefix(b"Exif\x00\x00"), EXIF_ORIENTATION_TAG)  # some keep JPEG's APP1 prefix
+    return orientation if orientation in EXIF_TURNS else 1
+
+
+def tiff_tag(tiff: np.ndarray | bytes, tag: int) -> int | None:
+    """The first value of `tag` in a TIFF header's first directory (a TIFF file, or EXIF, which is
+    one), or None where it is absent or the header is not a TIFF's."""
+    order = {b"II": "little", b"MM": "big"}.get(bytes(tiff[:2]))
+    if order is None:
+        return None
 
     def number(at: int, size: int) -> int:
-        return int.from_bytes(exif[at:at + size], order)
+        return int.from_bytes(bytes(tiff[at:at + size]), order)
 
     directory = number(4, 4)
     for entry in range(directory + 2, directory + 2 + 12 * number(directory, 2), 12):
-        if number(entry, 2) == EXIF_ORIENTATION_TAG:
-            return number(entry + 8, 2) if number(entry + 8, 2) in EXIF_TURNS else 1
-    return 1
+        if number(entry, 2) == tag:
+            return number(entry + 8, 2)
+    return None
 
 
 def decode_pixels(data: np.ndarray, flags: int) -> np.ndarray | None:
@@ -238,22 +258,30 @@ def decode_pixels(data: np.ndarray, flags: int) -> np.ndarray | None:
     if may_have_alpha(data):
         raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # the alpha kept, but not turned by EXIF
         if raw is not None and raw.ndim == 3 and raw.shape[2] == 4:
-            shown = np.ascontiguousarray(EXIF_TURNS[exif_orientation(data)](over_white(raw)))
+            # OpenCV reads an 8-bit TIFF through libtiff's RGBA interface, which multiplies the colours
+            # by the alpha; 16 bits come as stored
+            premultiplied = data[:4].tobytes() in TIFF_MAGIC and (
+                raw.dtype == np.uint8 or tiff_tag(data, TIFF_EXTRA_SAMPLES_TAG) == TIFF_ASSOCIATED_ALPHA)
+            shown = np.ascontiguousarray(EXIF_TURNS[exif_orientation(data)](over_white(raw, premultiplied)))
             return cv2.cvtColor(shown, cv2.COLOR_BGR2GRAY) if flags == cv2.IMREAD_GRAYSCALE else shown
     return cv2.imdecode(data, flags | cv2.IMREAD_ANYDEPTH)
 
 
-def over_white(bgra: np.ndarray) -> np.ndarray:
-    """A BGRA image as a viewer shows it: composited by its alpha over white, at its depth."""
+def over_white(bgra: np.ndarray, premultiplied: bool = False) -> np.ndarray:
+    """A BGRA image as a viewer shows it: composited by its alpha over white, at its depth
+    (`premultiplied`: its colours are already multiplied by the alpha)."""
     white = np.iinfo(bgra.dtype).max if bgra.dtype.kind in "iu" else 1.0
     alpha = cv2.extractChannel(bgra, 3)
     if alpha.min() == white:  # opaque (a screenshot, a GIF): nothing to mix
         return cv2.cvtColor(bgra, cv2.COLOR_BGRA2BGR)
     alpha = alpha.astype(np.float32) / white
     bgr = cv2.cvtColor(bgra, cv2.COLOR_BGRA2BGR)
-    if bgra.dtype in (np.uint8, np.float32):  # OpenCV's blend, rounded: half numpy's time
+    if premultiplied:
+        mixed = np.minimum(bgr + white * (1 - alpha[..., None]), white)  # a colour above its alpha: white
+    elif bgra.dtype in (np.uint8, np.float32):  # OpenCV's blend, rounded: half numpy's time
         return cv2.blendLinear(bgr, np.full_like(bgr, white), alpha, 1 - alpha)
-    mixed = bgr * alpha[..., None] + white * (1 - alpha[..., None])  # 16 bits
+    else:
+        mixed = bgr * alpha[..., None] + white * (1 - alpha[..., None])  # 16 bits
     return np.rint(mixed).astype(bgra.dtype) if bgra.dtype.kind in "iu" else mixed.astype(bgra.dtype)
 
 

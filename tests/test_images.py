@@ -378,3 +378,28 @@ def test_a_transparent_image_is_read_as_a_viewer_shows_it(shipped, tmp_path):
         sticker.save(tmp_path / name, transparency=sticker.getpixel((1023, 0)))
         assert (read_image(tmp_path / name)[:, 512:] == 255).all(), name
     np.testing.assert_array_equal(read_image(tmp_path / "erased.png", cv2.IMREAD_GRAYSCALE)[:, 512:], 255)
+
+
+def test_a_transparent_tiff_or_avif_is_read_as_a_viewer_shows_it(tmp_path):
+    """TIFF and AVIF were left out of the transparent files: a TIFF's transparent part read black
+    (libtiff multiplies the colours by the alpha), an AVIF's kept the pixels under its alpha (an
+    erased face found). Both are now shown over white, a TIFF's half-transparent levels too."""
+    hopper = grace_hopper()[::2, ::2]  # 300 x 256: enough to compare levels, cheap to encode
+    grey = cv2.cvtColor(hopper, cv2.COLOR_BGR2GRAY)
+    ink = 255 - grey  # black pixels, the photo drawn by the alpha (soft: every level): over white it shows `grey`
+    erased = np.dstack([hopper[..., ::-1], np.full(grey.shape, 255, np.uint8)])
+    erased[:, 128:, 3] = 0  # the right half erased, its pixels left under the alpha
+    Image.fromarray(np.dstack([np.zeros_like(hopper), ink])).save(tmp_path / "ink.tif")
+    turned = Image.fromarray(np.dstack([np.zeros_like(hopper), ink])).transpose(Image.Transpose.ROTATE_90)
+    exif = turned.getexif()
+    exif[EXIF_ORIENTATION] = 6  # stored on its side, shown upright (OpenCV turns a TIFF itself)
+    turned.save(tmp_path / "ink-6.tif", exif=exif)
+    for name in ("ink.tif", "ink-6.tif"):
+        assert np.abs(read_image(tmp_path / name).astype(int) - grey[..., None]).max() <= 1, name
+    Image.fromarray(erased).save(tmp_path / "erased.tif")
+    Image.fromarray(erased).save(tmp_path / "erased.avif", quality=90)
+    for name in ("erased.tif", "erased.avif"):
+        image = read_image(tmp_path / name)
+        assert image[:, 128:].min() >= 250, name  # AVIF's lossy alpha: within a few levels of white
+        assert np.abs(image[:, :120].astype(int) - hopper[:, :120]).mean() < 3, name  # the kept half as it was
+    np.testing.assert_array_equal(read_image(tmp_path / "erased.tif", cv2.IMREAD_GRAYSCALE)[:, 128:], 255)

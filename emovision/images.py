@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -318,6 +319,16 @@ def stdin_unusable() -> str | None:
     if sys.stdin.isatty():
         return "nothing is piped in (standard input is the terminal)"
     return None
+
+
+def stdin_file() -> str | None:
+    """Standard input by name (/dev/fd/N) when it is a regular file redirected in (`< clip.mp4`),
+    which OpenCV's video reader opens by name as it opens any file; else None (a pipe, a terminal)."""
+    try:
+        fd = sys.stdin.fileno()
+        return f"/dev/fd/{fd}" if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except (AttributeError, OSError, ValueError):  # closed (None), or not backed by a file descriptor
+        return None
 
 
 def open_input(path: Path) -> contextlib.AbstractContextManager[BinaryIO]:

@@ -26,7 +26,7 @@ import numpy as np
 from emovision.errors import SourceError
 from emovision.images import (FFMPEG_LOGLEVEL, FFMPEG_QUIET, FFMPEG_REASON_HINT, GIF_MAGIC, HEAD_BYTES, STDIN,
                               content_kind, decode_image, file_head, is_camera_raw, is_image_file, open_input,
-                              quiet_opencv, read_image, stdin_unusable)
+                              quiet_opencv, read_image, stdin_file, stdin_unusable)
 
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 LIVE_READ_TIMEOUT_S = 5.0
@@ -195,6 +195,8 @@ def open_source(spec: str | int) -> FrameSource:
     spec = str(spec)
     if spec.isdigit() or spec.lower().startswith(STREAM_PREFIXES):
         return _open_live(spec)
+    if spec == STDIN and (redirected := stdin_file()):
+        spec = redirected  # a file redirected in (`< clip.mp4`), not a pipe: read as that file, a video too
     path = Path(spec)
     if spec == STDIN or is_kind(path, stat.S_ISFIFO):
         return _open_pipe(spec, path)

@@ -235,6 +235,16 @@ def test_a_piped_image_is_read_and_a_piped_video_is_one_line(tmp_path, monkeypat
         open_source("-")
 
 
+def test_a_file_redirected_into_standard_input_is_read_as_that_file(tmp_path, monkeypatch):
+    """`--source - < clip.mp4` was refused as 'a pipe, which the app reads only for an image; save a
+    video to a file': standard input was that file, which OpenCV reads by its name, /dev/fd/N."""
+    with io.TextIOWrapper(_clip(tmp_path / "clip.mp4", 10).open("rb")) as redirected:  # the shell's `< clip.mp4`
+        monkeypatch.setattr(sys, "stdin", redirected)
+        with open_source("-") as source:
+            frames = [frame for _, _, frame in source]
+    assert len(frames) == 10 and frames[9].mean() > frames[0].mean() + 100  # every frame, in order
+
+
 def test_standard_input_closed_or_a_terminal_is_one_line(monkeypatch, capsys):
     """`predict -` and `--source -` with standard input closed (`<&-`: Python's sys.stdin is None)
     ended in an AttributeError traceback; `predict -` at a terminal waited silently for typed bytes."""

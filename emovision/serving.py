@@ -122,25 +122,46 @@ def _requirements() -> list[str]:
     (torchvision: MTCNN's non-maximum suppression, for whole images)."""
     from importlib.metadata import PackageNotFoundError, version
 
+    import cv2
+
     installed = {}
     for name in dict.fromkeys((*SERVING_PACKAGES, *OPENCV_WHEELS)):
         with contextlib.suppress(PackageNotFoundError):
             installed[name] = version(name)
-    return pinned_requirements(installed)
+    return pinned_requirements(installed, cv2.__version__)
 
 
-def pinned_requirements(installed: Mapping[str, str]) -> list[str]:
+def pinned_requirements(installed: Mapping[str, str], opencv_version: str | None = None) -> list[str]:
     """SERVING_PACKAGES as `name==version` from `installed` (distribution -> version), each
     installable from PyPI: a local version label (`2.14.1+cpu` from the PyTorch CPU index) is
     dropped, as MLflow's own requirement inference does; a package not installed is unpinned.
-    OpenCV's four wheels share their version numbers: the headless one takes the installed one's."""
+    OpenCV's four wheels share their version numbers: the headless one takes the installed one's.
+    A cv2 that no wheel provides (built from source) pins the wheels of its release, `opencv_version`
+    (cv2.__version__, "4.14.0" or "4.14.0-dev"): `==4.14.0.*`. Unpinned, a served model got the newest
+    wheel, OpenCV 5, which has no Haar cascades and predicts otherwise (grace_hopper's face: neutral
+    0.648 with 4.14, 0.672 with 5.0)."""
     from packaging.version import Version
 
     out = []
     for package in SERVING_PACKAGES:
         found = next((n for n in (OPENCV_WHEELS if package == OPENCV_HEADLESS else (package,)) if n in installed), None)
-        out.append(f"{package}=={Version(installed[found]).public}" if found else package)
+        if found:
+            out.append(f"{package}=={Version(installed[found]).public}")
+        elif package == OPENCV_HEADLESS and (release := _release(opencv_version)):
+            out.append(f"{package}=={release}.*")
+        else:
+            out.append(package)
     return out
+
+
+def _release(version: str | None) -> str | None:
+    """"4.14.0" of "4.14.0", "4.14.0-dev" or "4.14.0.94"; None for no version or one PEP 440 cannot read."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return ".".join(map(str, Version(version).release[:3])) if version else None
+    except InvalidVersion:
+        return None
 
 
 def _missing(value: Any) -> bool:

@@ -289,6 +289,10 @@ def test_requirements_pin_what_serving_needs_installably():
                 "opencv-python-headless==4.14.0.94", "mlflow==3.17.2"]
     for wheel in ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless"):
         assert pinned_requirements({**installed, wheel: "4.14.0.94"}) == expected, wheel
+        assert pinned_requirements({**installed, wheel: "4.14.0.94"}, "4.14.0") == expected, wheel
+    # a cv2 no wheel provides (built from source) was unpinned: the newest wheel, OpenCV 5, served the model
+    for built in ("4.14.0", "4.14.0-dev"):
+        assert pinned_requirements(installed, built)[4] == "opencv-python-headless==4.14.0.*", built
 
 
 def _register_old_format(name: str, folder: Path) -> str:

@@ -259,7 +259,7 @@ def folder_images(folder: Path) -> list[Path]:
 
 def _open_pipe(spec: str, path: Path) -> ImageSource:
     """An image piped in ("-": standard input, or a FIFO such as bash's <(curl -s URL)), read
-    whole as `predict` reads it. A video is refused in one line: OpenCV's video reader needs a
+    whole as `predict` reads it (a GIF too: its first frame, as in a folder). A video is refused in one line: OpenCV's video reader needs a
     file (an MP4's index is at its end), and whether a pipe is a live feed or a file cannot be told."""
     if spec == STDIN and (why := stdin_unusable()):
         raise SourceError(f"--source -: {why}")
@@ -268,7 +268,7 @@ def _open_pipe(spec: str, path: Path) -> ImageSource:
             head = pipe.read(HEAD_BYTES)  # enough to tell an image (`content_kind`); a video is not read on
             if not head:
                 raise SourceError(f"cannot read {spec}: nothing came through the pipe (it is empty)")
-            if content_kind(head) != "image":
+            if content_kind(head) != "image" and not head.startswith(GIF_MAGIC):  # a GIF: its first frame
                 raise SourceError(f"cannot read {spec}: a pipe, which the app reads only for an image; save a "
                                   f"video to a file and pass that (a camera or stream: its index or URL)")
             data = head + pipe.read()

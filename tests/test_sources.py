@@ -235,6 +235,22 @@ def test_a_piped_image_is_read_and_a_piped_video_is_one_line(tmp_path, monkeypat
         open_source("-")
 
 
+def test_a_piped_gif_is_a_still_as_predict_reads_it(tmp_path):
+    """A GIF piped in was refused as 'a pipe, which the app reads only for an image; save a video
+    to a file', though predict reads it and the app reads a GIF file or one in a folder."""
+    from PIL import Image
+
+    gif = tmp_path / "photo.gif"
+    Image.fromarray(grace_hopper()[::2, ::2, ::-1]).convert("P").save(gif)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    feeder = _feed(fifo, gif.read_bytes())
+    with open_source(str(fifo)) as source:
+        ((_, _, frame),) = list(source)
+    feeder.join(10)
+    np.testing.assert_array_equal(frame, read_image(gif))
+
+
 def test_a_file_redirected_into_standard_input_is_read_as_that_file(tmp_path, monkeypatch):
     """`--source - < clip.mp4` was refused as 'a pipe, which the app reads only for an image; save a
     video to a file': standard input was that file, which OpenCV reads by its name, /dev/fd/N."""

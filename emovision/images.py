@@ -84,6 +84,10 @@ TIFF_EXTRA_SAMPLES_TAG = 0x0152
 TIFF_ASSOCIATED_ALPHA = 1  # ExtraSamples 1: colours stored multiplied by the alpha (2: not)
 AVIF_ALPHA_URN = b"urn:mpeg:mpegB:cicp:systems:auxiliary:alpha"
 AVIF_BRANDS = (b"avif", b"avis")
+# OpenCV decodes a 10- or 12-bit AVIF at its depth as uint16 at its own range (0..1023, 0..4095), which
+# the level rule (uint16: 0..65535) read as near black; its bit depth is in its pixi property (box: size,
+# type, version and flags, a channel count, then bits per channel), within its meta box at the start.
+AVIF_DEPTH_BOX, AVIF_DEPTH_AT, AVIF_META_BYTES = b"pixi", 9, 1 << 16
 
 
 STDIN = "-"  # the path that names standard input, as for cat and most Unix tools
@@ -257,7 +261,7 @@ def decode_pixels(data: np.ndarray, flags: int) -> np.ndarray | None:
     that may be transparent (`may_have_alpha`) decoded with its alpha and shown over white,
     turned upright by its EXIF orientation as OpenCV turns the others."""
     if may_have_alpha(data):
-        raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # the alpha kept, but not turned by EXIF
+        raw = full_range(cv2.imdecode(data, cv2.IMREAD_UNCHANGED), data)  # the alpha kept, but not turned by EXIF
         if raw is not None and raw.ndim == 3 and raw.shape[2] == 4:
             # OpenCV reads an 8-bit TIFF through libtiff's RGBA interface, which multiplies the colours
             # by the alpha; 16 bits come as stored
@@ -265,7 +269,21 @@ def decode_pixels(data: np.ndarray, flags: int) -> np.ndarray | None:
                 raw.dtype == np.uint8 or tiff_tag(data, TIFF_EXTRA_SAMPLES_TAG) == TIFF_ASSOCIATED_ALPHA)
             shown = np.ascontiguousarray(EXIF_TURNS[exif_orientation(data)](over_white(raw, premultiplied)))
             return cv2.cvtColor(shown, cv2.COLOR_BGR2GRAY) if flags == cv2.IMREAD_GRAYSCALE else shown
-    return cv2.imdecode(data, flags | cv2.IMREAD_ANYDEPTH)
+    return full_range(cv2.imdecode(data, flags | cv2.IMREAD_ANYDEPTH), data)
+
+
+def full_range(image: np.ndarray | None, data: np.ndarray) -> np.ndarray | None:
+    """A 10- or 12-bit AVIF's uint16 decode (0..1023, 0..4095) brought to 16 bits' 0..65535, so the
+    one level rule reads it as the photo it is; any other decode as it is."""
+    if image is None or image.dtype != np.uint16 or data[8:12].tobytes() not in AVIF_BRANDS:
+        return image
+    head = data[:AVIF_META_BYTES].tobytes()
+    at = head.find(AVIF_DEPTH_BOX)
+    bits = head[at + AVIF_DEPTH_AT] if 0 <= at < len(head) - AVIF_DEPTH_AT else 16
+    if bits >= 16:
+        return image
+    flat = image.reshape(image.shape[0], -1)  # one channel: a scalar scales only a Scalar's first
+    return cv2.multiply(flat, 65535 / ((1 << bits) - 1), dtype=cv2.CV_16U).reshape(image.shape)
 
 
 def over_white(bgra: np.ndarray, premultiplied: bool = False) -> np.ndarray:

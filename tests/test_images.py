@@ -403,3 +403,22 @@ def test_a_transparent_tiff_or_avif_is_read_as_a_viewer_shows_it(tmp_path):
         assert image[:, 128:].min() >= 250, name  # AVIF's lossy alpha: within a few levels of white
         assert np.abs(image[:, :120].astype(int) - hopper[:, :120]).mean() < 3, name  # the kept half as it was
     np.testing.assert_array_equal(read_image(tmp_path / "erased.tif", cv2.IMREAD_GRAYSCALE)[:, 128:], 255)
+
+
+def test_a_10_or_12_bit_avif_reads_as_the_8_bit_photo(tmp_path):
+    """OpenCV decodes a 10- or 12-bit AVIF at its depth as uint16 at its own range (0..1023), which
+    the level rule (uint16: 0..65535) read near black: 'no face found', exit 0. Opaque or
+    transparent, it now reads as the 8-bit photo it holds."""
+    hopper = grace_hopper()[::2, ::2]
+    alpha = np.full(hopper.shape[:2], 255, np.uint8)
+    alpha[:, :128] = 0
+    for bits in (10, 12):
+        for name, image in (("opaque", hopper), ("transparent", np.dstack([hopper, alpha]))):
+            levels = (image.astype(np.uint32) * ((1 << bits) - 1) // 255).astype(np.uint16)
+            path = tmp_path / f"hopper-{bits}-{name}.avif"
+            assert cv2.imwrite(str(path), levels, [cv2.IMWRITE_AVIF_DEPTH, bits, cv2.IMWRITE_AVIF_QUALITY, 100])
+            assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED).max() < 1 << bits  # OpenCV's own range, not 16 bits
+            read = read_image(path)
+            assert np.abs(read[:, 128:].astype(int) - hopper[:, 128:]).mean() < 1, path.name
+            if name == "transparent":
+                assert (read[:, :128] == 255).all(), path.name

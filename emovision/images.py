@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -88,6 +89,10 @@ AVIF_BRANDS = (b"avif", b"avis")
 # the level rule (uint16: 0..65535) read as near black; its bit depth is in its pixi property (box: size,
 # type, version and flags, a channel count, then bits per channel), within its meta box at the start.
 AVIF_DEPTH_BOX, AVIF_DEPTH_AT, AVIF_META_BYTES = b"pixi", 9, 1 << 16
+# A PGM or PPM names its white, maxval, after its width and height (comments may come between): OpenCV
+# keeps the stored values, so one of 10 or 12 bits (maxval 1023, 4095) read near black as well.
+PNM_GREY_COLOUR = (b"P2", b"P3", b"P5", b"P6")
+PNM_HEADER_BYTES = 512
 
 
 STDIN = "-"  # the path that names standard input, as for cat and most Unix tools
@@ -273,17 +278,24 @@ def decode_pixels(data: np.ndarray, flags: int) -> np.ndarray | None:
 
 
 def full_range(image: np.ndarray | None, data: np.ndarray) -> np.ndarray | None:
-    """A 10- or 12-bit AVIF's uint16 decode (0..1023, 0..4095) brought to 16 bits' 0..65535, so the
-    one level rule reads it as the photo it is; any other decode as it is."""
-    if image is None or image.dtype != np.uint16 or data[8:12].tobytes() not in AVIF_BRANDS:
+    """A decode at the file's own range brought to its dtype's, so the one level rule reads it as the
+    photo it is: a 10- or 12-bit AVIF (0..1023, 0..4095 in uint16), a PGM/PPM whose maxval is below
+    its dtype's; any other decode as it is."""
+    if image is None or image.dtype not in (np.uint8, np.uint16):
         return image
-    head = data[:AVIF_META_BYTES].tobytes()
-    at = head.find(AVIF_DEPTH_BOX)
-    bits = head[at + AVIF_DEPTH_AT] if 0 <= at < len(head) - AVIF_DEPTH_AT else 16
-    if bits >= 16:
+    white = np.iinfo(image.dtype).max
+    top = white
+    if data[8:12].tobytes() in AVIF_BRANDS and image.dtype == np.uint16:
+        head = data[:AVIF_META_BYTES].tobytes()
+        at = head.find(AVIF_DEPTH_BOX)
+        top = (1 << head[at + AVIF_DEPTH_AT]) - 1 if 0 <= at < len(head) - AVIF_DEPTH_AT else white
+    elif data[:2].tobytes() in PNM_GREY_COLOUR:
+        fields = re.sub(rb"#[^\n]*", b" ", data[:PNM_HEADER_BYTES].tobytes()).split()
+        top = int(fields[3]) if len(fields) > 3 and fields[3].isdigit() else white
+    if not 0 < top < white:
         return image
     flat = image.reshape(image.shape[0], -1)  # one channel: a scalar scales only a Scalar's first
-    return cv2.multiply(flat, 65535 / ((1 << bits) - 1), dtype=cv2.CV_16U).reshape(image.shape)
+    return cv2.multiply(flat, white / top, dtype=cv2.CV_8U if white == 255 else cv2.CV_16U).reshape(image.shape)
 
 
 def over_white(bgra: np.ndarray, premultiplied: bool = False) -> np.ndarray:

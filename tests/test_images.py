@@ -405,11 +405,18 @@ def test_a_transparent_tiff_or_avif_is_read_as_a_viewer_shows_it(tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "erased.tif", cv2.IMREAD_GRAYSCALE)[:, 128:], 255)
 
 
-def test_a_10_or_12_bit_avif_reads_as_the_8_bit_photo(tmp_path):
-    """OpenCV decodes a 10- or 12-bit AVIF at its depth as uint16 at its own range (0..1023), which
-    the level rule (uint16: 0..65535) read near black: 'no face found', exit 0. Opaque or
-    transparent, it now reads as the 8-bit photo it holds."""
+def test_a_10_or_12_bit_avif_or_pnm_reads_as_the_8_bit_photo(tmp_path):
+    """OpenCV decodes a 10- or 12-bit AVIF at its depth as uint16 at its own range (0..1023), and a
+    PGM/PPM with its stored values whatever its maxval, which the level rule (uint16: 0..65535) read
+    near black: 'no face found', exit 0. Each now reads as the 8-bit photo it holds."""
     hopper = grace_hopper()[::2, ::2]
+    for bits in (10, 12):
+        levels = (hopper.astype(np.uint32) * ((1 << bits) - 1) // 255).astype(">u2")
+        for magic, image in ((b"P6", levels[..., ::-1]), (b"P5", levels[..., 1])):
+            path = tmp_path / f"hopper-{bits}.{'ppm' if magic == b'P6' else 'pgm'}"
+            path.write_bytes(b"%s\n# %d bits\n256 300\n%d\n" % (magic, bits, (1 << bits) - 1) + image.tobytes())
+            read = read_image(path)
+            assert np.abs(read.astype(int) - (hopper if magic == b"P6" else hopper[..., 1:2])).max() <= 1, path.name
     alpha = np.full(hopper.shape[:2], 255, np.uint8)
     alpha[:, :128] = 0
     for bits in (10, 12):

@@ -259,8 +259,9 @@ def folder_images(folder: Path) -> list[Path]:
 
 def _open_pipe(spec: str, path: Path) -> ImageSource:
     """An image piped in ("-": standard input, or a FIFO such as bash's <(curl -s URL)), read
-    whole as `predict` reads it (a GIF too: its first frame, as in a folder). A video is refused in one line: OpenCV's video reader needs a
-    file (an MP4's index is at its end), and whether a pipe is a live feed or a file cannot be told."""
+    whole as `predict` reads it (a GIF too: its first frame, as in a folder). A video is refused
+    in one line: OpenCV's video reader needs a file (an MP4's index is at its end), and whether a
+    pipe is a live feed or a file cannot be told."""
     if spec == STDIN and (why := stdin_unusable()):
         raise SourceError(f"--source -: {why}")
     try:

@@ -82,7 +82,8 @@ EXIF_ORIENTATION_TAG = 0x0112
 # image, named by this URN in the file's item properties. OpenCV turns a TIFF by its orientation in
 # every decode, and an AVIF in none (its irot/imir boxes are ignored), so neither is turned here.
 TIFF_EXTRA_SAMPLES_TAG = 0x0152
-TIFF_ASSOCIATED_ALPHA = 1  # ExtraSamples 1: colours stored multiplied by the alpha (2: not)
+# ExtraSamples 1 and 2 are alpha (1: colours stored multiplied by it); 0 is another channel (infrared...)
+TIFF_ASSOCIATED_ALPHA, TIFF_UNASSOCIATED_ALPHA = 1, 2
 AVIF_ALPHA_URN = b"urn:mpeg:mpegB:cicp:systems:auxiliary:alpha"
 AVIF_BRANDS = (b"avif", b"avis")
 # OpenCV decodes a 10- or 12-bit AVIF at its depth as uint16 at its own range (0..1023, 0..4095), which
@@ -196,11 +197,11 @@ def decode_image(data: np.ndarray | bytes, flags: int = cv2.IMREAD_COLOR) -> np.
 def may_have_alpha(data: np.ndarray) -> bool:
     """Whether encoded image bytes may hold transparency, by their header: a PNG with an alpha
     channel or a tRNS chunk (a palette's or a colour's transparency), a WebP whose header flags
-    alpha, a GIF (a transparent colour), a TIFF with extra samples or an AVIF with an alpha image.
+    alpha, a GIF (a transparent colour), a TIFF whose extra sample is alpha or an AVIF with an alpha image.
     JPEG, BMP and the rest are read without alpha."""
     head = data[:32].tobytes()
     if head[:4] in TIFF_MAGIC:
-        return tiff_tag(data, TIFF_EXTRA_SAMPLES_TAG) is not None
+        return tiff_tag(data, TIFF_EXTRA_SAMPLES_TAG) in (TIFF_ASSOCIATED_ALPHA, TIFF_UNASSOCIATED_ALPHA)
     if head[4:8] == b"ftyp" and head[8:12] in AVIF_BRANDS:
         return AVIF_ALPHA_URN in data.tobytes()
     if head.startswith(PNG_MAGIC):

@@ -403,6 +403,14 @@ def test_a_transparent_tiff_or_avif_is_read_as_a_viewer_shows_it(tmp_path):
         assert image[:, 128:].min() >= 250, name  # AVIF's lossy alpha: within a few levels of white
         assert np.abs(image[:, :120].astype(int) - hopper[:, :120]).mean() < 3, name  # the kept half as it was
     np.testing.assert_array_equal(read_image(tmp_path / "erased.tif", cv2.IMREAD_GRAYSCALE)[:, 128:], 255)
+    # a fourth channel that is not alpha (ExtraSamples 0: infrared, a mask) is no transparency
+    data = bytearray((tmp_path / "erased.tif").read_bytes())
+    directory = int.from_bytes(data[4:8], "little")
+    for entry in range(directory + 2, directory + 2 + 12 * int.from_bytes(data[directory:directory + 2], "little"), 12):
+        if int.from_bytes(data[entry:entry + 2], "little") == 0x0152:  # ExtraSamples: 2 (alpha) -> 0
+            data[entry + 8:entry + 10] = bytes(2)
+    (tmp_path / "infrared.tif").write_bytes(data)
+    assert np.abs(read_image(tmp_path / "infrared.tif")[:, 128:].astype(int) - hopper[:, 128:]).mean() < 1
 
 
 def test_a_10_or_12_bit_avif_or_pnm_reads_as_the_8_bit_photo(tmp_path):

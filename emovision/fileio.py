@@ -3,7 +3,8 @@
 Every output the project writes (checkpoints, reports, logs, videos, params.yaml edits)
 goes through `atomic_path`: the data is written to a hidden temporary name in the target's
 folder and renamed over the target only when the writer finished without an error. A folder
-written whole (data/prepared/) goes through `atomic_folder` the same way.
+written whole (data/prepared/) goes through `atomic_folder` the same way, and a set of files
+read together (evaluate's reports) through `atomic_files`.
 
 A kill -9 leaves the temporary behind, so each records its owner (`this_process()`: this
 machine and PID) in its name, and the next writer of the same target removes those whose
@@ -198,6 +199,44 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise_if_no_space(err, path)
         raise
+
+
+STAGED = ".staged"  # a file set's temporary folder: .staged.<owner>.<random>.partial
+
+
+@contextlib.contextmanager
+def atomic_files(folder: str | Path) -> Iterator[Path]:
+    """Yield a new temporary folder inside `folder`; the files written there replace their
+    namesakes in `folder` together when the block succeeds, else none does and it is removed.
+
+    For outputs that are read as one set (evaluate's reports) in a folder that holds other
+    outputs too, so the folder cannot be swapped whole: every file is written before any is
+    renamed, and the renames run back to back with Ctrl-C held, so a failure or interrupt
+    while writing (a full disk, a plot that fails) keeps the previous set whole. A kill -9
+    leaves the temporary folder, which the next writer of `folder` removes (its owner gone).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pattern = re.compile(rf"{re.escape(STAGED)}\.{OWNER}\.{TEMP_RANDOM}{re.escape(PARTIAL)}")
+    for stale in folder.glob(f"{STAGED}.*{PARTIAL}"):
+        match = pattern.fullmatch(stale.name)
+        if match and owner_gone(f"{match['machine']}.{match['pid']}"):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{STAGED}.{this_process()}.", suffix=PARTIAL, dir=folder))
+    try:
+        yield tmp
+        staged = sorted(tmp.iterdir())
+        for new in staged:  # keep each replaced file's mode, as atomic_path does
+            target = folder / new.name
+            os.chmod(new, stat.S_IMODE(target.stat().st_mode) if target.is_file() else DEFAULT_FILE_MODE)
+        with ctrl_c_held():
+            for new in staged:
+                os.replace(new, folder / new.name)
+    except BaseException as err:
+        raise_if_no_space(err, folder)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def recover_folder(path: str | Path) -> list[str]:

@@ -7,7 +7,7 @@ Writes <paths.reports>/metrics.json (DVC metrics: accuracy and macro-F1 per spli
 numbers people compare), evaluation.json (per-class precision/recall/F1, TTA, dataset: not a
 DVC metric, so `dvc metrics show` stays one readable row), confusion.json (DVC confusion
 plot), confusion_matrix.png and per_class_f1.png; every input is checked before any is
-replaced.
+replaced, and the five replace the previous five together (`fileio.atomic_files`).
 """
 from __future__ import annotations
 
@@ -87,16 +87,19 @@ def evaluate(params: Params, models_dir: Path | None = None) -> dict:
                           for s in ("test", "val") for k, short in (("accuracy", "acc"), ("macro_f1", "f1"))}
     metrics_json, confusion_png, f1_png = reports / METRICS_JSON, reports / CONFUSION_PNG, reports / F1_PNG
     details_json = reports / DETAILS_JSON
-    fileio.write_json(details_json, {k: v for k, v in metrics.items() if k != "summary"})
-    fileio.write_json(metrics_json, metrics["summary"])
-    y_test = splits["test"][1]
-    fileio.write_json(reports / CONFUSION_JSON, [
-        {"actual": clf.classes[a], "predicted": clf.classes[p]}
-        for a, p in zip(y_test.tolist(), results["test"]["predictions"].tolist())], indent=None)
-    plots.confusion_matrix(np.array(results["test"]["confusion"]), clf.classes, confusion_png,
-                           f"PrivateTest ({meta['source']}), acc {results['test']['accuracy']:.3f}")
-    plots.per_class_bars({c: results["test"]["per_class"][c]["f1"] for c in clf.classes}, f1_png,
-                         "PrivateTest F1 per class")
+    # One set: DVC records them together, so a failure (a full disk) or Ctrl-C part-way must not
+    # leave this run's metrics.json beside the previous run's evaluation.json and plots.
+    with fileio.atomic_files(reports) as staged:
+        fileio.write_json(staged / DETAILS_JSON, {k: v for k, v in metrics.items() if k != "summary"})
+        fileio.write_json(staged / METRICS_JSON, metrics["summary"])
+        y_test = splits["test"][1]
+        fileio.write_json(staged / CONFUSION_JSON, [
+            {"actual": clf.classes[a], "predicted": clf.classes[p]}
+            for a, p in zip(y_test.tolist(), results["test"]["predictions"].tolist())], indent=None)
+        plots.confusion_matrix(np.array(results["test"]["confusion"]), clf.classes, staged / CONFUSION_PNG,
+                               f"PrivateTest ({meta['source']}), acc {results['test']['accuracy']:.3f}")
+        plots.per_class_bars({c: results["test"]["per_class"][c]["f1"] for c in clf.classes}, staged / F1_PNG,
+                             "PrivateTest F1 per class")
 
     import mlflow
 

@@ -536,3 +536,34 @@ def test_a_full_disk_under_the_store_is_one_line(trained, tmp_path):
     after = sqlite3.connect(disk.with_name("disk.after") / "mlflow.db")
     assert after.execute("select alias, version from registered_model_aliases").fetchall() == [("champion", 1)]
     after.close()
+
+
+EVALUATE_REPORTS = ["metrics.json", "evaluation.json", "confusion.json", "confusion_matrix.png", "per_class_f1.png"]
+
+
+def test_evaluate_on_a_full_disk_keeps_the_previous_reports_whole(trained, tmp_path):
+    """evaluate wrote its five reports one by one: a disk that filled up at the plots left this
+    run's metrics.json, evaluation.json and confusion.json beside the previous run's plots, a
+    mixed set that DVC then records. Now all five are written first and renamed together: the
+    previous set stays whole, nothing temporary is left, one line, exit 2."""
+    from tests.full_disk import run_on_full_disk
+
+    project = shutil.copytree(trained, tmp_path / "project", ignore=shutil.ignore_patterns("reports"))
+    disk = tmp_path / "reports"
+    previous = tmp_path / "previous"
+    previous.mkdir()
+    for name in EVALUATE_REPORTS:
+        (previous / name).write_text(f"the previous run's {name}\n")
+    write_params(project / "params.yaml", {"paths": {"reports": str(disk)}, "registry": {"promote": False}})
+    # 16 KiB: room for the three JSON files (a page each), not for the plots (tens of KiB)
+    rc, err = run_on_full_disk(disk, {name: previous / name for name in EVALUATE_REPORTS},
+                               [sys.executable, "-m", "stages.evaluate", "--params", "params.yaml"], free=16384,
+                               cwd=project, env={**os.environ, "PYTHONPATH": str(REPO),
+                                                 "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"})
+    after = disk.with_name("reports.after")
+    assert sorted(p.name for p in after.iterdir()) == sorted(EVALUATE_REPORTS)  # no temporaries
+    assert {name: (after / name).read_text() for name in EVALUATE_REPORTS} == {
+        name: f"the previous run's {name}\n" for name in EVALUATE_REPORTS}
+    # (the line before it says that the copied project's MLflow artifact paths were moved)
+    assert (rc, err.strip().splitlines()[-1]) == (
+        2, f"error: cannot write {disk}: no space left on the disk; free some space and run again ({disk} is as it was)")

@@ -311,6 +311,29 @@ def unwritable(path: str | Path) -> str | None:
     return None
 
 
+def npz_with(path: str | Path, keys: tuple[str, ...]) -> bool:
+    """Whether `path` is an .npz holding exactly the arrays `keys` (what `write_npz` wrote),
+    judged by its member names alone: no array is read."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return sorted(zf.namelist()) == sorted(f"{k}.npy" for k in keys)
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def check_replaceable_file(path: str | Path, key: str, keys: tuple[str, ...], example: str) -> None:
+    """The param `key` names `path`, an .npz of `keys` that a stage replaces: it must be writable
+    and new, or an earlier output of ours. Outputs persist in DVC (it no longer deletes them
+    first), so a path naming the user's own file (notes.txt) would be overwritten by the stage."""
+    path = Path(path)
+    why = unwritable(path)
+    if why:
+        raise ConfigError(f"{key} {path} cannot be written ({why}): name a new file ({example})")
+    if path.exists() and not npz_with(path, keys):
+        raise ConfigError(f"{key} {path} is a file this project did not write (not an .npz of "
+                          f"{', '.join(keys)}); the stage would overwrite it: name a new file ({example})")
+
+
 def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -23,7 +23,7 @@ import numpy as np
 
 from emovision import fileio
 from emovision.config import Params
-from emovision.data.app_views import AppViews, write_app_views
+from emovision.data.app_views import KEYS as APP_VIEWS_KEYS, AppViews, write_app_views
 from emovision.data.prepared import load_meta, load_split, split_digest
 from emovision.device import usable_cpus
 from emovision.errors import ConfigError, EmovisionError, cli_main
@@ -118,10 +118,8 @@ def _results(results, crew: set) -> Iterator:
 def recrop(params: Params, workers: int = 0) -> AppViews:
     """Write the app views `params` describe (an empty marker when they are off)."""
     out = Path(params.data.app_views)
-    # Checked before any face is cut: the file must be writable where params say.
-    why = fileio.unwritable(out)
-    if why:
-        raise ConfigError(f"data.app_views: {out} cannot be written ({why})")
+    # Checked before any face is cut: writable where params say, and not a file of the user's.
+    fileio.check_replaceable_file(out, "data.app_views", APP_VIEWS_KEYS, Params().data.app_views)
     prepared = Path(params.data.prepared_dir)
     meta = load_meta(prepared) if params.augment.app_view > 0 else None  # off: no data is read
     if meta is None or not params.app_views_on(meta["source"]):

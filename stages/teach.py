@@ -18,19 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-from emovision import distill
+from emovision import distill, fileio
 from emovision.config import Params
 from emovision.data.prepared import load_meta, load_split, split_digest
-from emovision.errors import ConfigError, DataError, cli_main
+from emovision.errors import DataError, cli_main
 from stages import parse, stage_parser
 
 
 def teach(params: Params) -> distill.TeacherCache:
     """Compute and write the teacher cache `params` describe (an empty one without teachers)."""
     teachers, out = params.distill.teachers, Path(params.distill.probs)
-    # Checked before any teacher runs: the file must be writable where params say.
-    if out.is_dir() or any(p.exists() and not p.is_dir() for p in out.parents):
-        raise ConfigError(f"distill.probs: {out} cannot be written (a folder, or below a file)")
+    # Checked before any teacher runs: writable where params say, and not a file of the user's.
+    fileio.check_replaceable_file(out, "distill.probs", distill.CACHE_KEYS, Params().distill.probs)
     prepared = Path(params.data.prepared_dir)
     meta = load_meta(prepared) if teachers else None  # without teachers no data is read
     why = "no distill.teachers"

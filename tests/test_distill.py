@@ -254,3 +254,29 @@ def test_registering_a_distilled_model_logs_its_recipe_and_teachers(in_tmp, mlfl
         assert child.data.params["base.seed"] == str(teacher.recipe["base.seed"])
         assert child.data.metrics["val_acc"] == pytest.approx(teacher.metrics["no_tta"]["val"]["accuracy"])
         assert "test_acc" not in child.data.metrics  # teachers are never scored on PrivateTest
+
+
+@pytest.mark.parametrize("key", ["distill.probs", "data.app_views"])
+def test_an_output_param_naming_a_users_file_is_refused_and_the_file_kept(in_tmp, capsys, key):
+    """distill.probs (teach) and data.app_views (recrop) naming a file of the user's: with the
+    outputs persist: true DVC no longer deletes it first, and the stage overwrote it with an
+    empty marker .npz, exit 0. Now one line, exit 2, the file kept; the stage's own earlier
+    output (an .npz of its arrays) is still replaced, and a folder is refused likewise."""
+    from stages.recrop import main as recrop_main
+
+    section, name = key.split(".")
+    stage = {"distill.probs": teach_main, "data.app_views": recrop_main}[key]
+    (in_tmp / "notes.txt").write_text("my notes\n")
+    write_params(in_tmp / "params.yaml", {section: {name: "notes.txt"}})
+    assert stage(["--params", "params.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {key} notes.txt is a file this project did not write (not an .npz of "
+                   f"{', '.join(distill.CACHE_KEYS if section == 'distill' else ('x', 'found', 'train'))}); "
+                   f"the stage would overwrite it: name a new file ({getattr(getattr(Params(), section), name)})")
+    assert (in_tmp / "notes.txt").read_text() == "my notes\n"
+    write_params(in_tmp / "params.yaml", {section: {name: "ours.npz"}})
+    assert stage(["--params", "params.yaml"]) == 0 and stage(["--params", "params.yaml"]) == 0
+    (in_tmp / "folder").mkdir()
+    write_params(in_tmp / "params.yaml", {section: {name: "folder"}})
+    assert stage(["--params", "params.yaml"]) == 2
+    assert "folder cannot be written (is a folder)" in capsys.readouterr().err

@@ -426,7 +426,7 @@ class _DuplicateKey(Exception):
 
 class ParamsLoader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2 floats (`1e-3`, `3e-05`) and booleans (only
-    true/false: `amp: off` is the string 'off'), and duplicate keys refused.
+    true/false in any of YAML 1.2's casings: `amp: off` is the string 'off'), and duplicate keys refused.
 
     PyYAML implements YAML 1.1, where a float needs a dot (`1.0e-3`), so `1e-3` loads as the
     string '1e-3'; DVC (ruamel, YAML 1.2) writes `-S train.lr=3e-5` as `lr: 3e-05`.
@@ -448,8 +448,8 @@ class ParamsLoader(yaml.SafeLoader):
 YAML12_FLOAT = re.compile(r"""^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?
                               |[-+]?\.(?:inf|Inf|INF)
                               |\.(?:nan|NaN|NAN))$""", re.X)
-# YAML 1.2 booleans are only true/false: YAML 1.1's yes/no/on/off would turn `amp: off`
-# into False (DVC's ruamel, YAML 1.2, reads and writes it as the string 'off').
+# YAML 1.2 booleans are true/false in three casings, as DVC's ruamel reads them: YAML 1.1's
+# yes/no/on/off would turn `amp: off` into False (ruamel reads and writes the string 'off').
 YAML12_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
 ParamsLoader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers

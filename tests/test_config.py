@@ -191,3 +191,28 @@ def test_ranges_in_params_yaml_comments_are_the_ones_enforced():
                     Params().replace(**{key: value})
         checked += 1
     assert checked >= 15  # the comments that state a range were all found
+
+
+@pytest.mark.parametrize("typed", ["True", "TRUE", "False", "true", "yes", "on", "tRUE"])
+def test_a_boolean_is_what_dvc_reads_and_writes(tmp_path, typed):
+    """README said booleans are only `true` / `false`, yet `True` and `TRUE` load. They are YAML
+    1.2 booleans, which DVC (ruamel) reads as booleans too, and `-S augment.hflip=True` writes
+    `true`; YAML 1.1's yes/on stay strings for both. Whether typed into params.yaml or given to
+    `-S`, a value is a bool here exactly when DVC takes it for one; otherwise it is refused."""
+    from dvc.utils.hydra import apply_overrides
+    from ruamel.yaml import YAML
+
+    def agree(path):
+        dvc_reads = YAML(typ="safe").load(path.read_text())["augment"]["hflip"]
+        if isinstance(dvc_reads, bool):
+            assert load_params(path).augment.hflip is dvc_reads
+        else:
+            with pytest.raises(ConfigError, match=f"augment.hflip must be bool .*, got str '{dvc_reads}'"):
+                load_params(path)
+
+    by_hand, by_dvc = tmp_path / "by_hand.yaml", tmp_path / "by_dvc.yaml"
+    by_hand.write_text(f"augment:\n  hflip: {typed}\n")
+    agree(by_hand)
+    by_dvc.write_text("augment:\n  hflip: false\n")
+    apply_overrides(by_dvc, [f"augment.hflip={typed}"])
+    agree(by_dvc)

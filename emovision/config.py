@@ -461,6 +461,9 @@ ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:bool", YAML12_BOOL, list("
 ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", YAML12_FLOAT, list("-+0123456789."))
 
 
+TAB_HINT = "a tab character: YAML indents with spaces"
+
+
 def parse_yaml(text: str, source: str) -> Any:
     """YAML text -> Python objects with ParamsLoader; errors name `source` and the line."""
     try:
@@ -468,20 +471,31 @@ def parse_yaml(text: str, source: str) -> Any:
     except _DuplicateKey as err:
         raise ConfigError(f"{source}: {err}") from None
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
+        mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None) or ""
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{source}: not valid YAML{where}") from None
+        # PyYAML's words for a tab ("found character '\\t' that cannot start any token") do not
+        # say what to do; a tab is the usual cause in a hand-edited params.yaml
+        why = TAB_HINT if "'\\t'" in problem else problem
+        raise ConfigError(f"{source}: not valid YAML{where}{f' ({why})' if why else ''}") from None
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     """Read and validate a params file; errors name the file and the offending key."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"params file not found: {path}") from None
     except IsADirectoryError:
         raise ConfigError(f"params file {path} is a folder") from None
+    except OSError as err:
+        raise ConfigError(f"params file {path} cannot be read ({err.strerror})") from None
+    try:  # YAML is UTF-8 (a BOM is fine); an editor's Latin-1 "é" in a comment ended in a traceback
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"{path}: not UTF-8 text at line {line} "
+                          f"(byte 0x{data[err.start]:02x}): save it as UTF-8") from None
     raw = parse_yaml(text, str(path))
     if raw is None:  # an empty file would silently mean "all defaults" (70 FER2013 epochs)
         raise ConfigError(f"{path}: the params file is empty; copy the project's params.yaml "

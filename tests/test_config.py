@@ -216,3 +216,28 @@ def test_a_boolean_is_what_dvc_reads_and_writes(tmp_path, typed):
     by_dvc.write_text("augment:\n  hflip: false\n")
     apply_overrides(by_dvc, [f"augment.hflip={typed}"])
     agree(by_dvc)
+
+
+HAND_EDITS = {  # params.yaml bytes as editors leave them -> the one line, or None: loads as the original
+    "bom": (lambda text: b"\xef\xbb\xbf" + text, None),
+    "crlf": (lambda text: text.replace(b"\n", b"\r\n"), None),
+    "tab": (lambda text: text.replace(b"\n  seed:", b"\n\tseed:"),
+            "not valid YAML at line 7 (a tab character: YAML indents with spaces)"),
+    "latin-1": (lambda text: text.replace(b"# int: seeds", b"# int: s\xe9eds"),
+                "not UTF-8 text at line 7 (byte 0xe9): save it as UTF-8"),
+}
+
+
+@pytest.mark.parametrize("edit", list(HAND_EDITS))
+def test_a_hand_edited_params_file_loads_or_is_one_line_naming_file_and_line(tmp_path, edit):
+    """A tab said only 'not valid YAML at line 7', and a Latin-1 'é' in a comment ended every
+    stage in a UnicodeDecodeError traceback; a BOM and CRLF line endings load as they should."""
+    change, message = HAND_EDITS[edit]
+    path = tmp_path / "params.yaml"
+    path.write_bytes(change((REPO / "params.yaml").read_bytes()))
+    if message is None:
+        assert load_params(path) == load_params(REPO / "params.yaml")
+    else:
+        with pytest.raises(ConfigError) as err:
+            load_params(path)
+        assert str(err.value) == f"{path}: {message}"

@@ -119,3 +119,16 @@ def test_every_stage_help_opens_with_a_whole_sentence():
             continue
         first = ast.get_docstring(ast.parse(path.read_text())).splitlines()[0]
         assert first.endswith("."), f"{path.name}: --help says {first!r}"
+
+
+def test_the_check_stage_comes_first_watches_the_whole_params_file_and_lists_its_code(tmp_path):
+    """stages.check exists for keys no other stage lists; it must see every key and run first."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert list(stages)[0] == "check" and stages["check"]["params"] == [{"params.yaml": None}]
+    write_params(tmp_path / "params.yaml")
+    traced = trace("check", tmp_path, {**os.environ, "PYTHONPATH": str(REPO)})
+    files, folders = listed_code(stages["check"])
+    covered = lambda f: f in files or any(f.startswith(d + "/") for d in folders)  # noqa: E731
+    assert [f for f in traced["modules"] if not covered(f)] == []
+    assert sorted(files) == sorted(f for f in traced["modules"] if f in files)
+    assert all(any(f.startswith(d + "/") for f in traced["modules"]) for d in folders)

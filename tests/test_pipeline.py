@@ -80,7 +80,7 @@ def test_dvc_repro_end_to_end(tmp_path, mlflow_store):
     out = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"prepare", "teach", "recrop", "train", "evaluate", "bench"}
+    assert set(lock["stages"]) == {"check", "prepare", "teach", "recrop", "train", "evaluate", "bench"}
     assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["epochs"] == 1
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
     assert set(metrics) == {"test_acc", "test_f1", "val_acc", "val_f1"} and 0 <= metrics["test_acc"] <= 1
@@ -567,3 +567,25 @@ def test_evaluate_on_a_full_disk_keeps_the_previous_reports_whole(trained, tmp_p
     # (the line before it says that the copied project's MLflow artifact paths were moved)
     assert (rc, err.strip().splitlines()[-1]) == (
         2, f"error: cannot write {disk}: no space left on the disk; free some space and run again ({disk} is as it was)")
+
+
+def test_dvc_exp_run_with_a_new_key_that_no_stage_lists_is_refused_before_any_stage(tmp_path):
+    """`dvc exp run -S +augmnt.hflip=false` (DVC itself suggests the `+` for a key params.yaml
+    lacks) changed no param any stage listed: nothing ran and the experiment was reported as
+    done, the typo silently ignored. stages.check watches the whole file and runs first."""
+    repo = copy_project(tmp_path / "proj")
+    full = yaml.safe_load((REPO / "params.yaml").read_text())  # dvc.yaml interpolates its paths
+    write_params(repo / "params.yaml", base=full, overrides=TINY)  # tiny: the old code ran the whole pipeline
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
+    git(repo, "init", "-q")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True, env=env)
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    done = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", "+augmnt.hflip=false"], cwd=repo,
+                          env=env, capture_output=True, text=True)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, out[-2000:]
+    assert ("error: params.yaml: unknown section 'augmnt' (did you mean 'augment'?)" in out
+            and "Running stage 'prepare'" not in out), out[-2000:]
+    assert not (repo / "data" / "prepared").exists()

@@ -7,16 +7,41 @@ and reported an experiment with the typo silently ignored. This stage depends on
 of params.yaml and is listed first in dvc.yaml, so any change to the file runs it first (DVC
 runs stages in the order dvc.yaml lists them where the graph leaves a choice): a bad file
 stops the run in one line (exit 2) before a later stage starts. It writes nothing.
+
+Under DVC it also refuses an output path outside the repository: DVC records none there, so
+the stage wrote it (`data.app_views: ../views.npz` overwrote a file beside the project) and
+DVC then failed with an empty 'failed to reproduce' line.
 """
 from __future__ import annotations
 
-from emovision.errors import cli_main
+import os
+from pathlib import Path
+
+from emovision.config import Params
+from emovision.errors import ConfigError, cli_main
 from stages import parse, stage_parser
+
+# the params dvc.yaml names outputs with (`${...}` in outs, metrics and plots)
+OUTPUT_PARAMS = ("data.prepared_dir", "distill.probs", "data.app_views", "paths.models", "paths.reports")
+DVC_ROOT = "DVC_ROOT"  # set by DVC for every stage command: the repository's root
+
+
+def check_outputs_inside(params: Params, root: Path) -> None:
+    """Every output path of `params` lies inside `root`, else one ConfigError line naming the key."""
+    for key in OUTPUT_PARAMS:
+        section, name = key.split(".")
+        path = Path(getattr(getattr(params, section), name))
+        if not path.resolve().is_relative_to(root.resolve()):
+            default = getattr(getattr(Params(), section), name)
+            raise ConfigError(f"{key} {path} is outside the DVC project {root}, where DVC records no "
+                              f"output: name a path inside it ({default})")
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     _, params = parse(stage_parser(__doc__.splitlines()[0]), argv)
+    if os.environ.get(DVC_ROOT):
+        check_outputs_inside(params, Path(os.environ[DVC_ROOT]))
     print(f"{len(params.flat())} params checked")
     return 0
 

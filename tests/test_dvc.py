@@ -132,3 +132,28 @@ def test_the_check_stage_comes_first_watches_the_whole_params_file_and_lists_its
     assert [f for f in traced["modules"] if not covered(f)] == []
     assert sorted(files) == sorted(f for f in traced["modules"] if f in files)
     assert all(any(f.startswith(d + "/") for f in traced["modules"]) for d in folders)
+
+
+def test_an_output_outside_the_project_is_refused_by_check_under_dvc(tmp_path, monkeypatch, capsys):
+    """`data.app_views: ../views.npz`: recrop wrote the file beside the project, then DVC, which
+    records no output outside the repository, failed with an empty line. check refuses it first
+    (under DVC only: run by hand a stage may write anywhere). Its list is dvc.yaml's."""
+    from stages.check import OUTPUT_PARAMS, main as check_main
+
+    text = (REPO / "dvc.yaml").read_text()
+    outs = {key for stage in yaml.safe_load(text)["stages"].values()
+            for kind in ("outs", "metrics", "plots") for o in stage.get(kind, [])
+            for key in re.findall(r"\$\{([a-z_.]+)\}", next(iter(o)) if isinstance(o, dict) else o)}
+    assert outs == set(OUTPUT_PARAMS)
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    write_params(project / "params.yaml", {"data": {"app_views": "../views.npz"}})
+    assert check_main(["--params", "params.yaml"]) == 0  # by hand: allowed
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    assert check_main(["--params", "params.yaml"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: data.app_views ../views.npz is outside the DVC project {project}, where DVC records no output: "
+        f"name a path inside it (data/app_views.npz)")
+    write_params(project / "params.yaml")
+    assert check_main(["--params", "params.yaml"]) == 0

@@ -608,6 +608,29 @@ def _raise_if_files_missing(ref: str, client) -> None:
                         f"{ARTIFACTS}/ deleted, or mlflow.db copied without it)")
 
 
+def _artifact_location(ref: str, client) -> str:
+    """Where a models:/ or runs:/ reference's files are, resolved in `client`'s registry. MLflow's own
+    resolution of models:/ (3.17) asks the process-wide registry URI whatever it is passed, by
+    default sqlite:///mlflow.db in the working directory: from a project subfolder it made an
+    empty store there and said 'Registered Model with name=fer not found'. runs:/<id>/<name>
+    names the run's logged model <name>, resolved the same way."""
+    if ref.startswith("runs:/"):
+        run_id, _, rest = ref.removeprefix("runs:/").partition("/")
+        name, _, inside = rest.partition("/")
+        experiment = client.get_run(run_id).info.experiment_id
+        logged = client.search_logged_models(experiment_ids=[experiment],
+                                             filter_string=f"name = '{name}' AND source_run_id = '{run_id}'")
+        if not logged:  # the run's own artifacts: MLflow resolves those with the URI it is passed
+            return ref
+        return logged[0].artifact_location + (f"/{inside}" if inside else "")
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    found = get_model_name_and_version(client, ref)
+    if len(found) == 1:  # models:/<logged model id>
+        return client.get_logged_model(found[0]).artifact_location
+    return client.get_model_version_download_uri(*found)
+
+
 def download_model(ref: str) -> Path:
     """Resolve `models:/name/Stage`, `models:/name@alias`, `models:/name/3` or `runs:/id/model`
     to a local model folder (an MLflow model, or the older weights.pt + config.json folder)."""
@@ -621,8 +644,8 @@ def download_model(ref: str) -> Path:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            path = Path(mlflow.artifacts.download_artifacts(ref, tracking_uri=client.tracking_uri,
-                                                            registry_uri=client.tracking_uri))
+            path = Path(mlflow.artifacts.download_artifacts(_artifact_location(ref, client),
+                                                            tracking_uri=client.tracking_uri))
     except (mlflow.exceptions.MlflowException, OSError) as err:
         _raise_if_files_missing(ref, client)
         first = (str(err).splitlines() or [type(err).__name__])[0].rstrip(". ")

@@ -1,12 +1,19 @@
 """`train.amp: auto` on a CPU is decided by fact: native bf16 flags, else a measurement."""
 from __future__ import annotations
 
+import json
+import os
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from emovision.models import create_model
 from emovision.training import (AmpChoice, choose_cpu_amp, cpu_flags, measure_train_rates,
                                 resolve_amp)
+from tests.conftest import REPO
 
 # This project's machine (native bf16) and the issue's machine (AVX-512 without bf16).
 NATIVE = {"fpu", "avx2", "avx512f", "avx512_bf16", "avx512_vnni"}
@@ -73,3 +80,25 @@ def test_measure_train_rates_times_each_precision(dtypes):
     rates = measure_train_rates(model, dtypes, batch_size=8, steps=1, rounds=2)
     assert len(rates) == 2 and all(r > 0 for r in rates)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # measured on a copy
+
+
+BENCH_UNDER_AVX2 = """
+import json, torch
+from emovision.config import Params
+from stages.bench import train_throughput
+p = Params().replace(**{"model.width": 8, "train.batch_size": 8, "bench.train_batches": 1, "bench.repeats": 1})
+print(json.dumps(train_throughput(p, torch.device("cpu"), lambda: None)))
+"""
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="oneDNN's ISA cap is x86's")
+def test_a_cpu_without_onednn_bf16_trains_and_benches_in_fp32_only():
+    """oneDNN capped at AVX2 (an AVX2 laptop's oneDNN; /proc/cpuinfo here may still list
+    avx512_bf16): auto picks fp32, and bench times no bf16 it could never pick."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", BENCH_UNDER_AVX2], env=env, cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    train = json.loads(out.splitlines()[-1])
+    assert train["amp_auto"] == "fp32" and "cannot run bf16" in train["amp_auto_reason"]
+    assert train["images_per_s_bf16"] is None and train["images_per_s_fp32"] > 0
+    assert train["amp_auto_vs_fastest"] == 1.0

@@ -8,7 +8,8 @@ This app is MLflow's unchanged server (registered as an `mlflow.app` plugin in
 pyproject.toml, the mechanism MLflow's own `basic-auth` app uses) whose page seeds that key
 with "machine_learning" in a browser that has not chosen yet, so our experiment opens as a
 training experiment, and the GenAI / Model training switch still works and is remembered.
-Before it serves, the app points a moved or copied project's store at the project's own
+Started in a project subfolder, it serves the project's store in place of the empty one
+`mlflow ui` makes there. Before it serves, the app points a moved or copied project's store at the project's own
 mlruns/ (`tracking.follow_moved_project`, what every stage does first), so the UI shows this
 folder's artifacts, not the old folder's (or none, once that is gone).
 """
@@ -22,7 +23,7 @@ import sys
 from pathlib import Path
 
 from flask import Response
-from mlflow.server import BACKEND_STORE_URI_ENV_VAR
+from mlflow.server import BACKEND_STORE_URI_ENV_VAR, REGISTRY_STORE_URI_ENV_VAR
 from mlflow.server import app as flask_app
 from mlflow.server.fastapi_app import app  # the ASGI app `mlflow ui` runs; it mounts flask_app
 
@@ -68,6 +69,31 @@ def served_store() -> str | None:
     return f"sqlite:///{Path.cwd().resolve() / uri.removeprefix('sqlite:///')}"
 
 
+def serve_the_projects_store() -> None:
+    """Started in a project subfolder, `mlflow ui` serves ./mlflow.db there, an empty store it
+    has just made, not the project's: no runs, no models. Serve the project's <root>/mlflow.db
+    instead (only in place of an empty store; one line when it does)."""
+    uri = served_store()
+    if uri is None:
+        return
+    served, root = Path(uri.removeprefix("sqlite:///")), tracking.project_root()
+    project_db = root / "mlflow.db"
+    if served == project_db or not project_db.is_file() or not (root / tracking.PROJECT_MARKER).is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{served}?mode=ro", uri=True)) as con:
+            if con.execute("SELECT (SELECT COUNT(*) FROM runs) + (SELECT COUNT(*) FROM registered_models)").fetchone()[0]:
+                return  # a store of its own: served as asked
+    except sqlite3.Error:  # not an MLflow store MLflow made: MLflow says what it says
+        return
+    asked = os.environ[BACKEND_STORE_URI_ENV_VAR]
+    for var in (BACKEND_STORE_URI_ENV_VAR, REGISTRY_STORE_URI_ENV_VAR):  # the registry follows unless set apart
+        if os.environ.get(var) in (None, asked):
+            os.environ[var] = f"sqlite:///{project_db}"
+    print(f"mlflow ui: {served} is an empty store; serving this project's {project_db} "
+          f"(start `mlflow ui` in {root} to serve it directly)", file=sys.stderr)
+
+
 def follow_moved_project() -> None:
     """Point the served store at this project's mlruns/ when the project was moved or copied
     (only the project's own <root>/mlflow.db, as stages do; one line when it did). A store that
@@ -88,4 +114,5 @@ def follow_moved_project() -> None:
                   f"was moved) and cannot be updated ({err}): the UI shows them where they were", file=sys.stderr)
 
 
+serve_the_projects_store()
 follow_moved_project()

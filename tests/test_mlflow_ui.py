@@ -123,3 +123,30 @@ def test_mlflow_ui_app_serves_a_store_in_a_folder_it_cannot_write(trained, tmp_p
     monkeypatch.setenv(BACKEND_STORE_URI_ENV_VAR, "sqlite:///mlflow.db")  # as `mlflow ui` passes it to a worker
     mlflow_ui.follow_moved_project()
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("own_store", [False, True])
+def test_mlflow_ui_app_in_a_project_subfolder_serves_the_projects_store(migrated_mlflow_db, tmp_path, monkeypatch,
+                                                                        capsys, own_store):
+    """Started in <project>/docs, `mlflow ui` serves docs/mlflow.db, an empty store it has just
+    made: no runs, no models. The app serves the project's store instead, unless the subfolder's
+    store has runs or models of its own."""
+    from mlflow.server import BACKEND_STORE_URI_ENV_VAR, REGISTRY_STORE_URI_ENV_VAR
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    shutil.copy(migrated_mlflow_db, tmp_path / "mlflow.db")
+    sub = tmp_path / "docs"
+    sub.mkdir()
+    shutil.copy(migrated_mlflow_db, sub / "mlflow.db")
+    if own_store:
+        mlflow.MlflowClient(tracking_uri=f"sqlite:///{sub / 'mlflow.db'}").create_registered_model("mine")
+    monkeypatch.chdir(sub)
+    monkeypatch.setenv(BACKEND_STORE_URI_ENV_VAR, "sqlite:///mlflow.db")  # as `mlflow ui` passes it to a worker
+    monkeypatch.delenv(REGISTRY_STORE_URI_ENV_VAR, raising=False)
+    mlflow_ui.serve_the_projects_store()
+    served = os.environ[BACKEND_STORE_URI_ENV_VAR]
+    if own_store:
+        assert served == "sqlite:///mlflow.db" and capsys.readouterr().err == ""
+    else:
+        assert served == os.environ[REGISTRY_STORE_URI_ENV_VAR] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+        assert f"serving this project's {tmp_path / 'mlflow.db'}" in capsys.readouterr().err

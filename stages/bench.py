@@ -69,7 +69,7 @@ def train_throughput(params: Params, device: torch.device, sync) -> dict:
     auto = resolve_amp("auto", device, probe=model)
     configured = resolve_amp(cfg.amp, device)
     # Where oneDNN has no bf16 (AVX2 and older CPUs) autocast runs ATen's generic kernels:
-    # timing them cost 40 s of a 100 s `dev.sh run` (76 vs 633 img/s) for a precision auto never picks.
+    # timing them cost 60-70 s of a `dev.sh run` (210 s -> 140 s, docs/cpu.md) for a precision auto never picks.
     bf16_runs = device.type != "cpu" or cpu_has_bf16()
 
     def epoch(augment: bool, dtype: torch.dtype | None) -> Callable[[], None]:

@@ -16,6 +16,7 @@ import mlflow
 import pytest
 import yaml
 
+from emovision.training import cpu_has_bf16
 from stages.evaluate import main as evaluate_main
 from stages.prepare import main as prepare_main
 from stages.promote import main as promote_main
@@ -89,7 +90,10 @@ def test_dvc_repro_end_to_end(tmp_path, mlflow_store):
     assert set(json.loads((repo / "reports" / "speed.json").read_text())) == {"lat_ms", "fps", "train_ips"}
     bench = json.loads((repo / "reports" / "bench.json").read_text())
     assert bench["train"]["images_per_s_augmented"] > 0
-    assert bench["train"]["images_per_s_fp32"] > 0 and bench["train"]["images_per_s_bf16"] > 0
+    assert bench["train"]["images_per_s_fp32"] > 0
+    # bf16 is timed only where oneDNN can run it (an AVX2 CI machine writes null)
+    bf16_ips = bench["train"]["images_per_s_bf16"]
+    assert bf16_ips > 0 if cpu_has_bf16() else bf16_ips is None
     assert bench["train"]["amp_auto"] in ("fp32", "bf16") and bench["train"]["amp_auto_reason"]
     assert (repo / "reports" / "confusion_matrix.png").stat().st_size > 1000
     v = versions()

@@ -338,11 +338,20 @@ class RunOptions:
     output: Path | None = None  # the annotated video
     log: Path | None = None  # one JSON record per frame
     max_frames: int = 0  # stop after this many frames (0: no limit)
+    # a still's "image" in the log is its path relative to this folder (the folder given as the
+    # source; None: the file's name), so the log joins to the files of a folder and its subfolders
+    image_root: Path | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunOptions:
+        root = Path(args.source)
         return cls(display=not args.no_display, fast=args.fast, output=args.output, log=args.log,
-                   max_frames=args.max_frames)
+                   max_frames=args.max_frames, image_root=root if root.is_dir() else None)
+
+
+def image_name(path: Path, root: Path | None) -> str:
+    """A still's name in the log: its path relative to `root`, or its file name."""
+    return path.relative_to(root).as_posix() if root is not None else path.name
 
 
 def run(pipeline: EmotionPipeline, source: FrameSource, options: RunOptions = RunOptions(),
@@ -395,8 +404,11 @@ def run(pipeline: EmotionPipeline, source: FrameSource, options: RunOptions = Ru
                         writer = AtomicVideoWriter(options.output, source.fps if source.fps > 1 else DEFAULT_FPS, (w, h))
                     writer.write(frame)
                 if log is not None:
-                    log.write(json.dumps({"frame": index, "time": round(stamp, 4), "cut": result.cut,
-                                          "faces": [f.to_dict() for f in result.faces]}) + "\n")
+                    record = {"frame": index, "time": round(stamp, 4), "cut": result.cut}
+                    if source.stills:  # an image source's index is its file's (ImageSource)
+                        record["image"] = image_name(source.files[index], options.image_root)
+                    record["faces"] = [f.to_dict() for f in result.faces]
+                    log.write(json.dumps(record) + "\n")
                 if display:
                     shown = show(frame, shown)
                     wait = 1 if playback is None else playback.wait_ms(stamp)

@@ -190,6 +190,25 @@ def still(tmp_path):
     return str(path)
 
 
+def test_a_folder_log_names_each_image_relative_to_the_folder(checkpoint, tmp_path, video):
+    """A folder's log said only the frame index, which no longer maps to a file once subfolders
+    are read: each record of a still source now names its image, relative to the folder given
+    (the file's name for a single image); a video's records are as before."""
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    face = cv2.resize(grace_hopper(), (160, 200), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(folder / "b.png"), face)
+    cv2.imwrite(str(folder / "sub" / "a.png"), face)
+    names = {}
+    for source in (folder, folder / "sub" / "a.png", video.path):
+        log = tmp_path / "log.jsonl"
+        assert webcam_main(["--model", checkpoint, "--source", str(source), "--no-display", "--log", str(log),
+                            "--max-frames", "4"]) == 0
+        names[source] = [json.loads(line).get("image") for line in log.read_text().splitlines()]
+    assert sorted(map(str, names[folder])) == ["b.png", "sub/a.png"]
+    assert names[folder / "sub" / "a.png"] == ["a.png"] and names[video.path] == [None] * 4
+
+
 def test_broken_images_in_a_folder_are_skipped_and_named(checkpoint, tmp_path, capsys):
     """A cut-off JPEG used to be classified with its missing rows grey (imread guesses), and an
     unreadable file stopped the run with nothing written: now both are skipped, the others

@@ -123,6 +123,18 @@ PANEL_SIZE = (86 + BAR_WIDTH, 28 + 16 * 7)  # probability panel (width, height) 
 # 320x240 frame, a face filling the frame) a smaller panel is tried, and if none fits it is
 # left out (each face's label still gives its top class); below 0.75 its text is unreadable.
 PANEL_SCALES = (1.0, 0.75)
+# The overlay (labels, panel, status line, box lines) was sized for 640x480 and read a third as
+# large on a 1080p frame; it now grows with the frame's shorter side from this one, never shrinks.
+OVERLAY_REFERENCE = 480
+
+
+def overlay_scale(frame_shape: tuple[int, ...]) -> float:
+    """How much larger than at 640x480 the overlay is drawn on this frame (1.0 up to 480 px)."""
+    return max(1.0, min(frame_shape[:2]) / OVERLAY_REFERENCE)
+
+
+def _thickness(scale: float) -> int:
+    return max(1, round(scale))
 
 
 def load_cascade(path: str | Path) -> cv2.CascadeClassifier:
@@ -687,9 +699,11 @@ def _label_box(face: FaceResult, frame_shape: tuple[int, ...]) -> tuple[int, int
     x, y, w, h = face.box
     who = "" if face.track_id is None else f"#{face.track_id} "
     text = f"{who}{face.label} {face.confidence:.0%}"
-    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
-    y1 = y if y - th - 6 >= 0 else min(frame_shape[0], y + h + th + 6)
-    return x, y1 - th - 6, x + tw + 6, y1, text
+    u = overlay_scale(frame_shape)
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * u, _thickness(u))
+    pad = round(6 * u)
+    y1 = y if y - th - pad >= 0 else min(frame_shape[0], y + h + th + pad)
+    return x, y1 - th - pad, x + tw + pad, y1, text
 
 
 def panel_origin(frame_shape: tuple[int, ...], faces: Sequence[FaceResult], size: tuple[int, int] = PANEL_SIZE,
@@ -698,6 +712,8 @@ def panel_origin(frame_shape: tuple[int, ...], faces: Sequence[FaceResult], size
     frame's corners first, then beside each face; None when every place covers one."""
     fh, fw = frame_shape[:2]
     pw, ph = size
+    u = overlay_scale(frame_shape)
+    margin = round(margin * u)
     if pw > fw or ph > fh:
         return None
     keep_clear = []
@@ -705,7 +721,7 @@ def panel_origin(frame_shape: tuple[int, ...], faces: Sequence[FaceResult], size
         x, y, w, h = f.box
         lx0, ly0, lx1, ly1, _ = _label_box(f, frame_shape)
         keep_clear.append((min(x, lx0), min(y, ly0), max(x + w, lx1) - min(x, lx0), max(y + h, ly1) - min(y, ly0)))
-    status_h = 20  # the status line at the bottom
+    status_h = round(20 * u)  # the status line at the bottom
     candidates = [(margin, margin), (fw - pw - margin, margin), (margin, fh - ph - status_h),
                   (fw - pw - margin, fh - ph - status_h)]
     for x, y, w, h in keep_clear:  # right of the face, left of it, below, above
@@ -721,12 +737,13 @@ def panel_origin(frame_shape: tuple[int, ...], faces: Sequence[FaceResult], size
 
 def panel_place(frame_shape: tuple[int, ...], faces: Sequence[FaceResult],
                 n_classes: int) -> tuple[int, int, float] | None:
-    """(x, y, scale) of the probability panel: the largest of PANEL_SCALES with a place that
-    covers no face (`panel_origin`); None when there is none (the panel is left out)."""
-    for scale in PANEL_SCALES:
+    """(x, y, scale) of the probability panel: the largest of PANEL_SCALES (times the frame's
+    `overlay_scale`) with a place that covers no face (`panel_origin`); None when there is none
+    (the panel is left out)."""
+    for scale in np.multiply(PANEL_SCALES, overlay_scale(frame_shape)):
         origin = panel_origin(frame_shape, faces, panel_size(n_classes, scale))
         if origin is not None:
-            return (*origin, scale)
+            return (*origin, float(scale))
     return None
 
 
@@ -739,13 +756,15 @@ def draw(frame: np.ndarray, result: FrameResult, classes: Sequence[str], fps: fl
     """Boxes, labels and confidences for every face; probability bars for the largest face, in
     a panel placed where it hides no face (smaller, or left out, where the frame has no such
     place: `panel_place`); FPS and per-stage times. Draws in place."""
+    u = overlay_scale(frame.shape)
     for face in result.faces:
         x, y, w, h = face.box
-        cv2.rectangle(frame, (x, y), (x + w, y + h), (0, 220, 0), 2)
+        cv2.rectangle(frame, (x, y), (x + w, y + h), (0, 220, 0), 2 * _thickness(u))
         x0, y0, x1, y1, text = _label_box(face, frame.shape)
         # white text on a dark filled strip: readable on any background, bright or dark
         cv2.rectangle(frame, (x0, y0), (x1, y1), (0, 90, 0), -1)
-        cv2.putText(frame, text, (x0 + 3, y1 - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(frame, text, (x0 + round(3 * u), y1 - round(4 * u)), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * u,
+                    (255, 255, 255), _thickness(u), cv2.LINE_AA)
     place = panel_place(frame.shape, result.faces, len(classes)) if result.faces else None
     if place is not None:
         largest = max(result.faces, key=lambda f: f.box[2] * f.box[3])
@@ -759,10 +778,11 @@ def draw(frame: np.ndarray, result: FrameResult, classes: Sequence[str], fps: fl
             bx = px + round(80 * s)
             cv2.rectangle(frame, (bx, y - round(10 * s)), (bx + int(BAR_WIDTH * s * p), y + round(2 * s)),
                           (255, 160, 0), -1)
-            cv2.putText(frame, name[:8], (px + round(6 * s), y), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * s, (255, 255, 255), 1,
-                        cv2.LINE_AA)
+            cv2.putText(frame, name[:8], (px + round(6 * s), y), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * s, (255, 255, 255),
+                        _thickness(s), cv2.LINE_AA)
     status = " ".join(f"{k} {v:.1f}ms" for k, v in result.times_ms.items())
     if fps is not None:
         status = f"{fps:.0f} fps  {status}"
-    cv2.putText(frame, status, (6, frame.shape[0] - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(frame, status, (round(6 * u), frame.shape[0] - round(8 * u)), cv2.FONT_HERSHEY_SIMPLEX, 0.45 * u,
+                (255, 255, 255), _thickness(u), cv2.LINE_AA)
     return frame

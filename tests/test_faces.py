@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from emovision.errors import SourceError
-from emovision.faces import FaceTracker, HaarFaceDetector, iou_matrix
+from emovision.faces import PANEL_SIZE, FaceTracker, HaarFaceDetector, iou_matrix
 from emovision.framing import Framing, crop_faces, eye_angles, fer_square
 from emovision.sources import LiveSource, open_source
 from tests.media import ASTRONAUT_FACE, HOPPER_FACE, astronaut, blank, camera, face_frame, grace_hopper, make_video
@@ -697,8 +697,32 @@ print([p for p in opened if "weights" in p or p.endswith(".pt")], "torch" in sys
                                 "face would need each image enlarged), got 5", "[] False"], out
 
 
+def test_overlay_grows_with_the_frame_and_still_hides_no_face():
+    """The labels and panel were drawn at 640x480's size on every frame, a third as large on a
+    1080p one: they now scale with the frame's shorter side, 640x480 and smaller unchanged, and
+    the panel still clears every face."""
+    from emovision.faces import FaceResult, _label_box, panel_place, panel_size
+
+    def sizes(h, w):
+        s = h / 480
+        face = FaceResult(1, [int(300 * s), int(150 * s), int(150 * s), int(150 * s)], "happy", 0.9, {"happy": 0.9})
+        x0, y0, x1, y1, _ = _label_box(face, (h, w, 3))
+        px, py, scale = panel_place((h, w, 3), [face], 7)
+        pw, ph = panel_size(7, scale)
+        assert iou_matrix(np.array([[px, py, pw, ph]]), np.array([face.box, [x0, y0, x1 - x0, y1 - y0]])).max() == 0
+        return np.array([x1 - x0, y1 - y0, pw, ph])
+
+    at_480 = sizes(480, 640)
+    assert (at_480[2:] == PANEL_SIZE).all()
+    small = FaceResult(1, [150, 75, 75, 75], "happy", 0.9, {"happy": 0.9})  # the label's text alone: never smaller
+    x0, y0, x1, y1, _ = _label_box(small, (240, 320, 3))
+    assert [x1 - x0, y1 - y0] == list(at_480[:2])
+    for h, w in ((720, 1280), (1080, 1920)):
+        assert np.allclose(sizes(h, w) / at_480, h / 480, rtol=0.1), (h, sizes(h, w), at_480)
+
+
 def test_probability_panel_hides_no_face():
-    from emovision.faces import PANEL_SIZE, FaceResult, FrameResult, draw, panel_origin
+    from emovision.faces import FaceResult, FrameResult, draw, panel_origin
 
     def face(x, y, w):
         return FaceResult(1, [x, y, w, w], "happy", 0.9, {"happy": 0.9, "sad": 0.1})

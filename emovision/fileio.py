@@ -226,6 +226,10 @@ def atomic_files(folder: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         staged = sorted(tmp.iterdir())
+        for new in staged:  # every target checked before any rename: a folder named metrics.json
+            why = unwritable(folder / new.name)  # failed the 3rd rename, leaving a mixed set
+            if why:
+                raise unwritten(folder / new.name, f"it {why}; none of the {len(staged)} files was replaced")
         for new in staged:  # keep each replaced file's mode, as atomic_path does
             target = folder / new.name
             os.chmod(new, stat.S_IMODE(target.stat().st_mode) if target.is_file() else DEFAULT_FILE_MODE)

@@ -195,3 +195,21 @@ def test_a_kill_while_ctrl_c_is_held_in_a_background_job_still_stops_it():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_file_set_whose_target_is_a_folder_replaces_none_of_its_files(tmp_path):
+    # renamed one by one, the set failed at metrics.json and left this run's first three files
+    # beside the previous run's last one
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    names = ("confusion.json", "evaluation.json", "metrics.json", "per_class_f1.png")
+    for name in names:
+        (reports / name).write_text("old")
+    (reports / "metrics.json").unlink()
+    (reports / "metrics.json").mkdir()
+    with pytest.raises(fileio.OutputError, match=r"metrics\.json: it is a folder; none of the 4"):
+        with fileio.atomic_files(reports) as staged:
+            for name in names:
+                (staged / name).write_text("new")
+    assert sorted(p.name for p in reports.iterdir()) == sorted(names)  # the staging folder removed
+    assert [(reports / n).read_text() for n in names if n != "metrics.json"] == ["old"] * 3

@@ -20,6 +20,7 @@ import json
 import os
 import sqlite3
 import sys
+import tempfile
 from pathlib import Path
 
 from flask import Response
@@ -36,6 +37,10 @@ __all__ = ["app", "WORKFLOW_STORAGE_KEY", "MODEL_TRAINING_WORKFLOW", "seed_scrip
 WORKFLOW_STORAGE_KEY = "mlflow.workflowType_v1"
 MODEL_TRAINING_WORKFLOW = "machine_learning"
 INDEX_VIEW = "serve"  # mlflow.server's view function for index.html
+# Held by the one worker of a server that speaks: `mlflow ui` starts 4 workers (uvicorn, all
+# children of one parent), each importing this app, and each printed the same line.
+SPEAKER_LOCK = "emovision-mlflow-ui.{server}.lock"
+_speaker: list = []  # the lock's open file, kept for the worker's life
 
 
 def seed_script() -> str:
@@ -90,8 +95,29 @@ def serve_the_projects_store() -> None:
     for var in (BACKEND_STORE_URI_ENV_VAR, REGISTRY_STORE_URI_ENV_VAR):  # the registry follows unless set apart
         if os.environ.get(var) in (None, asked):
             os.environ[var] = f"sqlite:///{project_db}"
-    print(f"mlflow ui: {served} is an empty store; serving this project's {project_db} "
-          f"(start `mlflow ui` in {root} to serve it directly)", file=sys.stderr)
+    say_once(f"mlflow ui: {served} is an empty store; serving this project's {project_db} "
+             f"(start `mlflow ui` in {root} to serve it directly)")
+
+
+def say_once(line: str) -> None:
+    """Print `line` to stderr from one worker of this server only: the first to take its lock."""
+    if not _speaker:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; every worker says it
+            fcntl = None
+        try:
+            handle = open(Path(tempfile.gettempdir()) / SPEAKER_LOCK.format(server=os.getppid()), "a")
+        except OSError:  # no lock can be had: every worker says it
+            handle = None
+        if fcntl is not None and handle is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # another worker of this server holds it and has said it
+                handle.close()
+                return
+            _speaker.append(handle)
+    print(line, file=sys.stderr)
 
 
 def follow_moved_project() -> None:

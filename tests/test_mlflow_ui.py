@@ -150,3 +150,30 @@ def test_mlflow_ui_app_in_a_project_subfolder_serves_the_projects_store(migrated
     else:
         assert served == os.environ[REGISTRY_STORE_URI_ENV_VAR] == f"sqlite:///{tmp_path / 'mlflow.db'}"
         assert f"serving this project's {tmp_path / 'mlflow.db'}" in capsys.readouterr().err
+
+
+def test_only_one_worker_of_a_server_says_it_serves_the_projects_store(migrated_mlflow_db, tmp_path, monkeypatch,
+                                                                         capsys):
+    """`mlflow ui` starts 4 workers that each import the app: each printed the same line. A worker
+    whose sibling (same parent) already holds the speaker's lock serves the project's store silently."""
+    import fcntl
+    import tempfile
+
+    from mlflow.server import BACKEND_STORE_URI_ENV_VAR, REGISTRY_STORE_URI_ENV_VAR
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    shutil.copy(migrated_mlflow_db, tmp_path / "mlflow.db")
+    (tmp_path / "docs").mkdir()
+    shutil.copy(migrated_mlflow_db, tmp_path / "docs" / "mlflow.db")
+    monkeypatch.chdir(tmp_path / "docs")
+    monkeypatch.setenv(BACKEND_STORE_URI_ENV_VAR, "sqlite:///mlflow.db")
+    monkeypatch.delenv(REGISTRY_STORE_URI_ENV_VAR, raising=False)
+    for spoken in getattr(mlflow_ui, "_speaker", []):  # an earlier test's call made this process the speaker
+        spoken.close()
+    monkeypatch.setattr(mlflow_ui, "_speaker", [], raising=False)
+    lock = Path(tempfile.gettempdir()) / f"emovision-mlflow-ui.{os.getppid()}.lock"
+    with open(lock, "a") as sibling:  # the worker that spoke first
+        fcntl.flock(sibling, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        mlflow_ui.serve_the_projects_store()
+    assert os.environ[BACKEND_STORE_URI_ENV_VAR] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert capsys.readouterr().err == ""

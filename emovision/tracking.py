@@ -61,6 +61,16 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
+# `user:password@` in a URL (MLFLOW_TRACKING_URI=http://user:pass@host/...): never shown
+_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+
+
+def shown_uri(uri: str) -> str:
+    """`uri` for messages and logs: any `user:password@` removed, host and path kept (a
+    tracking URI with credentials printed its password in every error line that named it)."""
+    return _USERINFO.sub("", uri)
+
+
 def quiet_mlflow() -> None:
     """Our own calls use registry stages on purpose (users asked for models:/fer/Production)."""
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow(\.|$)")
@@ -117,7 +127,7 @@ def check_server(uri: str) -> None:
         else:  # the OS's words, not urllib3's nested repr: "Connection refused", "Name or service not known"
             cause = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(err))
             reason = cause[1].strip() if cause else type(err).__name__
-        raise DataError(f"MLflow tracking server {uri} does not answer ({reason}); start it, or correct "
+        raise DataError(f"MLflow tracking server {shown_uri(uri)} does not answer ({reason}); start it, or correct "
                         f"MLFLOW_TRACKING_URI") from None
 
 
@@ -241,8 +251,8 @@ def _setup_experiment(mlflow, experiment: str) -> str:
             break
         except Exception as err:
             if not tracking_uri().startswith("sqlite:///"):  # a server that is down or refuses us
-                line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-                raise DataError(f"MLflow tracking server {tracking_uri()} cannot be used "
+                line = shown_uri((str(err).strip().splitlines() or [type(err).__name__])[0])[:300]
+                raise DataError(f"MLflow tracking server {shown_uri(tracking_uri())} cannot be used "
                                 f"(MLFLOW_TRACKING_URI): {line}") from None
             if attempt == STORE_INIT_RETRIES - 1:
                 raise
@@ -362,7 +372,7 @@ def recorded_run_problem(models_dir: Path, info: dict[str, Any], version: bool =
     try:
         run = client.get_run(info["run_id"])
     except mlflow.exceptions.MlflowException:
-        return f"{where}, which is not in the store {tracking_uri()} (a new or another store)"
+        return f"{where}, which is not in the store {shown_uri(tracking_uri())} (a new or another store)"
     if run.info.lifecycle_stage == "deleted":
         return f"{where}, which was deleted in MLflow (`mlflow ui` can restore it)"
     if version:
@@ -370,13 +380,13 @@ def recorded_run_problem(models_dir: Path, info: dict[str, Any], version: bool =
             client.get_model_version(info["model_name"], str(info["model_version"]))
         except mlflow.exceptions.MlflowException:
             return (f"{run_file(models_dir)} names {info['model_name']} v{info['model_version']}, which is "
-                    f"not in the registry of {tracking_uri()} (deleted?)")
+                    f"not in the registry of {shown_uri(tracking_uri())} (deleted?)")
     if logged_model and info.get("model_id"):
         try:
             client.get_logged_model(info["model_id"])
         except mlflow.exceptions.MlflowException:
             return (f"{run_file(models_dir)} names MLflow logged model {info['model_id']}, which is not in "
-                    f"the store {tracking_uri()} (deleted?)")
+                    f"the store {shown_uri(tracking_uri())} (deleted?)")
     return None
 
 
@@ -526,10 +536,10 @@ def _registry_hint(name: str, client=None) -> str:
     try:
         models = [m.name for m in client.search_registered_models()]
     except Exception:  # a server that is down: the registry is unknown, not empty
-        return f"the registry at {client.tracking_uri} cannot be read (MLFLOW_TRACKING_URI)"
+        return f"the registry at {shown_uri(client.tracking_uri)} cannot be read (MLFLOW_TRACKING_URI)"
     if name not in models:
         have = f"registered models: {', '.join(models)}" if models else "the registry is empty"
-        return (f"{have} (tracking URI {client.tracking_uri}); train and register one with `dvc repro` "
+        return (f"{have} (tracking URI {shown_uri(client.tracking_uri)}); train and register one with `dvc repro` "
                 f"(`dvc repro -f --downstream train` when it finds nothing to do), or register the shipped model with "
                 f"`python -m stages.promote --pretrained`")
     versions = client.search_model_versions(f"name='{name}'")
@@ -601,7 +611,7 @@ def _raise_if_files_missing(ref: str, client) -> None:
         # their files by a path of the server's machine; runs logged through an `mlflow server`
         # have mlflow-artifacts: locations, which it serves
         raise ModelRefError(f"cannot load {ref}: its files are in {folder} on the machine of the tracking server "
-                            f"{client.tracking_uri}, not on this one (its runs were logged to the store there, not "
+                            f"{shown_uri(client.tracking_uri)}, not on this one (its runs were logged to the store there, not "
                             f"through the server); load it there, or share models through an `mlflow server "
                             f"--artifacts-destination ...` that training logs to as well")
     raise ModelRefError(f"cannot load {ref}: its files are missing ({folder} does not exist: "

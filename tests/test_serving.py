@@ -387,6 +387,19 @@ def test_a_tracking_server_that_does_not_answer_is_named_in_one_line(tmp_path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hopper.png", "params.yaml"]
 
 
+def test_a_tracking_uris_password_is_never_printed(monkeypatch, capsys):
+    """MLFLOW_TRACKING_URI=http://user:s3cret@host/...: the line for a server that is down
+    printed the password with the URI. It names the host and path, without `user:password@`."""
+    from emovision import errors, tracking
+
+    port = free_port()  # nothing listens on it
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:s3cret@127.0.0.1:{port}/mlflow")
+    code = errors.cli_main(tracking.check_store)()
+    assert (code, capsys.readouterr().err) == (2, f"error: MLflow tracking server http://127.0.0.1:{port}/mlflow does "
+                                                  f"not answer (Connection refused); start it, or correct "
+                                                  f"MLFLOW_TRACKING_URI\n")
+
+
 def test_a_model_whose_files_only_the_servers_machine_has_says_so(in_tmp, mlflow_store, tmp_path, monkeypatch):
     """`mlflow ui` in the project root serves the project's store, whose runs name their files by a
     path of that machine: a client elsewhere (MLFLOW_TRACKING_URI=http://...) was told `mlruns/

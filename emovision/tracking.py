@@ -235,8 +235,19 @@ def store_lock(uri: str | None = None) -> Iterator[None]:
     if path is None or fcntl is None or not Path(path).parent.is_dir():
         yield
         return
-    with open(f"{path}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with open(f"{path}.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # waiting in silence looked like a hang (`dvc repro` said nothing for ever)
+            handle.seek(0)
+            holder = handle.read().strip()
+            print(f"waiting for the MLflow store lock {path}.lock, held by "
+                  f"{f'process {holder}' if holder else 'another process'} (Ctrl-C to stop)",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.truncate(0)  # the holder, for the message above
+        handle.write(fileio.this_process())
+        handle.flush()
         try:
             yield
         finally:

@@ -37,12 +37,8 @@ THRESHOLDS = (0.6, 0.7, 0.7)  # face probability kept after P-Net, R-Net, O-Net 
 # border 81.5% -> 90.5%, without 87.5% -> 97.0%; no box on 100 flat, noise and blurred-noise
 # frames nor on 96 natural-scene frames (16 scikit-image scenes, whole, cropped, mirrored).
 # An O-Net gate of 0.7 found 92.0% but boxed 3 of the 96. A frame with a face the paper's
-# thresholds find costs nothing more; one with none a second R-Net/O-Net pass. The gate was
-# 0.8 until the crops were area-averaged (`_crops`): smoother crops made a face cut above the
-# eyes at the top edge pass as its mouth, chin and neck (full scans of the edge harness's top
-# clips, seeds 0-5: 132 rescue boxes off the face, median O-Net 0.865, 113 under 0.9; 187 of
-# the 193 on a face scored 0.9 or more).
-RESCUE_THRESHOLDS = (0.1, 0.1, 0.9)
+# thresholds find costs nothing more; one with none a second R-Net/O-Net pass.
+RESCUE_THRESHOLDS = (0.1, 0.1, 0.8)
 RESCUE_MIN_FACE = 64
 RESCUE_MAX_FACE = 0.75
 # Candidates around a known face (centre shift in box sides, scale): R-Net and O-Net's box
@@ -152,36 +148,14 @@ def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
 
 def _crops(gray: np.ndarray, boxes: np.ndarray, size: int, border: int = OUTSIDE_BORDER) -> np.ndarray:
     """(N, size, size) uint8 crops of [x1, y1, x2, y2] boxes, filled past the frame's edges by
-    `border` (an OpenCV border mode; BORDER_CONSTANT is black).
-
-    Each crop averages the pixels it covers, as the original MTCNN's area resize does: warpAffine
-    has no area interpolation (it takes INTER_AREA as bilinear), so a 130 px face cut to 24x24
-    was sampled at 1 pixel in 5 and kept all of a dim room's sensor noise (a face at x0.2 with
-    noise sigma 12: found in 2 of 240 frames, now in 232, as at x0.35). A box is now cut from
-    the frame halved by area averaging as often as it is at least twice `size` (`_octaves`),
-    then bilinear at less than 2 pixels a step."""
+    `border` (an OpenCV border mode; BORDER_CONSTANT is black)."""
     out = np.empty((len(boxes), size, size), np.uint8)
-    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) if len(boxes) else np.zeros(0)
-    halvings = np.floor(np.log2(np.maximum(sides / size, 1.0))).astype(int)
-    levels = _octaves(gray, int(halvings.max()) if len(boxes) else 0)
-    dst = np.float32([[0, 0], [size, 0], [0, size]])
     for i, (x1, y1, x2, y2) in enumerate(boxes):
-        level = levels[min(halvings[i], len(levels) - 1)]
-        sx, sy = level.shape[1] / gray.shape[1], level.shape[0] / gray.shape[0]
-        ox, oy = (1 - sx) / 2, (1 - sy) / 2  # a halved level's pixel is centred between two of the frame's
-        src = np.float32([[x1 * sx - ox, y1 * sy - oy], [x2 * sx - ox, y1 * sy - oy], [x1 * sx - ox, y2 * sy - oy]])
-        out[i] = cv2.warpAffine(level, cv2.getAffineTransform(src, dst), (size, size), flags=cv2.INTER_LINEAR,
+        src = np.float32([[x1, y1], [x2, y1], [x1, y2]])
+        dst = np.float32([[0, 0], [size, 0], [0, size]])
+        out[i] = cv2.warpAffine(gray, cv2.getAffineTransform(src, dst), (size, size), flags=cv2.INTER_AREA,
                                 borderMode=border)
     return out
-
-
-def _octaves(gray: np.ndarray, n: int) -> list[np.ndarray]:
-    """The frame and up to `n` halvings of it, each the area average of the one before."""
-    levels = [gray]
-    while len(levels) <= n and min(levels[-1].shape[:2]) >= 2:
-        h, w = levels[-1].shape[:2]
-        levels.append(cv2.resize(levels[-1], (w // 2, h // 2), interpolation=cv2.INTER_AREA))
-    return levels
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:

@@ -458,17 +458,6 @@ def test_a_face_half_outside_the_frame_is_found(classifier, mtcnn, photo, face, 
     assert found >= 16 and len(ids) == 1 and off == 0
 
 
-def test_a_face_cut_above_the_eyes_at_the_top_edge_gets_no_box_on_its_chin(mtcnn):
-    """With the crops area-averaged, the rescue pass took the mouth, chin and neck of a face cut
-    above the eyes at the top edge for a face (O-Net 0.8-0.9): a full scan boxed off the face in
-    these three frames (of 20 probed: the astronaut, seeds 0-9, 0.5 and 0.6 outside); at the rescue
-    gate of 0.9 in none."""
-    for seed, outside in ((1, 0.5), (2, 0.6), (9, 0.5)):
-        frame, (tx, ty, tw, th) = face_at_edge(astronaut(), ASTRONAUT_FACE, "top", outside, seed, n=1)[0]
-        for x, y, w, h in mtcnn.detect(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)):
-            assert tx <= x + w / 2 <= tx + tw and ty <= y + h / 2 <= ty + th, (seed, outside, (x, y, w, h))
-
-
 @pytest.mark.parametrize("photo, face, width, speed, seed", [
     (grace_hopper, HOPPER_FACE, 120, 20, 2),
     (astronaut, ASTRONAUT_FACE, 100, 15, 5),
@@ -638,22 +627,6 @@ def test_mtcnn_rescue_pass_finds_a_faint_face_and_no_face_in_textures(mtcnn):
         img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
         for part in (img, img[: img.shape[0] * 3 // 5, : img.shape[1] * 3 // 5]):
             assert len(mtcnn.detect(cv2.resize(part, (640, 480), interpolation=cv2.INTER_AREA))) == 0, name
-
-
-@pytest.mark.parametrize("photo, face", [(grace_hopper, HOPPER_FACE), (astronaut, ASTRONAUT_FACE)])
-def test_mtcnn_finds_a_face_in_a_dim_noisy_room(mtcnn, photo, face):
-    """A face at x0.2 brightness with sensor noise (sigma 12 grey levels): R-Net's and O-Net's
-    crops were sampled bilinearly, 1 pixel in 5 of a 130 px face, and kept all the noise: 0 of
-    16 such frames found (both photos, 8 seeds), every one now. Dark noise stays faceless."""
-    for seed in (0, 1):
-        rng = np.random.default_rng(seed)
-        frame, box = face_frame(photo(), face, rng.uniform(200, 440), rng.uniform(180, 300), rng.uniform(90, 170),
-                                background=int(rng.integers(60, 200)))
-        dim = gray(frame).astype(float) * 0.2 + rng.normal(0, 12, frame.shape[:2])
-        (found,) = mtcnn.detect(np.clip(dim, 0, 255).astype(np.uint8))
-        assert iou_matrix(np.array([found]), np.array([box]))[0, 0] > 0.4
-        dark = np.clip(rng.normal(rng.uniform(10, 60), 12, frame.shape[:2]), 0, 255).astype(np.uint8)
-        assert len(mtcnn.detect(dark)) == 0
 
 
 def test_mtcnn_takes_no_texture_mirrored_at_the_frame_edge_for_a_face(mtcnn, monkeypatch):

@@ -201,12 +201,15 @@ def score(log, truth):
 
 
 def run_app(video, log, extra):
+    """The real app headless on `video` (scripts/webcam_cases.py runs it too): its exit code, and
+    from its summary line the fps processing and detect ms on detection frames (None if absent)."""
     from emovision import webcam
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = webcam.main(["--model", "pretrained", "--source", str(video), "--no-display", "--log", str(log), *extra])
-    m = re.search(r"([\d.]+) fps processing", buf.getvalue())
-    return rc, float(m.group(1)) if m else None
+    fps = re.search(r"([\d.]+) fps processing", buf.getvalue())
+    detect = re.search(r"detect ([\d.]+) \(on detection frames\)", buf.getvalue())
+    return rc, float(fps[1]) if fps else None, float(detect[1]) if detect else None
 
 
 def table(files: list[str]) -> None:
@@ -268,7 +271,7 @@ def main():
                 continue
             log = logs / f"{seed}-{name}.jsonl"
             t0 = time.perf_counter()
-            rc, fps = run_app(vdir / f"{name}.mp4", log, extra)
+            rc, fps, _ = run_app(vdir / f"{name}.mp4", log, extra)
             s = score(log, truth)
             s.update(seed=seed, name=name, group=group, rc=rc, fps=fps)
             results.append(s)

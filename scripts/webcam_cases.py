@@ -16,10 +16,7 @@ detect ms on detection frames (medians of --repeat runs).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import re
 import statistics
 import sys
 import tempfile
@@ -31,6 +28,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO))  # the photos and face boxes the tests use (tests/media.py)
+from edge_faces import run_app  # noqa: E402  (scripts/, beside this one: the same app run and summary parse)
 VID = Path(tempfile.gettempdir()) / "emovision-webcam-cases"
 FRAMES = 60
 HEAD = 0.7  # the head crop: the face box plus this fraction of its side on every edge
@@ -212,15 +210,6 @@ def score(log, truth):
     return out
 
 
-def run_app(video, log, extra):
-    from emovision import webcam
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = webcam.main(["--model", "pretrained", "--source", str(video), "--no-display", "--log", str(log), *extra])
-    m = re.search(r"detect ([\d.]+) \(on detection frames\).* ([\d.]+) fps processing", buf.getvalue())
-    return rc, (float(m.group(2)), float(m.group(1))) if m else (None, None)
-
-
 def table(files):
     tabs = [{r["name"]: r for r in json.loads(Path(f).read_text())} for f in files]
     print(f"{'clip':<22}" + "".join(f" | {Path(f).stem[-30:]:>40}" for f in files))
@@ -271,8 +260,8 @@ def main():
         t0 = time.perf_counter()
         runs = [run_app(vdir / f"{name}.mp4", log, a.extra.split()) for _ in range(a.repeat)]
         s = score(log, truth)
-        fps = [f for _, (f, _) in runs if f is not None]
-        det = [d for _, (_, d) in runs if d is not None]
+        fps = [f for _, f, _ in runs if f is not None]
+        det = [d for _, _, d in runs if d is not None]
         s.update(name=name, group=group, rc=runs[-1][0], fps=statistics.median(fps) if fps else None,
                  detect_ms=statistics.median(det) if det else None)
         results.append(s)

@@ -19,10 +19,12 @@ from typing import Any, Literal
 
 import yaml
 
-from emovision.errors import ConfigError
+from emovision.errors import ConfigError, shown_uri
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PARAMS = "params.yaml"
+# Params holding a URL that may carry credentials: shown (and logged to MLflow) without them
+URI_PARAMS = frozenset({"tune.storage"})
 
 
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch accepts it too
@@ -190,9 +192,10 @@ class Params:
     distill: DistillParams = field(default_factory=DistillParams)
 
     def flat(self) -> dict[str, Any]:
-        """All params as `section.key -> value` (for MLflow)."""
+        """All params as `section.key -> value` (for MLflow), the tune storage URL's credentials
+        hidden (train logs every param to the store)."""
         return {
-            f"{section}.{key}": value
+            f"{section}.{key}": shown_uri(value) if f"{section}.{key}" in URI_PARAMS else value
             for section, values in dataclasses.asdict(self).items()
             for key, value in values.items()
         }

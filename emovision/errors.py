@@ -5,6 +5,7 @@ import contextlib
 import errno
 import functools
 import os
+import re
 import select
 import signal
 import sys
@@ -22,6 +23,21 @@ EXIT_BROKEN_PIPE = 128 + 13  # stdout's reader gone (`| head`): what a tool kill
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 NO_SPACE_HINT = "no space left on the disk; free some space and run again"
 SQLITE_FULL = 13  # sqlite3's "database or disk is full" (mlflow.db, optuna.db on a full disk)
+
+# The credentials a URI can carry: its userinfo (`user:password@`, or a lone token: `https://<token>@host`,
+# which cannot be told from a user name) and query values named like secrets (`?password=`, `&token=`;
+# SQLAlchemy passes them to the driver). A password holding `/`, `?` or `#` must be %-encoded to be
+# parsed as one; unencoded, it ends the userinfo where parsers end it too.
+_USERINFO = re.compile(r"(?<=://)[^/?#\s]*@")
+_SECRET_QUERY = re.compile(r"(?i)([?&;][^=&;#\s]*(?:pass|pwd|token|secret|key|auth|credential)[^=&;#\s]*=)[^&;#\s]*")
+HIDDEN = "***"
+
+
+def shown_uri(text: str) -> str:
+    """`text` (a URI, or a message that quotes one) as a user may see it: printed, raised or logged
+    to MLflow, every userinfo shown as `***@` and every secret query value as `***`; scheme,
+    host, port, path and other parameters kept. The one way a tracking URI or storage URL is shown."""
+    return _SECRET_QUERY.sub(rf"\1{HIDDEN}", _USERINFO.sub(f"{HIDDEN}@", text))
 
 
 class EmovisionError(Exception):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from emovision import fileio
-from emovision.errors import DataError, ModelRefError
+from emovision.errors import DataError, ModelRefError, shown_uri
 
 EXPERIMENT = "emovision"
 PROJECT_MARKER = "dvc.yaml"
@@ -59,16 +59,6 @@ def project_root(cwd: Path | None = None) -> Path:
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
-
-
-# `user:password@` in a URL (MLFLOW_TRACKING_URI=http://user:pass@host/...): never shown
-_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
-
-
-def shown_uri(uri: str) -> str:
-    """`uri` for messages and logs: any `user:password@` removed, host and path kept (a
-    tracking URI with credentials printed its password in every error line that named it)."""
-    return _USERINFO.sub("", uri)
 
 
 def quiet_mlflow() -> None:

@@ -39,7 +39,7 @@ from optuna.trial import FrozenTrial, TrialState
 from emovision import fileio, tracking
 from emovision.config import Params
 from emovision.device import cpu_threads
-from emovision.errors import ConfigError, DataError
+from emovision.errors import ConfigError, DataError, shown_uri
 from emovision.training import SplitTensors, fit
 
 HEARTBEAT_S = 20  # a running trial proves it is alive this often
@@ -99,11 +99,6 @@ def storage_file(url: str) -> Path | None:
     return Path(database)
 
 
-def display_url(url: str) -> str:
-    """The URL for messages and MLflow, with any database password masked."""
-    return re.sub(r"^([a-z0-9+]+://[^:/@]*):[^/]*@", r"\1:***@", url)
-
-
 class QuietStops(logging.Filter):
     """Optuna logs a trial stopped by Ctrl-C or by a store that is locked or gone as a failure,
     with its traceback (20 lines and more), and Optuna and MLflow log each locked query; the
@@ -158,10 +153,10 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                 continue
             first = _first_line(err)
             if _is_locked(text):  # not the URL's fault: the advice on URL formats would mislead
-                raise DataError(f"Optuna storage {display_url(url)!r} {LOCKED} ({first[:200]}, waited "
+                raise DataError(f"Optuna storage {shown_uri(url)!r} {LOCKED} ({first[:200]}, waited "
                                 f"{time.monotonic() - started:.0f} s); run again once that process is "
                                 f"done, or use another --storage") from None
-            raise ConfigError(f"cannot open Optuna storage {display_url(url)!r}: {first[:200]}; "
+            raise ConfigError(f"cannot open Optuna storage {shown_uri(url)!r}: {first[:200]}; "
                               f"use sqlite:///abs/path.db, postgresql://user@host/db, mysql://… "
                               f"or journal:///abs/path/study.log") from None
 
@@ -175,7 +170,7 @@ def _check_storage_folder(url: str) -> None:
     missing = next((p for p in reversed(path.parents) if not p.is_dir()), path.parent)
     why = (f"{missing} is a file, not a folder; fix the path" if missing.exists() else
            f"folder {missing} does not exist; fix the path, or create the folder first")
-    raise ConfigError(f"cannot open Optuna storage {display_url(url)!r}: {why}")
+    raise ConfigError(f"cannot open Optuna storage {shown_uri(url)!r}: {why}")
 
 
 def _open_storage(url: str) -> optuna.storages.BaseStorage:
@@ -224,9 +219,10 @@ class RetryAndEndRuns(optuna.storages.RetryHeartbeatStaleTrialCallback):
 
 
 def _first_line(err: BaseException) -> str:
-    """An error's first line, without SQLAlchemy's `(sqlite3.OperationalError) ` prefix."""
+    """An error's first line, without SQLAlchemy's `(sqlite3.OperationalError) ` prefix (and
+    without credentials: a driver's error may quote the URL it was given)."""
     text = str(err).strip()
-    return re.sub(r"^\([\w.]+\) ", "", text.splitlines()[0]) if text else type(err).__name__
+    return shown_uri(re.sub(r"^\([\w.]+\) ", "", text.splitlines()[0])) if text else type(err).__name__
 
 
 def _is_locked(message: str) -> bool:
@@ -404,9 +400,9 @@ def store_failure(err: BaseException, url: str) -> str | None:
         return None
     modules = (frame.f_globals.get("__name__", "") for frame, _ in traceback.walk_tb(cause.__traceback__))
     if any(m == "mlflow" or m.startswith("mlflow.") for m in modules):
-        store = f"MLflow store {display_url(tracking.tracking_uri())!r}"
+        store = f"MLflow store {shown_uri(tracking.tracking_uri())!r}"
     else:
-        store = f"Optuna storage {display_url(url)!r}"
+        store = f"Optuna storage {shown_uri(url)!r}"
     return f"{store} {LOCKED if _is_locked(str(cause)) else 'failed'} ({_first_line(cause)[:200]})"
 
 

@@ -14,7 +14,7 @@ import optuna
 from emovision import progress, tracking, tuning
 from emovision.config import DEFAULT_PARAMS, Params
 from emovision.device import torch_threads
-from emovision.errors import ConfigError, DataError, cli_main
+from emovision.errors import ConfigError, DataError, cli_main, shown_uri
 from emovision.training import load_train_val
 from stages import open_store, parse, stage_parser
 
@@ -35,7 +35,7 @@ def tune(params: Params, pruner: optuna.pruners.BasePruner | None = None,
     try:  # a store locked or gone midway: one line, its trials failed, the study resumable
         if t.n_trials == 0:
             study = tuning.existing_study(storage, t.study_name)
-            print(f"study '{t.study_name}' in {tuning.display_url(url)}: {len(study.trials)} trials; no new ones")
+            print(f"study '{t.study_name}' in {shown_uri(url)}: {len(study.trials)} trials; no new ones")
             rows = tuning.trials_table(study)
             best = write_reports(study, rows, out_dir)
         else:
@@ -49,7 +49,7 @@ def tune(params: Params, pruner: optuna.pruners.BasePruner | None = None,
     apply_cmd = " ".join(["python -m stages.tune --n-trials 0 --apply",
                           *([f"--params {params_path}"] if params_path and str(params_path) != DEFAULT_PARAMS else []),
                           f"--study-name {t.study_name}",
-                          *([f"--storage '{tuning.display_url(url)}'"] if t.storage else [])])
+                          *([f"--storage '{shown_uri(url)}'"] if t.storage else [])])
     print_summary(rows, best, out_dir / "best_params.json", None if apply else apply_cmd)
     hint = tuning.running_trials_hint(url, t.study_name, rows)
     if hint:
@@ -72,7 +72,7 @@ def run_trials(params: Params, study: optuna.Study, url: str, out_dir: Path) -> 
         print(f"demo set: model.width {params.model.width} -> {width} in every trial, as train builds it "
               f"(the demo section's caps)")
         params = params.replace(**{"model.width": width})
-    print(f"study '{t.study_name}' in {tuning.display_url(url)}: {len(study.trials)} earlier trials; "
+    print(f"study '{t.study_name}' in {shown_uri(url)}: {len(study.trials)} earlier trials; "
           f"running {t.n_trials} more ({t.epochs} epochs each, {t.n_jobs} at a time, on {meta['source']} "
           f"{len(train):,} train / {len(val):,} val)")
     exp_id = open_store()
@@ -80,7 +80,7 @@ def run_trials(params: Params, study: optuna.Study, url: str, out_dir: Path) -> 
 
     with tracking.tracked_run(run_name=f"tune-{t.study_name}",
                               tags={**tracking.run_tags(meta), "stage": "tune", "study": t.study_name}) as run:
-        mlflow.log_params({"tune.storage": tuning.display_url(url),
+        mlflow.log_params({"tune.storage": shown_uri(url),
                            **{f"tune.{k}": getattr(t, k) for k in
                               ("study_name", "n_trials", "timeout", "epochs", "n_jobs", "pruner",
                                "lr_low", "lr_high", "dropout_low", "dropout_high")},

@@ -241,3 +241,18 @@ def test_a_hand_edited_params_file_loads_or_is_one_line_naming_file_and_line(tmp
         with pytest.raises(ConfigError) as err:
             load_params(path)
         assert str(err.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize("uri, shown", [
+    ("postgresql://u:p@ss@db.host:5432/optuna", "postgresql://***@db.host:5432/optuna"),  # `@` in the password
+    ("https://ghp_token@mlflow.host/", "https://***@mlflow.host/"),  # a lone token is a secret too
+    ("mysql://db/optuna?charset=utf8&password=pw&api_key=k", "mysql://db/optuna?charset=utf8&password=***&api_key=***"),
+    ("sqlite:////home/me/a@b/optuna.db", "sqlite:////home/me/a@b/optuna.db"),  # `@` in a path is no userinfo
+])
+def test_a_uri_is_shown_without_its_credentials_and_so_is_the_tune_storage_param(uri, shown):
+    """tuning showed `user:***@` and tracking dropped the userinfo, and neither hid `?password=`;
+    train logged params.flat() to MLflow, tune.storage's password with it. One function now."""
+    from emovision.errors import shown_uri
+
+    assert shown_uri(uri) == shown
+    assert Params().replace(**{"tune.storage": uri}).flat()["tune.storage"] == shown

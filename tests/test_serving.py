@@ -389,13 +389,13 @@ def test_a_tracking_server_that_does_not_answer_is_named_in_one_line(tmp_path, c
 
 def test_a_tracking_uris_password_is_never_printed(monkeypatch, capsys):
     """MLFLOW_TRACKING_URI=http://user:s3cret@host/...: the line for a server that is down
-    printed the password with the URI. It names the host and path, without `user:password@`."""
+    printed the password with the URI. It names the host and path, its credentials as `***@`."""
     from emovision import errors, tracking
 
     port = free_port()  # nothing listens on it
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:s3cret@127.0.0.1:{port}/mlflow")
     code = errors.cli_main(tracking.check_store)()
-    assert (code, capsys.readouterr().err) == (2, f"error: MLflow tracking server http://127.0.0.1:{port}/mlflow does "
+    assert (code, capsys.readouterr().err) == (2, f"error: MLflow tracking server http://***@127.0.0.1:{port}/mlflow does "
                                                   f"not answer (Connection refused); start it, or correct "
                                                   f"MLFLOW_TRACKING_URI\n")
 

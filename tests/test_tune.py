@@ -173,7 +173,9 @@ def test_stale_running_trial_is_failed_and_retried(project, monkeypatch):
 
 @pytest.mark.parametrize("args, message", [
     (["--storage", "postgresql://nobody:hunter2@127.0.0.1:1/none"], "cannot open Optuna storage "
-                                                                     "'postgresql://nobody:***@127.0.0.1:1/none'"),
+                                                                     "'postgresql://***@127.0.0.1:1/none'"),
+    (["--storage", "postgresql://127.0.0.1:1/none?user=nobody&password=hunter2"],
+     "cannot open Optuna storage 'postgresql://127.0.0.1:1/none?user=nobody&password=***'"),
     (["--storage", "notascheme"], "cannot open Optuna storage 'notascheme'"),
     # every flag is checked by the params' own rules, and the line names the flag
     (["--n-trials", "-1"], "--n-trials: tune.n_trials must be in [0, 10000] (0: report the study"),

@@ -16,8 +16,10 @@ folder's artifacts, not the old folder's (or none, once that is gone).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import socket
 import sqlite3
 import sys
 import tempfile
@@ -38,9 +40,12 @@ WORKFLOW_STORAGE_KEY = "mlflow.workflowType_v1"
 MODEL_TRAINING_WORKFLOW = "machine_learning"
 INDEX_VIEW = "serve"  # mlflow.server's view function for index.html
 # Held by the one worker of a server that speaks: `mlflow ui` starts 4 workers (uvicorn, all
-# children of one parent), each importing this app, and each printed the same line.
+# children of one parent), each importing this app, and each printed the same line. On Linux an
+# abstract socket name, which the kernel frees when its holder ends: a lock file in the temp
+# folder was left behind by every server (uvicorn ends its workers by re-raising SIGTERM, so no
+# atexit runs). Elsewhere that file, under flock.
 SPEAKER_LOCK = "emovision-mlflow-ui.{server}.lock"
-_speaker: list = []  # the lock's open file, kept for the worker's life
+_speaker: list = []  # the lock (socket or open file), kept for the worker's life
 
 
 def seed_script() -> str:
@@ -101,23 +106,39 @@ def serve_the_projects_store() -> None:
 
 def say_once(line: str) -> None:
     """Print `line` to stderr from one worker of this server only: the first to take its lock."""
-    if not _speaker:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no flock; every worker says it
-            fcntl = None
-        try:
-            handle = open(Path(tempfile.gettempdir()) / SPEAKER_LOCK.format(server=os.getppid()), "a")
-        except OSError:  # no lock can be had: every worker says it
-            handle = None
-        if fcntl is not None and handle is not None:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # another worker of this server holds it and has said it
-                handle.close()
-                return
-            _speaker.append(handle)
+    if not _speaker and not _take_speaker_lock():
+        return  # another worker of this server holds it and has said it
     print(line, file=sys.stderr)
+
+
+def _take_speaker_lock() -> bool:
+    """Whether this worker may speak: it took its server's lock, or no lock can be had (then
+    every worker says it)."""
+    name = SPEAKER_LOCK.format(server=os.getppid())
+    if sys.platform.startswith("linux"):
+        lock = socket.socket(socket.AF_UNIX)
+        try:
+            lock.bind("\0" + name)  # a leading NUL: an abstract name, never a file
+        except OSError as err:
+            lock.close()
+            return err.errno != errno.EADDRINUSE
+        _speaker.append(lock)
+        return True
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock
+        return True
+    try:
+        handle = open(Path(tempfile.gettempdir()) / name, "a")
+    except OSError:
+        return True
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return False
+    _speaker.append(handle)
+    return True
 
 
 def follow_moved_project() -> None:

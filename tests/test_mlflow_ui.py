@@ -2,14 +2,18 @@
 browser in the model-training view, and the installed UI still keeps that choice where we seed it."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
+import socket
 import sys
+import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import mlflow
 import pytest
@@ -38,13 +42,15 @@ class MovedProjectUI:
     project: Path
     log: Path
     run_id: str
+    stop: Callable[[], None]
 
 
 @pytest.fixture(scope="module")
 def moved_project_ui(trained, tmp_path_factory) -> Iterator[MovedProjectUI]:
     """`mlflow ui --app-name emovision` as a user starts it in a project moved after runs existed:
-    in the project root, on MLflow's default store ./mlflow.db, before any stage ran there. Started
-    once for this module's server tests (a cold start is most of their time); they only read it."""
+    in a project subfolder (docs/, so the app serves the project's store in place of the empty
+    one MLflow makes there), before any stage ran there. Started once for this module's server
+    tests (a cold start is most of their time); they only read it, until the last one stops it."""
     from emovision import tracking
 
     tmp_path = tmp_path_factory.mktemp("moved")
@@ -64,8 +70,10 @@ def moved_project_ui(trained, tmp_path_factory) -> Iterator[MovedProjectUI]:
     ui = [sys.executable, "-m", "mlflow", "ui", "--app-name", "emovision", "--host", "127.0.0.1",
           "--workers", "2", "--port"]
     log = tmp_path / "ui.log"
-    with running_server(lambda port: ui + [str(port)], "/", project, env, log) as (port, _):
-        yield MovedProjectUI(port, project, log, run_id)
+    (project / "docs").mkdir()
+    with contextlib.ExitStack() as server:
+        port, _ = server.enter_context(running_server(lambda port: ui + [str(port)], "/", project / "docs", env, log))
+        yield MovedProjectUI(port, project, log, run_id, server.close)
 
 
 def _page(port: int) -> str:
@@ -152,13 +160,11 @@ def test_mlflow_ui_app_in_a_project_subfolder_serves_the_projects_store(migrated
         assert f"serving this project's {tmp_path / 'mlflow.db'}" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the speaker's lock is an abstract socket on Linux")
 def test_only_one_worker_of_a_server_says_it_serves_the_projects_store(migrated_mlflow_db, tmp_path, monkeypatch,
                                                                          capsys):
     """`mlflow ui` starts 4 workers that each import the app: each printed the same line. A worker
     whose sibling (same parent) already holds the speaker's lock serves the project's store silently."""
-    import fcntl
-    import tempfile
-
     from mlflow.server import BACKEND_STORE_URI_ENV_VAR, REGISTRY_STORE_URI_ENV_VAR
 
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
@@ -171,9 +177,32 @@ def test_only_one_worker_of_a_server_says_it_serves_the_projects_store(migrated_
     for spoken in getattr(mlflow_ui, "_speaker", []):  # an earlier test's call made this process the speaker
         spoken.close()
     monkeypatch.setattr(mlflow_ui, "_speaker", [], raising=False)
-    lock = Path(tempfile.gettempdir()) / f"emovision-mlflow-ui.{os.getppid()}.lock"
-    with open(lock, "a") as sibling:  # the worker that spoke first
-        fcntl.flock(sibling, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with socket.socket(socket.AF_UNIX) as sibling:  # the worker that spoke first
+        sibling.bind("\0" + mlflow_ui.SPEAKER_LOCK.format(server=os.getppid()))
         mlflow_ui.serve_the_projects_store()
     assert os.environ[BACKEND_STORE_URI_ENV_VAR] == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert capsys.readouterr().err == ""
+
+
+def _speaker_lock_free(server_pid: int) -> bool:
+    """Whether a new worker of that server could take the speaker's lock (no sibling holds it)."""
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.bind("\0" + mlflow_ui.SPEAKER_LOCK.format(server=server_pid))
+        except OSError:
+            return False
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the speaker's lock is an abstract socket on Linux")
+def test_a_stopped_server_leaves_no_lock_file(moved_project_ui):
+    """Each `mlflow ui --app-name emovision` left an empty emovision-mlflow-ui.<pid>.lock in the
+    temp folder (its speaking worker's lock). The lock is held while the server runs, and nothing
+    is left once it stops. Stops the module's server: keep this test last."""
+    log = moved_project_ui.log.read_text()
+    assert log.count("is an empty store; serving this project's") == 1, log[-3000:]
+    server_pid = int(re.search(r"Started parent process \[(\d+)\]", log)[1])  # uvicorn's: the workers' parent
+    assert not _speaker_lock_free(server_pid)
+    moved_project_ui.stop()
+    assert not (Path(tempfile.gettempdir()) / mlflow_ui.SPEAKER_LOCK.format(server=server_pid)).exists()
+    assert _speaker_lock_free(server_pid)

@@ -505,3 +505,40 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
                           f"and change what you need")
     return params_from_dict(raw, source=str(path))
 
+
+
+# The params that name a stage's outputs (dvc.yaml's `${...}` in outs, metrics and plots).
+OUTPUT_PARAMS = ("data.prepared_dir", "distill.probs", "data.app_views", "paths.models", "paths.reports")
+# What makes a folder this project. A stage output naming one (`dvc exp run -S paths.models=dvc.lock`)
+# was written over it, or into .git/, and a folder output holding them (`paths.models: .`) replaced them.
+PROJECT_CONTROL_FILES = ("params.yaml", "dvc.yaml", "dvc.lock", "pyproject.toml", ".dvc", ".git")
+PROJECT_MARKER = "dvc.yaml"
+
+
+def nearest_project(cwd: Path) -> Path:
+    """The nearest folder with dvc.yaml from `cwd` up (the project `cwd`'s relative paths lead
+    into), else `cwd` itself (a bare folder: tests, scripts)."""
+    return next((d for d in (cwd, *cwd.parents) if (d / PROJECT_MARKER).is_file()), cwd)
+
+
+def check_outputs_spare_the_project(params: Params, params_file: str | Path, cwd: Path | None = None) -> None:
+    """No output path of `params` is, holds or lies inside the params file or a control file of
+    the project it is written in (the nearest folder with dvc.yaml from `cwd` up, where relative
+    paths lead; else `cwd`); else one ConfigError line naming the key. Checked by every stage
+    before it writes."""
+    cwd = (cwd or Path.cwd()).resolve()
+    root = nearest_project(cwd)
+    params_file = (cwd / params_file).resolve()
+    protected = {root / name: f"the project's {name}" for name in PROJECT_CONTROL_FILES}
+    protected.setdefault(params_file, f"the params file {params_file}")
+    for key in OUTPUT_PARAMS:
+        section, name = key.split(".")
+        value = getattr(getattr(params, section), name)
+        path = (cwd / value).resolve()
+        for kept, what in protected.items():
+            how = ("is" if path == kept else "lies inside" if path.is_relative_to(kept)
+                   else "holds" if kept.is_relative_to(path) else None)
+            if how:
+                default = getattr(getattr(Params(), section), name)
+                raise ConfigError(f"{key} {value} {how} {what}, which no output may replace: "
+                                  f"name another path ({default})")

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from emovision import fileio
+from emovision.config import PROJECT_MARKER, nearest_project
 from emovision.errors import DataError, ModelRefError, shown_uri
 
 EXPERIMENT = "emovision"
-PROJECT_MARKER = "dvc.yaml"
 # MLflow 3's UI opens an experiment in the view its kind names; ours trains models (not GenAI).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 PRODUCTION = "Production"
@@ -54,7 +54,7 @@ def project_root(cwd: Path | None = None) -> Path:
     match = _DVC_TEMP.match(str(cwd))
     if match:
         return Path(match["root"])
-    return next((d for d in (cwd, *cwd.parents) if (d / PROJECT_MARKER).is_file()), cwd)
+    return nearest_project(cwd)
 
 
 def tracking_uri() -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from emovision import progress
-from emovision.config import DEFAULT_PARAMS, Params, load_params
+from emovision.config import DEFAULT_PARAMS, Params, check_outputs_spare_the_project, load_params
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
@@ -22,7 +22,9 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, Params]:
     args = parser.parse_args(argv)
     progress.set_quiet(args.quiet)
-    return args, load_params(args.params)
+    params = load_params(args.params)
+    check_outputs_spare_the_project(params, args.params)  # before any stage writes: `-S paths.models=dvc.lock`
+    return args, params
 
 
 def open_store(keep: str | None = None) -> str:

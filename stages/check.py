@@ -8,21 +8,21 @@ of params.yaml and is listed first in dvc.yaml, so any change to the file runs i
 runs stages in the order dvc.yaml lists them where the graph leaves a choice): a bad file
 stops the run in one line (exit 2) before a later stage starts. It writes nothing.
 
-Under DVC it also refuses an output path outside the repository: DVC records none there, so
-the stage wrote it (`data.app_views: ../views.npz` overwrote a file beside the project) and
-DVC then failed with an empty 'failed to reproduce' line.
+Like every stage, it refuses an output path that is, holds or lies inside the project's
+params.yaml, dvc.yaml, dvc.lock, pyproject.toml, .dvc/ or .git/ (`stages.parse`). Under DVC it
+also refuses an output path outside the repository: DVC records none there, so the stage wrote
+it (`data.app_views: ../views.npz` overwrote a file beside the project) and DVC then failed
+with an empty 'failed to reproduce' line.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from emovision.config import Params
+from emovision.config import OUTPUT_PARAMS, Params
 from emovision.errors import ConfigError, cli_main
 from stages import parse, stage_parser
 
-# the params dvc.yaml names outputs with (`${...}` in outs, metrics and plots)
-OUTPUT_PARAMS = ("data.prepared_dir", "distill.probs", "data.app_views", "paths.models", "paths.reports")
 DVC_ROOT = "DVC_ROOT"  # set by DVC for every stage command: the repository's root
 
 

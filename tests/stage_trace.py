@@ -52,8 +52,10 @@ def _record_reads() -> None:
         cls.__repr__ = _suspending(cls.__repr__)
     for name in ("flat", "replace", "__eq__", "__repr__"):
         setattr(config.Params, name, _suspending(getattr(config.Params, name)))
-    # validation looks at every key of the file; that is checking, not using them
+    # validation looks at every key of the file (and every stage at every output path: stages.parse,
+    # imported after this); that is checking, not using them
     config.params_from_dict = _suspending(config.params_from_dict)
+    config.check_outputs_spare_the_project = _suspending(config.check_outputs_spare_the_project)
 
 
 def project_files() -> list[str]:

@@ -157,3 +157,32 @@ def test_an_output_outside_the_project_is_refused_by_check_under_dvc(tmp_path, m
         f"name a path inside it (data/app_views.npz)")
     write_params(project / "params.yaml")
     assert check_main(["--params", "params.yaml"]) == 0
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("paths.models", "params.yaml", "is the project's params.yaml"),
+    ("paths.reports", ".git", "is the project's .git"),
+    ("distill.probs", ".dvc/tmp/probs.npz", "lies inside the project's .dvc"),
+    ("data.prepared_dir", ".", "holds the project's params.yaml"),
+])
+def test_an_output_naming_a_project_file_is_refused_by_every_stage(tmp_path, monkeypatch, capsys, key, value, says):
+    """`dvc exp run -S paths.models=params.yaml` (or dvc.lock, pyproject.toml, a path in .git/):
+    a stage's output replaced a file of the project. Every stage refuses such a path in one line
+    (stages.parse), check first under DVC, before anything is written."""
+    from emovision.config import Params
+    from stages.check import main as check_main
+    from stages.prepare import main as prepare_main
+
+    for name in ("dvc.yaml", "dvc.lock", "pyproject.toml", ".dvc/config", ".git/HEAD"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(f"the project's {name}\n")
+    section, name = key.split(".")
+    write_params(tmp_path / "params.yaml", {section: {name: value}})
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    monkeypatch.chdir(tmp_path)
+    default = getattr(getattr(Params(), section), name)
+    for main in (check_main, prepare_main):  # all stages refuse it in stages.parse; prepare would write data/prepared
+        assert main(["--params", "params.yaml"]) == 2
+        assert capsys.readouterr().err == (f"error: {key} {value} {says}, which no output may replace: name another "
+                                           f"path ({default})\n")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

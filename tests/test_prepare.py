@@ -132,8 +132,10 @@ def test_bad_csv_exits_2_naming_the_problem(tmp_path, capsys, body, message):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "prepared", "raw"]
 
 
-@pytest.mark.parametrize("folder", ["raw", "models", "."])
-def test_a_prepared_dir_holding_other_files_is_refused_untouched(tmp_path, monkeypatch, capsys, folder):
+@pytest.mark.parametrize("folder, says", [("raw", "prepare replaces that whole folder"),
+                                          ("models", "prepare replaces that whole folder"),
+                                          (".", "holds the project's params.yaml")])  # every stage refuses it
+def test_a_prepared_dir_holding_other_files_is_refused_untouched(tmp_path, monkeypatch, capsys, folder, says):
     """prepare replaces data.prepared_dir whole: pointed at the raw data, models/ or the project
     it would delete them. It refuses in one line and leaves every file where it was."""
     monkeypatch.chdir(tmp_path)
@@ -148,7 +150,7 @@ def test_a_prepared_dir_holding_other_files_is_refused_untouched(tmp_path, monke
     assert prepare_main(["--params", str(params)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: data.prepared_dir {folder}") and err.count("\n") == 1
-    assert "prepare replaces that whole folder" in err
+    assert says in err
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
     assert (tmp_path / "models" / "best.pt").read_bytes() == b"a trained model"
 

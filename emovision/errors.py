@@ -7,9 +7,12 @@ import functools
 import os
 import re
 import select
+import shutil
 import signal
 import sys
+import tempfile
 import threading
+from pathlib import Path
 from typing import Callable, TypeVar
 
 F = TypeVar("F", bound=Callable[..., int | None])
@@ -22,6 +25,16 @@ EXIT_BROKEN_PIPE = 128 + 13  # stdout's reader gone (`| head`): what a tool kill
 # A full disk, or a user over quota: the OS errors that free space (not a fix of the input) cures.
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 NO_SPACE_HINT = "no space left on the disk; free some space and run again"
+# A full temp folder said only NO_SPACE_HINT beside a random temporary path (a model exported or
+# downloaded there): nothing told the user that TMPDIR is the folder to free or move.
+TEMP_FULL_HINT = ("no space left in the temp folder {folder} (TMPDIR); free some space there, or set TMPDIR "
+                  "to a folder on a disk with room, and run again")
+# Free space below which a disk counts as full: a write that failed there failed for want of
+# space (a video frame or checkpoint chunk is larger; a disk that filled up has ~0 left).
+FULL_DISK_BYTES = 1 << 20
+# What tempfile names a file or folder it makes without a prefix (ours, MLflow's, torch's): "tmp" and
+# 8 random characters. A project or an output under /tmp is no temporary file.
+_TEMP_NAME = re.compile(r"tmp[a-z0-9_]{8}")
 SQLITE_FULL = 13  # sqlite3's "database or disk is full" (mlflow.db, optuna.db on a full disk)
 
 # The credentials a URI can carry: its userinfo (`user:password@`, or a lone token: `https://<token>@host`,
@@ -71,15 +84,39 @@ class OutputError(EmovisionError):
 def no_space(err: BaseException | None) -> bool:
     """Whether `err`, or an error it was raised from or while handling (torch wraps the OS's
     error in its own, MLflow SQLite's), says the disk is full."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, OSError) and err.errno in NO_SPACE_ERRNOS:
-            return True
-        if getattr(err, "sqlite_errorcode", None) == SQLITE_FULL:
-            return True
-        seen.add(id(err))
+    return any((isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS)
+               or getattr(e, "sqlite_errorcode", None) == SQLITE_FULL for e in _chain(err))
+
+
+def _chain(err: BaseException | None) -> list[BaseException]:
+    """`err` and the errors it was raised from or while handling, outermost first."""
+    chain: list[BaseException] = []
+    while err is not None and all(err is not e for e in chain):
+        chain.append(err)
         err = err.__cause__ or err.__context__
-    return False
+    return chain
+
+
+def temp_folder_holding(path: str | Path) -> Path | None:
+    """The temp folder (TMPDIR, else the system's) when `path` is a temporary file in it (one
+    that tempfile named, or inside such a folder), else None."""
+    folder, path = Path(tempfile.gettempdir()).resolve(), Path(path).resolve()
+    if not path.is_relative_to(folder) or path == folder:
+        return None
+    return folder if _TEMP_NAME.fullmatch(path.relative_to(folder).parts[0]) else None
+
+
+def no_space_line(err: BaseException) -> str:
+    """The one line for an error that says the disk is full (`no_space`): the file it names (its
+    own, or the OS error's it came from), and the temp folder as the one to free when that file
+    is a temporary one (or, naming none, when the temp folder's disk is full)."""
+    path = next((e.filename for e in _chain(err) if isinstance(e, OSError) and e.filename), None)
+    if path is None:  # a write names no file (Python's own file.write): the temp folder, if it is the full one
+        folder = Path(tempfile.gettempdir())
+        full = shutil.disk_usage(folder).free < FULL_DISK_BYTES
+        return f"error: {TEMP_FULL_HINT.format(folder=folder) if full else NO_SPACE_HINT}"
+    temp = temp_folder_holding(path)
+    return f"error: {TEMP_FULL_HINT.format(folder=temp)} ({path})" if temp else f"error: {NO_SPACE_HINT} ({path})"
 
 
 def _drop_unwritten_stdout() -> None:
@@ -157,8 +194,7 @@ def cli_main(func: F) -> Callable[..., int]:
             if not no_space(err):
                 raise
             _drop_unwritten_stdout()
-            where = f" ({err.filename})" if getattr(err, "filename", None) else ""
-            print(f"error: {NO_SPACE_HINT}{where}", file=sys.stderr)
+            print(no_space_line(err), file=sys.stderr)
             return EXIT_BAD_INPUT
 
     return wrapper

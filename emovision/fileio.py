@@ -33,7 +33,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from emovision.errors import NO_SPACE_HINT, ConfigError, DataError, OutputError, no_space
+from emovision.errors import (FULL_DISK_BYTES, NO_SPACE_HINT, TEMP_FULL_HINT, ConfigError, DataError, OutputError,
+                              no_space, temp_folder_holding)
 
 DEFAULT_FILE_MODE = 0o644  # what a plain open() gives under the usual umask; mkstemp gives 0600
 DEFAULT_FOLDER_MODE = 0o755  # likewise for mkdir; mkdtemp gives 0700
@@ -41,9 +42,6 @@ ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same content g
 PARTIAL = ".partial"  # a temporary file's name: .<target>.<owner>.<random>.partial[<suffix>]
 OWNER = r"(?P<machine>[A-Za-z0-9-]+)\.(?P<pid>[0-9]+)"  # what this_process() gives
 TEMP_RANDOM = r"[a-z0-9_]+"  # the random part tempfile adds to a name
-# Free space below which a disk counts as full: a write that failed there failed for want of
-# space (a video frame or checkpoint chunk is larger; a disk that filled up has ~0 left).
-FULL_DISK_BYTES = 1 << 20
 
 
 # ---------------------------------------------------------------- owners
@@ -126,8 +124,12 @@ def raise_if_no_space(err: BaseException, path: Path) -> None:
     """An OutputError line for `path` when `err` says its disk is full (what was there is kept).
     The OS error stays its cause, so a writer around this one (a file checked under a temporary
     name, then renamed) names its own target instead."""
-    if no_space(err):
-        raise unwritten(path, NO_SPACE_HINT) from err
+    if not no_space(err):
+        return
+    temp = temp_folder_holding(path)
+    if temp is not None:  # a temporary file (a model exported or downloaded there), no output of the user's
+        raise OutputError(f"cannot write {path}: {TEMP_FULL_HINT.format(folder=temp)}") from err
+    raise unwritten(path, NO_SPACE_HINT) from err
 
 
 def unwritten(path: Path, why: str) -> OutputError:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -99,6 +100,39 @@ def test_a_checkpoint_written_to_a_full_disk_is_one_line_and_keeps_the_earlier_o
     assert [p.name for p in after.iterdir()] == ["model.pt"]  # no partial left behind
     assert (after / "model.pt").read_bytes() == earlier.read_bytes()
 
+
+WRITE_IN_TEMP = """
+import sys, tempfile
+from pathlib import Path
+from emovision import fileio
+from emovision.errors import cli_main
+
+BIG = b"x" * (1 << 20)  # more than the 16 KiB left
+scratch = Path(tempfile.mkdtemp())  # what an ONNX export or an MLflow download writes into
+cli_main(lambda: fileio.write_text(scratch / "fer.onnx", BIG.decode()) and None)()  # through fileio
+cli_main(lambda: (scratch / "model.bin").write_bytes(BIG) and None)()  # a library's own write
+cli_main(lambda: fileio.write_text(Path(sys.argv[1]) / "out.txt", BIG.decode()) and None)()  # an output there
+"""
+
+
+def test_a_full_temp_folder_is_named_as_such(tmp_path):
+    """TMPDIR on a full disk (a model exported or downloaded there) said `no space left on the
+    disk` beside a random temporary path, and `nothing was written to` it: nothing told the user
+    that the temp folder is what to free, or to move. A file tempfile made there now names the
+    temp folder (TMPDIR); an output that merely lies on that disk still names itself."""
+    from tests.full_disk import run_on_full_disk
+
+    disk = tmp_path / "disk"  # 16 KiB free, so that Python takes it as TMPDIR (a full one it skips)
+    rc, err = run_on_full_disk(disk, {}, [sys.executable, "-c", WRITE_IN_TEMP, str(disk)], free=16384,
+                               env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(disk)})
+    temp_full = (f"no space left in the temp folder {disk} (TMPDIR); free some space there, or set TMPDIR to a "
+                 f"folder on a disk with room, and run again")
+    lines = err.strip().splitlines()
+    assert len(lines) == 3, err
+    assert re.fullmatch(rf"error: cannot write {disk}/tmp\w{{8}}/fer\.onnx: {re.escape(temp_full)}", lines[0]), err
+    assert lines[1] == f"error: {temp_full}"  # Python's write names no file: the temp folder, whose disk is full
+    assert lines[2] == (f"error: cannot write {disk / 'out.txt'}: no space left on the disk; free some space and run "
+                        f"again (nothing was written to {disk / 'out.txt'})")
 
 CLI_WRITER = """
 import sys, time

@@ -28,7 +28,8 @@ import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # the photos and face boxes the tests use (tests/media.py)
+sys.path.append(str(REPO))  # the photos and face boxes the tests use (tests/media.py); after PYTHONPATH, whose
+# emovision is the code measured
 VID = Path(tempfile.gettempdir()) / "emovision-edge-videos"
 W, H = 640, 480
 EDGES = ("left", "right", "top", "bottom")

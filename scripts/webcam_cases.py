@@ -6,8 +6,8 @@ docs/live-app.md: Webcam conditions).
 
 Seeded clips of grace_hopper and the astronaut (head crops, drifting): HD and odd frame sizes
 (faces of the same relative size, a quarter and half the frame height), portrait frames, dim
-rooms with sensor noise, backlight, low-quality MJPEG, mains flicker, motion blur, a hand over
-the mouth or eyes, heads tilted 20-35 degrees, two faces crossing. Each is written to mp4 and run
+rooms with sensor noise (and with no face), backlight, low-quality MJPEG, mains flicker, motion
+blur, a hand over the mouth or eyes, heads tilted 20-35 degrees, two faces crossing. Each is written to mp4 and run
 through `emovision.webcam.main` (what the CLI calls), headless, with `--log`; the code run is the
 emovision first on PYTHONPATH. Scored per clip: frames where each face is found, boxes on no
 face, track ids per face, ids shared by both faces (a swap), and the app's fps processing and
@@ -28,9 +28,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO))  # the photos and face boxes the tests use (tests/media.py)
-from edge_faces import run_app  # noqa: E402  (scripts/, beside this one: the same app run and summary parse)
+from edge_faces import run_app, scenes  # noqa: E402  (scripts/, beside this one: the same app run, summary
+# parse and faceless scenes)
 VID = Path(tempfile.gettempdir()) / "emovision-webcam-cases"
 FRAMES = 60
+CASES = 44  # clips a seed makes (a cached seed with fewer is made again)
 HEAD = 0.7  # the head crop: the face box plus this fraction of its side on every edge
 
 
@@ -173,6 +175,16 @@ def make_cases(seed):
             frames.append(f)
             truth.append({"astronaut": b, **({"hopper": a} if covered < 0.5 else {})})
         cases.append((f"cross-{k}", "cross", frames, truth))
+    # faceless dim rooms: the dim clips' light and noise on a flat wall and on a dimmed scene, no
+    # face (a dim pass must not box the noise); their own generator, so the clips above stay the same
+    rng = np.random.default_rng([seed, 11])
+    for name, gain, sigma in (("flat", 0.2, 12), ("flat", 0.35, 6), ("scene", 0.2, 12), ("scene", 0.35, 6)):
+        r = np.random.default_rng([seed, 11, sigma])
+        walls = scenes() if name == "scene" else [np.full((480, 640, 3), int(rng.integers(60, 200)), np.uint8)]
+        room = cv2.cvtColor(walls[int(rng.integers(len(walls)))], cv2.COLOR_BGR2GRAY)
+        frames = [np.clip(room[..., None] * gain + r.normal(0, sigma, room.shape)[..., None], 0, 255).astype(np.uint8)
+                  .repeat(3, 2) for _ in range(FRAMES)]
+        cases.append((f"dim-empty-{name}-x{gain}-s{sigma}", "dim-empty", frames, [{}] * FRAMES))
     return cases
 
 
@@ -244,7 +256,8 @@ def main():
     vdir = a.videos / str(a.seed)
     vdir.mkdir(parents=True, exist_ok=True)
     meta = vdir / "truth.json"
-    if not meta.exists():  # clips made once per seed, so two code versions run on the same videos
+    if not meta.exists() or len(json.loads(meta.read_text())) < CASES:
+        # clips made once per seed (again where cases were added), so two code versions run on the same videos
         cases = make_cases(a.seed)
         for name, _, frames, _ in cases:
             write(vdir / f"{name}.mp4", frames)

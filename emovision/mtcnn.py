@@ -66,6 +66,23 @@ NESTED_OVERLAP = 0.6  # two final boxes sharing this much of the smaller one are
 # box leaving the frame.
 PNET_PAD = 6
 EDGE_CHECK = 0.5
+# A dim room. R-Net's and O-Net's crops are cut bilinearly (`_crops`), a 130 px face sampled at
+# 1 pixel in 5, which keeps all of a dim room's sensor noise: a face at x0.2 brightness with noise
+# sigma 12 was found in 2 of 240 frames (scripts/webcam_cases.py, seeds 0-3, the app headless).
+# Area-averaged crops find it, but in every light they let O-Net pass a lower face and neck as a
+# face (docs/live-app.md: Area-averaged MTCNN crops). So they are a dim pass, confined to dim
+# frames: only where a search finds nothing (a full scan with its rescue; around known faces,
+# fewer than known) and the frame is dim, the same candidates go through R-Net and O-Net again,
+# cut from the frame averaged (a full scan's at the first pass's thresholds, not the rescue's:
+# on a dim textured room those pass thousands of candidates on, up to 0.4 s a scan). Dim: the
+# frame's brightest part (DIM_PERCENTILE of it area-averaged DIM_SHRINK times, which the noise
+# barely moves) under DIM_LEVEL. On the harnesses' frames that was at most 75 in the dim rooms
+# (x0.2-0.35, 960 frames) and at least 115 in every other webcam_cases clip (8,640); of the
+# edge harness's 10,772 frames 13 are dim, all faceless noise; of 600 livecheck renders 2.
+# Found: 216 of those 240 frames (dim rooms 694 -> 910 of 960), no box on 960 faceless dim frames.
+DIM_LEVEL = 100
+DIM_PERCENTILE = 99
+DIM_SHRINK = 4
 
 
 class PNet(nn.Module):
@@ -146,16 +163,44 @@ def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
     return boxes[:, :4] + reg * np.stack([w, h, w, h], 1)
 
 
-def _crops(gray: np.ndarray, boxes: np.ndarray, size: int, border: int = OUTSIDE_BORDER) -> np.ndarray:
+def _crops(gray: np.ndarray, boxes: np.ndarray, size: int, border: int = OUTSIDE_BORDER,
+           area: bool = False) -> np.ndarray:
     """(N, size, size) uint8 crops of [x1, y1, x2, y2] boxes, filled past the frame's edges by
-    `border` (an OpenCV border mode; BORDER_CONSTANT is black)."""
+    `border` (an OpenCV border mode; BORDER_CONSTANT is black).
+
+    cv2.warpAffine has no area interpolation (it takes INTER_AREA as bilinear), so a crop samples
+    the frame. `area` (the dim pass) averages the pixels each crop covers, as the original MTCNN's
+    area resize does: a box is cut from the frame halved by area averaging as often as it is at
+    least twice `size` (`_octaves`), then bilinear at less than 2 pixels a step."""
     out = np.empty((len(boxes), size, size), np.uint8)
+    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) if len(boxes) else np.zeros(0)
+    halvings = np.floor(np.log2(np.maximum(sides / size, 1.0))).astype(int) if area else np.zeros(len(boxes), int)
+    levels = _octaves(gray, int(halvings.max()) if len(boxes) else 0)
+    dst = np.float32([[0, 0], [size, 0], [0, size]])
     for i, (x1, y1, x2, y2) in enumerate(boxes):
-        src = np.float32([[x1, y1], [x2, y1], [x1, y2]])
-        dst = np.float32([[0, 0], [size, 0], [0, size]])
-        out[i] = cv2.warpAffine(gray, cv2.getAffineTransform(src, dst), (size, size), flags=cv2.INTER_AREA,
+        level = levels[min(halvings[i], len(levels) - 1)]
+        sx, sy = level.shape[1] / gray.shape[1], level.shape[0] / gray.shape[0]
+        ox, oy = (1 - sx) / 2, (1 - sy) / 2  # a halved level's pixel is centred between two of the frame's
+        src = np.float32([[x1 * sx - ox, y1 * sy - oy], [x2 * sx - ox, y1 * sy - oy], [x1 * sx - ox, y2 * sy - oy]])
+        out[i] = cv2.warpAffine(level, cv2.getAffineTransform(src, dst), (size, size), flags=cv2.INTER_LINEAR,
                                 borderMode=border)
     return out
+
+
+def _octaves(gray: np.ndarray, n: int) -> list[np.ndarray]:
+    """The frame and up to `n` halvings of it, each the area average of the one before."""
+    levels = [gray]
+    while len(levels) <= n and min(levels[-1].shape[:2]) >= 2:
+        h, w = levels[-1].shape[:2]
+        levels.append(cv2.resize(levels[-1], (w // 2, h // 2), interpolation=cv2.INTER_AREA))
+    return levels
+
+
+def is_dim(gray: np.ndarray) -> bool:
+    """Nothing in the frame is bright: a dim room, where the dim pass may look again (DIM_LEVEL)."""
+    h, w = gray.shape[:2]
+    small = cv2.resize(gray, (max(1, w // DIM_SHRINK), max(1, h // DIM_SHRINK)), interpolation=cv2.INTER_AREA)
+    return float(np.percentile(small, DIM_PERCENTILE)) < DIM_LEVEL
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
@@ -198,7 +243,8 @@ class MTCNNFaceDetector:
         """(K, 4) int boxes [x, y, w, h]. With `around` (boxes of known faces), P-Net's scan is
         skipped: each known box and a few shifted and scaled copies go straight to R-Net and
         O-Net, whose box regression follows the face (about 1 ms a face instead of a full
-        scan); a face that moved or changed more than that is not found, and the caller scans."""
+        scan); a face that moved or changed more than that is not found, and the caller scans.
+        Either search, finding fewer faces than it could in a dim frame, gets the dim pass."""
         if around is None:
             boxes, marks = self._detect(gray)
         else:
@@ -211,25 +257,36 @@ class MTCNNFaceDetector:
             # the lower of both passes' thresholds: a face either pass found is followed. Candidates
             # on the face all pass R-Net; O-Net (~0.9 ms a box here) sees only the best one of
             # each face (`one_per_face`), where it saw 2-6 once the tracker centred the search
-            boxes, marks = self._refine(gray, np.concatenate(candidates), self.track_thresholds, one_per_face=True)
+            candidates = np.concatenate(candidates)
+            boxes, marks = self._refine(gray, candidates, self.track_thresholds, one_per_face=True)
+            if len(boxes) < len(known) and is_dim(gray):
+                dim = self._refine(gray, candidates, self.track_thresholds, one_per_face=True, area=True)
+                if len(dim[0]) > len(boxes):
+                    boxes, marks = dim
         self.landmarks = marks
         xywh = np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1)
         return np.round(xywh).astype(int).reshape(-1, 4)
 
     def _detect(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A full scan: [x1, y1, x2, y2, score] boxes and (K, 5, 2) landmarks; when it finds
-        nothing, the same P-Net candidates again at `rescue_thresholds`."""
+        nothing, the same P-Net candidates again at `rescue_thresholds`; when that finds nothing
+        in a dim frame, the first pass again with area-averaged crops (the dim pass)."""
         first = self.thresholds[0]
         low = min(first, self.rescue_thresholds[0]) if self.rescue_thresholds else first
         candidates = self._pnet(gray, low)
         # greedy NMS keeps the same boxes above `first` whether or not the lower-scored ones
         # were there: the strict pass is a filter of the same candidates
-        boxes, marks = self._refine(gray, candidates[candidates[:, 4] >= first], self.thresholds)
+        strict = candidates[candidates[:, 4] >= first]
+        boxes, marks = self._refine(gray, strict, self.thresholds)
         if not len(boxes) and self.rescue_thresholds:
             boxes, marks = self._refine(gray, candidates, self.rescue_thresholds)
             side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
             sized = (side >= RESCUE_MIN_FACE) & (side <= RESCUE_MAX_FACE * min(gray.shape[:2]))
             boxes, marks = boxes[sized], marks[sized]
+        if not len(boxes) and is_dim(gray):
+            # not the rescue's thresholds: on a dim textured room they pass thousands of candidates
+            # to R-Net and O-Net (up to 0.4 s a scan)
+            boxes, marks = self._refine(gray, strict, self.thresholds, area=True)
         return boxes, marks
 
     def _pnet(self, gray: np.ndarray, threshold: float) -> np.ndarray:
@@ -258,20 +315,21 @@ class MTCNNFaceDetector:
         return np.hstack([_square(b[:, :4] + b[:, 5:9] * np.repeat(b[:, 2:3] - b[:, 0:1], 4, 1)), b[:, 4:5]])
 
     def _refine(self, gray: np.ndarray, boxes: np.ndarray, thresholds: Sequence[float] | None = None,
-                one_per_face: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                one_per_face: bool = False, area: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """R-Net then O-Net on square candidate boxes: kept faces' boxes, scores, landmarks.
         `one_per_face`: of R-Net's boxes sharing most of the smaller one, only the highest-scored
-        goes on to O-Net (the search around known faces, where every candidate is on a face)."""
+        goes on to O-Net (the search around known faces, where every candidate is on a face).
+        `area`: the crops area-averaged (the dim pass)."""
         thresholds = thresholds or self.thresholds
         boxes = boxes[:, :4]
         if not len(boxes):
             return np.zeros((0, 5)), np.zeros((0, 5, 2))
         for stage, (net, size) in enumerate(((self.rnet, 24), (self.onet, 48)), start=1):
-            out = net(_normalize(_crops(gray, boxes, size)))
+            out = net(_normalize(_crops(gray, boxes, size, area=area)))
             score = out[-1][:, 1].numpy()
             keep = score > thresholds[stage]
             if stage == 2:
-                keep &= self._whole_or_checked(gray, boxes, keep)
+                keep &= self._whole_or_checked(gray, boxes, keep, area)
             if not keep.any():
                 break
             boxes, score, reg = boxes[keep], score[keep], out[0].numpy()[keep]
@@ -288,7 +346,8 @@ class MTCNNFaceDetector:
                 boxes = boxes[_nms_min(boxes, score[keep])]
         return np.zeros((0, 5)), np.zeros((0, 5, 2))
 
-    def _whole_or_checked(self, gray: np.ndarray, boxes: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    def _whole_or_checked(self, gray: np.ndarray, boxes: np.ndarray, keep: np.ndarray,
+                          area: bool = False) -> np.ndarray:
         """Of the `keep` boxes, those inside the frame, or leaving it and still a face to O-Net with
         the outside black (EDGE_CHECK)."""
         h, w = gray.shape[:2]
@@ -296,7 +355,7 @@ class MTCNNFaceDetector:
         if not leaving.any():
             return keep
         out = keep.copy()
-        black = self.onet(_normalize(_crops(gray, boxes[leaving], 48, cv2.BORDER_CONSTANT)))[-1][:, 1].numpy()
+        black = self.onet(_normalize(_crops(gray, boxes[leaving], 48, cv2.BORDER_CONSTANT, area)))[-1][:, 1].numpy()
         out[leaving] = black >= EDGE_CHECK
         return out
 

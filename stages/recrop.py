@@ -13,9 +13,13 @@ output) and reads no data, so the default pipeline costs a second here.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import multiprocessing.connection
 import signal
+import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Iterator
 
@@ -31,40 +35,63 @@ from emovision.faces import make_detector
 from emovision.livecheck import app_crop
 from stages import parse, stage_parser
 
-CHUNK = 512  # faces per task: progress lines and an even split over the processes
-POLL_S = 2.0  # how often the worker processes are checked while a chunk is awaited
-
-_detector = None  # one per worker process
+CHUNK = 512  # faces per task: progress lines, and a worker's share handed out as it asks
+WORKER_EXIT_S = 5.0  # how long a worker whose pipe closed is given to end, for its exit code
 
 
 class WorkerDied(EmovisionError):
-    """A process cutting faces died (killed: the OOM killer) before it returned its chunk."""
+    """A process cutting faces died (killed: the OOM killer) before it had cut its share."""
 
 
-def _start_worker() -> None:
-    global _detector
+class _Failed:
+    """A worker's exception, sent to the main process with its traceback's text."""
+
+    def __init__(self, error: BaseException, trace: str) -> None:
+        self.error, self.trace = error, trace
+
+
+class _RemoteTraceback(Exception):
+    """The worker's traceback, shown as the cause of its exception (as a Pool showed it)."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def _work(conn: multiprocessing.connection.Connection) -> None:
+    """A worker process: ask for a chunk over its own pipe `conn`, cut it, send the result back
+    with the next ask, until it is sent None."""
+    # Ctrl-C (to the terminal's whole process group) is the main process's to handle: it stops
+    # the workers. Ignored from birth too (_ctrl_c_ignored); here for one started otherwise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import cv2
     import torch
 
-    # Ctrl-C (to the terminal's whole process group) is the main process's to handle: it stops
-    # the workers; here it printed a 'Process SpawnPoolWorker-N:' traceback per worker.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)  # the processes share the cores: one thread each
     cv2.setNumThreads(1)
-    _detector = make_detector()
+    detector = make_detector()
+    result = None  # the first ask carries no result
+    try:
+        while True:
+            conn.send(result)
+            task = conn.recv()
+            if task is None:
+                return
+            try:
+                result = _cut(*task, detector)
+            except Exception as err:  # raised again in the main process, which stops
+                conn.send(_Failed(err, traceback.format_exc()))
+                return
+    except (EOFError, BrokenPipeError):  # the main process is gone: nobody wants the faces
+        return
 
 
-def _cut(seed: int, first: int, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _cut(seed: int, first: int, faces: np.ndarray, detector) -> tuple[int, np.ndarray, np.ndarray]:
     out, found = faces.copy(), np.zeros(len(faces), bool)
     for j, face in enumerate(faces):
-        crop = app_crop(face, np.random.default_rng([seed, first + j]), _detector)
+        crop = app_crop(face, np.random.default_rng([seed, first + j]), detector)
         if crop is not None:
             out[j], found[j] = crop, True
-    return out, found
-
-
-def _cut_chunk(task: tuple[int, int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    return _cut(*task)
+    return first, out, found
 
 
 def cut_app_views(x: np.ndarray, seed: int, workers: int = 0, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
@@ -73,46 +100,98 @@ def cut_app_views(x: np.ndarray, seed: int, workers: int = 0, chunk: int = CHUNK
     if not workers:  # the CPUs this process may use (affinity and cgroup quota)
         workers = usable_cpus()
     out, found = x.copy(), np.zeros(len(x), bool)
-    starts = range(0, len(x), chunk)
+    tasks = [(seed, s, x[s:s + chunk]) for s in range(0, len(x), chunk)]
     started, done = time.perf_counter(), 0
-    # spawned, not forked: a fork of a process whose torch/OpenMP threads have run can hang
-    others = set(multiprocessing.active_children())
-    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_start_worker)
-    crew = set(multiprocessing.active_children()) - others
+    # Our own processes, each with its own pipe, rather than a multiprocessing Pool: a Pool put a
+    # new worker in place of one killed (the OOM killer's kill -9) and waited for its chunk for
+    # ever, went on cutting every face when the one killed was still starting, and could hang
+    # stopping if one died holding its task queue's lock. A ProcessPoolExecutor, on Ctrl-C or
+    # kill, cut every queued chunk before it exited (minutes on FER2013).
+    context = multiprocessing.get_context("spawn")  # a fork of a process whose torch/OpenMP threads have run can hang
+    crew: list[_Worker] = []
     try:
-        tasks = [(seed, s, x[s:s + chunk]) for s in starts]
-        for k, (s, (crops, hits)) in enumerate(zip(starts, _results(pool.imap(_cut_chunk, tasks), crew)), 1):
-            out[s:s + chunk], found[s:s + chunk] = crops, hits
+        with _ctrl_c_ignored():
+            for _ in range(min(workers, len(tasks))):
+                crew.append(_Worker(context))
+        for k, (s, crops, hits) in enumerate(_results(crew, tasks), 1):
+            out[s:s + len(crops)], found[s:s + len(crops)] = crops, hits
             done += len(crops)
             if done == len(x) or k % 10 == 0:
-                print(f"recrop: {done:,}/{len(x):,} faces, {found[:done].mean():.1%} found, "
+                print(f"recrop: {done:,}/{len(x):,} faces, {found.sum() / done:.1%} found, "
                       f"{time.perf_counter() - started:.0f}s", flush=True)
-        pool.close()
-    except BaseException:
-        # Ctrl-C or kill: stop the workers now. A ProcessPoolExecutor's exit cut every queued
-        # chunk first, so `kill` stopped recrop only after minutes, when all faces were cut.
-        pool.terminate()
+    except BaseException:  # Ctrl-C, kill, a worker lost: stop the others now
+        for worker in crew:
+            worker.process.terminate()
         raise
     finally:
-        pool.join()
+        for worker in crew:
+            worker.process.join()
+            worker.conn.close()
     return out, found
 
 
-def _results(results, crew: set) -> Iterator:
-    """`results` of a Pool's imap, as long as none of its worker processes `crew` has died: a
-    Pool starts another worker in place of one that died (the OOM killer's kill -9) and waits
-    for the lost chunk for ever (recrop hung, where a ProcessPoolExecutor said it was broken)."""
-    while True:
-        try:
-            yield results.next(timeout=POLL_S)
-        except StopIteration:
-            return
-        except multiprocessing.TimeoutError:
-            dead = [p for p in crew if not p.is_alive()]
-            if dead:
-                raise WorkerDied(f"recrop: a worker process died (exit code {dead[0].exitcode}"
-                                 f"{'; killed, perhaps for want of memory' if dead[0].exitcode == -9 else ''}); "
-                                 f"nothing was written; run again, with fewer --workers if memory is short")
+class _Worker:
+    """A process cutting faces, and our end of its own pipe."""
+
+    def __init__(self, context) -> None:
+        self.conn, theirs = context.Pipe()
+        self.process = context.Process(target=_work, args=(theirs,), daemon=True)
+        self.process.start()
+        theirs.close()  # the worker's end is its alone: its death, at any moment, reads as EOF here
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C while the block starts the workers, which inherit that: one pressed while a
+    worker was still importing printed its traceback. A Ctrl-C in the milliseconds they take to
+    start is lost (press it again); `kill` is not. Only the main thread can set signal handlers."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _results(crew: list[_Worker], tasks: list) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(first face, crops, found) of each of `tasks`, handed to the `crew` one at a time as each
+    asks, in the order they come back. A worker that ends before it is told to stop (killed at
+    any moment: starting, cutting, sending) ends recrop in WorkerDied."""
+    todo = iter(tasks)
+    working = {worker.conn: worker for worker in crew}
+    owner = {**working, **{worker.process.sentinel: worker for worker in crew}}
+    while working:
+        # its pipe and its process: a death is seen even where it leaves the pipe readable
+        for ready in multiprocessing.connection.wait([*working, *(w.process.sentinel for w in working.values())]):
+            worker = owner[ready]
+            if worker.conn not in working:  # told to stop, and stopped
+                continue
+            try:  # a result (or its first ask); a dead worker's pipe ends in EOF after what it sent
+                result = worker.conn.recv()
+            except (EOFError, OSError):  # killed before it sent, or while it sent
+                raise _died(worker) from None
+            if isinstance(result, _Failed):
+                raise result.error from _RemoteTraceback(result.trace)
+            task = next(todo, None)
+            try:
+                worker.conn.send(task)
+            except OSError:  # killed since it asked
+                raise _died(worker) from None
+            if task is None:
+                del working[worker.conn]
+            if result is not None:
+                yield result
+
+
+def _died(worker: _Worker) -> WorkerDied:
+    worker.process.join(WORKER_EXIT_S)  # its pipe closes as it dies: wait for its exit code
+    code = worker.process.exitcode
+    return WorkerDied(f"recrop: a worker process died (exit code {code}"
+                      f"{'; killed, perhaps for want of memory' if code == -signal.SIGKILL else ''}); "
+                      f"nothing was written; run again, with fewer --workers if memory is short")
 
 
 def recrop(params: Params, workers: int = 0) -> AppViews:

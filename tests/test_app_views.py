@@ -91,9 +91,10 @@ def test_recrop_off_writes_an_empty_marker_without_reading_data(tmp_path):
     assert len(read_app_views(out).x) == 0 and read_app_views(out).train == ""
 
 
-@pytest.mark.parametrize("where, why", [("folder", "is a folder"), ("params.yaml/views.npz", "is a file, not a folder")])
+@pytest.mark.parametrize("where, why", [("folder", "is a folder"), ("notes.txt/views.npz", "is a file, not a folder")])
 def test_recrop_refuses_an_output_it_cannot_write_before_cutting(tmp_path, capsys, where, why):
     (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
     params = write_params(tmp_path / "params.yaml", {"data": {"prepared_dir": str(tmp_path / "absent"),
                                                               "app_views": str(tmp_path / where)}})
     assert recrop_main(["--params", str(params)]) == 2

@@ -40,9 +40,10 @@ SQLITE_FULL = 13  # sqlite3's "database or disk is full" (mlflow.db, optuna.db o
 # The credentials a URI can carry: its userinfo (`user:password@`, or a lone token: `https://<token>@host`,
 # which cannot be told from a user name) and query values named like secrets (`?password=`, `&token=`;
 # SQLAlchemy passes them to the driver). A password holding `/`, `?` or `#` must be %-encoded to be
-# parsed as one; unencoded, it ends the userinfo where parsers end it too.
+# parsed as one; unencoded, it ends the userinfo where parsers end it too. A query key holds no `/`: a
+# path's `R&D/keypoints=68/` is no key, and the store's path must be shown as it is to be found.
 _USERINFO = re.compile(r"(?<=://)[^/?#\s]*@")
-_SECRET_QUERY = re.compile(r"(?i)([?&;][^=&;#\s]*(?:pass|pwd|token|secret|key|auth|credential)[^=&;#\s]*=)[^&;#\s]*")
+_SECRET_QUERY = re.compile(r"(?i)([?&;][^=&;#/\s]*(?:pass|pwd|token|secret|key|auth|credential)[^=&;#/\s]*=)[^&;#\s]*")
 HIDDEN = "***"
 
 

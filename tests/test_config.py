@@ -248,6 +248,7 @@ def test_a_hand_edited_params_file_loads_or_is_one_line_naming_file_and_line(tmp
     ("https://ghp_token@mlflow.host/", "https://***@mlflow.host/"),  # a lone token is a secret too
     ("mysql://db/optuna?charset=utf8&password=pw&api_key=k", "mysql://db/optuna?charset=utf8&password=***&api_key=***"),
     ("sqlite:////home/me/a@b/optuna.db", "sqlite:////home/me/a@b/optuna.db"),  # `@` in a path is no userinfo
+    ("file:///data/R&D/keypoints=68/mlruns", "file:///data/R&D/keypoints=68/mlruns"),  # nor `&..key..=` in a path
 ])
 def test_a_uri_is_shown_without_its_credentials_and_so_is_the_tune_storage_param(uri, shown):
     """tuning showed `user:***@` and tracking dropped the userinfo, and neither hid `?password=`;

@@ -100,22 +100,39 @@ def _chain(err: BaseException | None) -> list[BaseException]:
 
 def temp_folder_holding(path: str | Path) -> Path | None:
     """The temp folder (TMPDIR, else the system's) when `path` is a temporary file in it (one
-    that tempfile named, or inside such a folder), else None."""
+    that tempfile named, or inside such a folder), else None. A folder tempfile made that the
+    working folder lies in is the user's (a project in a TemporaryDirectory, a test's): its files
+    are outputs, and freeing or moving TMPDIR would not make room for them."""
     folder, path = Path(tempfile.gettempdir()).resolve(), Path(path).resolve()
     if not path.is_relative_to(folder) or path == folder:
         return None
-    return folder if _TEMP_NAME.fullmatch(path.relative_to(folder).parts[0]) else None
+    made = folder / path.relative_to(folder).parts[0]
+    cwd = _working_folder()
+    if not _TEMP_NAME.fullmatch(made.name) or (cwd is not None and cwd.is_relative_to(made)):
+        return None
+    return folder
+
+
+def _working_folder() -> Path | None:
+    """The working folder, or None when it is gone (deleted under the process)."""
+    try:
+        return Path.cwd().resolve()
+    except OSError:
+        return None
 
 
 def no_space_line(err: BaseException) -> str:
     """The one line for an error that says the disk is full (`no_space`): the file it names (its
     own, or the OS error's it came from), and the temp folder as the one to free when that file
-    is a temporary one (or, naming none, when the temp folder's disk is full)."""
+    is a temporary one (or, naming none, when the temp folder's disk is full and the working
+    folder's is another)."""
     path = next((e.filename for e in _chain(err) if isinstance(e, OSError) and e.filename), None)
     if path is None:  # a write names no file (Python's own file.write): the temp folder, if it is the full one
-        folder = Path(tempfile.gettempdir())
+        folder, cwd = Path(tempfile.gettempdir()), _working_folder()
         full = shutil.disk_usage(folder).free < FULL_DISK_BYTES
-        return f"error: {TEMP_FULL_HINT.format(folder=folder) if full else NO_SPACE_HINT}"
+        # the working folder on that disk too (a project under /tmp): its own write may be the one that failed
+        apart = cwd is not None and os.stat(cwd).st_dev != os.stat(folder).st_dev
+        return f"error: {TEMP_FULL_HINT.format(folder=folder) if full and apart else NO_SPACE_HINT}"
     temp = temp_folder_holding(path)
     return f"error: {TEMP_FULL_HINT.format(folder=temp)} ({path})" if temp else f"error: {NO_SPACE_HINT} ({path})"
 

@@ -134,6 +134,38 @@ def test_a_full_temp_folder_is_named_as_such(tmp_path):
     assert lines[2] == (f"error: cannot write {disk / 'out.txt'}: no space left on the disk; free some space and run "
                         f"again (nothing was written to {disk / 'out.txt'})")
 
+PROJECT_IN_TEMP = """
+import os, sys, tempfile
+from pathlib import Path
+from emovision import fileio
+from emovision.errors import cli_main
+
+tempfile.gettempdir()  # found before the disk fills (a full one it skips), as torch and MLflow find it
+BIG = b"x" * (1 << 20)  # more than the 16 KiB left
+project = Path(sys.argv[1])
+project.mkdir(parents=True)
+os.chdir(project)
+cli_main(lambda: fileio.write_text(Path("out.txt"), BIG.decode()) and None)()  # its output, through fileio
+cli_main(lambda: Path("plain.bin").write_bytes(BIG) and None)()  # its own write, naming no file
+"""
+
+
+def test_a_full_disk_under_a_project_in_the_temp_folder_is_no_full_temp_folder(tmp_path):
+    """A project working in a folder tempfile made (a TemporaryDirectory, as tests make), or on
+    the temp folder's disk, was told its disk was the temp folder, to be freed or moved with
+    TMPDIR: no help, its own files are what the disk holds. Its files say the plain line."""
+    from tests.full_disk import run_on_full_disk
+
+    disk = tmp_path / "disk"
+    for project in (disk / "tmpab12cd_3" / "proj", disk / "proj"):
+        rc, err = run_on_full_disk(disk, {}, [sys.executable, "-c", PROJECT_IN_TEMP, str(project)], free=16384,
+                                   env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(disk)})
+        assert err.strip().splitlines() == [
+            f"error: cannot write out.txt: no space left on the disk; free some space and run again (nothing was "
+            f"written to out.txt)",
+            "error: no space left on the disk; free some space and run again"], err
+
+
 CLI_WRITER = """
 import sys, time
 import pytest

@@ -513,6 +513,10 @@ OUTPUT_PARAMS = ("data.prepared_dir", "distill.probs", "data.app_views", "paths.
 # was written over it, or into .git/, and a folder output holding them (`paths.models: .`) replaced them.
 PROJECT_CONTROL_FILES = ("params.yaml", "dvc.yaml", "dvc.lock", "pyproject.toml", ".dvc", ".git")
 PROJECT_MARKER = "dvc.yaml"
+# The project's default stores (tracking, tuning): its runs, registry and studies, which neither git nor
+# DVC holds, so an output written over them (`-S data.app_views=mlflow.db`) lost them for good.
+MLFLOW_DB, MLFLOW_ARTIFACTS, OPTUNA_DB = "mlflow.db", "mlruns", "optuna.db"
+PROJECT_STORES = (MLFLOW_DB, MLFLOW_ARTIFACTS, OPTUNA_DB)
 
 
 def nearest_project(cwd: Path) -> Path:
@@ -522,14 +526,14 @@ def nearest_project(cwd: Path) -> Path:
 
 
 def check_outputs_spare_the_project(params: Params, params_file: str | Path, cwd: Path | None = None) -> None:
-    """No output path of `params` is, holds or lies inside the params file or a control file of
-    the project it is written in (the nearest folder with dvc.yaml from `cwd` up, where relative
+    """No output path of `params` is, holds or lies inside the params file, a control file or a
+    default store of the project it is written in (the nearest folder with dvc.yaml from `cwd` up, where relative
     paths lead; else `cwd`); else one ConfigError line naming the key. Checked by every stage
     before it writes."""
     cwd = (cwd or Path.cwd()).resolve()
     root = nearest_project(cwd)
     params_file = (cwd / params_file).resolve()
-    protected = {root / name: f"the project's {name}" for name in PROJECT_CONTROL_FILES}
+    protected = {root / name: f"the project's {name}" for name in (*PROJECT_CONTROL_FILES, *PROJECT_STORES)}
     protected.setdefault(params_file, f"the params file {params_file}")
     for key in OUTPUT_PARAMS:
         section, name = key.split(".")

@@ -31,6 +31,7 @@ from mlflow.server import app as flask_app
 from mlflow.server.fastapi_app import app  # the ASGI app `mlflow ui` runs; it mounts flask_app
 
 from emovision import tracking
+from emovision.config import MLFLOW_DB
 
 __all__ = ["app", "WORKFLOW_STORAGE_KEY", "MODEL_TRAINING_WORKFLOW", "seed_script"]
 
@@ -87,7 +88,7 @@ def serve_the_projects_store() -> None:
     if uri is None:
         return
     served, root = Path(uri.removeprefix("sqlite:///")), tracking.project_root()
-    project_db = root / "mlflow.db"
+    project_db = root / MLFLOW_DB
     if served == project_db or not project_db.is_file() or not (root / tracking.PROJECT_MARKER).is_file():
         return
     try:

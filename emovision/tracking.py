@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from emovision import fileio
-from emovision.config import PROJECT_MARKER, nearest_project
+from emovision.config import MLFLOW_ARTIFACTS, MLFLOW_DB, PROJECT_MARKER, nearest_project
 from emovision.errors import DataError, ModelRefError, shown_uri
 
 EXPERIMENT = "emovision"
@@ -58,7 +58,7 @@ def project_root(cwd: Path | None = None) -> Path:
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / MLFLOW_DB}"
 
 
 def quiet_mlflow() -> None:
@@ -125,7 +125,7 @@ def project_store(uri: str | None = None) -> bool:
     """Whether `uri` is the project's own store, `<project root>/mlflow.db`, whose artifacts
     belong in `<project root>/mlruns` (however the URI was given: default or MLFLOW_TRACKING_URI)."""
     uri = uri or tracking_uri()
-    return uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")) == project_root() / "mlflow.db"
+    return uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")) == project_root() / MLFLOW_DB
 
 
 def setup(experiment: str = EXPERIMENT) -> str:
@@ -148,7 +148,7 @@ def setup(experiment: str = EXPERIMENT) -> str:
 _LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
                      ("logged_models", "artifact_location"), ("model_versions", "storage_location"),
                      ("model_versions", "source"))
-ARTIFACTS = "mlruns"  # <project root>/mlruns
+ARTIFACTS = MLFLOW_ARTIFACTS  # <project root>/mlruns
 
 
 def _local_path(location: str) -> str:

@@ -37,7 +37,7 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from emovision import fileio, tracking
-from emovision.config import Params
+from emovision.config import OPTUNA_DB, Params
 from emovision.device import cpu_threads
 from emovision.errors import ConfigError, DataError, shown_uri
 from emovision.training import SplitTensors, fit
@@ -71,7 +71,7 @@ LOGGED_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
 
 
 def default_storage() -> str:
-    return f"sqlite:///{tracking.project_root() / 'optuna.db'}"
+    return f"sqlite:///{tracking.project_root() / OPTUNA_DB}"
 
 
 def is_journal(url: str) -> bool:

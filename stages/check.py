@@ -9,10 +9,10 @@ runs stages in the order dvc.yaml lists them where the graph leaves a choice): a
 stops the run in one line (exit 2) before a later stage starts. It writes nothing.
 
 Like every stage, it refuses an output path that is, holds or lies inside the project's
-params.yaml, dvc.yaml, dvc.lock, pyproject.toml, .dvc/ or .git/ (`stages.parse`). Under DVC it
-also refuses an output path outside the repository: DVC records none there, so the stage wrote
-it (`data.app_views: ../views.npz` overwrote a file beside the project) and DVC then failed
-with an empty 'failed to reproduce' line.
+params.yaml, dvc.yaml, dvc.lock, pyproject.toml, .dvc/, .git/, mlflow.db, mlruns/ or optuna.db
+(`stages.parse`). Under DVC it also refuses an output path outside the repository: DVC records
+none there, so the stage wrote it (`data.app_views: ../views.npz` overwrote a file beside the
+project) and DVC then failed with an empty 'failed to reproduce' line.
 """
 from __future__ import annotations
 

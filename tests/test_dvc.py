@@ -164,17 +164,21 @@ def test_an_output_outside_the_project_is_refused_by_check_under_dvc(tmp_path, m
     ("paths.reports", ".git", "is the project's .git"),
     ("distill.probs", ".dvc/tmp/probs.npz", "lies inside the project's .dvc"),
     ("data.prepared_dir", ".", "holds the project's params.yaml"),
+    ("data.app_views", "mlflow.db", "is the project's mlflow.db"),  # its runs and registry: nothing rebuilds them
+    ("paths.models", "mlruns/models", "lies inside the project's mlruns"),
+    ("distill.probs", "optuna.db", "is the project's optuna.db"),
 ])
 def test_an_output_naming_a_project_file_is_refused_by_every_stage(tmp_path, monkeypatch, capsys, key, value, says):
-    """`dvc exp run -S paths.models=params.yaml` (or dvc.lock, pyproject.toml, a path in .git/):
-    a stage's output replaced a file of the project. Every stage refuses such a path in one line
+    """`dvc exp run -S paths.models=params.yaml` (or dvc.lock, pyproject.toml, a path in .git/, the
+    MLflow store or the Optuna storage): a stage's output replaced a file of the project. Every stage refuses such a path in one line
     (stages.parse), check first under DVC, before anything is written."""
     from emovision.config import Params
     from stages.check import main as check_main
     from stages.prepare import main as prepare_main
 
-    for name in ("dvc.yaml", "dvc.lock", "pyproject.toml", ".dvc/config", ".git/HEAD"):
-        (tmp_path / name).parent.mkdir(exist_ok=True)
+    for name in ("dvc.yaml", "dvc.lock", "pyproject.toml", ".dvc/config", ".git/HEAD", "mlflow.db", "optuna.db",
+                 "mlruns/1/meta.yaml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(f"the project's {name}\n")
     section, name = key.split(".")
     write_params(tmp_path / "params.yaml", {section: {name: value}})

@@ -60,7 +60,12 @@ def _machine() -> str:
 
 def this_process() -> str:
     """The owner a temporary file, folder, MLflow run or Optuna trial records: `<machine>.<pid>`."""
-    return f"{_machine()}.{os.getpid()}"
+    return process_owner(os.getpid())
+
+
+def process_owner(pid: int) -> str:
+    """The process `pid` of this machine as an owner (this_process() for another, a parent)."""
+    return f"{_machine()}.{pid}"
 
 
 def owner_gone(owner: str | None) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import socket
@@ -30,7 +31,7 @@ from mlflow.server import BACKEND_STORE_URI_ENV_VAR, REGISTRY_STORE_URI_ENV_VAR
 from mlflow.server import app as flask_app
 from mlflow.server.fastapi_app import app  # the ASGI app `mlflow ui` runs; it mounts flask_app
 
-from emovision import tracking
+from emovision import fileio, tracking
 from emovision.config import MLFLOW_DB
 
 __all__ = ["app", "WORKFLOW_STORAGE_KEY", "MODEL_TRAINING_WORKFLOW", "seed_script"]
@@ -45,7 +46,11 @@ INDEX_VIEW = "serve"  # mlflow.server's view function for index.html
 # abstract socket name, which the kernel frees when its holder ends: a lock file in the temp
 # folder was left behind by every server (uvicorn ends its workers by re-raising SIGTERM, so no
 # atexit runs). Elsewhere that file, under flock.
+# The server is named as fileio names an owner (host, PID namespace, PID): two containers sharing
+# the network (one abstract namespace) each run their server under the same small PID, and the
+# second one's workers took the first one's lock for their own and said nothing.
 SPEAKER_LOCK = "emovision-mlflow-ui.{server}.lock"
+ABSTRACT_NAME_MAX = 107  # bytes a Linux socket name holds after its leading NUL
 _speaker: list = []  # the lock (socket or open file), kept for the worker's life
 
 
@@ -115,8 +120,10 @@ def say_once(line: str) -> None:
 def _take_speaker_lock() -> bool:
     """Whether this worker may speak: it took its server's lock, or no lock can be had (then
     every worker says it)."""
-    name = SPEAKER_LOCK.format(server=os.getppid())
+    name = SPEAKER_LOCK.format(server=fileio.process_owner(os.getppid()))
     if sys.platform.startswith("linux"):
+        if len(name.encode()) > ABSTRACT_NAME_MAX:  # a long host name: the same name for the same server, shorter
+            name = SPEAKER_LOCK.format(server=hashlib.sha256(name.encode()).hexdigest()[:32])
         lock = socket.socket(socket.AF_UNIX)
         try:
             lock.bind("\0" + name)  # a leading NUL: an abstract name, never a file

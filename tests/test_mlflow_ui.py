@@ -19,7 +19,7 @@ import mlflow
 import pytest
 from mlflow.utils.plugins import get_entry_points
 
-from emovision import mlflow_ui
+from emovision import fileio, mlflow_ui
 from tests.conftest import REPO
 from tests.servers import running_server, server_env
 
@@ -178,17 +178,70 @@ def test_only_one_worker_of_a_server_says_it_serves_the_projects_store(migrated_
         spoken.close()
     monkeypatch.setattr(mlflow_ui, "_speaker", [], raising=False)
     with socket.socket(socket.AF_UNIX) as sibling:  # the worker that spoke first
-        sibling.bind("\0" + mlflow_ui.SPEAKER_LOCK.format(server=os.getppid()))
+        sibling.bind("\0" + mlflow_ui.SPEAKER_LOCK.format(server=fileio.process_owner(os.getppid())))
         mlflow_ui.serve_the_projects_store()
     assert os.environ[BACKEND_STORE_URI_ENV_VAR] == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert capsys.readouterr().err == ""
+
+
+CLONE_NEWPID = 0x20000000  # linux/sched.h: the next child starts a new PID namespace, as its PID 1
+
+
+def _speaks_in_a_new_pid_namespace(release: tuple[int, int]) -> tuple[bool, int]:
+    """Whether a worker whose server is PID 0 of a fresh PID namespace (so every such worker's
+    server has the same PID: a container's) takes its speaker's lock, and the child to wait for.
+    The worker (a forked child's child, PID 1 there) holds the lock until `release` (a pipe) is
+    closed here."""
+    import ctypes
+
+    said_r, said_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(release[1])  # only the test holds the write end: its close ends the worker
+            if ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWPID) == 0:
+                if os.fork() == 0:
+                    fileio._machine.cache_clear()  # a process started there finds its namespace anew
+                    mlflow_ui._speaker.clear()  # the lock this test process took, if it spoke, is not the worker's
+                    os.write(said_w, b"1" if mlflow_ui._take_speaker_lock() else b"0")
+                    os.read(release[0], 1)
+                    os._exit(0)
+                os.wait()
+        finally:
+            os._exit(0)
+    os.close(said_w)
+    said = os.read(said_r, 1)
+    os.close(said_r)
+    if not said:
+        os.waitpid(child, 0)
+        pytest.skip("no new PID namespace here (unshare needs root)")
+    return said == b"1", child
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the speaker's lock is an abstract socket on Linux")
+def test_servers_in_two_containers_each_say_their_line():
+    """Two containers sharing the host's network share its abstract socket names, and each runs
+    its `mlflow ui` under the same small PID: the speaker's lock named only that PID, so the
+    second server's workers found the first one's lock taken and said nothing."""
+    release = os.pipe()
+    children = []
+    try:
+        for _ in range(2):  # the first worker holds its lock while the second takes its own
+            spoke, child = _speaks_in_a_new_pid_namespace(release)
+            children.append(child)
+            assert spoke
+    finally:
+        os.close(release[1])
+        os.close(release[0])
+        for child in children:
+            os.waitpid(child, 0)
 
 
 def _speaker_lock_free(server_pid: int) -> bool:
     """Whether a new worker of that server could take the speaker's lock (no sibling holds it)."""
     with socket.socket(socket.AF_UNIX) as probe:
         try:
-            probe.bind("\0" + mlflow_ui.SPEAKER_LOCK.format(server=server_pid))
+            probe.bind("\0" + mlflow_ui.SPEAKER_LOCK.format(server=fileio.process_owner(server_pid)))
         except OSError:
             return False
         return True
@@ -204,5 +257,5 @@ def test_a_stopped_server_leaves_no_lock_file(moved_project_ui):
     server_pid = int(re.search(r"Started parent process \[(\d+)\]", log)[1])  # uvicorn's: the workers' parent
     assert not _speaker_lock_free(server_pid)
     moved_project_ui.stop()
-    assert not (Path(tempfile.gettempdir()) / mlflow_ui.SPEAKER_LOCK.format(server=server_pid)).exists()
+    assert not list(Path(tempfile.gettempdir()).glob(f"emovision-mlflow-ui.*{server_pid}.lock"))
     assert _speaker_lock_free(server_pid)

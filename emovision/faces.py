@@ -14,6 +14,7 @@ computed from that frame (boxes from at most `detect_every - 1` frames earlier).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,9 +62,14 @@ ROI_MIN_SCALE = 0.25  # the 20-px window, so small faces are found more steadily
 # dy 0.008 box sides). The old `default` cascade box plus CROP_PAD = 0.1 cut crops ~18% too large.
 HAAR_FRAMING = Framing(scale=1.03, dx=0.0, dy=0.01)
 IOU_THRESHOLD = 0.3
-# A track that misses a detection round is no longer shown (no ghost labels), but its id
-# lives on for MAX_MISSED rounds, so a face the detector skips for a moment keeps its id.
-MAX_MISSED = 8
+# A track that misses a detection round is no longer shown (no ghost labels), but its id lives
+# on for ID_LIFETIME_S of video time (`id_lifetime_rounds`), so a face hidden for a moment (a hand
+# over the eyes, a cup, another face passing in front) keeps its id when it comes back about where
+# it was lost. It was 8 rounds: 0.53 s at 30 fps and detect_every 2, so a hand over the eyes for
+# 20 frames gave a new id (and 8 rounds lasted 1 s at 15 fps, 0.27 s at 60).
+ID_LIFETIME_S = 2.0
+ASSUMED_FPS = 30.0  # the frame rate taken where the source gives none, or one outside SANE_FPS
+SANE_FPS = (1.0, 240.0)  # a stream may report 0, 1000 or 90,000 (its clock rate) for its fps
 # A lost track is re-found by distance when IoU fails (the face moved while unseen): the new
 # box's centre within CENTRE_GATE of the track's side, its side within SIZE_GATE of the track's.
 CENTRE_GATE = 0.75
@@ -90,12 +96,27 @@ NEW_REACH = 1.0
 NEW_SIZE_GATE = (0.8, 1.25)
 MIN_HITS = 2  # detection rounds a new face needs before it is shown: one-off false faces never are
 SMOOTH = 0.6  # weight of the past in the per-face probability EMA
+# A face re-found after more than one round unseen (hidden, not skipped once by the detector)
+# starts its EMA afresh: the old one holds the last crops before it was lost, often of the hand
+# covering it. On 3 seeded hand-over-the-mouth clips (scripts/webcam_cases.py) the first frame
+# back was 0.99, 0.48, 0.08 (L1) from the face's settled probabilities with the EMA kept, 0.00,
+# 0.08, 0.09 restarted; over the eyes (no crop of the hand kept) the same either way.
 # Weights of the past box: the centre follows a moving face closely; the side, which Haar
 # reports with ~10% jitter, is damped more (it sets the crop's scale, so it should be steady).
 BOX_SMOOTH = 0.3
 SIZE_SMOOTH = 0.6
 ANGLE_SMOOTH = 0.6  # the eye line's tilt (detectors with landmarks) turns the crop: damped like the side
 DETECT_EVERY = 2
+
+
+def id_lifetime_rounds(fps: float | None = None, detect_every: int = DETECT_EVERY) -> int:
+    """Detection rounds a lost track's id lives: ID_LIFETIME_S of video at `fps` frames a
+    second (ASSUMED_FPS where it is unknown or not a sane rate), one round every `detect_every`."""
+    rate = fps if fps is not None and math.isfinite(fps) and SANE_FPS[0] < fps <= SANE_FPS[1] else ASSUMED_FPS
+    return max(1, math.ceil(ID_LIFETIME_S * rate / max(1, detect_every)))
+
+
+MAX_MISSED = id_lifetime_rounds()  # 30 rounds: 2 s at ASSUMED_FPS and DETECT_EVERY
 # Shot cuts (an edited video): a cut ends every track, so a new person at the old one's place
 # gets a new id and none of the old face's probabilities, box or velocity. Told from the frames
 # alone (`ShotCuts`), on a grey thumbnail normalised to zero mean and unit contrast, so a light
@@ -364,7 +385,9 @@ class FaceTracker:
     `size_smooth` the same for the box's centre and side (and for the eye line's tilt, when the
     detector gives one). A new track is shown after
     `min_hits` matched rounds and only while the latest round matched it (`active`); its id
-    is retired after `max_missed` rounds without a match.
+    is retired after `max_missed` rounds without a match (`EmotionPipeline` sets them from the
+    source's frame rate: ID_LIFETIME_S). A face re-found after more than one round unseen starts
+    its probability EMA afresh.
     """
 
     def __init__(self, iou_threshold: float = IOU_THRESHOLD, max_missed: int = MAX_MISSED,
@@ -396,8 +419,10 @@ class FaceTracker:
                 break
             if ti not in pairs and bi not in pairs.values():
                 pairs[ti] = bi
-        # Then tracks left over (a face that moved while unseen) by distance, oldest id first.
-        for ti, track in enumerate(self.tracks):
+        # Then tracks left over (a face that moved while unseen) by distance: those found in the
+        # last round first (a face hidden for long must not take the box of one seen just now),
+        # then oldest id first.
+        for ti in sorted(range(len(self.tracks)), key=lambda i: self.tracks[i].missed):
             if ti in pairs:
                 continue
             for bi in range(len(boxes)):
@@ -413,6 +438,8 @@ class FaceTracker:
             track.box = self._smoothed(track, boxes[pairs[ti]])
             weight = 0.0 if track.missed else self.size_smooth  # re-found after a miss: its new tilt
             track.angle = weight * track.angle + (1 - weight) * float(angles[pairs[ti]])
+            if track.missed > 1:  # hidden, not skipped once: its EMA starts afresh (see SMOOTH)
+                track.probs = None
             track.hits, track.missed = track.hits + 1, 0
         lost = [t for t in self.tracks if t.missed == 1]  # found last round, not in this one
         self.tracks = [t for t in self.tracks if t.missed <= self.max_missed]
@@ -603,16 +630,18 @@ class EmotionPipeline:
     rounds scan the whole frame every `full_scan_every` rounds (and whenever no face is known
     or one was lost), and otherwise only around where the known faces have moved to. With
     `stills` (unrelated images) every frame is `analyze_still`: detected on its own, nothing
-    carried over.
+    carried over. `fps`, the source's frame rate where known, sets how many detection rounds a
+    lost face keeps its id (ID_LIFETIME_S).
     """
 
     def __init__(self, classifier, detector=None, detect_every: int = DETECT_EVERY,
                  smooth: float = SMOOTH, max_faces: int = 0, tta: bool | None = None, min_hits: int = MIN_HITS,
-                 full_scan_every: int = FULL_SCAN_EVERY, stills: bool = False):
+                 full_scan_every: int = FULL_SCAN_EVERY, stills: bool = False, fps: float | None = None):
         self.classifier = classifier
         self.detector = detector or make_detector()
-        self.tracker = FaceTracker(smooth=smooth, max_faces=max_faces, min_hits=min_hits)
         self.detect_every = max(1, detect_every)
+        self.tracker = FaceTracker(max_missed=id_lifetime_rounds(fps, self.detect_every), smooth=smooth,
+                                   max_faces=max_faces, min_hits=min_hits)
         self.full_scan_every = max(1, full_scan_every)
         self.max_faces, self.tta, self.stills = max_faces, tta, stills
         self._frames = 0

@@ -470,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
             print("images are independent stills: detecting on every image, no smoothing across them")
             pipeline = EmotionPipeline(classifier, detector, max_faces=args.max_faces, tta=args.tta, stills=True)
         else:
-            pipeline = EmotionPipeline(classifier, detector, args.detect_every, args.smooth, args.max_faces, args.tta)
+            pipeline = EmotionPipeline(classifier, detector, args.detect_every, args.smooth, args.max_faces, args.tta,
+                                       fps=source.fps)
         with stop_on_ctrl_c() as stop:
             summary = run(pipeline, source, RunOptions.from_args(args), stop)
     print(summary_line(summary))

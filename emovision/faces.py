@@ -117,6 +117,11 @@ def id_lifetime_rounds(fps: float | None = None, detect_every: int = DETECT_EVER
 
 
 MAX_MISSED = id_lifetime_rounds()  # 30 rounds: 2 s at ASSUMED_FPS and DETECT_EVERY
+# A track never confirmed (fewer than `min_hits` rounds: most are one-off false faces on the
+# background) has no shown id to keep; it ends after the old 8 rounds, not ID_LIFETIME_S: while
+# any track is missed every round scans the whole frame, so a one-off box would keep a 640x480
+# feed on full scans for 2 s, and a real face would be matched to it.
+UNCONFIRMED_MAX_MISSED = 8
 # Shot cuts (an edited video): a cut ends every track, so a new person at the old one's place
 # gets a new id and none of the old face's probabilities, box or velocity. Told from the frames
 # alone (`ShotCuts`), on a grey thumbnail normalised to zero mean and unit contrast, so a light
@@ -442,7 +447,8 @@ class FaceTracker:
                 track.probs = None
             track.hits, track.missed = track.hits + 1, 0
         lost = [t for t in self.tracks if t.missed == 1]  # found last round, not in this one
-        self.tracks = [t for t in self.tracks if t.missed <= self.max_missed]
+        self.tracks = [t for t in self.tracks if t.missed <= (self.max_missed if t.hits >= self.min_hits
+                                                              else min(self.max_missed, UNCONFIRMED_MAX_MISSED))]
         matched = np.array([t.box for t in self.tracks if t.missed == 0]).reshape(-1, 4)
         new: list[Track] = []
         for bi, box in enumerate(boxes):

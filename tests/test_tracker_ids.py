@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 
 import cv2
+import numpy as np
 
-from emovision.faces import EmotionPipeline, id_lifetime_rounds
+from emovision.faces import UNCONFIRMED_MAX_MISSED, EmotionPipeline, FaceTracker, id_lifetime_rounds
 from emovision.webcam import main as webcam_main
 from tests.media import HOPPER_FACE, face_frame, grace_hopper
 
@@ -41,3 +42,16 @@ def test_the_id_lifetime_is_video_time():
     assert id_lifetime_rounds(30, 3) == 20 and id_lifetime_rounds(None, 2) == id_lifetime_rounds(0.0, 2) == 30
     assert id_lifetime_rounds(90000.0, 2) == id_lifetime_rounds(float("nan"), 2) == 30
     assert EmotionPipeline(None, object(), 2, fps=15).tracker.max_missed == 15
+
+
+def test_an_unconfirmed_box_is_not_kept_for_the_whole_id_lifetime():
+    """A one-off box (a false face on the background, never shown) has no id to keep: it ends
+    after UNCONFIRMED_MAX_MISSED rounds, as before the 2 s lifetime, while a confirmed face's id
+    lives them all. Kept 2 s, it held a 640x480 feed on whole-frame scans every round."""
+    tracker = FaceTracker(max_missed=id_lifetime_rounds(30, 2))
+    tracker.update(np.array([[100, 100, 80, 80]]))  # a face, confirmed in the next round
+    tracker.update(np.array([[100, 100, 80, 80], [400, 200, 60, 60]]))  # and a one-off box
+    ids = [t.id for t in tracker.tracks]
+    for _ in range(UNCONFIRMED_MAX_MISSED + 1):
+        tracker.update(np.empty((0, 4)))
+    assert [t.id for t in tracker.tracks] == ids[:1]  # the face's id lives on, the one-off box is gone

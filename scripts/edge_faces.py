@@ -95,7 +95,8 @@ def visible(box):
 
 
 def write(path, frames):
-    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (W, H))
+    h, w = frames[0].shape[:2]  # webcam_cases' clips come in many sizes
+    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (w, h))
     for f in frames:
         wr.write(f)
     wr.release()

@@ -28,8 +28,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO))  # the photos and face boxes the tests use (tests/media.py)
-from edge_faces import run_app, scenes  # noqa: E402  (scripts/, beside this one: the same app run, summary
-# parse and faceless scenes)
+from edge_faces import on_face, run_app, scenes, write  # noqa: E402  (scripts/, beside this one: the same app
+# run, summary parse, faceless scenes, clip writer and "box on the face" rule)
 VID = Path(tempfile.gettempdir()) / "emovision-webcam-cases"
 FRAMES = 60
 CASES = 44  # clips a seed makes (a cached seed with fewer is made again)
@@ -186,20 +186,6 @@ def make_cases(seed):
                   .repeat(3, 2) for _ in range(FRAMES)]
         cases.append((f"dim-empty-{name}-x{gain}-s{sigma}", "dim-empty", frames, [{}] * FRAMES))
     return cases
-
-
-def write(path, frames):
-    h, w = frames[0].shape[:2]
-    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (w, h))
-    for f in frames:
-        wr.write(f)
-    wr.release()
-
-
-def on_face(box, truth):
-    x, y, w, h = box
-    tx, ty, tw, th = truth
-    return tx <= x + w / 2 <= tx + tw and ty <= y + h / 2 <= ty + th and 0.45 <= max(w, h) / max(tw, th) <= 2.2
 
 
 def score(log, truth):

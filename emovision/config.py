@@ -191,6 +191,11 @@ class Params:
     demo: DemoParams = field(default_factory=DemoParams)
     distill: DistillParams = field(default_factory=DistillParams)
 
+    def value(self, dotted: str) -> Any:
+        """The value of the param `section.key`."""
+        section, key = dotted.split(".")
+        return getattr(getattr(self, section), key)
+
     def flat(self) -> dict[str, Any]:
         """All params as `section.key -> value` (for MLflow), the tune storage URL's credentials
         hidden (train logs every param to the store)."""
@@ -339,9 +344,7 @@ def _default_rules() -> dict[str, str]:
 def _check_ranges(p: Params, source: str) -> None:
     for dotted, ok, rule in _range_rules(p):
         if not ok:
-            section, key = dotted.split(".")
-            value = getattr(getattr(p, section), key)
-            raise ConfigError(f"{source}: {dotted} must be {rule}, got {value!r}")
+            raise ConfigError(f"{source}: {dotted} must be {rule}, got {p.value(dotted)!r}")
     from emovision.models import list_models, trainable_models  # torch; every caller of params needs it anyway
 
     if p.model.name not in list_models():
@@ -536,13 +539,11 @@ def check_outputs_spare_the_project(params: Params, params_file: str | Path, cwd
     protected = {root / name: f"the project's {name}" for name in (*PROJECT_CONTROL_FILES, *PROJECT_STORES)}
     protected.setdefault(params_file, f"the params file {params_file}")
     for key in OUTPUT_PARAMS:
-        section, name = key.split(".")
-        value = getattr(getattr(params, section), name)
+        value = params.value(key)
         path = (cwd / value).resolve()
         for kept, what in protected.items():
             how = ("is" if path == kept else "lies inside" if path.is_relative_to(kept)
                    else "holds" if kept.is_relative_to(path) else None)
             if how:
-                default = getattr(getattr(Params(), section), name)
                 raise ConfigError(f"{key} {value} {how} {what}, which no output may replace: "
-                                  f"name another path ({default})")
+                                  f"name another path ({Params().value(key)})")

@@ -29,12 +29,10 @@ DVC_ROOT = "DVC_ROOT"  # set by DVC for every stage command: the repository's ro
 def check_outputs_inside(params: Params, root: Path) -> None:
     """Every output path of `params` lies inside `root`, else one ConfigError line naming the key."""
     for key in OUTPUT_PARAMS:
-        section, name = key.split(".")
-        path = Path(getattr(getattr(params, section), name))
+        path = Path(params.value(key))
         if not path.resolve().is_relative_to(root.resolve()):
-            default = getattr(getattr(Params(), section), name)
             raise ConfigError(f"{key} {path} is outside the DVC project {root}, where DVC records no "
-                              f"output: name a path inside it ({default})")
+                              f"output: name a path inside it ({Params().value(key)})")
 
 
 @cli_main

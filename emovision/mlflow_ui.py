@@ -32,7 +32,7 @@ from mlflow.server import app as flask_app
 from mlflow.server.fastapi_app import app  # the ASGI app `mlflow ui` runs; it mounts flask_app
 
 from emovision import fileio, tracking
-from emovision.config import MLFLOW_DB
+from emovision.config import MLFLOW_DB, PROJECT_MARKER
 
 __all__ = ["app", "WORKFLOW_STORAGE_KEY", "MODEL_TRAINING_WORKFLOW", "seed_script"]
 
@@ -94,7 +94,7 @@ def serve_the_projects_store() -> None:
         return
     served, root = Path(uri.removeprefix("sqlite:///")), tracking.project_root()
     project_db = root / MLFLOW_DB
-    if served == project_db or not project_db.is_file() or not (root / tracking.PROJECT_MARKER).is_file():
+    if served == project_db or not project_db.is_file() or not (root / PROJECT_MARKER).is_file():
         return
     try:
         with contextlib.closing(sqlite3.connect(f"file:{served}?mode=ro", uri=True)) as con:

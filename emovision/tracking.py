@@ -148,7 +148,6 @@ def setup(experiment: str = EXPERIMENT) -> str:
 _LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
                      ("logged_models", "artifact_location"), ("model_versions", "storage_location"),
                      ("model_versions", "source"))
-ARTIFACTS = MLFLOW_ARTIFACTS  # <project root>/mlruns
 
 
 def _local_path(location: str) -> str:
@@ -173,7 +172,7 @@ def follow_moved_project(uri: str | None = None) -> tuple[str, str] | None:
     passes the one it serves). Raises sqlite3.Error when the store cannot be written."""
     uri = uri or tracking_uri()
     db = Path(uri.removeprefix("sqlite:///"))
-    new = project_root() / ARTIFACTS
+    new = project_root() / MLFLOW_ARTIFACTS
     if not project_store(uri) or not db.is_file() or not new.is_dir():
         return None
     with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
@@ -184,9 +183,9 @@ def follow_moved_project(uri: str | None = None) -> tuple[str, str] | None:
         if row is None or not row[0] or ("://" in row[0] and not row[0].startswith("file:")):
             return None
         parts = Path(_local_path(row[0])).parts
-        if ARTIFACTS not in parts:
+        if MLFLOW_ARTIFACTS not in parts:
             return None
-        old = Path(*parts[:len(parts) - parts[::-1].index(ARTIFACTS)])
+        old = Path(*parts[:len(parts) - parts[::-1].index(MLFLOW_ARTIFACTS)])
         # os.path.exists: a folder this user may not look into (a project copied from a
         # colleague's private folder) is one the project left; Path.exists raises there
         reachable = os.path.exists(old)
@@ -261,7 +260,7 @@ def _setup_experiment(mlflow, experiment: str) -> str:
     if exp is None:
         # decided by the store's path: MLFLOW_TRACKING_URI cannot tell (mlflow.set_tracking_uri
         # sets it), and MLflow's own default is <working directory>/mlruns
-        location = str(project_root() / ARTIFACTS) if project_store() else None
+        location = str(project_root() / MLFLOW_ARTIFACTS) if project_store() else None
         try:
             exp_id = client.create_experiment(experiment, artifact_location=location,
                                               tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
@@ -616,7 +615,7 @@ def _raise_if_files_missing(ref: str, client) -> None:
                             f"through the server); load it there, or share models through an `mlflow server "
                             f"--artifacts-destination ...` that training logs to as well")
     raise ModelRefError(f"cannot load {ref}: its files are missing ({folder} does not exist: "
-                        f"{ARTIFACTS}/ deleted, or mlflow.db copied without it)")
+                        f"{MLFLOW_ARTIFACTS}/ deleted, or mlflow.db copied without it)")
 
 
 def _artifact_location(ref: str, client) -> str:

@@ -6,12 +6,13 @@ docs/live-app.md: Webcam conditions).
 
 Seeded clips of grace_hopper and the astronaut (head crops, drifting): HD and odd frame sizes
 (faces of the same relative size, a quarter and half the frame height), portrait frames, dim
-rooms with sensor noise (and with no face), backlight, low-quality MJPEG, mains flicker, motion
-blur, a hand over the mouth or eyes, heads tilted 20-35 degrees, two faces crossing. Each is written to mp4 and run
-through `emovision.webcam.main` (what the CLI calls), headless, with `--log`; the code run is the
-emovision first on PYTHONPATH. Scored per clip: frames where each face is found, boxes on no
-face, track ids per face, ids shared by both faces (a swap), and the app's fps processing and
-detect ms on detection frames (medians of --repeat runs).
+rooms with sensor noise (with no face; with a bright window or lamp), backlight, low-quality
+MJPEG, mains flicker, motion blur, a hand over the mouth or eyes, heads tilted 20-35 degrees, two
+faces crossing. Each is written to mp4 and run through `emovision.webcam.main` (what the CLI
+calls), headless, with `--log`; the code run is the emovision first on PYTHONPATH. Scored per
+clip: frames where each face is found, boxes on no face, track ids per face, ids shared by both
+faces (a swap), and the app's fps processing and detect ms on detection frames (medians of
+--repeat runs).
 """
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ from edge_faces import on_face, run_app, scenes, write  # noqa: E402  (scripts/,
 # run, summary parse, faceless scenes, clip writer and "box on the face" rule)
 VID = Path(tempfile.gettempdir()) / "emovision-webcam-cases"
 FRAMES = 60
-CASES = 44  # clips a seed makes (a cached seed with fewer is made again)
+CASES = 50  # clips a seed makes (a cached seed with fewer is made again)
 HEAD = 0.7  # the head crop: the face box plus this fraction of its side on every edge
+LIGHT_HIDDEN = 0.3  # a window or lamp is hidden behind the face box plus this fraction of its side
 
 
 def photos():
@@ -185,7 +187,50 @@ def make_cases(seed):
         frames = [np.clip(room[..., None] * gain + r.normal(0, sigma, room.shape)[..., None], 0, 255).astype(np.uint8)
                   .repeat(3, 2) for _ in range(FRAMES)]
         cases.append((f"dim-empty-{name}-x{gain}-s{sigma}", "dim-empty", frames, [{}] * FRAMES))
+    # a dim room (x0.2, sigma 12) with a bright window (a rectangle) or a lamp (a disc with a glow)
+    # of 1-10% of the frame, in a seeded place, which made the frame as a whole not dim; the head
+    # hides what is behind it. With a face, and without (a flat wall, a scene): no box there
+    rng = np.random.default_rng([seed, 12])
+    for k, (kind, share) in enumerate((("window", 0.02), ("window", 0.08), ("lamp", 0.01), ("lamp", 0.04))):
+        r = np.random.default_rng([seed, 12, k])
+        bright = light(rng, (480, 640), kind, share)
+
+        def lit(f, i, box, bright=bright, r=r):
+            x, y, w, h = box
+            g = bright.copy()
+            g[max(0, int(y - LIGHT_HIDDEN * h)):int(y + (1 + LIGHT_HIDDEN) * h),
+              max(0, int(x - LIGHT_HIDDEN * w)):int(x + (1 + LIGHT_HIDDEN) * w)] = 0
+            noisy = np.maximum(f, g[..., None]) + r.normal(0, 12, f.shape[:2])[..., None]
+            return np.clip(noisy, 0, 255).astype(np.uint8)
+        add(f"dim-{kind}-{int(share * 100)}pc", "dim-light",
+            clip(rng, ph, (640, 480), rng.uniform(100, 160), bg=int(rng.integers(60, 200) * 0.2), gain=0.2, post=lit))
+    for k, (name, kind, share) in enumerate((("flat", "window", 0.05), ("scene", "lamp", 0.03))):
+        r = np.random.default_rng([seed, 13, k])
+        walls = scenes() if name == "scene" else [np.full((480, 640, 3), int(rng.integers(60, 200)), np.uint8)]
+        room = cv2.cvtColor(walls[int(rng.integers(len(walls)))], cv2.COLOR_BGR2GRAY) * 0.2
+        room = np.maximum(room, light(rng, room.shape, kind, share))
+        frames = [np.clip(room[..., None] + r.normal(0, 12, room.shape)[..., None], 0, 255).astype(np.uint8)
+                  .repeat(3, 2) for _ in range(FRAMES)]
+        cases.append((f"dim-empty-{kind}-{name}", "dim-empty-light", frames, [{}] * FRAMES))
     return cases
+
+
+def light(rng, shape, kind, share):
+    """A bright area covering `share` of a frame of `shape` (a window: a rectangle, 200-255; a lamp:
+    a disc with a glow fading over its radius), in a random place; float32 levels, 0 elsewhere."""
+    H, W = shape
+    level = rng.uniform(200, 255)
+    if kind == "window":
+        w = np.sqrt(share * H * W * rng.uniform(0.6, 1.6))
+        h = share * H * W / w
+        x, y = int(rng.uniform(0, W - w)), int(rng.uniform(0, H - h))
+        out = np.zeros(shape, np.float32)
+        out[y:y + int(h), x:x + int(w)] = level
+        return out
+    r = np.sqrt(share * H * W / np.pi)
+    x, y = rng.uniform(r, W - r), rng.uniform(r, H - r)
+    d = np.hypot(*np.mgrid[:H, :W][::-1] - np.array([x, y])[:, None, None])
+    return np.where(d < r, level, level * np.exp(-2 * ((d - r) / r) ** 2)).astype(np.float32)
 
 
 def score(log, truth):

@@ -1,7 +1,8 @@
 """Faces entering and leaving the frame, through the real webcam app (the tenth session's
 edge harness; docs/live-app.md: Faces at the frame's edge).
 
-    python scripts/edge_faces.py --seeds 0-5 --out after.json [--videos DIR] [--extra "--detect-every 3"]
+    python scripts/edge_faces.py --seeds 0-5 --out after.json [--videos DIR] [--detector haar]
+        [--extra "--detect-every 3"]
     python scripts/edge_faces.py --table before.json after.json
 
 grace_hopper and the astronaut at 90-150 px slide out of each edge and back, enter and leave,
@@ -246,6 +247,7 @@ def main():
     p.add_argument("--videos", type=Path, default=VID, help="where the clips are cached (default: %(default)s)")
     p.add_argument("--table", nargs="+", metavar="JSON", help="print the table of these results files and stop")
     p.add_argument("--extra", default="", help="extra app flags")
+    p.add_argument("--detector", choices=("haar", "mtcnn"), help="the app's --detector (default: the app's own)")
     p.add_argument("--only", default="", help="case name prefix filter")
     a = p.parse_args()
     if a.table:
@@ -254,7 +256,7 @@ def main():
         p.error("--out is required to run the harness")
     lo, _, hi = a.seeds.partition("-")
     seeds = range(int(lo), int(hi or lo) + 1)
-    extra = a.extra.split()
+    extra = a.extra.split() + (["--detector", a.detector] if a.detector else [])
     results = []
     logs = Path(a.out).with_suffix(".logs")
     logs.mkdir(parents=True, exist_ok=True)

@@ -85,6 +85,16 @@ SIZE_GATE = (0.67, 1.5)
 # renders: 0.03 sides a frame). Matching uses the velocity as measured.
 STILL_SPEED = 0.04
 MISSED_DECAY = 0.5  # a track's velocity is multiplied by this for each round it is not found
+# ... unless it was lost beside another face found in that round: a face passing behind another
+# (two people crossing) is hidden for about as long as the other's head takes to pass, and comes
+# back where its motion leads, ~1.4 of its sides from where it was lost (scripts/webcam_cases.py
+# `cross`), beyond CENTRE_GATE of where it was: a new id in 30 of 32 clips (seeds 0-7). While a
+# face found in the round is within OCCLUSION_REACH of its sides of where a lost face's motion takes
+# it (a head hides a face beyond the face's own box: the other face was 1.1-1.5 sides away when
+# she was lost, 1.4-1.8 when she came back), the lost face keeps its motion (its size change, an
+# artefact of being covered, is dropped): one id in 31 of 32, no id swapped; once no face is that
+# near, it is behind none, and its motion decays again.
+OCCLUSION_REACH = 2.0
 # A new face has no velocity until its second round, so one moving 3/4 of its side or more a round
 # (a 100 px face at 40 px a frame, detect_every 2) was never matched, so never shown. A new track
 # found where no track matched gets a first velocity from the nearest face found in the last round
@@ -358,6 +368,13 @@ def _gated(track_box: np.ndarray, box: np.ndarray) -> bool:
     return dist <= CENTRE_GATE * side and SIZE_GATE[0] <= new_side / side <= SIZE_GATE[1]
 
 
+def _beside(box: np.ndarray, others: np.ndarray) -> bool:
+    """Whether a face of `others` is close enough to `box` to hide it (see OCCLUSION_REACH)."""
+    centres = others[:, :2] + others[:, 2:] / 2
+    return bool(len(others)) and bool((np.hypot(*(centres - box[:2] - box[2:] / 2).T)
+                                       <= OCCLUSION_REACH * max(box[2:])).any())
+
+
 def _guess_velocities(lost: list[Track], new: list[Track]) -> None:
     """Give each new track the motion from the nearest face of the last round that this round
     lost and that could have moved there (see NEW_REACH); nearest pairs first."""
@@ -434,10 +451,14 @@ class FaceTracker:
                 if bi not in pairs.values() and (_gated(predicted[ti], boxes[bi]) or _gated(raw[ti], boxes[bi])):
                     pairs[ti] = bi
                     break
+        found = boxes[list(pairs.values())]
         for ti, track in enumerate(self.tracks):
             if ti not in pairs:
                 track.missed += 1
-                track.velocity = track.velocity * MISSED_DECAY
+                if track.hits >= self.min_hits and _beside(predicted[ti], found):  # hidden behind it
+                    track.velocity = np.array([*track.velocity[:2], 0.0])
+                else:
+                    track.velocity = track.velocity * MISSED_DECAY
                 continue
             self._measure_velocity(track, boxes[pairs[ti]])
             track.box = self._smoothed(track, boxes[pairs[ti]])

@@ -27,6 +27,7 @@ from emovision.errors import ConfigError, SourceError
 from emovision.framing import (LARGE_FRAME_SIDE, MIN_FACE, PNET_WINDOW, Framing, crop_faces, eye_angles,
                                smallest_face)
 from emovision.levels import to_uint8
+from emovision.sources import frame_rate
 
 # Detection runs on a downscaled frame. OpenCV's alt2 frontal cascade has a 20-px window, so
 # at DETECT_SCALE = 0.5 it finds faces from 40 px wide (MIN_FACE) in a 640x480 frame, up to
@@ -68,8 +69,6 @@ IOU_THRESHOLD = 0.3
 # it was lost. It was 8 rounds: 0.53 s at 30 fps and detect_every 2, so a hand over the eyes for
 # 20 frames gave a new id (and 8 rounds lasted 1 s at 15 fps, 0.27 s at 60).
 ID_LIFETIME_S = 2.0
-ASSUMED_FPS = 30.0  # the frame rate taken where the source gives none, or one outside SANE_FPS
-SANE_FPS = (1.0, 240.0)  # a stream may report 0, 1000 or 90,000 (its clock rate) for its fps
 # A lost track is re-found by distance when IoU fails (the face moved while unseen): the new
 # box's centre within CENTRE_GATE of the track's side, its side within SIZE_GATE of the track's.
 CENTRE_GATE = 0.75
@@ -121,12 +120,12 @@ DETECT_EVERY = 2
 
 def id_lifetime_rounds(fps: float | None = None, detect_every: int = DETECT_EVERY) -> int:
     """Detection rounds a lost track's id lives: ID_LIFETIME_S of video at `fps` frames a
-    second (ASSUMED_FPS where it is unknown or not a sane rate), one round every `detect_every`."""
-    rate = fps if fps is not None and math.isfinite(fps) and SANE_FPS[0] < fps <= SANE_FPS[1] else ASSUMED_FPS
-    return max(1, math.ceil(ID_LIFETIME_S * rate / max(1, detect_every)))
+    second (as `emovision.sources.frame_rate` takes it: 30 where unknown or not a sane rate), one
+    round every `detect_every`."""
+    return max(1, math.ceil(ID_LIFETIME_S * frame_rate(fps) / max(1, detect_every)))
 
 
-MAX_MISSED = id_lifetime_rounds()  # 30 rounds: 2 s at ASSUMED_FPS and DETECT_EVERY
+MAX_MISSED = id_lifetime_rounds()  # 30 rounds: 2 s at 30 fps (the rate assumed) and DETECT_EVERY
 # A track never confirmed (fewer than `min_hits` rounds: most are one-off false faces on the
 # background) has no shown id to keep; it ends after the old 8 rounds, not ID_LIFETIME_S: while
 # any track is missed every round scans the whole frame, so a one-off box would keep a 640x480

@@ -34,12 +34,26 @@ CAMERA_DEVICE = re.compile(r"/dev/video\d+")  # a V4L2 camera's device file, whi
 IMAGE_KINDS = "JPEG, PNG, BMP, WebP, GIF, TIFF, PNM, JPEG 2000, AVIF"
 
 Frame = tuple[int, float, np.ndarray]  # (index, timestamp in seconds, BGR image)
+ASSUMED_FPS = 30.0  # the frame rate taken where a source gives none, or one outside SANE_FPS
+SANE_FPS = (1.0, 240.0)  # a stream may report 0, 1000 or 90,000 (its clock rate) for its fps
+
+
+def frame_rate(reported: float | None) -> float:
+    """The frame rate to take for a source that reports `reported` frames a second (OpenCV's
+    CAP_PROP_FPS; None: it says nothing): that rate where it is sane (in SANE_FPS), else
+    ASSUMED_FPS. The one rule for a source's rate, its frames' times when the backend gives none,
+    the tracker's id lifetime and the `--output` video's rate: they disagreed on 0.5, nan and
+    90,000 fps (the source kept them, the tracker took 30, the writer 30 for 0.5 and nan and
+    90,000 for 90,000, which OpenCV's writer refuses)."""
+    if reported is not None and math.isfinite(reported) and SANE_FPS[0] < reported <= SANE_FPS[1]:
+        return float(reported)
+    return ASSUMED_FPS
 
 
 class FrameSource:
     """Iterate (index, timestamp_s, frame_bgr); use as a context manager to release it."""
 
-    fps: float = 30.0
+    fps: float = ASSUMED_FPS  # frames a second, always a sane rate (`frame_rate`)
     live: bool = False  # frames may be dropped to stay current
     stills: bool = False  # unrelated images: nothing to track or smooth between them
     files: tuple[Path, ...] = ()  # the files it reads (none for cameras and streams)
@@ -71,7 +85,6 @@ class ImageSource(FrameSource):
     def __init__(self, paths: list[Path], first: np.ndarray | None = None):
         self.paths = paths
         self.files = tuple(paths)
-        self.fps = 1.0
         self.skipped: list[tuple[Path, str]] = []
         self._first = first
         if first is not None and len(paths) == 1:
@@ -107,7 +120,7 @@ class VideoSource(FrameSource):
         self._first, self._first_ms = first, self.cap.get(cv2.CAP_PROP_POS_MSEC)
         self.files = (path,)
         self.frame_size = first.shape[1::-1]
-        self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 30.0
+        self.fps = frame_rate(self.cap.get(cv2.CAP_PROP_FPS))
         # The frame count the container announces (0 when unknown): a run that reads fewer
         # frames than this met a truncated or damaged file, and the app says so.
         self.expected_frames = max(0, int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT)))
@@ -147,7 +160,7 @@ class LiveSource(FrameSource):
 
     def __init__(self, cap: cv2.VideoCapture, name: str):
         self.cap, self.name = cap, name
-        self.fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+        self.fps = frame_rate(cap.get(cv2.CAP_PROP_FPS))
         size = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
         self.frame_size = size if min(size) > 0 else None
         self._frame: np.ndarray | None = None

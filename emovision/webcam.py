@@ -32,13 +32,13 @@ from emovision.faces import (DEFAULT_DETECTOR, DETECT_EVERY, DETECTORS, LARGE_FR
                              EmotionPipeline, make_detector)
 from emovision.framing import face_fits
 from emovision.images import quiet_opencv
-from emovision.sources import FrameSource, open_source
+from emovision.sources import FrameSource, frame_rate, open_source
 
 WINDOW = "emovision"
 KEY_QUIT = (ord("q"), 27)
 KEY_PAUSE = ord(" ")
 KEY_SNAPSHOT = ord("s")
-DEFAULT_FPS = 30.0  # for the output video when the source does not say
+BENCH_VIDEO_FPS = 30  # the benchmark video's frame rate
 FPS_SMOOTH = 0.9  # the on-screen fps is an EMA, so the number is readable rather than flickering
 # One face is too small a job to split across cores: a second thread barely helps on an idle
 # CPU and is ~7x slower on a busy one (threads spin waiting for each other).
@@ -401,7 +401,7 @@ def run(pipeline: EmotionPipeline, source: FrameSource, options: RunOptions = Ru
                 if options.output is not None:
                     if writer is None:
                         h, w = frame.shape[:2]
-                        writer = AtomicVideoWriter(options.output, source.fps if source.fps > 1 else DEFAULT_FPS, (w, h))
+                        writer = AtomicVideoWriter(options.output, frame_rate(source.fps), (w, h))
                     writer.write(frame)
                 if log is not None:
                     record = {"frame": index, "time": round(stamp, 4), "cut": result.cut}
@@ -508,7 +508,7 @@ def make_benchmark_video(path: Path, frames: int = 120, size: tuple[int, int] = 
         face = cv2.imdecode(np.frombuffer(f.read(), np.uint8), cv2.IMREAD_COLOR)
     face = cv2.resize(face, (200, 250))
     w, h = size
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), DEFAULT_FPS, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), BENCH_VIDEO_FPS, size)
     for i in range(frames):
         canvas = np.full((h, w, 3), 90, np.uint8)
         x = int(40 + (w - 280) * (0.5 + 0.5 * np.sin(i / 15)))

@@ -21,7 +21,7 @@ import pytest
 from emovision.errors import SourceError
 from emovision.images import decode_image, read_image
 from emovision.predict import main as predict_main
-from emovision.sources import frame_time, open_source
+from emovision.sources import ASSUMED_FPS, frame_rate, frame_time, open_source
 from emovision.webcam import main as webcam_main
 from tests.conftest import REPO
 from tests.media import grace_hopper
@@ -117,6 +117,45 @@ def test_a_constant_rate_video_keeps_frame_over_fps(tmp_path, fps):
     writer.release()
     with open_source(str(video)) as source:
         assert [stamp for _, stamp, _ in source] == pytest.approx([i / fps for i in range(12)], abs=1e-6)
+
+
+def test_a_source_rate_is_taken_where_sane_and_30_fps_otherwise():
+    """One rule for a source's frame rate (`frame_rate`), which the frames' times, the tracker's id
+    lifetime and the --output video all take: a stream may say 0, nan or 90,000 (its clock)."""
+    assert [frame_rate(r) for r in (25, 29.97, 240, 1.5)] == [25, 29.97, 240, 1.5]
+    assert {frame_rate(r) for r in (None, 0, 1, -30, 0.5, 241, 1000, 90000, math.nan, math.inf)} == {ASSUMED_FPS}
+
+
+def test_a_video_whose_header_says_90000_fps_is_taken_at_30_and_written(tmp_path):
+    """A real video whose header says 90,000 fps (a stream's clock rate as its rate; the frames
+    1/90000 s apart): the source kept 90,000 for its rate and the tracker took 30, and `--output`
+    asked OpenCV's writer for 90,000, which it refuses, so the run ended in `cannot write video
+    ...: check the folder and the .mp4 extension`, exit 2. Now all take 30 fps: the run completes
+    and the annotated video plays at 30 fps."""
+    video, out, log = tmp_path / "clock.mp4", tmp_path / "out.mp4", tmp_path / "faces.jsonl"
+    frames = 12
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 30, (160, 120))
+    for i in range(frames):
+        writer.write(np.full((120, 160, 3), 20 * i, np.uint8))
+    writer.release()
+    boxes = _parse(video.read_bytes())
+    mdhd = _box(boxes, b"moov", b"trak", b"mdia", b"mdhd")
+    mdhd[12:20] = struct.pack(">II", 90000, frames)  # time scale 90 kHz, one tick a frame
+    for entry in _box(boxes, b"moov", b"trak", b"mdia", b"minf", b"stbl"):
+        if entry[0] == b"stts":
+            entry[1] = bytearray(struct.pack(">IIII", 0, 1, frames, 1))
+    video.write_bytes(_serialize(boxes))
+    capture = cv2.VideoCapture(str(video))
+    assert capture.get(cv2.CAP_PROP_FPS) == 90000  # what OpenCV reports
+    capture.release()
+    with open_source(str(video)) as source:
+        assert source.fps == ASSUMED_FPS
+    assert webcam_main(["--model", "pretrained", "--no-display", "--source", str(video), "--output", str(out),
+                        "--log", str(log), "--detector", "haar"]) == 0
+    capture = cv2.VideoCapture(str(out))
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(ASSUMED_FPS)
+    assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == frames
+    capture.release()
 
 
 @pytest.mark.parametrize("reported_ms, expected_s", [

@@ -7,6 +7,8 @@ at one `--storage` (a PostgreSQL/MySQL URL across machines; a SQLite file or
 """
 from __future__ import annotations
 
+import os
+import shlex
 from pathlib import Path
 
 import optuna
@@ -20,13 +22,18 @@ from stages import open_store, parse, stage_parser
 
 OUT_DIR = "tune"  # inside paths.reports
 TOP_ROWS = 8
+# The storage URL when --storage is not given (before tune.storage): Optuna's own CLI reads it too, and a
+# password kept there is in no command line (`ps`, shell history), no params file and no printed command.
+STORAGE_ENV = "OPTUNA_STORAGE"
 
 
 def tune(params: Params, pruner: optuna.pruners.BasePruner | None = None,
-         params_path: Path | None = None, apply: bool = False, out_dir: Path | None = None) -> dict:
+         params_path: Path | None = None, apply: bool = False, out_dir: Path | None = None,
+         storage_from: str | None = None) -> dict:
     """Run `tune.n_trials` more trials of study `tune.study_name` (0: none, just report),
     log them to MLflow, write reports; with `apply`, write the best values into
-    `params_path`. Returns best_params.json's content."""
+    `params_path`. `storage_from`: where tune.storage came from ("--storage", STORAGE_ENV;
+    None: the params file), for the printed command. Returns best_params.json's content."""
     t = params.tune
     out_dir = Path(params.paths.reports) / OUT_DIR if out_dir is None else out_dir
     url = t.storage or tuning.default_storage()
@@ -46,11 +53,8 @@ def tune(params: Params, pruner: optuna.pruners.BasePruner | None = None,
         if message is None:
             raise
         raise DataError(message) from None
-    apply_cmd = " ".join(["python -m stages.tune --n-trials 0 --apply",
-                          *([f"--params {params_path}"] if params_path and str(params_path) != DEFAULT_PARAMS else []),
-                          f"--study-name {t.study_name}",
-                          *([f"--storage '{shown_uri(url)}'"] if t.storage else [])])
-    print_summary(rows, best, out_dir / "best_params.json", None if apply else apply_cmd)
+    apply_cmd, first = apply_command(t.study_name, t.storage, storage_from, params_path)
+    print_summary(rows, best, out_dir / "best_params.json", None if apply else apply_cmd, first)
     hint = tuning.running_trials_hint(url, t.study_name, rows)
     if hint:
         print(hint)
@@ -132,7 +136,25 @@ def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
                   f"({len(trial.intermediate_values)} epochs, {took})")
 
 
-def print_summary(rows: list[dict], best: dict, best_path: Path, apply_cmd: str | None) -> None:
+def apply_command(study_name: str, storage: str, storage_from: str | None,
+                  params_path: Path | None) -> tuple[str, str]:
+    """The command that applies the study's best, to paste as printed, and what to do first if anything
+    ("" if nothing). A storage URL with credentials is printed masked (shown_uri) and a masked one
+    cannot connect, so such a URL is left where it came from, the params file or STORAGE_ENV; one
+    given by --storage the user puts into STORAGE_ENV."""
+    words = ["python -m stages.tune --n-trials 0 --apply"]
+    if params_path and str(params_path) != DEFAULT_PARAMS:
+        words.append(f"--params {shlex.quote(str(params_path))}")
+    words.append(f"--study-name {shlex.quote(study_name)}")
+    if storage and shown_uri(storage) == storage:
+        words.append(f"--storage {shlex.quote(storage)}")
+    first = ""
+    if storage and shown_uri(storage) != storage and storage_from == "--storage":
+        first = f"first set {STORAGE_ENV} to the --storage URL: its credentials are not printed"
+    return " ".join(words), first
+
+
+def print_summary(rows: list[dict], best: dict, best_path: Path, apply_cmd: str | None, first: str = "") -> None:
     """Top trials, counts by state, the best, and (unless applied) the commands to use it."""
     done = sorted((r for r in rows if r["state"] == "COMPLETE"), key=lambda r: -r["val_acc"])
     states = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
@@ -143,7 +165,7 @@ def print_summary(rows: list[dict], best: dict, best_path: Path, apply_cmd: str 
     print(f"best: trial {best['trial']}  val_acc {best['val_acc']:.4f}  train.lr {best['train.lr']:.4g}  "
           f"model.dropout {best['model.dropout']:.3f}  ({best_path})")
     if apply_cmd:
-        print(f"next: {apply_cmd}   (writes them into the params file)\n"
+        print(f"next: {apply_cmd}   ({first + '; ' if first else ''}writes them into the params file)\n"
               f"  or: dvc exp run -S train.lr={tuning.yaml_float(best['train.lr'])} "
               f"-S model.dropout={tuning.yaml_float(best['model.dropout'])}   (an experiment; params.yaml untouched)")
 
@@ -158,17 +180,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study-name", help="study to create or resume (default: tune.study_name)")
     parser.add_argument("--storage", help="Optuna storage: sqlite:///abs/path.db, postgresql://user@host/db, "
                         "mysql://…, or a journal file journal:///abs/path/study.log (also any path ending "
-                        "in .log or .journal); default: sqlite:///<project root>/optuna.db")
+                        "in .log or .journal); default: $OPTUNA_STORAGE, else tune.storage, else "
+                        "sqlite:///<project root>/optuna.db")
     parser.add_argument("--n-jobs", type=int, help="parallel trials in this process (default: tune.n_jobs)")
     parser.add_argument("--pruner", choices=["median", "hyperband", "none"], help="default: tune.pruner")
     parser.add_argument("--apply", action="store_true",
                         help="write the best train.lr and model.dropout into the params file")
     args, params = parse(parser, argv)
+    storage_from = "--storage" if args.storage is not None else STORAGE_ENV if os.environ.get(STORAGE_ENV) else None
+    if storage_from == STORAGE_ENV:
+        args.storage = os.environ[STORAGE_ENV]
     for key in ("n_trials", "timeout", "epochs", "study_name", "storage", "n_jobs", "pruner"):
         value = getattr(args, key)
         if value is not None:  # validated like the file, one flag at a time so the line names it
-            params = params.replace(source=f"--{key.replace('_', '-')}", **{f"tune.{key}": value})
-    tune(params, params_path=Path(args.params), apply=args.apply)
+            source = storage_from if key == "storage" else f"--{key.replace('_', '-')}"
+            params = params.replace(source=source, **{f"tune.{key}": value})
+    tune(params, params_path=Path(args.params), apply=args.apply, storage_from=storage_from)
     return 0
 
 

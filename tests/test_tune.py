@@ -192,6 +192,42 @@ def test_bad_cli_input_is_one_line(project, capsys, args, message):
     assert message in err and err.count("\n") == 1 and "hunter2" not in err
 
 
+@pytest.mark.filterwarnings("ignore:Query string argument")
+def test_printed_apply_command_pastes_without_printing_a_password(in_tmp, capsys, monkeypatch):
+    """The `next:` command once printed a storage URL with its password masked (`***`), which cannot
+    connect. A URL without credentials is printed exactly (quoted for the shell); one with them is left
+    to where it came from: the params file, or OPTUNA_STORAGE (Optuna's own CLI reads it too)."""
+    write_params(in_tmp / "params.yaml")
+    url = f"sqlite:///{in_tmp / 'my study.db'}"
+    params = load_params("params.yaml")
+    study = optuna.create_study(study_name=params.tune.study_name, storage=url, direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={"train.lr": 1e-3, "model.dropout": 0.37}, value=0.5,
+                                              distributions=tuning.search_space(params)))
+
+    def next_line(*args: str) -> tuple[str, str]:
+        """The printed command and what follows it."""
+        assert tune_main(["--params", "params.yaml", "--n-trials", "0", *args]) == 0
+        line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("next: "))
+        command, _, rest = line.removeprefix("next: ").partition("   (")
+        return command, rest
+
+    assert shlex.split(next_line("--storage", url)[0])[-2:] == ["--storage", url]
+    # SQLAlchemy's SQLite driver ignores a password in the query: a real storage with a secret in its URL
+    secret = f"{url}?password=hunter2"
+    command, rest = next_line("--storage", secret)
+    assert "--storage" not in command and "***" not in command and "hunter2" not in command + rest
+    assert "first set OPTUNA_STORAGE to the --storage URL" in rest
+    monkeypatch.setenv("OPTUNA_STORAGE", secret)
+    assert next_line() == (command, "writes them into the params file)")  # from OPTUNA_STORAGE: nothing to set
+    assert tune_main(shlex.split(command)[3:]) == 0  # pasted, OPTUNA_STORAGE set: applies the study's best
+    assert load_params("params.yaml").model.dropout == pytest.approx(0.37)
+    monkeypatch.setenv("OPTUNA_STORAGE", "postgresql://nobody:hunter2@127.0.0.1:1/none")
+    assert tune_main(["--params", "params.yaml", "--n-trials", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open Optuna storage 'postgresql://***@127.0.0.1:1/none'" in err
+    assert err.count("\n") == 1 and "hunter2" not in err
+
+
 def test_inverted_range_and_studies_run_otherwise(project, capsys):
     write_params(project / "bad.yaml", {"tune": {"lr_low": 0.1, "lr_high": 0.001}})
     assert tune_main(["--params", "bad.yaml"]) == 2

@@ -29,6 +29,7 @@ import os
 import re
 import stat
 import sys
+import threading
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -108,16 +109,28 @@ os.environ.setdefault(FFMPEG_LOGLEVEL, FFMPEG_QUIET)
 FFMPEG_REASON_HINT = f"{FFMPEG_LOGLEVEL}=24 in the environment shows FFmpeg's reason"
 
 
+_quiet_lock = threading.Lock()
+_quiet: list = []  # the level to restore, while any thread is inside quiet_opencv
+
+
 @contextlib.contextmanager
 def quiet_opencv():
     """Silence OpenCV and FFmpeg while opening: a missing camera, a broken file or an EXR with
-    the codec off makes them print lines of their own; our one line says it once."""
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    the codec off makes them print lines of their own; our one line says it once. OpenCV's level
+    is one per process: threads decoding at once (a server's requests, the app's reader) share one
+    silence, and the last to leave restores the level the first found."""
+    with _quiet_lock:
+        if not _quiet:
+            _quiet.append(cv2.utils.logging.getLogLevel())
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        _quiet.append(None)
     try:
         yield
     finally:
-        cv2.utils.logging.setLogLevel(level)
+        with _quiet_lock:
+            _quiet.pop()
+            if len(_quiet) == 1:
+                cv2.utils.logging.setLogLevel(_quiet.pop())
 
 
 def is_image_file(path: Path) -> bool:
@@ -176,9 +189,12 @@ def decode_image(data: np.ndarray | bytes, flags: int = cv2.IMREAD_COLOR) -> np.
         return "a Canon CR3 camera raw file, which OpenCV cannot decode: convert it to JPEG or PNG"
     if data[:3].tobytes() == JPEG_START and jpeg_truncated(data):
         return "truncated JPEG (no end-of-image marker after the image data)"
+    if data[:8].tobytes() == PNG_MAGIC and png_truncated(data):  # libpng prints its own error line for it
+        return "truncated PNG (its data ends before its IEND chunk)"
     exr = data[:4].tobytes() == EXR_MAGIC
-    try:  # OpenCV warns, then raises, for OpenEXR while its codec is off: our line says it once
-        with quiet_opencv() if exr else contextlib.nullcontext():
+    try:  # OpenCV warns, then raises, for OpenEXR while its codec is off, and logs a broken TIFF's
+        # libtiff errors over several lines: our line says it once
+        with quiet_opencv():
             image = decode_pixels(data, flags)
     except cv2.error as err:
         if exr:
@@ -223,16 +239,23 @@ def png_has_trns(data: np.ndarray) -> bool:
 
 def chunks(data: np.ndarray) -> Iterator[tuple[bytes, np.ndarray]]:
     """(type, bytes) of each chunk of a PNG, or of a WebP's RIFF container, walked by their
-    lengths (a 50 MP PNG's image data is skipped, not read); stops at a PNG's IEND or a cut."""
+    lengths (a 50 MP PNG's image data is skipped, not read); stops at a PNG's IEND (given last)
+    or a cut."""
     png = data[:8].tobytes() == PNG_MAGIC
     pos, order = (8, "big") if png else (12, "little")
     while pos + 8 <= len(data):
         size = int.from_bytes(data[pos:pos + 4].tobytes() if png else data[pos + 4:pos + 8].tobytes(), order)
         kind = data[pos + 4:pos + 8].tobytes() if png else data[pos:pos + 4].tobytes()
+        yield kind, data[pos + 8:pos + 8 + size]
         if kind == b"IEND":
             return
-        yield kind, data[pos + 8:pos + 8 + size]
         pos += 8 + size + (4 if png else size % 2)  # a PNG chunk ends in a CRC, a RIFF one is padded to even
+
+
+def png_truncated(data: np.ndarray) -> bool:
+    """Whether a PNG's bytes (from its magic) end before its IEND chunk: cut off in a download or
+    a copy. libpng prints `libpng error: ...` for such a file where no log level reaches it."""
+    return not any(kind == b"IEND" for kind, _ in chunks(data))
 
 
 def exif_orientation(data: np.ndarray) -> int:

@@ -178,6 +178,22 @@ def test_an_unusable_image_is_one_line_before_the_model_loads(tmp_path, capsys, 
     one_error_line(captured.err, f"error: cannot read image {path}: {message}")
 
 
+@pytest.mark.parametrize("ext", ["png", "tif"])
+def test_a_cut_off_png_or_tiff_is_one_line_on_the_terminal_too(tmp_path, capfd, ext):
+    """A PNG cut off in a download made libpng print `libpng error: PNG input buffer is incomplete`
+    and a cut TIFF OpenCV's four lines of libtiff errors, both on the terminal before our line (written
+    to the file descriptor: capsys does not see them). A PNG is now found cut by its chunks, and OpenCV
+    is quiet while it decodes."""
+    ok, data = cv2.imencode(f".{ext}", grace_hopper())
+    path = tmp_path / f"cut.{ext}"
+    path.write_bytes(data.tobytes()[:len(data) // 2])
+    assert predict_main(["--model", "nope.pt", str(path)]) == 2
+    captured = capfd.readouterr()
+    reason = "truncated PNG (its data ends before its IEND chunk)" if ext == "png" else "unreadable image file"
+    assert captured.out == ""
+    one_error_line(captured.err, f"error: cannot read image {path}: {reason}")
+
+
 def test_a_phone_photo_with_data_after_its_image_is_read(tmp_path):
     """Motion photos (Samsung, Pixel) carry their video after the JPEG's end-of-image marker;
     a JPEG was called truncated when FFDA followed the file's last FFD9, which a video's bytes

@@ -77,7 +77,9 @@ SIZE_GATE = (0.67, 1.5)
 # CENTRE_GATE of where it was (a 120 px face at 50 px a frame: 9 ids in 90 frames of bouncing round
 # the frame). A face found in the last round is also the same face anywhere within its speed times
 # the frames since, plus CENTRE_GATE, of where it was (`_within_reach`): for a still face that is the
-# gate above; detections the other tracks matched by IoU are not offered to it.
+# gate above; detections the other tracks matched by IoU are not offered to it, a box within the gate
+# is taken before one only within reach, and of those the nearest (a face beside it that turned too
+# may be within its reach, and may come first in the detector's order).
 # Motion: each track's velocity (centre px and log side per frame) is the change between its
 # last two detections, raw, not smoothed (a smoothed box trails a moving face by about a third
 # of a round's motion), and not averaged over more rounds (an average lags where a face turns
@@ -365,10 +367,15 @@ def _moved(box: np.ndarray, step: np.ndarray) -> np.ndarray:
     return np.concatenate([box[:2] + box[2:] / 2 + step[:2] - size / 2, size])
 
 
+def _centre_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Distance between the centres of boxes `a` and `b` [x, y, w, h]."""
+    return float(np.hypot(*(b[:2] + b[2:] / 2 - a[:2] - a[2:] / 2)))
+
+
 def _gated(track_box: np.ndarray, box: np.ndarray) -> bool:
     """Whether `box` is close enough to a lost track's box to be the same face (see CENTRE_GATE)."""
     side, new_side = max(track_box[2:]), max(box[2:])
-    dist = np.hypot(*(box[:2] + box[2:] / 2 - track_box[:2] - track_box[2:] / 2))
+    dist = _centre_distance(track_box, box)
     return dist <= CENTRE_GATE * side and SIZE_GATE[0] <= new_side / side <= SIZE_GATE[1]
 
 
@@ -379,7 +386,7 @@ def _within_reach(track: Track, box: np.ndarray) -> bool:
         return False
     side, new_side = max(track.raw[2:]), max(box[2:])
     reach = np.hypot(*track.velocity[:2]) * max(track.since, 1) + CENTRE_GATE * side
-    dist = np.hypot(*(box[:2] + box[2:] / 2 - track.raw[:2] - track.raw[2:] / 2))
+    dist = _centre_distance(track.raw, box)
     return dist <= reach and SIZE_GATE[0] <= new_side / side <= SIZE_GATE[1]
 
 
@@ -462,11 +469,14 @@ class FaceTracker:
         for ti in sorted(range(len(self.tracks)), key=lambda i: self.tracks[i].missed):
             if ti in pairs:
                 continue
-            for bi in range(len(boxes)):
-                if bi not in pairs.values() and (_gated(predicted[ti], boxes[bi]) or _gated(raw[ti], boxes[bi])
-                                                 or _within_reach(self.tracks[ti], boxes[bi])):
-                    pairs[ti] = bi
-                    break
+            free = [bi for bi in range(len(boxes)) if bi not in pairs.values()]
+            gated = [bi for bi in free if _gated(predicted[ti], boxes[bi]) or _gated(raw[ti], boxes[bi])]
+            # a box only within its reach (it turned round), the nearest: the first in the detector's
+            # order was often a face beside it that turned too
+            reach = sorted((bi for bi in free if _within_reach(self.tracks[ti], boxes[bi])),
+                           key=lambda bi: _centre_distance(raw[ti], boxes[bi]))
+            if gated or reach:
+                pairs[ti] = (gated or reach)[0]
         found = boxes[list(pairs.values())]
         for ti, track in enumerate(self.tracks):
             if ti not in pairs:

@@ -154,3 +154,23 @@ def test_a_fast_face_turning_round_keeps_its_id():
     pipeline = EmotionPipeline(load_classifier("pretrained", "cpu"), make_detector("mtcnn"))
     found, ids, off = track_figures(pipeline, bouncing_face(grace_hopper(), HOPPER_FACE, 120, 50, seed=2))
     assert len(ids) == 1 and found >= 70, (found, ids, off)
+
+
+
+def test_a_face_turning_round_beside_another_keeps_its_own_box():
+    """Two 90 px faces walking together, one 95 px below and 30 px ahead of the other (25 px a
+    frame, a round every 2 frames), turn round at once (a couple turning, a camera pan reversing):
+    each is found 70 px back from where it was, beyond CENTRE_GATE, so only within its reach, and
+    the other's box is within the first one's reach too (103 px). The first face took the first
+    box in the detector's order, the other's: its id went onto the other person, who got a new
+    one. Now the nearest box within reach is its own."""
+    tracker = FaceTracker(max_missed=30)
+    for r, x in enumerate([100, 150, 200, 250, 180]):  # the first face's centre x each round; turned in the last
+        a, b = [x - 45, 155, 90, 90], [x + 30 - 45, 155 + 95, 90, 90]
+        if r:
+            tracker.advance(2)
+        tracker.update(np.array([a, b] if r == 0 else [b, a]))  # the first face gets the older id; later
+        if r == 0:                                               # the detector gives the other first
+            first = [t.id for t in tracker.tracks]
+    now = [(round(t.raw[0]), t.id) for t in tracker.tracks if t.missed == 0]
+    assert sorted(now) == [(135, first[0]), (165, first[1])], (now, first)

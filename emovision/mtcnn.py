@@ -201,20 +201,28 @@ def _octaves(gray: np.ndarray, n: int) -> list[np.ndarray]:
     return levels
 
 
-def is_dim(gray: np.ndarray) -> bool:
-    """Nothing in the frame is bright: a dim room, where the dim pass may look again (DIM_LEVEL)."""
+def _shrunk(gray: np.ndarray) -> np.ndarray:
+    """The frame area-averaged DIM_SHRINK times, which the sensor noise barely moves: dimness is
+    judged on it, for the whole frame (`is_dim`) and for boxes in it (`dim_boxes`)."""
     h, w = gray.shape[:2]
-    small = cv2.resize(gray, (max(1, w // DIM_SHRINK), max(1, h // DIM_SHRINK)), interpolation=cv2.INTER_AREA)
+    return cv2.resize(gray, (max(1, w // DIM_SHRINK), max(1, h // DIM_SHRINK)), interpolation=cv2.INTER_AREA)
+
+
+def _dim(small: np.ndarray) -> bool:
+    """Nothing in the `_shrunk` frame `small` is bright (DIM_PERCENTILE of it under DIM_LEVEL)."""
     return float(np.percentile(small, DIM_PERCENTILE)) < DIM_LEVEL
 
 
-def dim_boxes(gray: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Which [x1, y1, x2, y2] boxes have nothing bright in them, by is_dim's rule on the box's part
-    of the frame (under 1 - DIM_PERCENTILE of its area-averaged pixels reach DIM_LEVEL): a dim
-    corner of a room that a window or lamp makes not dim as a whole. One integral image, so a
-    box costs the same whatever its size."""
-    h, w = gray.shape[:2]
-    small = cv2.resize(gray, (max(1, w // DIM_SHRINK), max(1, h // DIM_SHRINK)), interpolation=cv2.INTER_AREA)
+def is_dim(gray: np.ndarray) -> bool:
+    """Nothing in the frame is bright: a dim room, where the dim pass may look again (DIM_LEVEL)."""
+    return _dim(_shrunk(gray))
+
+
+def dim_boxes(small: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Which [x1, y1, x2, y2] boxes of the frame have nothing bright in them, by is_dim's rule on
+    the box's part of `small`, the frame `_shrunk` (under 1 - DIM_PERCENTILE of its pixels reach
+    DIM_LEVEL): a dim corner of a room that a window or lamp makes not dim as a whole. One
+    integral image, so a box costs the same whatever its size."""
     bright = cv2.integral((small >= DIM_LEVEL).astype(np.uint8))
     sh, sw = small.shape
     x1, y1 = (np.clip(np.floor(boxes[:, c] / DIM_SHRINK), 0, n).astype(int) for c, n in ((0, sw), (1, sh)))
@@ -336,9 +344,10 @@ class MTCNNFaceDetector:
         """The candidates the dim pass looks at again: all of a dim frame's; in a frame a window
         or lamp makes not dim, with `regions`, those with nothing bright in their own box
         (`dim_boxes`), else none."""
-        if is_dim(gray):
+        small = _shrunk(gray)  # once for both questions
+        if _dim(small):
             return candidates
-        return candidates[dim_boxes(gray, candidates)] if regions and len(candidates) else candidates[:0]
+        return candidates[dim_boxes(small, candidates)] if regions and len(candidates) else candidates[:0]
 
     def _pnet(self, gray: np.ndarray, threshold: float) -> np.ndarray:
         """P-Net over the image pyramid: (N, 5) square candidate boxes [x1, y1, x2, y2, score]."""

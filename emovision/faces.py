@@ -392,9 +392,7 @@ def _within_reach(track: Track, box: np.ndarray) -> bool:
 
 def _beside(box: np.ndarray, others: np.ndarray) -> bool:
     """Whether a face of `others` is close enough to `box` to hide it (see OCCLUSION_REACH)."""
-    centres = others[:, :2] + others[:, 2:] / 2
-    return bool(len(others)) and bool((np.hypot(*(centres - box[:2] - box[2:] / 2).T)
-                                       <= OCCLUSION_REACH * max(box[2:])).any())
+    return any(_centre_distance(box, other) <= OCCLUSION_REACH * max(box[2:]) for other in others)
 
 
 def _guess_velocities(lost: list[Track], new: list[Track]) -> None:

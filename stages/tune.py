@@ -146,10 +146,11 @@ def apply_command(study_name: str, storage: str, storage_from: str | None,
     if params_path and str(params_path) != DEFAULT_PARAMS:
         words.append(f"--params {shlex.quote(str(params_path))}")
     words.append(f"--study-name {shlex.quote(study_name)}")
-    if storage and shown_uri(storage) == storage:
+    secret = bool(storage) and shown_uri(storage) != storage  # it has credentials, which are not printed
+    if storage and not secret:
         words.append(f"--storage {shlex.quote(storage)}")
     first = ""
-    if storage and shown_uri(storage) != storage and storage_from == "--storage":
+    if secret and storage_from == "--storage":
         first = f"first set {STORAGE_ENV} to the --storage URL: its credentials are not printed"
     return " ".join(words), first
 

@@ -37,7 +37,13 @@ def tune(params: Params, pruner: optuna.pruners.BasePruner | None = None,
     t = params.tune
     out_dir = Path(params.paths.reports) / OUT_DIR if out_dir is None else out_dir
     url = t.storage or tuning.default_storage()
-    storage = tuning.open_storage(url)
+    try:
+        storage = tuning.open_storage(url)
+    except ConfigError as err:
+        if storage_from != STORAGE_ENV:
+            raise
+        # set outside the project, perhaps long ago or for another tool: say where it came from
+        raise ConfigError(f"{STORAGE_ENV}: {err}") from None
     study = None
     try:  # a store locked or gone midway: one line, its trials failed, the study resumable
         if t.n_trials == 0:

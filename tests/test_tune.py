@@ -224,7 +224,7 @@ def test_printed_apply_command_pastes_without_printing_a_password(in_tmp, capsys
     monkeypatch.setenv("OPTUNA_STORAGE", "postgresql://nobody:hunter2@127.0.0.1:1/none")
     assert tune_main(["--params", "params.yaml", "--n-trials", "0"]) == 2
     err = capsys.readouterr().err
-    assert "cannot open Optuna storage 'postgresql://***@127.0.0.1:1/none'" in err
+    assert "OPTUNA_STORAGE: cannot open Optuna storage 'postgresql://***@127.0.0.1:1/none'" in err
     assert err.count("\n") == 1 and "hunter2" not in err
 
 

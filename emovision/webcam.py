@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import signal
@@ -51,6 +53,10 @@ WINDOW_MAX = (1280, 720)
 # Without GUI_NORMAL, Qt's toolbar and status bar are part of the size resizeWindow sets, and a
 # 640x480 frame was drawn at 557x418.
 WINDOW_FLAGS = cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL
+# xcb_connection_has_error's codes that a DISPLAY value itself explains (xcb.h); any other is a
+# display that does not answer or refuses this client (XCB_CONN_ERROR: no server, no authority).
+X_CONNECT_ERRORS = {5: "DISPLAY={} is not an X display name (HOST:NUMBER, e.g. :0)",
+                    6: "DISPLAY={} names a screen the X server does not have"}
 EXIT_INCOMPLETE = 1  # the run finished, but the video ended early or images were skipped
 
 
@@ -110,9 +116,35 @@ def check_args(args: argparse.Namespace) -> None:
                           f"({', '.join(VIDEO_EXTENSIONS)}), e.g. --output {args.output.with_suffix('.mp4')}")
     if args.output is not None and args.log is not None and args.output.resolve() == args.log.resolve():
         raise ConfigError(f"--output and --log are the same file {args.output}; give each its own name")
-    if not args.no_display and not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
-        raise ConfigError("no display available (DISPLAY is unset); add --no-display, "
-                          "with --output out.mp4 or --log faces.jsonl to keep the results")
+    if not args.no_display and sys.platform.startswith("linux"):
+        display = os.environ.get("DISPLAY")
+        problem = "DISPLAY is unset" if not display else x_display_problem(display)
+        if problem:
+            raise ConfigError(f"no display available ({problem}); add --no-display, "
+                              "with --output out.mp4 or --log faces.jsonl to keep the results")
+
+
+def x_display_problem(display: str) -> str | None:
+    """Why no window can open on the X display `display`, or None (also when libxcb, the X
+    client library Qt's window goes through, is not there to ask: then Qt says it). A display
+    that does not answer (ssh -X from a machine without an X server, a stale DISPLAY in tmux or a
+    container) made Qt abort the whole process (SIGABRT) once the first frame was shown."""
+    try:
+        xcb = ctypes.CDLL(ctypes.util.find_library("xcb") or "libxcb.so.1")
+    except OSError:
+        return None
+    xcb.xcb_connect.restype = ctypes.c_void_p
+    xcb.xcb_connect.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+    xcb.xcb_connection_has_error.argtypes = [ctypes.c_void_p]
+    xcb.xcb_disconnect.argtypes = [ctypes.c_void_p]
+    connection = xcb.xcb_connect(display.encode(), None)  # never NULL: a failed one carries its error
+    try:
+        error = xcb.xcb_connection_has_error(connection)
+    finally:
+        xcb.xcb_disconnect(connection)
+    if not error:
+        return None
+    return X_CONNECT_ERRORS.get(error, "no X display answers at DISPLAY={}").format(display)
 
 
 def check_outputs_spare_inputs(args: argparse.Namespace, source: FrameSource) -> None:

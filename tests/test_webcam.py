@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
 import json
 import os
 import shutil
@@ -387,6 +388,26 @@ def test_output_and_log_in_one_file_are_refused(still, tmp_path, capsys):
                         "--log", str(same)]) == 2
     one_error_line(capsys.readouterr().err, f"--output and --log are the same file {same}")
     assert not same.exists()
+
+
+def unused_x_display() -> str:
+    """An X display name no server listens on: neither its socket file nor its abstract socket."""
+    abstract = Path("/proc/net/unix").read_text() if Path("/proc/net/unix").exists() else ""
+    number = next(n for n in range(4093, 5000)
+                  if not Path(f"/tmp/.X11-unix/X{n}").exists() and f"@/tmp/.X11-unix/X{n}" not in abstract)
+    return f":{number}"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or ctypes.util.find_library("xcb") is None,
+                    reason="an X display is asked through libxcb, Linux's X client library")
+def test_a_display_that_does_not_answer_fails_before_the_model_loads(still, monkeypatch, capsys):
+    """DISPLAY set, but no X server there (ssh -X from a machine without one, a stale DISPLAY in tmux or
+    a container): Qt aborted the whole process (SIGABRT, exit 134) with five lines of its own, after the
+    model had loaded and the first frame was processed. The display is now asked first, as Qt would."""
+    display = unused_x_display()
+    monkeypatch.setenv("DISPLAY", display)
+    assert webcam_main(["--model", "nope.pt", "--source", still]) == 2
+    one_error_line(capsys.readouterr().err, f"no X display answers at DISPLAY={display}")
 
 
 def test_corrupt_video_fails_before_the_model_loads(tmp_path, capsys):

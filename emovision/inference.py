@@ -113,6 +113,9 @@ def load_classifier(ref: str | os.PathLike = PRETRAINED, device: str = "auto", b
     is run: weights load with `torch.load(weights_only=True)`, the rest is JSON.
     """
     ref = str(ref)  # a pathlib.Path names a checkpoint, folder or .onnx file as well as its text
+    if not ref.strip():  # `--model "$MODEL"` with MODEL unset: as a path, "" is the working folder
+        raise ModelRefError(f"the model reference is empty: pass {PRETRAINED}, models:/NAME/STAGE, models:/NAME@ALIAS, "
+                            "runs:/ID/model, a model folder, a checkpoint file or a .onnx file")
     if backend not in BACKENDS:
         raise ModelRefError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if ref.endswith(".onnx") or backend == "onnx":

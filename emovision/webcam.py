@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
+    if not args.source.strip():  # `--source "$CLIP"` with CLIP unset: as a path, "" is the working folder
+        raise ConfigError("--source is empty: give a camera index, a video, an image, a folder or a stream URL")
     if not 0.0 <= args.smooth < 1.0:
         raise ConfigError(f"--smooth must be in [0, 1), got {args.smooth}")
     if args.detect_every < 1:

@@ -410,6 +410,18 @@ def test_a_display_that_does_not_answer_fails_before_the_model_loads(still, monk
     one_error_line(capsys.readouterr().err, f"no X display answers at DISPLAY={display}")
 
 
+@pytest.mark.parametrize("flag", ["--source", "--model"])
+def test_an_empty_source_or_model_is_refused(still, tmp_path, monkeypatch, flag, capsys):
+    """`--source "$CLIP"` with CLIP unset ran on the working folder and every image below it (Path("")
+    is "."), and `--model ""` was refused as the folder "." with no config.json."""
+    monkeypatch.chdir(tmp_path)
+    cv2.imwrite(str(tmp_path / "a.png"), grace_hopper())
+    args = {"--model": "nope.pt", "--source": still, flag: ""}
+    assert webcam_main(["--no-display", "--log", "faces.jsonl", *(x for kv in args.items() for x in kv)]) == 2
+    one_error_line(capsys.readouterr().err, "--source is empty" if flag == "--source" else "model reference is empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "still.png"]
+
+
 def test_corrupt_video_fails_before_the_model_loads(tmp_path, capsys):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00" * 4096)

@@ -102,10 +102,14 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder, not a file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{this_process()}.", suffix=f"{PARTIAL}{suffix}",
-                                dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(path)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.{this_process()}.", suffix=f"{PARTIAL}{suffix}",
+                                    dir=path.parent)
+    except OSError as err:  # `unwritable` asks os.access, which says yes to root where the file system says no
+        raise_if_no_space(err, path)
+        raise unwritten(path, f"cannot create a file in {path.parent} ({err.strerror or err})") from err
     os.close(fd)
     tmp = Path(name)
     try:

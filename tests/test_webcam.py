@@ -382,6 +382,17 @@ def test_an_output_that_is_the_source_fails_before_the_model_loads(tmp_path, fla
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, a folder that takes no new file")
+@pytest.mark.parametrize("flag, name", [("--output", "out.mp4"), ("--log", "faces.jsonl")])
+def test_a_folder_that_takes_no_file_is_one_line(checkpoint, still, flag, name, capsys):
+    """The writable-folder check asks os.access, which says yes to root wherever the file system says
+    no (/proc; a root-squashed NFS share): the output's temporary file then failed to open with a
+    traceback, the run lost. A file that cannot be created is now one line naming it, exit 2."""
+    target = f"/proc/{name}"
+    assert webcam_main(["--model", checkpoint, "--no-display", "--source", still, flag, target]) == 2
+    one_error_line(capsys.readouterr().err, f"{target}")
+
+
 def test_output_and_log_in_one_file_are_refused(still, tmp_path, capsys):
     same = tmp_path / "out.mp4"
     assert webcam_main(["--model", "nope.pt", "--no-display", "--source", still, "--output", str(same),

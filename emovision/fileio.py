@@ -280,10 +280,11 @@ def recover_folder(path: str | Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | Path, busy: str) -> Iterator[None]:
+def folder_lock(folder: str | Path, writer: str, started_by: str) -> Iterator[None]:
     """Hold `folder` (made if missing) for one writer: an exclusive flock on the folder itself,
     so there is no lock file to leave behind, and the lock dies with the process (kill -9
-    included). Another process holding it is a DataError saying `busy`."""
+    included). Another process holding it is a DataError naming it (`lock_holder`), or, where it
+    cannot be told, the commands that start such a `writer` (`started_by`)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{folder} is a file, not a folder")
@@ -298,10 +299,35 @@ def folder_lock(folder: str | Path, busy: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise DataError(busy) from None
+            holder = lock_holder(folder)
+            who, stop = (f"PID {holder[0]}: {holder[1]}", f" (kill {holder[0]})") if holder else (started_by, "")
+            raise DataError(f"{writer} is running in {folder}/ ({who}); wait for it to end or stop it{stop}, "
+                            "then run this again") from None
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def lock_holder(folder: Path) -> tuple[int, str] | None:
+    """(PID, command line) of the process holding the flock on `folder`, from Linux's /proc/locks
+    (`1: FLOCK  ADVISORY  WRITE 6365 fe:00:2327374 0 EOF`: PID, then device and inode); None
+    elsewhere, or when it cannot be read. A `kill` of dvc's own PID ends dvc and leaves the stage it
+    ran holding the lock, out of sight: the user needs the PID to stop it."""
+    try:
+        st = os.stat(folder)
+        locks = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for fields in (line.split() for line in locks.splitlines()):
+        if "FLOCK" in fields and "->" not in fields and where in fields:  # "->": a waiter, not the holder
+            pid = int(fields[fields.index(where) - 1])
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").replace(b"\0", b" ")
+            except OSError:  # gone meanwhile, or in another PID namespace
+                return pid, "?"
+            return pid, command.decode(errors="replace")
+    return None
 
 
 def user_path(text: str) -> Path:

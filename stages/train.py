@@ -261,8 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     models_dir = Path(params.paths.models)
     # Two trainings in one models/ would delete, overwrite and register each other's
     # checkpoints: the second stops here, before it reads or touches anything.
-    with fileio.folder_lock(models_dir, f"another training is running in {models_dir}/ (python -m stages.train "
-                                        f"or dvc repro); wait for it to end or stop it, then run this again"):
+    with fileio.folder_lock(models_dir, "another training", "python -m stages.train or dvc repro"):
         info = train(params, resume=args.resume, auto_resume=args.auto_resume, models_dir=models_dir,
                      export_onnx=args.export_onnx)
         if args.export_onnx:  # a step of this stage: fer.onnx lies inside its models/ output

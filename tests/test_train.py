@@ -259,8 +259,9 @@ def test_a_second_training_in_the_same_models_folder_is_refused(project, mlflow_
         before = _snapshot(models)
         assert train_main(["--params", "params.yaml"]) == 2
         err = capsys.readouterr().err.strip()
-        assert err == ("error: another training is running in models/ (python -m stages.train or dvc repro); "
-                       "wait for it to end or stop it, then run this again")
+        # named by its PID: a `kill` of dvc's own PID ends dvc, and the stage it ran trains on unseen
+        assert err == (f"error: another training is running in models/ (PID {first.pid}: {sys.executable} -m "
+                       f"stages.train); wait for it to end or stop it (kill {first.pid}), then run this again")
         assert {"last.pt", "best.pt", "run.json"} <= set(before)
         after = _snapshot(models)  # the first may have saved another epoch meanwhile; nothing was deleted
         assert set(after) == set(before) and after["run.json"] == before["run.json"]

@@ -99,6 +99,23 @@ def storage_file(url: str) -> Path | None:
     return Path(database)
 
 
+def in_memory(url: str) -> bool:
+    """Whether `url` is an SQLite database in memory (`sqlite://`, `sqlite:///:memory:`, a `file:`
+    URI with mode=memory), which ends with the process: trials ran, then the study was gone."""
+    if is_journal(url):
+        return False
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return False
+    database = parsed.database or ""
+    return parsed.get_backend_name() == "sqlite" and (
+        database in ("", ":memory:") or (database.startswith("file:") and "mode=memory" in url))
+
+
 class QuietStops(logging.Filter):
     """Optuna logs a trial stopped by Ctrl-C or by a store that is locked or gone as a failure,
     with its traceback (20 lines and more), and Optuna and MLflow log each locked query; the
@@ -138,6 +155,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     # documented way to recover from killed workers and to share a study without a server
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     _check_storage_folder(url)
+    if in_memory(url):
+        raise ConfigError(f"Optuna storage {shown_uri(url)!r} is an in-memory SQLite database: the study would be "
+                          f"lost when tune ends; name a file, sqlite:///abs/path.db")
     attempts, started = 0, time.monotonic()
     while True:
         attempt_started = time.monotonic()

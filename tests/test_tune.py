@@ -177,6 +177,9 @@ def test_stale_running_trial_is_failed_and_retried(project, monkeypatch):
     (["--storage", "postgresql://127.0.0.1:1/none?user=nobody&password=hunter2"],
      "cannot open Optuna storage 'postgresql://127.0.0.1:1/none?user=nobody&password=***'"),
     (["--storage", "notascheme"], "cannot open Optuna storage 'notascheme'"),
+    # SQLite in memory: the trials ran, and the study was gone when tune ended
+    (["--n-trials", "1", "--storage", "sqlite://"], "Optuna storage 'sqlite://' is an in-memory SQLite database"),
+    (["--n-trials", "1", "--storage", "sqlite:///:memory:"], "is an in-memory SQLite database"),
     # every flag is checked by the params' own rules, and the line names the flag
     (["--n-trials", "-1"], "--n-trials: tune.n_trials must be in [0, 10000] (0: report the study"),
     (["--n-trials", "99999999999"], "--n-trials: tune.n_trials must be in [0, 10000]"),

@@ -5,13 +5,18 @@ Each stage is one module and one entry in dvc.yaml: `python -m stages.<name> [--
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from emovision import progress
 from emovision.config import DEFAULT_PARAMS, Params, check_outputs_spare_the_project, load_params
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
+    # argparse names a module run with -m by its file (`usage: tune.py`), no command one can type
+    script = Path(sys.argv[0])
+    prog = f"python -m {script.parent.name}.{script.stem}" if script.parent.name == __name__ else None
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--params", default=DEFAULT_PARAMS,
                         help="params file (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true",

@@ -314,3 +314,18 @@ def test_a_tracking_server_that_is_down_stops_every_stage_before_writing(in_fini
         load_classifier("models:/fer/Production", "cpu")
     assert down in str(refused.value)
     assert "registry is empty" not in str(refused.value)
+
+
+def test_a_stage_names_itself_as_it_is_run(tmp_path):
+    """`python -m stages.tune --n-trials x` answered 'usage: tune.py ...' and 'tune.py: error: ...':
+    no command a user can type (the stages are run as modules). The usage now names the command."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    done = subprocess.run([sys.executable, "-m", "stages.tune", "--n-trials", "x"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: python -m stages.tune [-h]"), done.stderr
+    assert "python -m stages.tune: error: argument --n-trials: invalid int value: 'x'" in done.stderr

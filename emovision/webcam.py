@@ -149,14 +149,35 @@ def x_display_problem(display: str) -> str | None:
     return X_CONNECT_ERRORS.get(error, "no X display answers at DISPLAY={}").format(display)
 
 
+def is_faces_log(path: Path) -> bool:
+    """Whether `path` is empty or a --log of this app (its first line a frame's JSON record), so
+    replacing it loses nothing of the user's: `--log README.md` replaced the README with JSON lines."""
+    try:
+        with path.open("rb") as f:
+            first = f.readline(1 << 16)
+    except OSError:
+        return False
+    if not first.strip():
+        return True
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "frame" in record
+
+
 def check_outputs_spare_inputs(args: argparse.Namespace, source: FrameSource) -> None:
-    """An output renamed over the video or image being read would destroy it at the end of the run."""
+    """An output renamed over the video or image being read would destroy it at the end of the run,
+    and a --log over a file of the user's (README.md, params.yaml) would replace it."""
     inputs = {path.resolve() for path in source.files}
     for flag in ("output", "log"):
         path = getattr(args, flag)
         if path is not None and path.resolve() in inputs:
             raise ConfigError(f"--{flag} {path} is the source being read; it would be overwritten: "
                               f"give another file name")
+    if args.log is not None and args.log.is_file() and not is_faces_log(args.log):
+        raise ConfigError(f"--log {args.log} is a file the app did not write (not a log of frames); it would be "
+                          f"replaced: name a new file, e.g. --log faces.jsonl")
 
 
 def check_source_fits(args: argparse.Namespace, source: FrameSource) -> None:

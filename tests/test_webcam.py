@@ -393,6 +393,21 @@ def test_a_folder_that_takes_no_file_is_one_line(checkpoint, still, flag, name, 
     one_error_line(capsys.readouterr().err, f"{target}")
 
 
+def test_a_log_over_a_file_the_app_did_not_write_is_refused(checkpoint, still, tmp_path, capsys):
+    """`--log README.md` (or params.yaml: a slip of the shell's completion) replaced the file with the
+    frames' JSON lines. A --log that exists must be a log of ours (its first line a frame's record),
+    which is replaced as before; anything else is refused before the model loads."""
+    notes = tmp_path / "notes.md"
+    notes.write_text("# my notes\n")
+    assert webcam_main(["--model", "nope.pt", "--no-display", "--source", still, "--log", str(notes)]) == 2
+    one_error_line(capsys.readouterr().err, f"--log {notes} is a file the app did not write")
+    assert notes.read_text() == "# my notes\n"
+    log = tmp_path / "faces.jsonl"
+    for _ in range(2):  # a new log, then that log replaced
+        assert webcam_main(["--model", checkpoint, "--no-display", "--source", still, "--log", str(log)]) == 0
+        assert json.loads(log.read_text().splitlines()[0])["frame"] == 0
+
+
 def test_output_and_log_in_one_file_are_refused(still, tmp_path, capsys):
     same = tmp_path / "out.mp4"
     assert webcam_main(["--model", "nope.pt", "--no-display", "--source", still, "--output", str(same),

@@ -8,7 +8,10 @@ Seeded clips of grace_hopper and the astronaut (head crops, drifting): HD and od
 (faces of the same relative size, a quarter and half the frame height), portrait frames, dim
 rooms with sensor noise (with no face; with a bright window or lamp), backlight, low-quality
 MJPEG, mains flicker, motion blur, a hand over the mouth or eyes, heads tilted 20-35 degrees, two
-faces crossing. Each is written to mp4 and run through `emovision.webcam.main` (what the CLI
+faces crossing, and one person replaced by another at the same place within the 2 s a lost
+face keeps its id (grace_hopper fading out, the chair empty 0.5-1.5 s, the astronaut fading in; or
+leaving by the frame's edge and the astronaut entering there), with the same person coming back as
+the control. Each is written to mp4 and run through `emovision.webcam.main` (what the CLI
 calls), headless, with `--log`; the code run is the emovision first on PYTHONPATH. Scored per
 clip: frames where each face is found, boxes on no face, track ids per face, ids shared by both
 faces (a swap), and the app's fps processing and detect ms on detection frames (medians of
@@ -33,9 +36,11 @@ from edge_faces import on_face, run_app, scenes, write  # noqa: E402  (scripts/,
 # run, summary parse, faceless scenes, clip writer and "box on the face" rule)
 VID = Path(tempfile.gettempdir()) / "emovision-webcam-cases"
 FRAMES = 60
-CASES = 50  # clips a seed makes (a cached seed with fewer is made again)
+CASES = 57  # clips a seed makes (a cached seed with fewer is made again)
 HEAD = 0.7  # the head crop: the face box plus this fraction of its side on every edge
 LIGHT_HIDDEN = 0.3  # a window or lamp is hidden behind the face box plus this fraction of its side
+FADE = 8  # frames a face takes to fade out of (or into) the scene in the swap clips
+EMPTY_S = (0.5, 1.0, 1.5)  # seconds the chair stays empty between them: all within ID_LIFETIME_S
 
 
 def photos():
@@ -212,7 +217,58 @@ def make_cases(seed):
         frames = [np.clip(room[..., None] + r.normal(0, 12, room.shape)[..., None], 0, 255).astype(np.uint8)
                   .repeat(3, 2) for _ in range(FRAMES)]
         cases.append((f"dim-empty-{kind}-{name}", "dim-empty-light", frames, [{}] * FRAMES))
+    cases += swap_cases(seed, ph)
     return cases
+
+
+def swap_cases(seed, ph):
+    """Issue 11's id theft: grace_hopper (100-150 px) on a still scikit-image scene fades out over
+    FADE frames, the chair stays empty EMPTY_S seconds, and the astronaut fades in at her place and
+    size (`swap-*`: a new person, must get a new id); the same with grace_hopper coming back
+    (`same-*`: must keep hers). `swap-edge`: she leaves by the left or right edge and the astronaut
+    enters there 0.5 s later, at her height and size. Own generator: the other clips stay as they were."""
+    rng = np.random.default_rng([seed, 14])
+    walls = scenes()
+    out = []
+
+    def faded(room, who, cx, cy, width, alpha):
+        f = room.copy()
+        box = paste(f, *ph[who], cx, cy, width)
+        return np.clip(room * (1 - alpha) + f * alpha, 0, 255).astype(np.uint8), box
+
+    for kind, back in (("swap", "astronaut"), ("same", "hopper")):
+        for empty in EMPTY_S:
+            room = walls[int(rng.integers(len(walls)))]
+            width = rng.uniform(100, 150)
+            cx, cy = rng.uniform(width, 640 - width), rng.uniform(width, 480 - width)
+            alphas = ([("hopper", 1.0)] * 20 + [("hopper", 1 - (k + 1) / (FADE + 1)) for k in range(FADE)]
+                      + [(None, 0.0)] * int(round(empty * 30))
+                      + [(back, (k + 1) / (FADE + 1)) for k in range(FADE)] + [(back, 1.0)] * 24)
+            frames, truth = [], []
+            for who, alpha in alphas:
+                f, box = faded(room, who, cx, cy, width, alpha) if who else (room.copy(), None)
+                frames.append(f)
+                truth.append({who: box} if who and alpha >= 0.5 else {})
+            out.append((f"{kind}-{empty}s", kind, frames, truth))
+    # the edge: out at 10 px a frame until gone, 0.5 s empty, the other in at 10 px a frame and held
+    room = walls[int(rng.integers(len(walls)))]
+    width = rng.uniform(100, 150)
+    cy, side = rng.uniform(width, 480 - width), int(rng.integers(2))
+    inside, gone = width * 1.2, -width * 1.2  # distance of the face's centre inside the edge
+    depth = [inside] * 15 + list(np.arange(inside, gone, -10.0)) + [gone] * 15 + list(np.arange(gone, inside, 10.0)) \
+        + [inside] * 20
+    leaving = 15 + len(np.arange(inside, gone, -10.0))
+    frames, truth = [], []
+    for i, d in enumerate(depth):
+        who = "hopper" if i < leaving else "astronaut"
+        cx = d if side == 0 else 640 - d
+        f = room.copy()
+        x, y, w, h = box = paste(f, *ph[who], cx, cy, width)
+        shown = (min(640, x + w) - max(0, x)) / w
+        frames.append(f)
+        truth.append({who: box} if shown >= 0.5 else {})
+    out.append(("swap-edge", "swap-edge", frames, truth))
+    return out
 
 
 def light(rng, shape, kind, share):

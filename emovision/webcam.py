@@ -151,13 +151,14 @@ def x_display_problem(display: str) -> str | None:
 
 def is_faces_log(path: Path) -> bool:
     """Whether `path` is empty or a --log of this app (its first line a frame's JSON record), so
-    replacing it loses nothing of the user's: `--log README.md` replaced the README with JSON lines."""
+    replacing it loses nothing of the user's: `--log README.md` replaced the README with JSON lines.
+    Blank lines are skipped: a file opening with one (notes.md) passed as empty, and was replaced."""
     try:
         with path.open("rb") as f:
-            first = f.readline(1 << 16)
+            first = next((line for line in iter(lambda: f.readline(1 << 16), b"") if line.strip()), b"")
     except OSError:
         return False
-    if not first.strip():
+    if not first:
         return True
     try:
         record = json.loads(first)

@@ -398,10 +398,11 @@ def test_a_log_over_a_file_the_app_did_not_write_is_refused(checkpoint, still, t
     frames' JSON lines. A --log that exists must be a log of ours (its first line a frame's record),
     which is replaced as before; anything else is refused before the model loads."""
     notes = tmp_path / "notes.md"
-    notes.write_text("# my notes\n")
-    assert webcam_main(["--model", "nope.pt", "--no-display", "--source", still, "--log", str(notes)]) == 2
-    one_error_line(capsys.readouterr().err, f"--log {notes} is a file the app did not write")
-    assert notes.read_text() == "# my notes\n"
+    for text in ("# my notes\n", "\n# my notes\n"):  # a blank first line passed as an empty file
+        notes.write_text(text)
+        assert webcam_main(["--model", "nope.pt", "--no-display", "--source", still, "--log", str(notes)]) == 2
+        one_error_line(capsys.readouterr().err, f"--log {notes} is a file the app did not write")
+        assert notes.read_text() == text
     log = tmp_path / "faces.jsonl"
     for _ in range(2):  # a new log, then that log replaced
         assert webcam_main(["--model", checkpoint, "--no-display", "--source", still, "--log", str(log)]) == 0

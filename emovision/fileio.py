@@ -102,6 +102,9 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder, not a file")
+    if is_stream(path):  # renamed over, /dev/null became a file (as root) and a named pipe's reader got nothing
+        yield path
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_partials(path)
@@ -121,6 +124,20 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def is_stream(path: Path) -> bool:
+    """Whether `path` is a device, named pipe or socket (`--log /dev/stdout`, a fifo a reader waits
+    on) or names an open file descriptor (/dev/stdout, /dev/fd/1 with `> out.txt`): written in place,
+    as there is no file of its own to keep whole, and renaming over it destroys it (as root, /dev/null
+    and the /dev/stdout link became files)."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return not path.is_dir()
+        named = [path, path.parent / os.readlink(path)] if path.is_symlink() else [path]
+    except OSError:  # missing, or a link to nothing: a file to create
+        return False
+    return any(re.fullmatch(r"/proc/\d+/fd", os.path.realpath(p.parent)) for p in named)
 
 
 def disk_full(folder: str | Path) -> bool:
@@ -342,6 +359,8 @@ def unwritable(path: str | Path) -> str | None:
     path = Path(path)
     if path.is_dir():
         return "is a folder"
+    if is_stream(path):  # written in place (`atomic_path`): its folder (/dev) need not be writable
+        return None if os.access(path, os.W_OK) else "is not writable"
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():

@@ -279,3 +279,34 @@ def test_a_file_set_whose_target_is_a_folder_replaces_none_of_its_files(tmp_path
                 (staged / name).write_text("new")
     assert sorted(p.name for p in reports.iterdir()) == sorted(names)  # the staging folder removed
     assert [(reports / n).read_text() for n in names if n != "metrics.json"] == ["old"] * 3
+
+
+def test_a_named_pipe_is_written_in_place(tmp_path):
+    """`--log pipe` with `mkfifo pipe; cat pipe` (or /dev/null, /dev/stdout as root): the temporary file
+    was renamed over it, so the pipe became a regular file and its reader got nothing (/dev/null
+    became a file for every process). A device or pipe is now written in place and stays what it was."""
+    pipe = tmp_path / "faces.pipe"
+    os.mkfifo(pipe)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # a reader waiting, as `cat pipe` would
+    try:
+        assert fileio.unwritable(pipe) is None
+        fileio.write_text(pipe, '{"frame": 0}\n')
+        assert os.read(reader, 100) == b'{"frame": 0}\n'
+    finally:
+        os.close(reader)
+    assert pipe.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["faces.pipe"]
+
+
+def test_a_file_descriptor_is_written_through_not_replaced(tmp_path):
+    """`--log /dev/stdout > faces.jsonl` as root: /dev/stdout (a link to /proc/self/fd/1) was replaced by a
+    regular file, for every process after. A name of an open descriptor is now written through."""
+    captured = tmp_path / "faces.jsonl"
+    fd = os.open(captured, os.O_WRONLY | os.O_CREAT)
+    try:
+        stdout = tmp_path / "stdout"  # as /dev/stdout, in a folder the test may write
+        stdout.symlink_to(f"/proc/self/fd/{fd}")
+        fileio.write_text(stdout, '{"frame": 0}\n')
+        assert stdout.is_symlink() and captured.read_text() == '{"frame": 0}\n'
+        fileio.write_text(tmp_path / "fd", "x")  # a file of its own is written whole, as before
+    finally:
+        os.close(fd)

@@ -18,6 +18,7 @@ import os
 import signal
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -57,6 +58,9 @@ WINDOW_FLAGS = cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL
 # display that does not answer or refuses this client (XCB_CONN_ERROR: no server, no authority).
 X_CONNECT_ERRORS = {5: "DISPLAY={} is not an X display name (HOST:NUMBER, e.g. :0)",
                     6: "DISPLAY={} names a screen the X server does not have"}
+# An X server answers in well under a second, over ssh -X too; a host that drops the packets kept
+# libxcb's connect() waiting 134 s (the kernel's SYN retries), silently, before the model loaded.
+X_CONNECT_TIMEOUT_S = 5.0
 EXIT_INCOMPLETE = 1  # the run finished, but the video ended early or images were skipped
 
 
@@ -126,7 +130,7 @@ def check_args(args: argparse.Namespace) -> None:
                               "with --output out.mp4 or --log faces.jsonl to keep the results")
 
 
-def x_display_problem(display: str) -> str | None:
+def x_display_problem(display: str, timeout: float | None = None) -> str | None:
     """Why no window can open on the X display `display`, or None (also when libxcb, the X
     client library Qt's window goes through, is not there to ask: then Qt says it). A display
     that does not answer (ssh -X from a machine without an X server, a stale DISPLAY in tmux or a
@@ -139,13 +143,32 @@ def x_display_problem(display: str) -> str | None:
     xcb.xcb_connect.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
     xcb.xcb_connection_has_error.argtypes = [ctypes.c_void_p]
     xcb.xcb_disconnect.argtypes = [ctypes.c_void_p]
-    connection = xcb.xcb_connect(display.encode(), None)  # never NULL: a failed one carries its error
-    try:
-        error = xcb.xcb_connection_has_error(connection)
-    finally:
-        xcb.xcb_disconnect(connection)
+    timeout = X_CONNECT_TIMEOUT_S if timeout is None else timeout
+    answer: dict[str, int] = {}
+
+    def connect() -> None:
+        connection = xcb.xcb_connect(os.fsencode(display), None)  # never NULL: a failed one carries its error
+        try:
+            answer["error"] = xcb.xcb_connection_has_error(connection)
+        finally:
+            xcb.xcb_disconnect(connection)
+
+    # a thread, so that a host that never answers costs X_CONNECT_TIMEOUT_S (it is left to give up
+    # on its own); libxcb writes a server's refusal ("Authorization required, ...") to stderr itself
+    with tempfile.TemporaryFile() as said:
+        with stderr_off(into=said.fileno()):
+            probe = threading.Thread(target=connect, name="x-display-probe", daemon=True)
+            probe.start()
+            probe.join(timeout)
+        said.seek(0)
+        refusal = " ".join(said.read().decode(errors="replace").split())
+    if probe.is_alive():
+        return f"no X display answered at DISPLAY={display} within {timeout:g} s"
+    error = answer.get("error")
     if not error:
         return None
+    if refusal:  # a server answered, and said no: most often a missing or wrong xauth cookie
+        return f"the X display at DISPLAY={display} refused this client: {refusal}; check XAUTHORITY (xauth list)"
     return X_CONNECT_ERRORS.get(error, "no X display answers at DISPLAY={}").format(display)
 
 
@@ -271,13 +294,13 @@ class AtomicVideoWriter:
 
 
 @contextlib.contextmanager
-def stderr_off() -> Iterator[None]:
-    """The process's stderr (file descriptor 2) to /dev/null for a short block: FFmpeg, once
-    OpenCV has set it up, prints there itself, past OpenCV's log level."""
+def stderr_off(into: int | None = None) -> Iterator[None]:
+    """The process's stderr (file descriptor 2) to /dev/null, or into the open file `into`, for a
+    short block: FFmpeg, once OpenCV has set it up, and libxcb print there themselves."""
     sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    os.close(devnull)
+    saved, target = os.dup(2), os.open(os.devnull, os.O_WRONLY) if into is None else os.dup(into)
+    os.dup2(target, 2)
+    os.close(target)
     try:
         yield
     finally:

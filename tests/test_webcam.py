@@ -437,6 +437,61 @@ def test_a_display_that_does_not_answer_fails_before_the_model_loads(still, monk
     one_error_line(capsys.readouterr().err, f"no X display answers at DISPLAY={display}")
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux") or ctypes.util.find_library("xcb") is None,
+                    reason="an X display is asked through libxcb, Linux's X client library")
+def test_a_display_host_that_never_answers_costs_seconds_not_minutes(still, monkeypatch, capsys):
+    """DISPLAY=HOST:N where HOST drops the packets: libxcb's connect() waited 134 s (the kernel's SYN
+    retries), silently, before the model loaded. A listener whose queue is full drops them too."""
+    import socket
+
+    import emovision.webcam as webcam
+
+    listener = socket.socket()
+    number = next(n for n in range(4093, 5000) if listener.connect_ex(("127.0.0.1", 6000 + n)) != 0
+                  and not listener.bind(("127.0.0.1", 6000 + n)))
+    listener.listen(0)
+    queued = [socket.socket() for _ in range(4)]
+    try:
+        for pending in queued:  # never accepted: the queue fills, and later SYNs go unanswered
+            pending.setblocking(False)
+            pending.connect_ex(("127.0.0.1", 6000 + number))
+        monkeypatch.setattr(webcam, "X_CONNECT_TIMEOUT_S", 0.5)
+        monkeypatch.setenv("DISPLAY", f"127.0.0.1:{number}")
+        started = time.monotonic()
+        assert webcam_main(["--model", "nope.pt", "--source", still]) == 2
+        one_error_line(capsys.readouterr().err, f"no X display answered at DISPLAY=127.0.0.1:{number} within 0.5 s")
+        assert time.monotonic() - started < 60
+    finally:
+        for sock in (*queued, listener):
+            sock.close()
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None or ctypes.util.find_library("xcb") is None,
+                    reason="needs Xvfb (apt install xvfb) and libxcb")
+def test_a_display_that_refuses_this_client_says_so(still, tmp_path, monkeypatch, capfd):
+    """A display that answers but wants an xauth cookie this user lacks (sudo, a container given the X
+    socket alone) was 'no X display answers', after a line libxcb printed itself. It now says the
+    server's refusal, in the one line."""
+    def counted(data: bytes) -> bytes:
+        return len(data).to_bytes(2, "big") + data
+
+    cookie = tmp_path / "xauth"  # one entry (any host, any display: family 0xffff) the server admits
+    cookie.write_bytes(b"\xff\xff" + counted(b"") + counted(b"") + counted(b"MIT-MAGIC-COOKIE-1")
+                       + counted(os.urandom(16)))
+    server = subprocess.Popen(["Xvfb", "-displayfd", "1", "-auth", str(cookie), "-nolisten", "tcp"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        display = f":{server.stdout.readline().strip()}"
+        monkeypatch.setenv("DISPLAY", display)
+        monkeypatch.setenv("XAUTHORITY", str(tmp_path / "none"))
+        assert webcam_main(["--model", "nope.pt", "--source", still]) == 2
+        one_error_line(capfd.readouterr().err, f"the X display at DISPLAY={display} refused this client: "
+                                               "Authorization required")
+    finally:
+        server.kill()
+        server.wait()
+
+
 @pytest.mark.parametrize("flag", ["--source", "--model"])
 def test_an_empty_source_or_model_is_refused(still, tmp_path, monkeypatch, flag, capsys):
     """`--source "$CLIP"` with CLIP unset ran on the working folder and every image below it (Path("")

@@ -111,9 +111,17 @@ def in_memory(url: str) -> bool:
         parsed = make_url(url)
     except ArgumentError:
         return False
+    if parsed.get_backend_name() != "sqlite":
+        return False
     database = parsed.database or ""
-    return parsed.get_backend_name() == "sqlite" and (
-        database in ("", ":memory:") or (database.startswith("file:") and "mode=memory" in url))
+    if database in ("", ":memory:"):
+        return True
+    # a `file:` name is a URI only with uri=true (else it names a file); SQLite's URI keeps a database
+    # in memory by the name :memory: (file::memory:?cache=shared, its documented way to share one)
+    # or by mode=memory, a query parameter: in the path it is a folder's name (file:mode=memory/x.db)
+    uri = str(parsed.query.get("uri", "")).lower() in ("true", "1")
+    return uri and database.startswith("file:") and (
+        database.removeprefix("file:") == ":memory:" or parsed.query.get("mode") == "memory")
 
 
 class QuietStops(logging.Filter):

@@ -171,6 +171,27 @@ def test_stale_running_trial_is_failed_and_retried(project, monkeypatch):
     assert [r.data.tags.get("retry_of_trial") for r in nested_runs()] == ["0"]
 
 
+@pytest.mark.parametrize("url", [
+    "sqlite://", "sqlite:///:memory:", "sqlite:///:memory:?cache=shared", "sqlite:///file:x?mode=memory&uri=true",
+    "sqlite:///file::memory:?uri=true", "sqlite:///file::memory:?cache=shared&uri=true",  # were taken for files
+    "sqlite:///memory.db", "sqlite:///file:x.db?uri=true", "sqlite:///file::memory:",  # a file of that name
+    "sqlite:///file:mode=memory/x.db?uri=true",  # a folder named mode=memory: was refused as in memory
+])
+def test_in_memory_agrees_with_sqlite(url, tmp_path, monkeypatch):
+    """`file::memory:?cache=shared&uri=true` (SQLite's documented shared in-memory database) was taken
+    for a file, its study lost when tune ended; a folder named `mode=memory` was refused. Judged
+    against SQLite itself: an in-memory database lists no file."""
+    import sqlalchemy
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mode=memory").mkdir()
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as connection:
+        in_memory = connection.exec_driver_sql("PRAGMA database_list").fetchall()[0][2] == ""
+    engine.dispose()
+    assert tuning.in_memory(url) == in_memory
+
+
 @pytest.mark.parametrize("args, message", [
     (["--storage", "postgresql://nobody:hunter2@127.0.0.1:1/none"], "cannot open Optuna storage "
                                                                      "'postgresql://***@127.0.0.1:1/none'"),

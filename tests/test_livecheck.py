@@ -76,3 +76,51 @@ def test_framing_constants_are_what_the_measurement_gives(publictest, name):
 def test_bench_skips_data_without_real_faces(tmp_path):
     report = bench_report(None, tmp_path, "synthetic")
     assert "needs FER2013 PublicTest" in report["skipped"]
+
+
+def _framing_views():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "framing_views.py"
+    spec = importlib.util.spec_from_file_location("framing_views", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_view_cycling_is_the_apps_ema_over_the_views():
+    """One view a frame, smoothed as the app smooths (0.6 of the past): two views, one right
+    with 0.75, one wrong with 0.8. After 2 frames the first weighs 0.6 (0.6 x 0.75 + 0.4 x 0.2
+    = 0.53 for the right class when the right view came first, 0.42 when second); in the
+    steady state the latest weighs 0.4 / (1 - 0.6^2) = 0.625 (0.54 or 0.41): right half the
+    time. Averaged with equal weights (0.475) the views are wrong."""
+    fv = _framing_views()
+    right_view, wrong_view = [0.75, 0.25], [0.2, 0.8]
+    p = np.array([[right_view, wrong_view]])  # (1 face, 2 views, 2 classes)
+    labels = np.array([0])
+    assert fv.cycled_right(p, labels, 1, 0.6)[0] == 0.5  # the first frame: its own view
+    assert fv.cycled_right(p, labels, 2, 0.6)[0] == 0.5 and fv.cycled_right(p, labels, 30, 0.6)[0] == 0.5
+    assert fv.cycled_right(p[:, :1], labels, 5, 0.6)[0] == 1.0  # one view: the EMA of one view is it
+    assert fv.combined_labels(p)["arithmetic mean"][0] == 1
+    assert fv.combined_labels(p)["most confident view"][0] == 1
+
+
+def test_framing_views_rules_on_a_saved_draw(tmp_path, capsys):
+    """`--rules` reads a `--save` file and prints every rule's gain; a bad view set is one line."""
+    from emovision.errors import EXIT_BAD_INPUT
+
+    fv = _framing_views()
+    rng = np.random.default_rng(0)
+    n, classes = 40, ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    views = rng.dirichlet(np.ones(7), size=(n, len(fv.GRID))).astype(np.float32)
+    saved = tmp_path / "views.npz"
+    np.savez(saved, label=rng.integers(0, 7, n), app=views[:, fv.GRID.index((1.0, 0.0, 0.0))], direct=views[:, 0],
+             views=views, grid=np.array(fv.GRID), true_vs_app=np.ones((n, 3)), classes=np.array(classes))
+    assert fv.main(["--rules", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "app's square re-cut (last frame, no EMA) +0.00 +- 0.00" in out  # the app is that view here
+    assert "class-conditional framing" in out and "| 3 sides x0.94 / 1 / 1.06 | 3 |" in out
+    assert fv.main(["--rules", str(saved), "--sets", "1/0/0 0.9/0/0"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --sets: (0.9, 0.0, 0.0) is not a saved view") and "\n" not in err

@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 
 from emovision.errors import ConfigError, SourceError
-from emovision.framing import (LARGE_FRAME_SIDE, MIN_FACE, PNET_WINDOW, Framing, crop_faces, eye_angles,
-                               smallest_face)
+from emovision.framing import (LARGE_FRAME_SIDE, MIN_FACE, PNET_WINDOW, VIEW_CYCLE, Framing, crop_faces,
+                               eye_angles, smallest_face)
 from emovision.levels import to_uint8
 from emovision.sources import frame_rate
 
@@ -612,12 +612,21 @@ def landmark_angles(detector, n: int) -> np.ndarray | None:
 
 
 def classify_boxes(classifier, gray: np.ndarray, boxes: Sequence[Sequence[float]], framing: Framing,
-                   tta: bool | None = None, angles: Sequence[float] | None = None) -> np.ndarray:
+                   tta: bool | None = None, angles: Sequence[float] | None = None,
+                   views: Sequence[float] | None = None) -> np.ndarray:
     """(K, n_classes) probabilities for the faces at `boxes` (eye lines tilted by `angles`),
-    cropped in the FER2013 framing (`emovision.framing`), in ONE batched forward pass."""
+    cropped in the FER2013 framing (`emovision.framing`), in ONE batched forward pass. With
+    `views` (one `framing.VIEW_CYCLE` factor a face: a video frame's turn) each face is cut once,
+    at its own; without, at every VIEW_CYCLE view and the probabilities averaged (a still, where
+    no EMA combines the views over frames)."""
     if len(boxes) == 0:
         return np.zeros((0, len(classifier.classes)), dtype=np.float32)
-    return classifier.predict_proba(crop_faces(gray, boxes, framing, angles), tta=tta)
+    if views is not None:
+        return classifier.predict_proba(crop_faces(gray, boxes, framing, angles, views), tta=tta)
+    n = len(VIEW_CYCLE)
+    crops = crop_faces(gray, np.repeat(np.asarray(boxes, float).reshape(-1, 4), n, axis=0), framing,
+                       None if angles is None else np.repeat(np.asarray(angles, float), n), VIEW_CYCLE * len(boxes))
+    return classifier.predict_proba(crops, tta=tta).reshape(len(boxes), n, -1).mean(1)
 
 
 def analyze_still(classifier, image: np.ndarray, detector=None,
@@ -700,6 +709,7 @@ class EmotionPipeline:
         self._next_round = 0  # the frame of the next detection round
         self.cuts = ShotCuts()
         self._pending: tuple[np.ndarray, np.ndarray | None] | None = None  # a suspect frame's detection round
+        self._turns: dict[int, int] = {}  # track id -> frames classified since its EMA (re)started
 
     def process(self, frame: np.ndarray) -> FrameResult:
         result = self._process_still(frame) if self.stills else self._process_video(frame)
@@ -752,8 +762,10 @@ class EmotionPipeline:
             self._rounds += 1
         tracks = self.tracker.active()
         t1 = time.perf_counter()
+        # smoothed: one view a face a frame, in turn (the EMA averages them); --smooth 0: all, averaged
+        views = self._views(tracks) if self.tracker.smooth else None
         probs = classify_boxes(self.classifier, gray, [t.box for t in tracks], self.detector.framing, self.tta,
-                               [t.angle for t in tracks])
+                               [t.angle for t in tracks], views)
         classes = self.classifier.classes
         for track, p in zip(tracks, probs):
             smoothed = self.tracker.smooth_probs(track, p)
@@ -765,6 +777,18 @@ class EmotionPipeline:
         t2 = time.perf_counter()
         result.times_ms = {"detect": 1000 * (t1 - t0), "classify": 1000 * (t2 - t1)}
         return result
+
+    def _views(self, tracks: Sequence[Track]) -> list[float]:
+        """Each face's VIEW_CYCLE side factor on this frame: its nth frame classified since its
+        probability EMA (re)started takes view n mod len. Counted per face rather than by the frame
+        index, so that every face's EMA starts at x1 and then alternates, as framing_views
+        modelled it: by the frame index a face first shown on an odd frame (or whose EMA restarted
+        there) would start from x0.94 alone."""
+        live = {t.id for t in self.tracker.tracks}
+        self._turns = {i: n for i, n in self._turns.items() if i in live}
+        turns = [0 if t.probs is None else self._turns.get(t.id, 0) for t in tracks]
+        self._turns.update((t.id, n + 1) for t, n in zip(tracks, turns))
+        return [VIEW_CYCLE[n % len(VIEW_CYCLE)] for n in turns]
 
     def annotate(self, frame: np.ndarray, result: FrameResult, fps: float | None = None) -> np.ndarray:
         """`draw` in place, timed into `result.times_ms['draw']`."""

@@ -53,8 +53,9 @@ PNET_WINDOW = 12
 # app's square and the dataset's disagree"), and the two sides' average is steadier than either.
 # Measured (scripts/framing_views.py --rules, PublicTest renders, chosen on seed 10 before seed 20
 # was seen): cycling x1 / x0.94 through the EMA gains +0.47 +- 0.19 points over the single square
-# (seed 10, 4,497 faces) and +0.47 +- 0.27 (seed 20, 2,254), +0.44 / +0.47 after 2 frames; the
-# live-consistency harness's fresh seed 30: docs/live-app.md, "Combining views". Training crops
+# (seed 10, 4,497 faces) and +0.47 +- 0.27 (seed 20, 2,254), +0.44 / +0.47 after 2 frames; through
+# the app on the harness's fresh seed 30 (4,498 faces, 2 frames), +0.20 (docs/live-app.md,
+# "Combining views"), at about -2% fps; a still's two crops cost +4 ms. Training crops
 # (livecheck.app_crop, the recrop stage) stay at x1: they are the app's framing, not a view.
 VIEW_CYCLE = (1.0, 0.94)
 

@@ -325,20 +325,23 @@ def folder_lock(folder: str | Path, writer: str, started_by: str) -> Iterator[No
         os.close(fd)  # releases the lock
 
 
-def lock_holder(folder: Path) -> tuple[int, str] | None:
+def lock_holder(folder: Path, locks: str | None = None) -> tuple[int, str] | None:
     """(PID, command line) of the process holding the flock on `folder`, from Linux's /proc/locks
-    (`1: FLOCK  ADVISORY  WRITE 6365 fe:00:2327374 0 EOF`: PID, then device and inode); None
-    elsewhere, or when it cannot be read. A `kill` of dvc's own PID ends dvc and leaves the stage it
-    ran holding the lock, out of sight: the user needs the PID to stop it."""
+    (`1: FLOCK  ADVISORY  WRITE 6365 fe:00:2327374 0 EOF`: PID, then device and inode; `locks` is
+    that file's text, read when None); None elsewhere, or when it cannot be read. A `kill` of dvc's
+    own PID ends dvc and leaves the stage it ran holding the lock, out of sight: the user needs the
+    PID to stop it."""
     try:
         st = os.stat(folder)
-        locks = Path("/proc/locks").read_text()
+        locks = Path("/proc/locks").read_text() if locks is None else locks
     except OSError:
         return None
     where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     for fields in (line.split() for line in locks.splitlines()):
         if "FLOCK" in fields and "->" not in fields and where in fields:  # "->": a waiter, not the holder
             pid = int(fields[fields.index(where) - 1])
+            if pid <= 0:  # a holder in another PID namespace (older kernels): `kill 0` would end the user's group
+                return None
             try:
                 command = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").replace(b"\0", b" ")
             except OSError:  # gone meanwhile, or in another PID namespace

@@ -310,3 +310,13 @@ def test_a_file_descriptor_is_written_through_not_replaced(tmp_path):
         fileio.write_text(tmp_path / "fd", "x")  # a file of its own is written whole, as before
     finally:
         os.close(fd)
+
+
+def test_a_lock_holder_shown_as_pid_0_is_not_named(tmp_path):
+    """Kernels before about 4.18 list a flock held from another PID namespace as PID 0 in
+    /proc/locks; naming it would tell the user to `kill 0`, which signals their own process group."""
+    st = os.stat(tmp_path)
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    assert fileio.lock_holder(tmp_path, f"1: FLOCK  ADVISORY  WRITE 0 {where} 0 EOF\n") is None
+    me = fileio.lock_holder(tmp_path, f"1: FLOCK  ADVISORY  WRITE {os.getpid()} {where} 0 EOF\n")
+    assert me is not None and me[0] == os.getpid() and "pytest" in me[1]

@@ -80,21 +80,30 @@ def is_journal(url: str) -> bool:
     return url.startswith(JOURNAL_PREFIX) or ("://" not in url and url.endswith(JOURNAL_SUFFIXES))
 
 
+def _sqlite_url(url: str):
+    """`url` parsed by SQLAlchemy (`sqlalchemy.engine.URL`) when it names an SQLite database, else
+    None (a journal, another database, or not a URL: open_storage says so)."""
+    if is_journal(url):
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    return parsed if parsed.get_backend_name() == "sqlite" else None
+
+
 def storage_file(url: str) -> Path | None:
     """The local file a storage URL names (a journal file, a SQLite database), else None."""
     if is_journal(url):
         if url.startswith(JOURNAL_PREFIX):  # journal:////abs/path (an absolute path pasted after ///) too
             return Path("/" + url[len(JOURNAL_PREFIX):].lstrip("/"))
         return Path(url)
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError:  # not a URL: open_storage says so
-        return None
-    database = parsed.database
-    if parsed.get_backend_name() != "sqlite" or database in (None, "", ":memory:") or database.startswith("file:"):
+    parsed = _sqlite_url(url)
+    database = None if parsed is None else parsed.database
+    if database in (None, "", ":memory:") or database.startswith("file:"):
         return None
     return Path(database)
 
@@ -102,16 +111,8 @@ def storage_file(url: str) -> Path | None:
 def in_memory(url: str) -> bool:
     """Whether `url` is an SQLite database in memory (`sqlite://`, `sqlite:///:memory:`, a `file:`
     URI with mode=memory), which ends with the process: trials ran, then the study was gone."""
-    if is_journal(url):
-        return False
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return False
-    if parsed.get_backend_name() != "sqlite":
+    parsed = _sqlite_url(url)
+    if parsed is None:
         return False
     database = parsed.database or ""
     if database in ("", ":memory:"):

@@ -20,6 +20,10 @@ from emovision.device import resolve_device
 from emovision.errors import ModelRefError
 from emovision.preprocess import PreprocessConfig, prepare_pixels
 
+# What a model reference can be, for the lines that refuse one (load_classifier's docstring has examples)
+MODEL_REFS = (f"{PRETRAINED}, {PRETRAINED_ENSEMBLE}, models:/NAME/STAGE, models:/NAME@ALIAS, runs:/ID/model, "
+              "a model folder, a checkpoint file or a .onnx file")
+
 __all__ = ["EmotionClassifier", "load_artifact", "load_classifier", "from_spec", "resolve_device", "PRETRAINED",
            "PRETRAINED_ENSEMBLE", "WEIGHTS_DIR"]
 
@@ -114,8 +118,7 @@ def load_classifier(ref: str | os.PathLike = PRETRAINED, device: str = "auto", b
     """
     ref = str(ref)  # a pathlib.Path names a checkpoint, folder or .onnx file as well as its text
     if not ref.strip():  # `--model "$MODEL"` with MODEL unset: as a path, "" is the working folder
-        raise ModelRefError(f"the model reference is empty: pass {PRETRAINED}, models:/NAME/STAGE, models:/NAME@ALIAS, "
-                            "runs:/ID/model, a model folder, a checkpoint file or a .onnx file")
+        raise ModelRefError(f"the model reference is empty: pass {MODEL_REFS}")
     if backend not in BACKENDS:
         raise ModelRefError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if ref.endswith(".onnx") or backend == "onnx":
@@ -139,9 +142,7 @@ def load_artifact(ref: str) -> tuple[ModelSpec, dict]:
 
         return artifact.load_model_dir(tracking.download_model(ref))
     if not Path(ref).exists():
-        raise ModelRefError(
-            f"model {ref!r} not found: pass {PRETRAINED}, {PRETRAINED_ENSEMBLE}, models:/NAME/STAGE, models:/NAME@ALIAS, "
-            f"runs:/ID/model, a model folder, a checkpoint file or a .onnx file")
+        raise ModelRefError(f"model {ref!r} not found: pass {MODEL_REFS}")
     return artifact.load(ref)
 
 

@@ -406,6 +406,27 @@ class PlaybackClock:
         self.origin = None
 
 
+def save_snapshot(frame: np.ndarray, index: int, folder: Path = Path(".")) -> Path | None:
+    """The window's `s` key: the annotated frame as `snapshot_<frame>.png` in `folder`, under a new
+    name where that one is taken (a second run's frame 120 must not replace the first run's), written
+    whole or not at all. A snapshot that cannot be written is one line and the app goes on: a live
+    session is worth more than the picture."""
+    snap = folder / f"snapshot_{index:06d}.png"
+    copy = 1
+    while snap.exists():
+        copy += 1
+        snap = folder / f"snapshot_{index:06d}-{copy}.png"
+    try:
+        with fileio.atomic_path(snap, ".png") as tmp:
+            if not cv2.imwrite(str(tmp), frame):
+                raise OSError("OpenCV could not encode or write the PNG")
+    except (OSError, OutputError) as err:
+        print(f"warning: snapshot not saved: {err}", file=sys.stderr)
+        return None
+    print(f"saved {snap}")
+    return snap
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """What `run` does besides processing frames: everything it reads, typed, so a caller
@@ -500,9 +521,7 @@ def run(pipeline: EmotionPipeline, source: FrameSource, options: RunOptions = Ru
                         if playback is not None:
                             playback.restart()
                     if key == KEY_SNAPSHOT:
-                        snap = Path(f"snapshot_{index:06d}.png")
-                        cv2.imwrite(str(snap), frame)
-                        print(f"saved {snap}")
+                        save_snapshot(frame, index)
                 if (options.max_frames and frames >= options.max_frames) or (stop is not None and stop.is_set()):
                     stopped_early = True
                     break

@@ -848,3 +848,21 @@ def test_a_light_switched_on_and_a_moving_face_keep_one_track(tmp_path, seed):
     assert not any(r["cut"] for r in records)
     assert {f["track_id"] for r in records for f in r["faces"]} == {1}
     assert sum(len(r["faces"]) == 1 for r in records) >= len(records) - 4
+
+
+def test_a_snapshot_never_replaces_an_earlier_one_and_a_failed_one_keeps_the_app_running(tmp_path, capsys):
+    """The window's `s` key wrote `snapshot_<frame>.png` over whatever had that name (a second run's
+    frame 120 replaced the first run's), and printed 'saved' even where nothing could be written."""
+    from emovision.webcam import save_snapshot
+
+    first, second = grace_hopper(), 255 - grace_hopper()
+    assert save_snapshot(first, 120, tmp_path) == tmp_path / "snapshot_000120.png"
+    kept = (tmp_path / "snapshot_000120.png").read_bytes()
+    assert save_snapshot(second, 120, tmp_path) == tmp_path / "snapshot_000120-2.png"
+    assert (tmp_path / "snapshot_000120.png").read_bytes() == kept
+    assert np.array_equal(cv2.imread(str(tmp_path / "snapshot_000120-2.png")), second)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snapshot_000120-2.png", "snapshot_000120.png"]
+    capsys.readouterr()
+    assert save_snapshot(first, 7, Path("/proc")) is None  # no file can be made there, even as root
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("warning: snapshot not saved: cannot write /proc/")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from emovision.faces import EmotionPipeline, analyze_still, classify_boxes, landmark_angles, make_detector, to_gray
-from emovision.framing import VIEW_CYCLE
+from emovision.framing import VIEW_CYCLE, fer_square
 from tests.media import HOPPER_FACE, face_frame, grace_hopper
 
 
@@ -107,3 +107,27 @@ def test_smooth_0_averages_both_views_every_frame(shipped, detector):
     views = [classify_boxes(shipped, to_gray(hopper_frame()), [track.box], detector.framing, None, [track.angle],
                             [v])[0] for v in VIEW_CYCLE]
     np.testing.assert_allclose([faces[-1][0].probs[c] for c in shipped.classes], np.mean(views, 0), atol=1e-4)
+
+
+def test_a_face_whose_average_restarts_begins_the_cycle_again_at_x1(shipped, detector):
+    """A face hidden for more than one round (a hand over it) comes back under its id with its EMA
+    started afresh (tracker: probs None); its views must start again at x1, as a new face's do, not
+    go on from where the cycle stood when it was hidden (x0.94 after an odd number of frames)."""
+    face, box = face_frame(grace_hopper(), HOPPER_FACE, 320, 240, 150)
+    covered = face.copy()
+    x, y, w, h = (int(round(v)) for v in box)
+    covered[y - 100:y + h + 10, x - 40:x + w + 40] = 128  # a flat hand over the face and hair (no box on its edge)
+    clf = Noting(shipped)
+    pipeline = EmotionPipeline(clf, detector, detect_every=1)
+    before = [pipeline.process(face) for _ in range(4)]  # shown from frame 1: 3 frames, x1, x0.94, x1
+    hidden = [pipeline.process(covered) for _ in range(3)]
+    after = [pipeline.process(face) for _ in range(3)]
+    assert [len(r.faces) for r in before + hidden + after] == [0, 1, 1, 1, 0, 0, 0, 1, 1, 1]
+    (before_id,), (after_id,) = {f.track_id for r in before for f in r.faces}, {f.track_id for r in after for f in r.faces}
+    assert after_id == before_id and not any(r.cut for r in hidden + after)
+    # one crop a frame (3 before the hand, 3 after it); its side over the x1 square's side of that
+    # frame's box (detect_every 1: each frame its own box) is the view it was cut at
+    shown = [f.box for r in before + after for f in r.faces]
+    got = [s[0] / fer_square(box, detector.framing)[2] for (s, _), box in zip(clf.calls, shown)]
+    assert len(got) == len(shown) == 6
+    assert got == pytest.approx([1.0, VIEW_CYCLE[1], 1.0, 1.0, VIEW_CYCLE[1], 1.0], abs=0.02)

@@ -33,7 +33,7 @@ from emovision.device import torch_threads, usable_cpus
 from emovision.errors import EXIT_INTERRUPTED, NO_SPACE_HINT, ConfigError, OutputError, SourceError, cli_main
 from emovision.faces import (DEFAULT_DETECTOR, DETECT_EVERY, DETECTORS, LARGE_FRAME_SIDE, MIN_FACE, MIN_HITS, SMOOTH,
                              EmotionPipeline, make_detector)
-from emovision.framing import face_fits
+from emovision.framing import VIEW_CYCLE, face_fits
 from emovision.images import quiet_opencv
 from emovision.sources import FrameSource, frame_rate, open_source
 
@@ -41,6 +41,7 @@ WINDOW = "emovision"
 KEY_QUIT = (ord("q"), 27)
 KEY_PAUSE = ord(" ")
 KEY_SNAPSHOT = ord("s")
+VIEWS = " and ".join(f"x{v:g}" for v in VIEW_CYCLE)  # the crop sides a face is classified at (--help)
 BENCH_VIDEO_FPS = 30  # the benchmark video's frame rate
 FPS_SMOOTH = 0.9  # the on-screen fps is an EMA, so the number is readable rather than flickering
 # One face is too small a job to split across cores: a second thread barely helps on an idle
@@ -87,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"over {LARGE_FRAME_SIDE} px, as much more as the frame is larger: 80 in 4K)")
     p.add_argument("--max-faces", type=int, default=0, help="keep the N largest faces (0: all)")
     p.add_argument("--smooth", type=float, default=SMOOTH,
-                   help="weight of the past in the per-face probability average, 0..1 (0: off; default: %(default)s)")
+                   help="weight of the past in the per-face probability average, 0..1 (default: %(default)s). Above 0 "
+                        f"a face is cut at {VIEWS} of its square in turn, frame by frame, and the average "
+                        "combines them; 0: no average, every cut classified and averaged each frame")
     p.add_argument("--detector", default=DEFAULT_DETECTOR, choices=DETECTORS,
                    help="face detector: haar (OpenCV cascades) or mtcnn (three small CNNs, shipped weights); "
                         "default: %(default)s")
@@ -95,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Haar cascade XML (default: OpenCV's frontal face; haar only)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average each face with its mirror image (default: on, as the model card measures; "
-                        "--no-tta halves the classify time)")
+                        f"--no-tta halves the classify time; it drops the mirror only, the {VIEWS} cuts stay)")
     p.add_argument("--threads", type=int, default=INFERENCE_THREADS,
                    help="CPU threads for the classifier (default: %(default)s; see the note in webcam.py)")
     return p

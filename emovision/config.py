@@ -377,6 +377,9 @@ def _range_rules(p: Params) -> list[tuple[str, bool, str]]:
         ("train.weight_decay", p.train.weight_decay >= 0, ">= 0"),
         ("train.momentum", 0.0 <= p.train.momentum < 1.0, "in [0, 1)"),
         ("train.warmup_epochs", p.train.warmup_epochs >= 0, ">= 0"),
+        # build_scheduler would clamp it to the run: all ramp, train.lr reached at the last step, no decay
+        ("train.warmup_epochs", p.train.warmup_epochs <= p.train.epochs,
+         f"<= train.epochs ({p.train.epochs}): a longer warm-up never reaches train.lr"),
         ("train.label_smoothing", 0.0 <= p.train.label_smoothing < 1.0, "in [0, 1)"),
         ("train.mixup", 0.0 <= p.train.mixup <= 1.0, "in [0, 1]"),
         ("train.ema_decay", 0.0 <= p.train.ema_decay < 1.0, "in [0, 1)"),

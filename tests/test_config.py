@@ -115,6 +115,9 @@ def test_yaml12_numbers(tmp_path, text, dotted, expected):
     ("base:\n  seed: -1\n", "base.seed must be in [0, 4294967295], got -1"),
     ("augment:\n  scale: 1.5\n", "augment.scale must be in [0, 1)"),
     ("train:\n  warmup_epochs: -5\n", "train.warmup_epochs must be >= 0, got -5.0"),
+    # a warm-up longer than the run never reaches train.lr: the schedule is all ramp, no decay
+    ("train:\n  epochs: 2\n  warmup_epochs: 5\n",
+     "train.warmup_epochs must be <= train.epochs (2): a longer warm-up never reaches train.lr, got 5.0"),
     ("train:\n  weight_decay: -1\n", "train.weight_decay must be >= 0, got -1.0"),
     ("", "the params file is empty"),
     ("# only a comment\n", "the params file is empty"),

@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="registered version to make Production / @champion (3 or v3)")
     group.add_argument("--pretrained", action="store_true", help="register the shipped FER2013 model")
     args, params = parse(parser, argv)
+    if not args.pretrained:
+        tracking.read_client()  # a version needs a store: one line where there is none, never an empty one made
     open_store()
     if args.pretrained:
         register_pretrained(params)

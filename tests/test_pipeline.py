@@ -356,6 +356,18 @@ def test_unknown_version_and_missing_model(project, capsys):
     assert "run `python -m stages.train` first" in capsys.readouterr().err
 
 
+def test_promote_a_version_before_any_store_creates_nothing(in_tmp, monkeypatch, capsys):
+    """`promote --version 3` in a fresh clone made an empty mlflow.db (and its lock file) only to
+    say that no version 3 exists: a store appeared that nothing had written to."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (in_tmp / "dvc.yaml").write_text("stages: {}\n")  # the project marker: the default store is ./mlflow.db
+    write_params(Path("params.yaml"))
+    assert promote_main(["--params", "params.yaml", "--version", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no MLflow store at" in err and "nothing is registered" in err, err
+    assert not list(in_tmp.glob("mlflow.db*"))
+
+
 def test_a_stage_killed_outright_leaves_no_run_running_after_the_next_stage(trained, tmp_path, monkeypatch, capsys):
     """A stage killed with kill -9 while its MLflow run was open left that run RUNNING until a
     promote came by (only promote ended such runs). Every stage that logs now ends them first:

@@ -234,7 +234,9 @@ class Params:
         models); FER2013 trains with the params as written."""
         if source != "synthetic":
             return self
-        caps = {"train.epochs": min(self.train.epochs, self.demo.epochs),
+        epochs = min(self.train.epochs, self.demo.epochs)
+        # the warm-up is capped with the run (train.warmup_epochs <= train.epochs)
+        caps = {"train.epochs": epochs, "train.warmup_epochs": min(self.train.warmup_epochs, epochs),
                 "model.width": min(self.model.width, self.demo.width)}
         if not self.distills_on(source):
             caps.update({"distill.teachers": (), "distill.alpha": 0.0})

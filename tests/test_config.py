@@ -158,6 +158,9 @@ def test_demo_caps_apply_only_to_the_demo_set():
     started = p.replace(**{"train.init": "teachers/a"})
     assert started.for_dataset("synthetic").train.init == "" and started.for_dataset("fer2013") == started
     assert started.replace(**{"demo.init": True}).for_dataset("synthetic").train.init == "teachers/a"
+    # a FER2013 warm-up longer than the demo's epochs is capped with them, not refused
+    long = p.replace(**{"train.warmup_epochs": 20.0}).for_dataset("synthetic")
+    assert (long.train.epochs, long.train.warmup_epochs) == (p.demo.epochs, float(p.demo.epochs))
     shown = p.replace(**{"augment.app_view": 0.5})
     assert shown.for_dataset("synthetic").augment.app_view == 0 and shown.for_dataset("fer2013") == shown
     small = p.replace(**{"train.epochs": 2, "model.width": 8, "distill.teachers": (), "distill.alpha": 0.0})

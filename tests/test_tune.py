@@ -120,6 +120,17 @@ def test_pruned_trials_are_recorded(project, capsys):
     assert parent.data.params["model.width"] == "8"
 
 
+def test_a_warm_up_longer_than_a_trial_is_capped_not_refused(project):
+    # train.warmup_epochs <= train.epochs is checked; a trial's epochs are tune.epochs
+    params = load_params("params.yaml").replace(**{
+        "tune.epochs": 2, "tune.n_trials": 1, "tune.study_name": "warm", "tune.storage": storage_url(project),
+        "train.epochs": 5, "train.warmup_epochs": 3.0, "demo.width": 8})
+    with pytest.raises(Exception, match="no trial .* has completed"):
+        tune(params, pruner=AlwaysPrune())
+    study = optuna.load_study(study_name="warm", storage=storage_url(project))
+    assert [t.state.name for t in study.trials] == ["PRUNED"]  # trained its first epoch, not FAIL
+
+
 def test_apply_keeps_every_other_byte_and_writes_yaml_floats(tmp_path):
     path = tmp_path / "params.yaml"
     shutil.copy(REPO / "params.yaml", path)

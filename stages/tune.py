@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import shlex
 from pathlib import Path
+from typing import Callable
 
 import optuna
 
-from emovision import progress, tracking, tuning
+from emovision import fileio, progress, tracking, tuning
 from emovision.config import DEFAULT_PARAMS, Params
 from emovision.device import torch_threads
 from emovision.errors import ConfigError, DataError, cli_main, shown_uri
@@ -111,27 +112,33 @@ def run_trials(params: Params, study: optuna.Study, url: str, out_dir: Path) -> 
         rows = tuning.trials_table(study)
         mlflow.log_metrics({f"trials_{s.lower()}": sum(r["state"] == s for r in rows)
                             for s in ("COMPLETE", "PRUNED", "FAIL")})
-        try:
-            best = write_reports(study, rows, out_dir)
-        finally:  # the trial table and plots are worth keeping even when nothing completed
-            for path in out_dir.glob("*"):
-                mlflow.log_artifact(str(path))
+        # the trial table and plots are worth keeping even when nothing completed; logged from
+        # this worker's own copies, which another worker sharing the study cannot touch
+        best = write_reports(study, rows, out_dir, log=lambda path: mlflow.log_artifact(str(path)))
         mlflow.log_params({f"best.{k}": best[k] for k in tuning.TUNED_KEYS} | {"best.trial": best["trial"]})
         mlflow.log_metric("best_val_acc", best["val_acc"])
     return rows, best
 
 
-def write_reports(study: optuna.Study, rows: list[dict], out_dir: Path) -> dict:
-    """trials.csv and the PNGs, then best_params.json (an error when no trial completed)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "best_params.json").unlink(missing_ok=True)  # never leave a stale best behind
-    tuning.write_csv(rows, out_dir / "trials.csv")
-    tuning.plot_study(rows, out_dir)
-    if tuning.best_row(rows) is None:
+def write_reports(study: optuna.Study, rows: list[dict], out_dir: Path,
+                  log: Callable[[Path], object] | None = None) -> dict:
+    """trials.csv and the PNGs, then best_params.json (an error when no trial completed), replacing
+    the previous set together: workers sharing a study end at about the same time, and one that
+    removed best_params.json while writing the rest made the other's read of it fail. `log` is given
+    each file before it replaces its namesake (MLflow artifacts)."""
+    with fileio.atomic_files(out_dir) as staged:
+        tuning.write_csv(rows, staged / "trials.csv")
+        tuning.plot_study(rows, staged)
+        done = tuning.best_row(rows) is not None
+        best = tuning.write_best(study, staged / "best_params.json") if done else None
+        for path in sorted(staged.iterdir()) if log else ():
+            log(path)
+    if best is None:
+        (out_dir / "best_params.json").unlink(missing_ok=True)  # never leave a stale best behind
         pruned, failed = (sum(r["state"] == s for r in rows) for s in ("PRUNED", "FAIL"))
         raise ConfigError(f"no trial of study '{study.study_name}' has completed ({pruned} pruned, "
                           f"{failed} failed); see the trial runs in MLflow, or run more with --pruner none")
-    return tuning.write_best(study, out_dir / "best_params.json")
+    return best
 
 
 def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -546,3 +546,38 @@ def test_a_journal_study_says_how_to_fail_a_trial_of_a_dead_worker_elsewhere(pro
     assert done.returncode == 0, done.stderr
     trials = optuna.load_study(study_name="fer-lr-dropout", storage=tuning.open_storage(url)).trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+
+
+def test_a_worker_rewriting_the_reports_never_hides_best_params_from_another(project):
+    """Workers sharing a study finish together and each rewrites reports/tune. The writer removed
+    best_params.json first and wrote it last, after the table and plots, so the other worker's
+    read of it (logging it to MLflow) failed: FileNotFoundError, exit 1, in
+    test_two_workers_share_a_journal_study on a loaded machine. The set is now replaced together."""
+    from stages.tune import write_reports
+
+    url = storage_url(project)
+    params = load_params("params.yaml").replace(**{"tune.study_name": "shared"})
+    study = tuning.load_study(params, tuning.open_storage(url))
+    for lr, acc in ((1e-3, 0.4), (3e-3, 0.5)):
+        study.add_trial(optuna.trial.create_trial(params={"train.lr": lr, "model.dropout": 0.2}, value=acc,
+                                                  distributions=tuning.search_space(params)))
+    rows, out = tuning.trials_table(study), project / "reports" / "tune"
+    write_reports(study, rows, out)
+    stop, missing = threading.Event(), []
+
+    def rewrite():
+        for _ in range(8):
+            write_reports(study, rows, out)
+        stop.set()
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    while not stop.is_set():
+        try:
+            missing += [] if json.loads((out / "best_params.json").read_text())["trial"] == 1 else ["wrong"]
+        except FileNotFoundError:
+            missing.append("gone")
+    writer.join()
+    assert missing == []
+    assert sorted(p.name for p in out.iterdir()) == ["accuracy_vs_dropout.png", "accuracy_vs_lr.png", "best_params.json",
+                                                      "optimization_history.png", "trials.csv"]  # no staging left

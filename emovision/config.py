@@ -234,17 +234,21 @@ class Params:
         models); FER2013 trains with the params as written."""
         if source != "synthetic":
             return self
-        epochs = min(self.train.epochs, self.demo.epochs)
-        # the warm-up is capped with the run (train.warmup_epochs <= train.epochs)
-        caps = {"train.epochs": epochs, "train.warmup_epochs": min(self.train.warmup_epochs, epochs),
-                "model.width": min(self.model.width, self.demo.width)}
+        caps = {"model.width": min(self.model.width, self.demo.width)}
         if not self.distills_on(source):
             caps.update({"distill.teachers": (), "distill.alpha": 0.0})
         if not self.app_views_on(source):
             caps["augment.app_view"] = 0.0
         if not self.demo.init:
             caps["train.init"] = ""
-        return self.replace(**caps)
+        return self.with_epochs(min(self.train.epochs, self.demo.epochs), **caps)
+
+    def with_epochs(self, epochs: int, source: str = "overrides", **overrides: Any) -> "Params":
+        """A copy that trains `epochs` epochs (and takes `overrides`), its warm-up cut to fit the
+        run (train.warmup_epochs <= train.epochs): how the demo cap, a tune trial or a timing
+        probe shortens a run the params file sized, where the file's warm-up may be longer."""
+        return self.replace(source, **{"train.epochs": epochs,
+                                       "train.warmup_epochs": min(self.train.warmup_epochs, epochs)}, **overrides)
 
 
 def _closest(name: str, valid: typing.Iterable[str]) -> str:

@@ -560,9 +560,7 @@ def make_objective(params: Params, train: SplitTensors, val: SplitTensors, class
     def objective(trial: optuna.Trial) -> float:
         values = {k: trial.suggest_float(k, d.low, d.high, log=d.log) for k, d in space.items()}
         # patience off: a trial's budget is fixed, the pruner decides who stops early
-        # warm-up no longer than the trial: the scheduler clamped it so before config checked it
-        trial_params = params.replace(**values, **{"train.epochs": epochs, "train.patience": 0,
-                                                   "train.warmup_epochs": min(params.train.warmup_epochs, epochs)})
+        trial_params = params.with_epochs(epochs, **values, **{"train.patience": 0})
         run_id = None
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:

@@ -127,8 +127,7 @@ def worker(args: argparse.Namespace) -> int:
         time.sleep(0.2)
     times = []
     for n in (256, *PROBE_IMAGES):  # the first, untimed, pays CUDA's and cuDNN's start-up
-        probe = params.replace(**{"train.epochs": 1, "train.max_train_images": n,  # warm-up capped with the run
-                                   "train.warmup_epochs": min(params.train.warmup_epochs, 1)})
+        probe = params.with_epochs(1, **{"train.max_train_images": n})
         started = time.time()
         fit(probe, train_set, val_set, meta["classes"], dataset="fer2013", soft=soft)
         if train_set.x.is_cuda:
@@ -143,7 +142,7 @@ def worker(args: argparse.Namespace) -> int:
     epochs = int(max(2, min(params.train.epochs if args.keep_epochs else 400, 0.9 * left / epoch_s)))
     log(f"{run_dir.name}: {1e6 * per_image:.1f} us/image, ~{epoch_s:.1f} s/epoch beside the others, "
         f"{left:.0f} s left -> {epochs} epochs")
-    params = params.replace(**{"train.epochs": epochs, "train.warmup_epochs": min(params.train.warmup_epochs, epochs)})
+    params = params.with_epochs(epochs)
 
     def guard(epoch: int, metrics: dict) -> bool:
         return time.time() + 1.3 * metrics["epoch_s"] > args.deadline

@@ -50,7 +50,8 @@ def _record_reads() -> None:
         cls.__getattribute__ = getattribute
         cls.__eq__ = _suspending(cls.__eq__)
         cls.__repr__ = _suspending(cls.__repr__)
-    for name in ("flat", "replace", "__eq__", "__repr__"):
+    # with_epochs copies the warm-up, cut to the run, for whoever trains with it: not a use of it
+    for name in ("flat", "replace", "with_epochs", "__eq__", "__repr__"):
         setattr(config.Params, name, _suspending(getattr(config.Params, name)))
     # validation looks at every key of the file (and every stage at every output path: stages.parse,
     # imported after this); that is checking, not using them

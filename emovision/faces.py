@@ -110,6 +110,45 @@ OCCLUSION_REACH = 2.0
 # guess: two faces found in turn keep their own ids.
 NEW_REACH = 1.0
 NEW_SIZE_GATE = (0.8, 1.25)
+# A lost track (one not found in the last round) is re-found by place and size for ID_LIFETIME_S, so
+# another person who sat down where the last one was took the last one's id (issue 11: grace_hopper
+# fading out on a still room and the astronaut fading in at her place after the chair was empty 0.5,
+# 1 or 1.5 s, 8/8 each; one leaving by the frame's edge and another entering there). A lost track now
+# takes a detection only where it also looks like the face it lost (`appearance`): the head box grown
+# by APPEARANCE_GROW of its side on every edge (hair and outline tell people apart better than the
+# face box alone), area-averaged to APPEARANCE_THUMB x APPEARANCE_THUMB grey levels, normalised to
+# zero mean and unit length (a light switched on changes nothing; grey sources work too), and its
+# correlation with the track's must reach APPEARANCE_MIN. Faces found in the last round are matched as
+# before: an expression, a head turn or the light change their look from round to round. Nor is a
+# face lost behind another (`Track.hidden`) checked: it comes back half covered by the other's head,
+# which the descriptor then holds (grace_hopper coming out from behind the astronaut in the crossing
+# clips scored as low as 0.20 against her own). On photo renders (scripts/webcam_cases.py heads, 40
+# seeded places, sizes and backgrounds, the box jittered by 5% of its side) the two people scored at
+# most 0.44 against each other (0.57 with one head tilted 20 degrees), the same person a p10 of
+# 0.68-0.80 with the light x0.4 or x1.5, noise, or 0.75-1.3 times the size (single boxes down to
+# 0.30), 0.51 half outside the frame: a threshold trades ids kept for thefts stopped, and
+# APPEARANCE_MIN was set from the fading clips (docs/live-app.md, Tracker and shot cuts).
+APPEARANCE_THUMB = 8  # 16 was too sensitive to the detector's box jitter (same person down to 0.21)
+APPEARANCE_GROW = 0.3
+APPEARANCE_SAMPLES = 32  # pixels a side read from the head before area-averaging (see `appearance`)
+APPEARANCE_MIN = 0.6
+# Weight of the past in each track's descriptor, updated from every round it is found: slow, as the
+# last rounds before a face is lost are often its worst (fading out, turning away, going past the
+# edge); at 0.5 the faded look of grace_hopper's last rounds matched the astronaut fading in (0.52-0.77).
+APPEARANCE_SMOOTH = 0.9
+# A newcomer at a lost face's place that does not look like it yet is held (not shown, as a new face
+# is not before MIN_HITS) until its look can be trusted: a face fading back in, or coming back from
+# past the frame's edge (where the detector sees it mirrored), looks like the room or a mirror image
+# before it looks like itself (grace_hopper fading back in scored 0.09 and 0.34 on her first boxes,
+# and got a second id when that was decided at once). It takes the lost face's id in the first round
+# it looks like it; it is shown under its own new id once its box lies inside the frame and two
+# rounds in turn agree, in look (APPEARANCE_STEADY) and in contrast (CONTRAST_STEADY), or after
+# HOLD_ROUNDS rounds. The look alone settled too early: grace_hopper's first two faint boxes both
+# looked like the room (0.92 with each other, 0.09 and 0.34 with her), while the head's contrast
+# went from 50 to 39 grey levels as she faded in (webcam_cases seed 5, same-1.5s).
+APPEARANCE_STEADY = 0.95
+CONTRAST_STEADY = 0.1  # largest change of the head's contrast, relative, between two settled rounds
+HOLD_ROUNDS = 6
 MIN_HITS = 2  # detection rounds a new face needs before it is shown: one-off false faces never are
 SMOOTH = 0.6  # weight of the past in the per-face probability EMA
 # A face re-found after more than one round unseen (hidden, not skipped once by the detector)
@@ -340,6 +379,39 @@ def suppress_nested(boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return boxes[sorted(keep)]
 
 
+def appearance(gray: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(K, APPEARANCE_THUMB**2) unit descriptors of the heads at `boxes` (see APPEARANCE_MIN) and
+    their contrasts (the thumbnails' standard deviations in grey levels, see CONTRAST_STEADY); the
+    frame is mirrored past its edges, as MTCNN sees it, for a head partly outside."""
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    out = np.zeros((len(boxes), APPEARANCE_THUMB ** 2), np.float32)
+    contrast = np.zeros(len(boxes), np.float32)
+    H, W = gray.shape[:2]
+    for k, (x, y, w, h) in enumerate(boxes):
+        x0, y0 = int(round(x - APPEARANCE_GROW * w)), int(round(y - APPEARANCE_GROW * h))
+        x1, y1 = int(round(x + (1 + APPEARANCE_GROW) * w)), int(round(y + (1 + APPEARANCE_GROW) * h))
+        if x1 <= x0 or y1 <= y0:
+            continue
+        pad = max(0, -x0, -y0, x1 - W, y1 - H)
+        # every step-th pixel, about APPEARANCE_SAMPLES a side: area-averaging a large head cost up to
+        # 0.3 ms on a 1080p frame, this 0.02 ms at any size
+        step = max(1, (x1 - x0) // APPEARANCE_SAMPLES, (y1 - y0) // APPEARANCE_SAMPLES)
+        if pad:  # only the head's neighbourhood is padded, not the frame
+            a, b = max(0, x0), max(0, y0)
+            part = np.ascontiguousarray(gray[b:min(H, y1):step, a:min(W, x1):step])
+            if part.size == 0 or min(part.shape) < 2:
+                continue
+            head = cv2.copyMakeBorder(part, (b - y0) // step, (y1 - min(H, y1)) // step, (a - x0) // step,
+                                      (x1 - min(W, x1)) // step, cv2.BORDER_REFLECT_101)
+        else:
+            head = np.ascontiguousarray(gray[y0:y1:step, x0:x1:step])
+        thumb = cv2.resize(head, (APPEARANCE_THUMB, APPEARANCE_THUMB), interpolation=cv2.INTER_AREA).ravel()
+        thumb = thumb.astype(np.float32) - thumb.mean()
+        norm = np.linalg.norm(thumb)
+        out[k], contrast[k] = thumb / (norm + 1e-6), norm / APPEARANCE_THUMB
+    return out, contrast
+
+
 @dataclass
 class Track:
     id: int
@@ -351,6 +423,11 @@ class Track:
     raw: np.ndarray | None = None  # the last detection's box, unsmoothed
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(3))  # centre x, y (px) and log side per frame
     since: int = 0  # frames since the last detection matched (counted by `FaceTracker.advance`)
+    look: np.ndarray | None = None  # appearance descriptor (`appearance`), None where no frame was given
+    hidden: bool = False  # lost beside a face found in the round it was lost (see OCCLUSION_REACH)
+    held_for: tuple[int, ...] = ()  # ids of lost faces this newcomer may be (see APPEARANCE_STEADY)
+    last_look: np.ndarray | None = None  # its latest round's own descriptor, while held
+    last_contrast: float = 0.0  # and that round's contrast
 
     def __post_init__(self):
         if self.raw is None:
@@ -429,7 +506,9 @@ class FaceTracker:
     `min_hits` matched rounds and only while the latest round matched it (`active`); its id
     is retired after `max_missed` rounds without a match (`EmotionPipeline` sets them from the
     source's frame rate: ID_LIFETIME_S). A face re-found after more than one round unseen starts
-    its probability EMA afresh.
+    its probability EMA afresh. Given the frame's grey levels, a lost face is re-found only by a box
+    that looks like it (APPEARANCE_MIN), and a newcomer at its place is not shown until it is
+    decided whether it is that face (APPEARANCE_STEADY).
     """
 
     def __init__(self, iou_threshold: float = IOU_THRESHOLD, max_missed: int = MAX_MISSED,
@@ -441,25 +520,36 @@ class FaceTracker:
         self.tracks: list[Track] = []
         self._next_id = 1
 
-    def update(self, boxes: np.ndarray, angles: Sequence[float] | None = None) -> list[Track]:
+    def update(self, boxes: np.ndarray, angles: Sequence[float] | None = None,
+               gray: np.ndarray | None = None) -> list[Track]:
         """Match a detection round (boxes and, from a detector with landmarks, the eye lines'
-        tilts); unmatched detections start tracks, stale tracks end."""
+        tilts) found on `gray`; unmatched detections start tracks, stale tracks end. Without `gray`
+        a lost track is re-found by place and size alone (see APPEARANCE_MIN)."""
         boxes = np.asarray(boxes, float).reshape(-1, 4)
         angles = np.zeros(len(boxes)) if angles is None else np.asarray(angles, float)
         if self.max_faces and len(boxes) > self.max_faces:  # keep the largest faces
             order = np.argsort(-(boxes[:, 2] * boxes[:, 3]), kind="stable")[: self.max_faces]
             boxes, angles = boxes[order], angles[order]
+        looks, contrasts = (None, None) if gray is None else appearance(gray, boxes)
         # each track is looked for where its motion takes it and where it was last found (a face
-        # that stopped or turned round)
+        # that stopped or turned round); a lost one only among the boxes that look like it
         predicted = np.array([t.predicted() for t in self.tracks]).reshape(-1, 4)
         raw = np.array([t.raw for t in self.tracks]).reshape(-1, 4)
-        iou = np.maximum(iou_matrix(predicted, boxes), iou_matrix(raw, boxes))
+        alike = np.ones((len(self.tracks), len(boxes)), bool)
+        if looks is not None:
+            for ti, track in enumerate(self.tracks):
+                if track.missed and not track.hidden and track.look is not None:
+                    alike[ti] = looks @ track.look >= APPEARANCE_MIN
+        iou = np.maximum(iou_matrix(predicted, boxes), iou_matrix(raw, boxes)) * alike
         pairs: dict[int, int] = {}  # track index -> box index
-        for flat in np.argsort(-iou, axis=None, kind="stable"):  # greedy: best overlaps first
+        # greedy: best overlaps first, those of faces found in the last round before any lost one's
+        # (a lost face that looks alike must not take the box of a newcomer found there since: the
+        # astronaut entering at the edge where grace_hopper left got her id a round after his own)
+        order = np.argsort(-iou, axis=None, kind="stable")
+        lost = np.repeat([t.missed > 0 for t in self.tracks], len(boxes))
+        for flat in order[np.argsort(lost[order], kind="stable")]:
             ti, bi = np.unravel_index(flat, iou.shape)
-            if iou[ti, bi] < self.iou_threshold:
-                break
-            if ti not in pairs and bi not in pairs.values():
+            if iou[ti, bi] >= self.iou_threshold and ti not in pairs and bi not in pairs.values():
                 pairs[ti] = bi
         # Then tracks left over (a face that moved while unseen) by distance: those found in the
         # last round first (a face hidden for long must not take the box of one seen just now),
@@ -467,7 +557,7 @@ class FaceTracker:
         for ti in sorted(range(len(self.tracks)), key=lambda i: self.tracks[i].missed):
             if ti in pairs:
                 continue
-            free = [bi for bi in range(len(boxes)) if bi not in pairs.values()]
+            free = [bi for bi in range(len(boxes)) if bi not in pairs.values() and alike[ti, bi]]
             gated = [bi for bi in free if _gated(predicted[ti], boxes[bi]) or _gated(raw[ti], boxes[bi])]
             # a box only within its reach (it turned round), the nearest: the first in the detector's
             # order was often a face beside it that turned too
@@ -479,7 +569,10 @@ class FaceTracker:
         for ti, track in enumerate(self.tracks):
             if ti not in pairs:
                 track.missed += 1
-                if track.hits >= self.min_hits and _beside(predicted[ti], found):  # hidden behind it
+                behind = track.hits >= self.min_hits and _beside(predicted[ti], found)
+                if track.missed == 1:  # as it was lost: a face found later at its place does not hide it
+                    track.hidden = behind
+                if behind:  # behind that face
                     track.velocity = np.array([*track.velocity[:2], 0.0])
                 else:
                     track.velocity = track.velocity * MISSED_DECAY
@@ -490,7 +583,13 @@ class FaceTracker:
             track.angle = weight * track.angle + (1 - weight) * float(angles[pairs[ti]])
             if track.missed > 1:  # hidden, not skipped once: its EMA starts afresh (see SMOOTH)
                 track.probs = None
+            if looks is not None:
+                look = looks[pairs[ti]] if track.look is None else \
+                    APPEARANCE_SMOOTH * track.look + (1 - APPEARANCE_SMOOTH) * looks[pairs[ti]]
+                track.look = look / (np.linalg.norm(look) + 1e-6)
             track.hits, track.missed = track.hits + 1, 0
+        if looks is not None:
+            self._settle(boxes, looks, contrasts, pairs, gray.shape[1::-1])
         lost = [t for t in self.tracks if t.missed == 1]  # found last round, not in this one
         self.tracks = [t for t in self.tracks if t.missed <= (self.max_missed if t.hits >= self.min_hits
                                                               else min(self.max_missed, UNCONFIRMED_MAX_MISSED))]
@@ -501,11 +600,45 @@ class FaceTracker:
                 continue
             if len(matched) and (_overlaps(box, matched)[0] / (box[2] * box[3])).max() >= NESTED_OVERLAP:
                 continue  # mostly inside a face matched this round: the same face found twice
-            new.append(Track(self._next_id, box.copy(), angle=float(angles[bi])))
+            held_for = () if looks is None else tuple(
+                t.id for t in self.tracks if t.missed and not t.hidden and t.hits >= self.min_hits
+                and t.look is not None and (_gated(t.raw, box) or _gated(t.predicted(), box)))
+            new.append(Track(self._next_id, box.copy(), angle=float(angles[bi]),
+                             look=None if looks is None else looks[bi], held_for=held_for,
+                             last_look=None if looks is None else looks[bi],
+                             last_contrast=0.0 if looks is None else float(contrasts[bi])))
             self._next_id += 1
         _guess_velocities(lost, new)
         self.tracks += new
         return self.tracks
+
+    def _settle(self, boxes: np.ndarray, looks: np.ndarray, contrasts: np.ndarray, pairs: dict[int, int],
+                frame_size: tuple[int, int]) -> None:
+        """Decide the newcomers held at a lost face's place (see APPEARANCE_STEADY): one that now
+        looks like that face takes its id; one whose look has settled otherwise keeps its own."""
+        taken: list[Track] = []
+        for ti, bi in pairs.items():
+            young = self.tracks[ti]
+            if not young.held_for:
+                continue
+            lost = [t for t in self.tracks if t.id in young.held_for and t.missed
+                    and all(t is not o for o in taken)]
+            scores = [float(looks[bi] @ t.look) for t in lost]
+            if lost and max(scores) >= APPEARANCE_MIN:
+                old = lost[int(np.argmax(scores))]
+                young.id, young.hits, young.probs = old.id, old.hits + 1, None
+                look = APPEARANCE_SMOOTH * old.look + (1 - APPEARANCE_SMOOTH) * looks[bi]
+                young.look, young.held_for = look / (np.linalg.norm(look) + 1e-6), ()
+                taken.append(old)
+                continue
+            x, y, w, h = boxes[bi]
+            inside = x >= 0 and y >= 0 and x + w <= frame_size[0] and y + h <= frame_size[1]
+            steady = (float(looks[bi] @ young.last_look) >= APPEARANCE_STEADY and abs(contrasts[bi] - young.last_contrast)
+                      <= CONTRAST_STEADY * max(contrasts[bi], young.last_contrast))
+            if not lost or young.hits >= HOLD_ROUNDS or (young.hits >= self.min_hits and inside and steady):
+                young.held_for = ()
+            young.last_look, young.last_contrast = looks[bi], float(contrasts[bi])
+        self.tracks = [t for t in self.tracks if all(t is not o for o in taken)]
 
     def advance(self, frames: int = 1, frame_size: tuple[int, int] | None = None) -> None:
         """Move every track `frames` frames on: the shown box along its velocity (not at all for
@@ -551,7 +684,7 @@ class FaceTracker:
     def active(self) -> list[Track]:
         """Tracks to show: confirmed (`min_hits` rounds) and matched in the latest round. A face
         the detector lost is gone at once: a held box would be classified from the background."""
-        return [t for t in self.tracks if t.hits >= self.min_hits and t.missed == 0]
+        return [t for t in self.tracks if t.hits >= self.min_hits and t.missed == 0 and not t.held_for]
 
     def smooth_probs(self, track: Track, probs: np.ndarray) -> np.ndarray:
         """EMA with weight `smooth` on the past; a new track starts from its first prediction."""
@@ -708,7 +841,8 @@ class EmotionPipeline:
         self._rounds = 0
         self._next_round = 0  # the frame of the next detection round
         self.cuts = ShotCuts()
-        self._pending: tuple[np.ndarray, np.ndarray | None] | None = None  # a suspect frame's detection round
+        # a suspect frame's detection round: boxes, eye-line tilts, the frame's grey levels
+        self._pending: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None
         self._turns: dict[int, int] = {}  # track id -> frames classified since its EMA (re)started
 
     def process(self, frame: np.ndarray) -> FrameResult:
@@ -743,7 +877,7 @@ class EmotionPipeline:
             # shown from its frame `detect_every` (two rounds agree: MIN_HITS), as in a new video
             # (before, a round later); else it is dropped and the old tracks go on.
             boxes = self.detector.detect(gray)
-            self._pending = (boxes, landmark_angles(self.detector, len(boxes)))
+            self._pending = (boxes, landmark_angles(self.detector, len(boxes)), gray)
             result.detected = result.full_scan = True
             result.times_ms = {"detect": 1000 * (time.perf_counter() - t0), "classify": 0.0}
             return result
@@ -757,7 +891,7 @@ class EmotionPipeline:
                 # a known face was not re-found around its box (it moved fast, turned, or the
                 # local search missed it): scan the whole frame now rather than hide it a round
                 boxes, result.full_scan = self.detector.detect(gray), True
-            self.tracker.update(boxes, landmark_angles(self.detector, len(boxes)))
+            self.tracker.update(boxes, landmark_angles(self.detector, len(boxes)), gray)
             result.detected = True
             self._rounds += 1
         tracks = self.tracker.active()

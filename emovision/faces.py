@@ -600,9 +600,13 @@ class FaceTracker:
                 continue
             if len(matched) and (_overlaps(box, matched)[0] / (box[2] * box[3])).max() >= NESTED_OVERLAP:
                 continue  # mostly inside a face matched this round: the same face found twice
+            # at its place: where the lost face would have been matched by place alone, by overlap
+            # (a head turning, its box half as wide, overlaps by about 0.3) or by the gate
             held_for = () if looks is None else tuple(
                 t.id for t in self.tracks if t.missed and not t.hidden and t.hits >= self.min_hits
-                and t.look is not None and (_gated(t.raw, box) or _gated(t.predicted(), box)))
+                and t.look is not None and (_gated(t.raw, box) or _gated(t.predicted(), box)
+                                            or iou_matrix(np.array([t.raw, t.predicted()]), box[None])
+                                            .max() >= self.iou_threshold))
             new.append(Track(self._next_id, box.copy(), angle=float(angles[bi]),
                              look=None if looks is None else looks[bi], held_for=held_for,
                              last_look=None if looks is None else looks[bi],

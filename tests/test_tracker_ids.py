@@ -316,3 +316,27 @@ def test_a_face_sliding_out_of_the_frame_and_back_keeps_its_id_and_another_enter
     assert last and last != [first], shown
     first, last = shown["hopper"]
     assert last == [first], shown
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_head_turning_away_and_back_keeps_its_id(seed):
+    """grace_hopper turns her head quickly (a 6-frame turn to 80 degrees and back, as the real app saw
+    it): one round the detector misses her, the next it boxes her half-turned head, half as wide, which
+    does not look like her, the next her face again. The half-turned box started a plain new track
+    (it is not within the size gate of her lost one, only overlapping it), which then took her face
+    back from her lost track by overlap: a new id in the real app (head-turn clips, seed 1). A box
+    overlapping a lost face is now held like one within its gate, and takes her id when she is back."""
+    room, cx, cy, width = _place(seed)
+    photo, face = grace_hopper(), HOPPER_FACE
+    frontal, box = _sitting("hopper", room, cx, cy, width)
+    turned = room.copy()
+    half = cv2.resize(photo, None, fx=0.5, fy=1.0, interpolation=cv2.INTER_AREA)
+    _head(turned, half, (face[0] / 2, face[1], face[2] / 2, face[3]), cx, cy, width / 2)
+    turned_box = [cx - 0.15 * width, cy - 0.3 * width, 0.5 * width, 0.66 * width]  # as MTCNN boxed it: IoU 0.33
+    tracker = FaceTracker(max_missed=id_lifetime_rounds(FPS, 2))
+    found = _rounds(tracker, [(frontal, [box])] * 6 + [(room, [])] + [(turned, [turned_box])])
+    first = found[0][0]
+    assert first not in found[-1], found  # her lost track refused the turned box (else this tests nothing)
+    assert tracker.active() == [], found  # nothing shown while it is undecided
+    _rounds(tracker, [(frontal, [box])] * 2)
+    assert [t.id for t in tracker.active()] == [first]

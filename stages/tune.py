@@ -83,6 +83,10 @@ def run_trials(params: Params, study: optuna.Study, url: str, out_dir: Path) -> 
         print(f"demo set: model.width {params.model.width} -> {width} in every trial, as train builds it "
               f"(the demo section's caps)")
         params = params.replace(**{"model.width": width})
+    if params.train.warmup_epochs > t.epochs:  # each trial's run is cut to fit (Params.with_epochs): say so
+        print(f"tune.epochs {t.epochs}: train.warmup_epochs {params.train.warmup_epochs:g} is cut to {t.epochs} "
+              f"in every trial, so a trial is all warm-up and never decays its lr; raise tune.epochs "
+              f"or lower the warm-up to tune the schedule train runs")
     print(f"study '{t.study_name}' in {shown_uri(url)}: {len(study.trials)} earlier trials; "
           f"running {t.n_trials} more ({t.epochs} epochs each, {t.n_jobs} at a time, on {meta['source']} "
           f"{len(train):,} train / {len(val):,} val)")

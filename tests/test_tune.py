@@ -120,13 +120,15 @@ def test_pruned_trials_are_recorded(project, capsys):
     assert parent.data.params["model.width"] == "8"
 
 
-def test_a_warm_up_longer_than_a_trial_is_capped_not_refused(project):
-    # train.warmup_epochs <= train.epochs is checked; a trial's epochs are tune.epochs
+def test_a_warm_up_longer_than_a_trial_is_capped_not_refused(project, capsys):
+    # train.warmup_epochs <= train.epochs is checked; a trial's epochs are tune.epochs. The cap is said
+    # (it was silent): every trial is then all warm-up
     params = load_params("params.yaml").replace(**{
         "tune.epochs": 2, "tune.n_trials": 1, "tune.study_name": "warm", "tune.storage": storage_url(project),
         "train.epochs": 5, "train.warmup_epochs": 3.0, "demo.width": 8})
     with pytest.raises(Exception, match="no trial .* has completed"):
         tune(params, pruner=AlwaysPrune())
+    assert "tune.epochs 2: train.warmup_epochs 3 is cut to 2 in every trial" in capsys.readouterr().out
     study = optuna.load_study(study_name="warm", storage=storage_url(project))
     assert [t.state.name for t in study.trials] == ["PRUNED"]  # trained its first epoch, not FAIL
 

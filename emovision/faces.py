@@ -412,6 +412,12 @@ def appearance(gray: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndar
     return out, contrast
 
 
+def _blend_looks(past: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """A track's descriptor after a round that found it (see APPEARANCE_SMOOTH), unit length again."""
+    look = APPEARANCE_SMOOTH * past + (1 - APPEARANCE_SMOOTH) * new
+    return look / (np.linalg.norm(look) + 1e-6)
+
+
 @dataclass
 class Track:
     id: int
@@ -584,9 +590,7 @@ class FaceTracker:
             if track.missed > 1:  # hidden, not skipped once: its EMA starts afresh (see SMOOTH)
                 track.probs = None
             if looks is not None:
-                look = looks[pairs[ti]] if track.look is None else \
-                    APPEARANCE_SMOOTH * track.look + (1 - APPEARANCE_SMOOTH) * looks[pairs[ti]]
-                track.look = look / (np.linalg.norm(look) + 1e-6)
+                track.look = looks[pairs[ti]] if track.look is None else _blend_looks(track.look, looks[pairs[ti]])
             track.hits, track.missed = track.hits + 1, 0
         if looks is not None:
             self._settle(boxes, looks, contrasts, pairs, gray.shape[1::-1])
@@ -631,8 +635,7 @@ class FaceTracker:
             if lost and max(scores) >= APPEARANCE_MIN:
                 old = lost[int(np.argmax(scores))]
                 young.id, young.hits, young.probs = old.id, old.hits + 1, None
-                look = APPEARANCE_SMOOTH * old.look + (1 - APPEARANCE_SMOOTH) * looks[bi]
-                young.look, young.held_for = look / (np.linalg.norm(look) + 1e-6), ()
+                young.look, young.held_for = _blend_looks(old.look, looks[bi]), ()
                 taken.append(old)
                 continue
             x, y, w, h = boxes[bi]

@@ -79,7 +79,10 @@ SIZE_GATE = (0.67, 1.5)
 # the frames since, plus CENTRE_GATE, of where it was (`_within_reach`): for a still face that is the
 # gate above; detections the other tracks matched by IoU are not offered to it, a box within the gate
 # is taken before one only within reach, and of those the nearest (a face beside it that turned too
-# may be within its reach, and may come first in the detector's order).
+# may be within its reach, and may come first in the detector's order). Given the frame, a box only
+# within reach must also look like the face (APPEARANCE_MIN, below): the reach is wide (a 120 px face
+# at 25 px a frame reaches 140 px at detect_every 2), and a newcomer there in the round a fast face
+# vanished took its id.
 # Motion: each track's velocity (centre px and log side per frame) is the change between its
 # last two detections, raw, not smoothed (a smoothed box trails a moving face by about a third
 # of a round's motion), and not averaged over more rounds (an average lags where a face turns
@@ -542,10 +545,13 @@ class FaceTracker:
         predicted = np.array([t.predicted() for t in self.tracks]).reshape(-1, 4)
         raw = np.array([t.raw for t in self.tracks]).reshape(-1, 4)
         alike = np.ones((len(self.tracks), len(boxes)), bool)
+        looks_like = np.ones_like(alike)  # a box only within a face's reach must look like it
         if looks is not None:
             for ti, track in enumerate(self.tracks):
-                if track.missed and not track.hidden and track.look is not None:
-                    alike[ti] = looks @ track.look >= APPEARANCE_MIN
+                if track.look is not None:
+                    looks_like[ti] = looks @ track.look >= APPEARANCE_MIN
+                if track.missed and not track.hidden:
+                    alike[ti] = looks_like[ti]
         iou = np.maximum(iou_matrix(predicted, boxes), iou_matrix(raw, boxes)) * alike
         pairs: dict[int, int] = {}  # track index -> box index
         # greedy: best overlaps first, those of faces found in the last round before any lost one's
@@ -567,7 +573,7 @@ class FaceTracker:
             gated = [bi for bi in free if _gated(predicted[ti], boxes[bi]) or _gated(raw[ti], boxes[bi])]
             # a box only within its reach (it turned round), the nearest: the first in the detector's
             # order was often a face beside it that turned too
-            reach = sorted((bi for bi in free if _within_reach(self.tracks[ti], boxes[bi])),
+            reach = sorted((bi for bi in free if looks_like[ti, bi] and _within_reach(self.tracks[ti], boxes[bi])),
                            key=lambda bi: _centre_distance(raw[ti], boxes[bi]))
             if gated or reach:
                 pairs[ti] = (gated or reach)[0]

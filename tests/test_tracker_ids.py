@@ -177,6 +177,27 @@ def test_a_face_turning_round_beside_another_keeps_its_own_box():
     assert sorted(now) == [(135, first[0]), (165, first[1])], (now, first)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_a_newcomer_within_a_fast_faces_reach_does_not_take_its_id(seed):
+    """grace_hopper crosses a room at 25 px a frame (50 px a detection round) and vanishes (she turned
+    away); in that round the astronaut is found 120 px beside where she was, off her path: not where
+    her motion leads, but within her reach (her speed plus 0.75 of her side: 140 px), where a fast
+    face that turned round would be. He took her id; a box only within reach must now look like her,
+    so he gets a new one. Swept over seeds 0-3, speeds 20-30 px a frame and newcomers 100 / 120 /
+    140 px away in any direction: he took her id in 88/88, 81/81, 40/76 cases, now 30, 13, 2 (those
+    left are where her motion leads, within the gate, matched by place as before)."""
+    room = _room(seed, False)
+    rng = np.random.default_rng(seed)
+    y, side = rng.uniform(150, 330), rng.choice([-1, 1])
+    path = [_sitting("hopper", room, 150 + 50 * r, y, 120) for r in range(6)]
+    newcomer = _sitting("astronaut", room, 400, y + side * 120, 120)
+    tracker = FaceTracker(max_missed=id_lifetime_rounds(FPS, 2))
+    found = _rounds(tracker, [(f, [b]) for f, b in path] + [(newcomer[0], [newcomer[1]])] * 3)
+    first = found[0][0]
+    assert all(ids == [first] for ids in found[:6]), found  # her own track through the crossing
+    assert [t.id for t in tracker.active()] not in ([], [first]), found
+
+
 def _rounds(tracker: FaceTracker, frames: list[tuple[np.ndarray, list]]) -> list[list[int]]:
     """Feed detection rounds (a frame, its face boxes) two frames apart; the ids found in each."""
     found = []

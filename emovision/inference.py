@@ -16,7 +16,7 @@ from torch import nn
 
 from emovision import artifact, scoring
 from emovision.artifact import ENSEMBLE_DIR, PRETRAINED, PRETRAINED_ENSEMBLE, WEIGHTS_DIR, ModelSpec
-from emovision.device import resolve_device
+from emovision.device import BACKENDS, resolve_device
 from emovision.errors import ModelRefError
 from emovision.preprocess import PreprocessConfig, prepare_pixels
 
@@ -102,12 +102,12 @@ def from_spec(spec: ModelSpec, state_dict: dict, device: str | torch.device = "c
                              device, info)
 
 
-BACKENDS = ("torch", "onnx")
 
 
 def load_classifier(ref: str | os.PathLike = PRETRAINED, device: str = "auto", backend: str = "torch"):
     """Load any model reference as an EmotionClassifier (or, with backend "onnx", an
-    `emovision.onnx_backend.OnnxClassifier` with the same API).
+    `emovision.onnx_backend.OnnxClassifier` with the same API; "auto": ONNX Runtime on a CPU,
+    PyTorch on CUDA, and PyTorch, with a warning line, where the model cannot be exported).
 
     `ref`: "pretrained" (the FER2013 model shipped in the package), "pretrained-ensemble" (the
     shipped ensemble: more accurate, several times slower), `models:/fer/Production`,
@@ -124,6 +124,8 @@ def load_classifier(ref: str | os.PathLike = PRETRAINED, device: str = "auto", b
     if ref.endswith(".onnx") or backend == "onnx":
         return _load_onnx(ref)
     dev = resolve_device(device)
+    if backend == "auto" and dev.type == "cpu":
+        return _load_onnx(ref, fallback=dev)
     return from_spec(*load_artifact(ref), dev, ref)
 
 
@@ -146,10 +148,12 @@ def load_artifact(ref: str) -> tuple[ModelSpec, dict]:
     return artifact.load(ref)
 
 
-def _load_onnx(ref: str):
+def _load_onnx(ref: str, fallback: torch.device | None = None):
     """An .onnx file as given; a registered model's exported fer.onnx (stages.export logs it with
-    the MLflow model); otherwise the model exported now, into a temporary file (seconds)."""
-    import tempfile
+    the MLflow model); otherwise the model exported once and cached (`onnx_backend.cached_export`).
+    With `fallback`, a model that cannot be exported or run there is loaded with PyTorch on that
+    device instead, and a warning line says why."""
+    import sys
 
     from emovision import onnx_backend
 
@@ -166,6 +170,11 @@ def _load_onnx(ref: str):
         spec, state_dict = artifact.load_model_dir(folder)
     else:
         spec, state_dict = load_artifact(ref)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = onnx_backend.export_onnx(spec, state_dict, Path(tmp) / onnx_backend.ONNX_FILE)
-        return onnx_backend.OnnxClassifier(path)
+    if fallback is None:
+        return onnx_backend.cached_export(spec, state_dict)[0]
+    try:
+        return onnx_backend.cached_export(spec, state_dict)[0]
+    except Exception as err:  # noqa: BLE001 - an exporter's or runtime's failure of any kind: PyTorch runs it
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        print(f"warning: ONNX Runtime cannot run {ref} ({reason}); using PyTorch", file=sys.stderr)
+        return from_spec(spec, state_dict, fallback, ref)

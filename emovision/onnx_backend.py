@@ -5,11 +5,15 @@ normalised (N, 1, size, size) float input and returns softmax probabilities, and
 spec (classes, preprocessing, architecture) travels inside the file as metadata, so a
 `.onnx` file is as self-describing as a checkpoint. `OnnxClassifier` feeds it through the
 same uint8 preprocessing as `EmotionClassifier` (flip TTA: face and mirror in one batch).
-onnx / onnxruntime are an optional extra: `pip install onnx onnxruntime onnxscript`.
+`cached_export` is what the apps run on a CPU: the model exported once, checked against PyTorch
+(`parity`) and kept in the user's cache, keyed by the model's contents.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -27,6 +31,10 @@ INPUT_NAME, OUTPUT_NAME = "pixels", "probs"
 OPSET = 18
 EXPORT_BATCH = 2  # the example batch the graph is traced with (the batch axis stays dynamic)
 ONNX_FILE = "fer.onnx"
+PARITY_MAX_DIFF = 1e-4  # max |p_onnx - p_torch| over every face and class
+# The check of a cached export: seeded faces (noise and gradients: every pixel path of the graph),
+# with and without flip TTA. stages.export checks the trained model on all of val instead.
+PARITY_FACES, PARITY_SEED = 32, 0
 
 
 class _Probabilities(nn.Module):
@@ -64,6 +72,84 @@ def export_onnx(spec: ModelSpec, state_dict: dict, path: str | Path) -> Path:
     with fileio.atomic_path(path, suffix=".onnx") as tmp:
         onnx.save(proto, str(tmp))
     return Path(path)
+
+
+def parity(spec: ModelSpec, state_dict: dict, onnx_path: Path, x: np.ndarray, batch_size: int) -> dict:
+    """ONNX Runtime vs PyTorch (the classifier's path) on the same crops, both TTA modes."""
+    from emovision.inference import from_spec
+
+    torch_clf, onnx_clf = from_spec(spec, state_dict, torch.device("cpu"), "export"), OnnxClassifier(onnx_path)
+    out = {"faces": int(len(x))}
+    for tta in (False, True):
+        a = torch_clf.predict_proba(x, tta=tta, batch_size=batch_size)
+        b = onnx_clf.predict_proba(x, tta=tta, batch_size=batch_size)
+        key = "tta" if tta else "plain"
+        out[f"max_prob_diff_{key}"] = float(np.abs(a - b).max()) if len(x) else 0.0
+        out[f"prediction_mismatches_{key}"] = int((a.argmax(1) != b.argmax(1)).sum())
+    return out
+
+
+def disagreement(check: dict) -> list[str]:
+    """The TTA modes in which a `parity` check failed (empty: the export agrees)."""
+    return [k for k in ("plain", "tta") if check[f"max_prob_diff_{k}"] > PARITY_MAX_DIFF
+            or check[f"prediction_mismatches_{k}"]]
+
+
+def cache_dir() -> Path:
+    """Where exports are kept: $XDG_CACHE_HOME/emovision/onnx (~/.cache/emovision/onnx)."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "emovision" / "onnx"
+
+
+def model_digest(spec: ModelSpec, state_dict: dict) -> str:
+    """The cache key: the spec, every tensor's name, shape, dtype and bytes, and the exporter's
+    version (another torch may export another graph)."""
+    h = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode())
+    h.update(f"torch {torch.__version__} opset {OPSET}".encode())
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu()
+        h.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
+        h.update((tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy().tobytes())  # exact
+    return h.hexdigest()[:32]
+
+
+def cached_export(spec: ModelSpec, state_dict: dict) -> tuple[OnnxClassifier, Path | None]:
+    """An ONNX Runtime classifier of the model: from the cache when this model was exported before,
+    else exported now (seconds), checked against PyTorch and cached. Returns it and the cached
+    file (None where the cache cannot be written: then the export lives in a temporary folder
+    for the time it takes to load). A DataError when the export disagrees with PyTorch."""
+    _need_onnx()
+    path = cache_dir() / f"{model_digest(spec, state_dict)}.onnx"
+    if path.is_file():
+        try:
+            return OnnxClassifier(path), path
+        except ModelRefError:  # cut short or damaged: exported again below, replacing it
+            pass
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with fileio.atomic_path(path, suffix=".onnx") as staged:
+            _export_checked(spec, state_dict, staged)
+        return OnnxClassifier(path), path
+    except OSError:  # a read-only or full home: export for this run only
+        with tempfile.TemporaryDirectory() as tmp:
+            staged = Path(tmp) / ONNX_FILE
+            _export_checked(spec, state_dict, staged)
+            return OnnxClassifier(staged), None
+
+
+def _export_checked(spec: ModelSpec, state_dict: dict, path: Path) -> None:
+    from emovision.errors import DataError
+
+    export_onnx(spec, state_dict, path)
+    rng = np.random.default_rng(PARITY_SEED)
+    side = spec.preprocess.size
+    ramp = np.linspace(0, 255, side)
+    faces = np.concatenate([rng.integers(0, 256, (PARITY_FACES // 2, side, side)),
+                            (ramp[None, :, None] * rng.uniform(0, 1, (PARITY_FACES // 2, 1, 1))
+                             + ramp[None, None, :] * rng.uniform(0, 1, (PARITY_FACES // 2, 1, 1))) / 2])
+    check = parity(spec, state_dict, path, faces.astype(np.uint8), PARITY_FACES)
+    if disagreement(check):
+        raise DataError(f"the model's ONNX export disagrees with PyTorch: {json.dumps(check)}")
 
 
 class OnnxClassifier:

@@ -26,7 +26,7 @@ from emovision.config import Params
 from emovision.data.augment import augment_batch
 from emovision.data.prepared import load_meta
 from emovision.errors import DataError, EmovisionError, cli_main
-from emovision.device import resolve_device, use_cpu_threads
+from emovision.device import APP_BACKEND, resolve_device, use_cpu_threads
 from emovision.inference import load_classifier
 from emovision.models import count_macs, count_params, create_model
 from emovision.preprocess import normalize, value_range
@@ -194,7 +194,8 @@ def bench(params: Params, models_dir: Path | None = None) -> dict:
     progress.info("bench 2/4: inference latency and throughput")
     inference = inference_speed(clf, params, sync)
     progress.info(f"bench 3/4: the real-time pipeline on a {params.bench.video_frames}-frame video")
-    live = realtime(clf, params)
+    app_clf = load_classifier(str(ckpt), params.base.device, backend=APP_BACKEND)  # as the webcam app runs it
+    live = realtime(app_clf, params)
     progress.info("bench 4/4: ONNX Runtime latency, and the live app's accuracy on rendered PublicTest faces")
     backends = backend_latency(clf, models_dir, params)
     consistency = livecheck.bench_report(clf, Path(params.data.prepared_dir), meta["source"])
@@ -206,6 +207,7 @@ def bench(params: Params, models_dir: Path | None = None) -> dict:
         # the app's accuracy on PublicTest faces rendered into frames vs direct (issue 11)
         "live_consistency": consistency,
         "env": {"device": str(device), "threads": torch.get_num_threads(),
+                "app_backend": app_clf.info.get("backend", "torch"),
                 "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
                 "python": platform.python_version(), "repeats": params.bench.repeats,
                 **({"gpu": torch.cuda.get_device_name()} if device.type == "cuda" else {})},

@@ -2,7 +2,7 @@
 
 Writes <paths.models>/fer.onnx (dynamic batch axis, the model's spec in its metadata) from
 best.pt, checks it against PyTorch on val (PublicTest): max probability difference at most
-PARITY_MAX_DIFF and identical predictions, with and without flip TTA, or it fails and
+onnx_backend.PARITY_MAX_DIFF and identical predictions, with and without flip TTA, or it fails and
 writes nothing. Logs the file with the registered MLflow model (and the parity figures to
 the training run), so `--backend onnx --model models:/fer/Production` uses it.
 """
@@ -11,30 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from emovision import artifact, fileio, scoring, tracking
 from emovision.config import Params
 from emovision.data.prepared import load_meta, load_split
 from emovision.errors import DataError, cli_main
-from emovision.inference import from_spec
-from emovision.onnx_backend import ONNX_FILE, OnnxClassifier, export_onnx
+from emovision.onnx_backend import ONNX_FILE, disagreement, export_onnx, parity
 from stages import open_store, parse, stage_parser
-
-PARITY_MAX_DIFF = 1e-4  # max |p_onnx - p_torch| over every face and class
-
-
-def parity(spec: artifact.ModelSpec, state_dict: dict, onnx_path: Path, x: np.ndarray, batch_size: int) -> dict:
-    """ONNX Runtime vs PyTorch (the classifier's path) on the same crops, both TTA modes."""
-    torch_clf, onnx_clf = from_spec(spec, state_dict, "cpu", "export"), OnnxClassifier(onnx_path)
-    out = {"faces": int(len(x))}
-    for tta in (False, True):
-        a = torch_clf.predict_proba(x, tta=tta, batch_size=batch_size)
-        b = onnx_clf.predict_proba(x, tta=tta, batch_size=batch_size)
-        key = "tta" if tta else "plain"
-        out[f"max_prob_diff_{key}"] = float(np.abs(a - b).max()) if len(x) else 0.0
-        out[f"prediction_mismatches_{key}"] = int((a.argmax(1) != b.argmax(1)).sum())
-    return out
 
 
 def export(params: Params, models_dir: Path | None = None) -> dict:
@@ -55,9 +37,7 @@ def export(params: Params, models_dir: Path | None = None) -> dict:
     with fileio.atomic_path(target, suffix=".onnx") as staged:
         export_onnx(spec, state_dict, staged)
         check = parity(spec, state_dict, staged, x, scoring.CPU_BATCH)
-        bad = [k for k in ("plain", "tta") if check[f"max_prob_diff_{k}"] > PARITY_MAX_DIFF
-               or check[f"prediction_mismatches_{k}"]]
-        if bad:
+        if disagreement(check):
             raise DataError(f"ONNX export of {best} disagrees with PyTorch on val: {json.dumps(check)}")
     print(f"wrote {target}: val (PublicTest, {check['faces']} faces) max prob diff "
           f"{check['max_prob_diff_plain']:.2e} (TTA {check['max_prob_diff_tta']:.2e}), "

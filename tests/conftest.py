@@ -1,8 +1,10 @@
 """Shared fixtures: small params files, prepared demo data, an isolated MLflow store."""
 from __future__ import annotations
 
+import os
 import shutil
 import signal
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,11 @@ SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "fer2013-images.tar.xz"
 # default in each child at exec, so children take Ctrl-C as a terminal's processes do.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# The apps keep ONNX exports in the user's cache (onnx_backend.cache_dir): the suite keeps its own,
+# shared by every test of a run (each model is exported once) and by the processes they start.
+_CACHE = tempfile.TemporaryDirectory(prefix="emovision-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _CACHE.name
 
 # Small, fast settings every end-to-end test starts from.
 TINY = {

@@ -65,7 +65,7 @@ def test_float16_storage_moves_probabilities_little(tmp_path):
 
 def test_ensemble_exports_to_onnx_with_parity(tmp_path):
     from emovision.onnx_backend import OnnxClassifier, export_onnx
-    from stages.export import PARITY_MAX_DIFF
+    from emovision.onnx_backend import PARITY_MAX_DIFF
 
     spec, state_dict = artifact.ensemble_of([member(0), member(1)])
     onnx_clf = OnnxClassifier(export_onnx(spec, state_dict, tmp_path / "ens.onnx"))

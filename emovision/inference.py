@@ -125,7 +125,7 @@ def load_classifier(ref: str | os.PathLike = PRETRAINED, device: str = "auto", b
         return _load_onnx(ref)
     dev = resolve_device(device)
     if backend == "auto" and dev.type == "cpu":
-        return _load_onnx(ref, fallback=dev)
+        return _load_onnx(ref, fallback=True)
     return from_spec(*load_artifact(ref), dev, ref)
 
 
@@ -148,11 +148,11 @@ def load_artifact(ref: str) -> tuple[ModelSpec, dict]:
     return artifact.load(ref)
 
 
-def _load_onnx(ref: str, fallback: torch.device | None = None):
+def _load_onnx(ref: str, fallback: bool = False):
     """An .onnx file as given; a registered model's exported fer.onnx (stages.export logs it with
     the MLflow model); otherwise the model exported once and cached (`onnx_backend.cached_export`).
-    With `fallback`, a model that cannot be exported or run there is loaded with PyTorch on that
-    device instead, and a warning line says why."""
+    With `fallback`, a model that cannot be exported or run there runs on PyTorch (CPU) instead,
+    and a warning line says why."""
     import sys
 
     from emovision import onnx_backend
@@ -170,11 +170,12 @@ def _load_onnx(ref: str, fallback: torch.device | None = None):
         spec, state_dict = artifact.load_model_dir(folder)
     else:
         spec, state_dict = load_artifact(ref)
-    if fallback is None:
-        return onnx_backend.cached_export(spec, state_dict)[0]
+    cpu = from_spec(spec, state_dict, torch.device("cpu"), ref)  # what the export is checked against
+    if not fallback:
+        return onnx_backend.cached_export(spec, state_dict, cpu)[0]
     try:
-        return onnx_backend.cached_export(spec, state_dict)[0]
+        return onnx_backend.cached_export(spec, state_dict, cpu)[0]
     except Exception as err:  # noqa: BLE001 - an exporter's or runtime's failure of any kind: PyTorch runs it
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         print(f"warning: ONNX Runtime cannot run {ref} ({reason}); using PyTorch", file=sys.stderr)
-        return from_spec(spec, state_dict, fallback, ref)
+        return cpu

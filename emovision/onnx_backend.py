@@ -23,7 +23,7 @@ from torch import nn
 
 from emovision import artifact, fileio
 from emovision.artifact import ModelSpec
-from emovision.errors import ModelRefError
+from emovision.errors import DataError, ModelRefError
 from emovision.preprocess import normalize, prepare_pixels
 
 SPEC_KEY = "emovision_spec"  # ONNX metadata_props key holding the spec as JSON
@@ -74,11 +74,10 @@ def export_onnx(spec: ModelSpec, state_dict: dict, path: str | Path) -> Path:
     return Path(path)
 
 
-def parity(spec: ModelSpec, state_dict: dict, onnx_path: Path, x: np.ndarray, batch_size: int) -> dict:
-    """ONNX Runtime vs PyTorch (the classifier's path) on the same crops, both TTA modes."""
-    from emovision.inference import from_spec
-
-    torch_clf, onnx_clf = from_spec(spec, state_dict, torch.device("cpu"), "export"), OnnxClassifier(onnx_path)
+def parity(torch_clf, onnx_path: Path, x: np.ndarray, batch_size: int) -> dict:
+    """ONNX Runtime vs PyTorch (`torch_clf`, an EmotionClassifier of the same model: the one
+    prediction path) on the same crops, both TTA modes."""
+    onnx_clf = OnnxClassifier(onnx_path)
     out = {"faces": int(len(x))}
     for tta in (False, True):
         a = torch_clf.predict_proba(x, tta=tta, batch_size=batch_size)
@@ -113,11 +112,11 @@ def model_digest(spec: ModelSpec, state_dict: dict) -> str:
     return h.hexdigest()[:32]
 
 
-def cached_export(spec: ModelSpec, state_dict: dict) -> tuple[OnnxClassifier, Path | None]:
+def cached_export(spec: ModelSpec, state_dict: dict, torch_clf) -> tuple[OnnxClassifier, Path | None]:
     """An ONNX Runtime classifier of the model: from the cache when this model was exported before,
-    else exported now (seconds), checked against PyTorch and cached. Returns it and the cached
-    file (None where the cache cannot be written: then the export lives in a temporary folder
-    for the time it takes to load). A DataError when the export disagrees with PyTorch."""
+    else exported now (seconds), checked against `torch_clf` (the model on PyTorch, CPU) and cached.
+    Returns it and the cached file (None where the cache cannot be written: then the export lives
+    in a temporary folder for the time it takes to load). A DataError when the export disagrees."""
     _need_onnx()
     path = cache_dir() / f"{model_digest(spec, state_dict)}.onnx"
     if path.is_file():
@@ -128,18 +127,16 @@ def cached_export(spec: ModelSpec, state_dict: dict) -> tuple[OnnxClassifier, Pa
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with fileio.atomic_path(path, suffix=".onnx") as staged:
-            _export_checked(spec, state_dict, staged)
+            _export_checked(spec, state_dict, torch_clf, staged)
         return OnnxClassifier(path), path
     except OSError:  # a read-only or full home: export for this run only
         with tempfile.TemporaryDirectory() as tmp:
             staged = Path(tmp) / ONNX_FILE
-            _export_checked(spec, state_dict, staged)
+            _export_checked(spec, state_dict, torch_clf, staged)
             return OnnxClassifier(staged), None
 
 
-def _export_checked(spec: ModelSpec, state_dict: dict, path: Path) -> None:
-    from emovision.errors import DataError
-
+def _export_checked(spec: ModelSpec, state_dict: dict, torch_clf, path: Path) -> None:
     export_onnx(spec, state_dict, path)
     rng = np.random.default_rng(PARITY_SEED)
     side = spec.preprocess.size
@@ -147,7 +144,7 @@ def _export_checked(spec: ModelSpec, state_dict: dict, path: Path) -> None:
     faces = np.concatenate([rng.integers(0, 256, (PARITY_FACES // 2, side, side)),
                             (ramp[None, :, None] * rng.uniform(0, 1, (PARITY_FACES // 2, 1, 1))
                              + ramp[None, None, :] * rng.uniform(0, 1, (PARITY_FACES // 2, 1, 1))) / 2])
-    check = parity(spec, state_dict, path, faces.astype(np.uint8), PARITY_FACES)
+    check = parity(torch_clf, path, faces.astype(np.uint8), PARITY_FACES)
     if disagreement(check):
         raise DataError(f"the model's ONNX export disagrees with PyTorch: {json.dumps(check)}")
 

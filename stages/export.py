@@ -15,6 +15,7 @@ from emovision import artifact, fileio, scoring, tracking
 from emovision.config import Params
 from emovision.data.prepared import load_meta, load_split
 from emovision.errors import DataError, cli_main
+from emovision.inference import from_spec
 from emovision.onnx_backend import ONNX_FILE, disagreement, export_onnx, parity
 from stages import open_store, parse, stage_parser
 
@@ -36,7 +37,7 @@ def export(params: Params, models_dir: Path | None = None) -> dict:
     # checked under a temporary name: fer.onnx is replaced only by an export that agrees with PyTorch
     with fileio.atomic_path(target, suffix=".onnx") as staged:
         export_onnx(spec, state_dict, staged)
-        check = parity(spec, state_dict, staged, x, scoring.CPU_BATCH)
+        check = parity(from_spec(spec, state_dict, "cpu", "export"), staged, x, scoring.CPU_BATCH)
         if disagreement(check):
             raise DataError(f"ONNX export of {best} disagrees with PyTorch on val: {json.dumps(check)}")
     print(f"wrote {target}: val (PublicTest, {check['faces']} faces) max prob diff "

@@ -100,8 +100,8 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     keeps an extension for writers that pick a format from it (cv2.VideoWriter: ".mp4").
     """
     path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder, not a file")
+    if path.is_dir():  # an OutputError, so every command says it in one line, not a traceback
+        raise unwritten(path, "it is a folder")
     if is_stream(path):  # renamed over, /dev/null became a file (as root) and a named pipe's reader got nothing
         yield path
         return

@@ -33,6 +33,24 @@ def test_export_stage_writes_a_checked_onnx_logged_with_the_model(in_trained, ca
     assert registered.info["source"].endswith("fer.onnx") and registered.info["backend"] == "onnx"
 
 
+def test_an_export_onto_a_folder_is_one_line_and_leaves_it(in_trained, capsys):
+    """models/fer.onnx a folder: the export ended in IsADirectoryError's traceback."""
+    target = in_trained / "models" / "fer.onnx"
+    kept = target.with_name("kept.onnx")
+    if target.exists():
+        target.rename(kept)
+    target.mkdir()
+    try:
+        assert export_main(["--params", "params.yaml"]) == 2
+        err = capsys.readouterr().err
+        assert err == "error: cannot write models/fer.onnx: it is a folder (models/fer.onnx is as it was)\n"
+        assert target.is_dir() and not any(target.iterdir())
+    finally:
+        target.rmdir()
+        if kept.exists():
+            kept.rename(target)
+
+
 def test_predict_with_the_onnx_backend(in_trained, tmp_path, capsys):
     from emovision.predict import main as predict_main
 

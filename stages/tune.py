@@ -38,6 +38,11 @@ def tune(params: Params, pruner: optuna.pruners.BasePruner | None = None,
     t = params.tune
     out_dir = Path(params.paths.reports) / OUT_DIR if out_dir is None else out_dir
     url = t.storage or tuning.default_storage()
+    missing = tuning.storage_file(url)
+    if t.n_trials == 0 and missing is not None and not missing.exists():
+        # opening the storage makes the file: a report on a mistyped path left an empty one behind
+        raise ConfigError(f"no study '{t.study_name}' in this storage (it has: none; {missing} does not "
+                          f"exist, and was not made); check the storage path, or run trials first")
     try:
         storage = tuning.open_storage(url)
     except ConfigError as err:

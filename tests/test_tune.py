@@ -184,6 +184,18 @@ def test_stale_running_trial_is_failed_and_retried(project, monkeypatch):
     assert [r.data.tags.get("retry_of_trial") for r in nested_runs()] == ["0"]
 
 
+@pytest.mark.parametrize("name", ["study.log", "optuna.db"])
+def test_a_report_on_a_storage_file_that_is_not_there_makes_none(project, capsys, name):
+    """`--n-trials 0` (report, or apply) on a mistyped storage path said 'no study' and left
+    an empty journal file or SQLite database of that name behind."""
+    path = project / name
+    url = str(path) if name.endswith(".log") else f"sqlite:///{path}"
+    assert tune_main(["--params", "params.yaml", "--n-trials", "0", "--apply", "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path} does not exist, and was not made" in err
+    assert not (project / name).exists()
+
+
 @pytest.mark.parametrize("url", [
     "sqlite://", "sqlite:///:memory:", "sqlite:///:memory:?cache=shared", "sqlite:///file:x?mode=memory&uri=true",
     "sqlite:///file::memory:?uri=true", "sqlite:///file::memory:?cache=shared&uri=true",  # were taken for files
@@ -221,7 +233,7 @@ def test_in_memory_agrees_with_sqlite(url, tmp_path, monkeypatch):
     (["--timeout", "-5"], "--timeout: tune.timeout must be >= 0"),
     (["--n-jobs", "0"], "--n-jobs: tune.n_jobs must be in [1, 256]"),
     (["--study-name", " "], "--study-name: tune.study_name must be a study name"),
-    (["--n-trials", "0", "--study-name", "nope"], "no study 'nope' in this storage (it has: none)"),
+    (["--n-trials", "0", "--study-name", "nope"], "no study 'nope' in this storage (it has: none; "),
 ])
 def test_bad_cli_input_is_one_line(project, capsys, args, message):
     assert tune_main(["--params", "params.yaml", *args]) == 2

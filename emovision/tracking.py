@@ -251,9 +251,7 @@ def _setup_experiment(mlflow, experiment: str) -> str:
             break
         except Exception as err:
             if not tracking_uri().startswith("sqlite:///"):  # a server that is down or refuses us
-                line = shown_uri((str(err).strip().splitlines() or [type(err).__name__])[0])[:300]
-                raise DataError(f"MLflow tracking server {shown_uri(tracking_uri())} cannot be used "
-                                f"(MLFLOW_TRACKING_URI): {line}") from None
+                raise DataError(_unusable_store(tracking_uri(), err)) from None
             if attempt == STORE_INIT_RETRIES - 1:
                 raise
             time.sleep(0.5 + random.random())
@@ -560,6 +558,13 @@ def _registered(client, name: str) -> bool:
     return True
 
 
+def _unusable_store(uri: str, err: BaseException) -> str:
+    """The line for a tracking URI MLflow will not use: a server that refuses us, a scheme it has
+    no store for (foo://), a folder or file:// (its file store, off in MLflow 3)."""
+    line = shown_uri((str(err).strip().splitlines() or [type(err).__name__])[0])[:300]
+    return f"MLflow store {shown_uri(uri)} cannot be used (MLFLOW_TRACKING_URI): {line}"
+
+
 def read_client():
     """A client on the project's store for reading only: a missing SQLite store is an error,
     never created (no mlflow.db, no lock file, no experiment)."""
@@ -583,7 +588,10 @@ def read_client():
         raise ModelRefError(f"MLflow store {uri.removeprefix('sqlite:///')} names its artifacts in another "
                             f"folder (the project was moved) and cannot be updated ({err}); run this where "
                             f"the store can be written") from None
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:  # MLflow opens the store here: a folder or an unknown scheme raised its traceback
+        return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    except mlflow.exceptions.MlflowException as err:
+        raise ModelRefError(_unusable_store(uri, err)) from None
 
 
 def _raise_if_files_missing(ref: str, client) -> None:

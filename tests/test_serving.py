@@ -387,6 +387,27 @@ def test_a_tracking_server_that_does_not_answer_is_named_in_one_line(tmp_path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hopper.png", "params.yaml"]
 
 
+@pytest.mark.parametrize("uri, says", [
+    ("{tmp}", "The filesystem tracking backend (e.g., './mlruns') is in maintenance mode"),  # a folder: MLflow's
+    ("file://{tmp}", "The filesystem tracking backend (e.g., './mlruns') is in maintenance mode"),  # file store, off
+    ("foo://bar", "Model registry functionality is unavailable; got unsupported URI 'foo://bar'"),
+], ids=["folder", "file", "scheme"])
+@pytest.mark.parametrize("command", [["emovision.predict", "--model", "models:/fer/1", "hopper.png"],
+                                     ["stages.promote", "--version", "1"]], ids=["predict", "promote"])
+def test_a_tracking_uri_mlflow_will_not_open_is_one_line(tmp_path, command, uri, says):
+    """MLFLOW_TRACKING_URI a folder, file:// or an unknown scheme: reading a model (predict, the app,
+    promote --version) ended in MLflow's traceback, exit 1; the stages that log already said it in one line."""
+    cv2.imwrite(str(tmp_path / "hopper.png"), grace_hopper())
+    write_params(tmp_path / "params.yaml")
+    uri = uri.format(tmp=tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", *command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=SERVER_START_S)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: MLflow store {uri} cannot be used (MLFLOW_TRACKING_URI): {says}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hopper.png", "params.yaml"]
+
+
 def test_a_tracking_uris_password_is_never_printed(monkeypatch, capsys):
     """MLFLOW_TRACKING_URI=http://user:s3cret@host/...: the line for a server that is down
     printed the password with the URI. It names the host and path, its credentials as `***@`."""

@@ -138,8 +138,8 @@ def pinned_requirements(installed: Mapping[str, str], opencv_version: str | None
     OpenCV's four wheels share their version numbers: the headless one takes the installed one's.
     A cv2 that no wheel provides (built from source) pins the wheels of its release, `opencv_version`
     (cv2.__version__, "4.14.0" or "4.14.0-dev"): `==4.14.0.*`. Unpinned, a served model got the newest
-    wheel, OpenCV 5, which has no Haar cascades and predicts otherwise (grace_hopper's face: neutral
-    0.648 with 4.14, 0.672 with 5.0)."""
+    wheel, OpenCV 5, which has no Haar cascades and predicts otherwise (grace_hopper's face, with the
+    model shipped then: neutral 0.648 with 4.14, 0.672 with 5.0)."""
     from packaging.version import Version
 
     out = []

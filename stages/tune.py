@@ -57,9 +57,10 @@ def tune(params: Params, pruner: optuna.pruners.BasePruner | None = None,
             print(f"study '{t.study_name}' in {shown_uri(url)}: {len(study.trials)} trials; no new ones")
             rows = tuning.trials_table(study)
             best = write_reports(study, rows, out_dir)
-        else:
+        else:  # the data and the MLflow store first: either refused after the study was made left it empty
+            data, exp_id = load_train_val(params), open_store()
             study = tuning.load_study(params, storage, pruner)
-            rows, best = run_trials(params, study, url, out_dir)
+            rows, best = run_trials(params, study, url, out_dir, data, exp_id)
     except Exception as err:
         message = tuning.stopped_by_store(err, url, study)
         if message is None:
@@ -78,10 +79,12 @@ def tune(params: Params, pruner: optuna.pruners.BasePruner | None = None,
     return best
 
 
-def run_trials(params: Params, study: optuna.Study, url: str, out_dir: Path) -> tuple[list[dict], dict]:
-    """The trials of one invocation under one MLflow run, each trial a nested run."""
+def run_trials(params: Params, study: optuna.Study, url: str, out_dir: Path, data: tuple, exp_id: str
+               ) -> tuple[list[dict], dict]:
+    """The trials of one invocation under one MLflow run, each trial a nested run; `data` is
+    load_train_val's, `exp_id` open_store's."""
     t = params.tune
-    meta, train, val = load_train_val(params)
+    meta, train, val = data
     # trials tune the model train builds on this data: on the demo set, demo.width's
     width = params.for_dataset(meta["source"]).model.width
     if width != params.model.width:
@@ -95,7 +98,6 @@ def run_trials(params: Params, study: optuna.Study, url: str, out_dir: Path) -> 
     print(f"study '{t.study_name}' in {shown_uri(url)}: {len(study.trials)} earlier trials; "
           f"running {t.n_trials} more ({t.epochs} epochs each, {t.n_jobs} at a time, on {meta['source']} "
           f"{len(train):,} train / {len(val):,} val)")
-    exp_id = open_store()
     import mlflow
 
     with tracking.tracked_run(run_name=f"tune-{t.study_name}",

@@ -196,6 +196,21 @@ def test_a_report_on_a_storage_file_that_is_not_there_makes_none(project, capsys
     assert not (project / name).exists()
 
 
+def test_a_refused_mlflow_store_or_missing_data_makes_no_study(project, capsys, monkeypatch):
+    """Trials refused in one line (an MLFLOW_TRACKING_URI MLflow will not open; no prepared data)
+    had already made their study: an empty study of that name was left in the storage. The data
+    and the store are now checked before the study is made."""
+    url, store = storage_url(project), os.environ["MLFLOW_TRACKING_URI"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(project))  # a folder: MLflow 3 has no store for it
+    assert tune_main(["--params", "params.yaml", "--n-trials", "1", "--storage", url, "--study-name", "a"]) == 2
+    assert "cannot be used" in capsys.readouterr().err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    shutil.rmtree(project / "data" / "prepared")
+    assert tune_main(["--params", "params.yaml", "--n-trials", "1", "--storage", url, "--study-name", "b"]) == 2
+    capsys.readouterr()
+    assert not (project / "optuna.db").exists() or optuna.get_all_study_names(url) == []
+
+
 @pytest.mark.parametrize("url", [
     "sqlite://", "sqlite:///:memory:", "sqlite:///:memory:?cache=shared", "sqlite:///file:x?mode=memory&uri=true",
     "sqlite:///file::memory:?uri=true", "sqlite:///file::memory:?cache=shared&uri=true",  # were taken for files

@@ -102,8 +102,6 @@ def from_spec(spec: ModelSpec, state_dict: dict, device: str | torch.device = "c
                              device, info)
 
 
-
-
 def load_classifier(ref: str | os.PathLike = PRETRAINED, device: str = "auto", backend: str = "torch"):
     """Load any model reference as an EmotionClassifier (or, with backend "onnx", an
     `emovision.onnx_backend.OnnxClassifier` with the same API; "auto": ONNX Runtime on a CPU,
@@ -170,12 +168,14 @@ def _load_onnx(ref: str, fallback: bool = False):
         spec, state_dict = artifact.load_model_dir(folder)
     else:
         spec, state_dict = load_artifact(ref)
-    cpu = from_spec(spec, state_dict, torch.device("cpu"), ref)  # what the export is checked against
-    if not fallback:
-        return onnx_backend.cached_export(spec, state_dict, cpu)[0]
+    def on_cpu():  # the model on PyTorch: what an export is checked against, and the fallback
+        return from_spec(spec, state_dict, torch.device("cpu"), ref)
+
     try:
-        return onnx_backend.cached_export(spec, state_dict, cpu)[0]
+        return onnx_backend.cached_export(spec, state_dict, on_cpu)[0]
     except Exception as err:  # noqa: BLE001 - an exporter's or runtime's failure of any kind: PyTorch runs it
+        if not fallback:
+            raise
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         print(f"warning: ONNX Runtime cannot run {ref} ({reason}); using PyTorch", file=sys.stderr)
-        return cpu
+        return on_cpu()

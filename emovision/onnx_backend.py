@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -112,9 +112,11 @@ def model_digest(spec: ModelSpec, state_dict: dict) -> str:
     return h.hexdigest()[:32]
 
 
-def cached_export(spec: ModelSpec, state_dict: dict, torch_clf) -> tuple[OnnxClassifier, Path | None]:
+def cached_export(spec: ModelSpec, state_dict: dict, reference: Callable[[], object]
+                  ) -> tuple[OnnxClassifier, Path | None]:
     """An ONNX Runtime classifier of the model: from the cache when this model was exported before,
-    else exported now (seconds), checked against `torch_clf` (the model on PyTorch, CPU) and cached.
+    else exported now (seconds), checked against `reference()` (the model on PyTorch, CPU: built
+    only for an export) and cached.
     Returns it and the cached file (None where the cache cannot be written: then the export lives
     in a temporary folder for the time it takes to load). A DataError when the export disagrees."""
     _need_onnx()
@@ -127,12 +129,12 @@ def cached_export(spec: ModelSpec, state_dict: dict, torch_clf) -> tuple[OnnxCla
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with fileio.atomic_path(path, suffix=".onnx") as staged:
-            _export_checked(spec, state_dict, torch_clf, staged)
+            _export_checked(spec, state_dict, reference(), staged)
         return OnnxClassifier(path), path
     except OSError:  # a read-only or full home: export for this run only
         with tempfile.TemporaryDirectory() as tmp:
             staged = Path(tmp) / ONNX_FILE
-            _export_checked(spec, state_dict, torch_clf, staged)
+            _export_checked(spec, state_dict, reference(), staged)
             return OnnxClassifier(staged), None
 
 

@@ -48,7 +48,15 @@ class _Probabilities(nn.Module):
         return self.model(x).softmax(1)
 
 
+# ONNX Runtime 1.29+ on Linux and macOS starts a telemetry uploader when it is imported: it
+# writes a device id under ~/.cache/Microsoft (a line of warning on stderr where it cannot) and
+# sends usage events to Microsoft. A local tool should not phone home, so it is off unless the
+# user set ORT_DISABLE_TELEMETRY themselves; ONNX Runtime reads it once, when first imported.
+TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
+
+
 def _need_onnx():
+    os.environ.setdefault(TELEMETRY_ENV, "1")
     try:
         import onnx
         import onnxruntime

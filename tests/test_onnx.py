@@ -162,3 +162,23 @@ def test_the_webcam_app_says_which_backend_runs(in_trained, tmp_path, capsys):
     for flag, name in (([], "ONNX Runtime"), (["--backend", "torch"], "PyTorch")):
         assert webcam_main(["--model", "models/best.pt", "--source", str(image), "--no-display", *flag]) == 0
         assert f"on cpu with {name}; source" in capsys.readouterr().out
+
+
+def test_onnx_runtime_sends_no_telemetry_and_writes_no_device_id(tmp_path):
+    """ONNX Runtime 1.29+ starts a telemetry uploader at import and keeps a device id under
+    the user's cache (a warning line where it cannot). Every ONNX use here imports it through
+    `_need_onnx`, which turns that off unless the user chose. A fresh process, a fresh home."""
+    import os
+    import subprocess
+    import sys
+    home, cache = tmp_path / "home", tmp_path / "cache"
+    home.mkdir()
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "XDG_CACHE_HOME": str(cache)}
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    code = "from emovision.onnx_backend import _need_onnx; _need_onnx(); print('imported')"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "imported", done.stderr
+    assert "telemetry" not in done.stderr.lower(), done.stderr
+    written = [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")]
+    assert not [p for p in written if "Microsoft" in p or "onnxruntime" in p], written

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import nms
 
 from emovision.errors import SourceError
 from emovision.framing import OUTSIDE_BORDER, PNET_WINDOW, Framing, smallest_face
@@ -233,7 +232,24 @@ def dim_boxes(small: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    return nms(torch.from_numpy(boxes).float(), torch.from_numpy(scores).float(), iou).numpy()
+    """Greedy non-maximum suppression, as torchvision.ops.nms computes it (float32 boxes
+    [x1, y1, x2, y2], highest score first, ties in input order, a box dropped when its IoU with
+    a kept one exceeds `iou`): the same indices. Here rather than imported because importing
+    torchvision (its models, and through them torch's compiler) cost every start of the app
+    and predict about 2 s, for this one function."""
+    boxes = np.asarray(boxes, np.float32)
+    x1, y1, x2, y2 = boxes.T
+    area = (x2 - x1) * (y2 - y1)
+    order = np.argsort(-np.asarray(scores, np.float32), kind="stable")
+    keep: list[int] = []
+    while order.size:
+        i, rest = order[0], order[1:]
+        keep.append(int(i))
+        w = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), np.float32(0))
+        h = np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), np.float32(0))
+        inter = w * h
+        order = rest[(inter / (area[i] + area[rest] - inter)).astype(np.float64) <= iou]
+    return np.array(keep, np.int64)
 
 
 def _nms_min(boxes: np.ndarray, scores: np.ndarray, overlap: float = NESTED_OVERLAP) -> np.ndarray:

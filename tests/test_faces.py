@@ -824,3 +824,41 @@ def test_probability_panel_hides_no_face():
     faces = [face(0, 0, 200)]
     draw(frame, FrameResult(0, faces), ("happy", "sad"))
     assert (frame[5:195, 5:195] == 200).mean() > 0.9  # the face's pixels are still there, bar the label
+
+
+def test_mtcnns_suppression_keeps_what_torchvisions_nms_keeps():
+    """MTCNN's NMS is ours (importing torchvision for it cost every app start ~2 s): the same
+    indices as torchvision.ops.nms on seeded boxes, with integer boxes (tied overlaps) and
+    rounded scores (tied scores), at the thresholds MTCNN uses and one more."""
+    import torch
+    from torchvision.ops import nms
+
+    from emovision.mtcnn import _nms
+
+    rng = np.random.default_rng(0)
+    for case in range(300):
+        k = int(rng.integers(0, 300))
+        xy, wh = rng.uniform(0, 600, (k, 2)), rng.uniform(1, 150, (k, 2))
+        if case % 3 == 0:
+            xy, wh = np.round(xy), np.round(wh)
+        boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+        scores = rng.uniform(0, 1, k).astype(np.float32)
+        if case % 5 == 0:
+            scores = np.round(scores, 1)
+        for iou in (0.3, 0.5, 0.7):
+            ours = _nms(boxes, scores, iou)
+            assert np.array_equal(ours, nms(torch.from_numpy(boxes), torch.from_numpy(scores), iou).numpy()), (case, iou)
+
+
+def test_the_apps_do_not_import_torchvision():
+    """A fresh process that loads the app, predict, MTCNN and the classifier: torchvision (and
+    torch's compiler, which its models import) stay out, ~2 s of every start."""
+    import subprocess
+    import sys
+
+    code = ("import sys, emovision.webcam, emovision.predict, emovision.inference\n"
+            "from emovision.faces import make_detector\n"
+            "make_detector('mtcnn').detect(__import__('numpy').zeros((120, 160), 'uint8'))\n"
+            "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", (done.stdout, done.stderr[-2000:])

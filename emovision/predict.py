@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.max_faces < 0:
         raise ConfigError(f"--max-faces must be >= 0 (0: all faces), got {args.max_faces}")
-    detector = make_detector(args.detector, args.cascade, args.min_face)
+    # Haar is built in milliseconds, so a bad cascade fails first; MTCNN (torch and its weights,
+    # ~2 s) only once every image has been read.
+    detector = make_detector(args.detector, args.cascade, args.min_face) if args.detector == "haar" else None
     # Every file is read first, so a bad one fails before any output, and a regular file is read
     # again when its turn comes: kept, a thousand 12 MP photos (predict photos/*.jpg) held 12 GB of
     # pixels. A pipe or FIFO (predict <(curl -s URL)) gives its bytes once: those are kept.
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         read_gray(path, data)
         if not isinstance(data, str) and not is_regular_file(path):
             piped[path] = data
+    detector = detector or make_detector(args.detector, args.cascade, args.min_face)
     from emovision.inference import load_classifier
 
     classifier = load_classifier(args.model, args.device, backend=args.backend)

@@ -559,25 +559,28 @@ def summary_line(s: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
-    from emovision.inference import load_classifier
-
-    # The cheap checks first: a bad cascade or an unreadable source fails before the model loads.
-    detector = make_detector(args.detector, args.cascade, args.min_face)
-    with open_source(args.source) as source, torch_threads(args.threads):
+    # The cheap checks first: a bad cascade, an unreadable source or an output that would overwrite
+    # an input fails in a fraction of a second, before torch, MTCNN or the model loads (~2 s).
+    detector = make_detector(args.detector, args.cascade, args.min_face) if args.detector == "haar" else None
+    with open_source(args.source) as source:
         check_outputs_spare_inputs(args, source)
         check_source_fits(args, source)
-        classifier = load_classifier(args.model, args.device, backend=args.backend)
-        print(f"model {args.model} ({classifier.info.get('arch')}, trained on "
-              f"{classifier.info.get('dataset') or 'unknown data'}) on {classifier.device} with "
-              f"{'ONNX Runtime' if classifier.info.get('backend') == 'onnx' else 'PyTorch'}; source {args.source}")
-        if source.stills:  # unrelated images: detect in each, nothing to confirm, track or smooth
-            print("images are independent stills: detecting on every image, no smoothing across them")
-            pipeline = EmotionPipeline(classifier, detector, max_faces=args.max_faces, tta=args.tta, stills=True)
-        else:
-            pipeline = EmotionPipeline(classifier, detector, args.detect_every, args.smooth, args.max_faces, args.tta,
-                                       fps=source.fps)
-        with stop_on_ctrl_c() as stop:
-            summary = run(pipeline, source, RunOptions.from_args(args), stop)
+        detector = detector or make_detector(args.detector, args.cascade, args.min_face)
+        from emovision.inference import load_classifier
+
+        with torch_threads(args.threads):
+            classifier = load_classifier(args.model, args.device, backend=args.backend)
+            print(f"model {args.model} ({classifier.info.get('arch')}, trained on "
+                  f"{classifier.info.get('dataset') or 'unknown data'}) on {classifier.device} with "
+                  f"{'ONNX Runtime' if classifier.info.get('backend') == 'onnx' else 'PyTorch'}; source {args.source}")
+            if source.stills:  # unrelated images: detect in each, nothing to confirm, track or smooth
+                print("images are independent stills: detecting on every image, no smoothing across them")
+                pipeline = EmotionPipeline(classifier, detector, max_faces=args.max_faces, tta=args.tta, stills=True)
+            else:
+                pipeline = EmotionPipeline(classifier, detector, args.detect_every, args.smooth, args.max_faces,
+                                           args.tta, fps=source.fps)
+            with stop_on_ctrl_c() as stop:
+                summary = run(pipeline, source, RunOptions.from_args(args), stop)
     print(summary_line(summary))
     if stop.is_set():  # the outputs are whole files of the frames processed
         kept = [str(p) for p in (args.output, args.log) if p is not None]

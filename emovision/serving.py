@@ -54,7 +54,7 @@ TTA_PARAM = "tta"  # the one inference param: flip TTA, on by default as in the 
 # here: a served model opens no window, and opencv-python's cv2 needs libGL, glib and X11, which
 # MLflow's Docker base (python:3.11-slim) and most servers lack (`ImportError: libGL.so.1`).
 OPENCV_HEADLESS = "opencv-python-headless"
-SERVING_PACKAGES = ("torch", "torchvision", "numpy", "pandas", OPENCV_HEADLESS, "mlflow")
+SERVING_PACKAGES = ("torch", "numpy", "pandas", OPENCV_HEADLESS, "mlflow")
 OPENCV_WHEELS = ("opencv-python", OPENCV_HEADLESS, "opencv-contrib-python", "opencv-contrib-python-headless")
 MLFLOW_REQUIREMENT_CHECK = "mlflow.utils.requirements_utils"  # the logger of MLflow's "mismatches" warning
 
@@ -118,8 +118,9 @@ def _package_copy(folder: Path) -> Path:
 
 
 def _requirements() -> list[str]:
-    """What the model needs at serve time, pinned to this environment's versions
-    (torchvision: MTCNN's non-maximum suppression, for whole images)."""
+    """What the model needs at serve time, pinned to this environment's versions (torchvision is
+    not among them since MTCNN does its own non-maximum suppression; versions logged before
+    still list it)."""
     from importlib.metadata import PackageNotFoundError, version
 
     import cv2

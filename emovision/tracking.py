@@ -655,6 +655,8 @@ def download_model(ref: str) -> Path:
     import mlflow
 
     m = _MODELS_URI.match(ref)
+    if ref.startswith("runs:/") and not ref[len("runs:/"):].split("/")[0]:
+        raise ModelRefError(f"malformed model URI {ref!r}; use runs:/RUN_ID/model")
     if ref.startswith("models:/") and not m:
         raise ModelRefError(f"malformed model URI {ref!r}; use models:/NAME/STAGE, models:/NAME@ALIAS "
                             f"or models:/NAME/VERSION")
@@ -669,6 +671,10 @@ def download_model(ref: str) -> Path:
         first = (str(err).splitlines() or [type(err).__name__])[0].rstrip(". ")
         if m and m["alias"] and isinstance(err, mlflow.exceptions.MlflowException) and _registered(client, m["name"]):
             first = f"'{m['name']}' has no alias '{m['alias']}'"  # MLflow says the model itself is not found
+        elif m and not m["stage"] and not m["alias"] and _registered(client, m["name"]):
+            # MLflow 3 reads models:/X as a logged model's id: "Logged model with ID 'fer' not found"
+            first = (f"a registered model needs a version, stage or alias after its name (models:/{m['name']}/1, "
+                     f"models:/{m['name']}/Production, models:/{m['name']}@champion)")
         if m and isinstance(err, mlflow.exceptions.MlflowException):
             raise ModelRefError(f"cannot load {ref}: {first}. {_registry_hint(m['name'], client)}") from None
         raise ModelRefError(f"cannot load {ref}: {first}") from None

@@ -8,7 +8,7 @@ from pathlib import Path
 from emovision import fileio
 from emovision.config import Params
 from emovision.data import CLASSES, SPLITS
-from emovision.data.fer2013 import Splits, find_fer2013, read_fer2013
+from emovision.data.fer2013 import Splits, find_fer2013, misplaced_fer2013, read_fer2013
 from emovision.data.prepared import check_replaceable, class_counts, write_prepared
 from emovision.data.synthetic import generate_synthetic
 
@@ -72,7 +72,11 @@ def check_every_class_trains(splits: Splits, path: Path, layout: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     _, params = parse(parser, argv)
-    if params.data.source == "fer2013" and not find_fer2013(Path(params.data.raw_dir)):
+    raw_dir = Path(params.data.raw_dir)
+    misplaced = misplaced_fer2013(raw_dir) if params.data.source != "synthetic" and not find_fer2013(raw_dir) else None
+    if misplaced:  # auto would prepare the demo set, saying there is no FER2013
+        raise DataError(f"{misplaced}; or set data.source: synthetic for the demo set")
+    if params.data.source == "fer2013" and not find_fer2013(raw_dir):
         raise DataError(
             f"data.source is fer2013 but no dataset is in {params.data.raw_dir}/: put fer2013.csv there "
             f"or unpack the image folders with `mkdir -p {params.data.raw_dir}/fer2013 && tar -xJf "

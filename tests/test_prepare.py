@@ -210,6 +210,31 @@ def test_auto_without_data_builds_the_demo_set(tmp_path):
     assert all(meta["counts"][s][c] > 0 for s in ("train", "val", "test") for c in CLASSES)
 
 
+@pytest.mark.parametrize("misplace, says", [
+    (lambda raw: shutil.rmtree(raw / "fer2013" / "test"), "fer2013/train/ is there but not its test/"),
+    (lambda raw: (raw / "fer2013").rename(raw / "archive"), "archive/ holds FER2013's train/ and test/ one level "
+                                                             "too deep"),
+    (lambda raw: (raw / "fer2013").rename(raw / "x") and (raw / "fer2013").mkdir()
+     or (raw / "x").rename(raw / "fer2013" / "fer2013"), "fer2013/fer2013/ holds FER2013's"),
+    (lambda raw: shutil.rmtree(raw / "fer2013") or write_csv(tiny_splits(1), raw / "icml_face_data.csv"),
+     "icml_face_data.csv is a CSV but not fer2013.csv"),
+    (lambda raw: shutil.rmtree(raw / "fer2013") or (raw / "fer2013-images.tar.xz").write_bytes(b"xz"),
+     "fer2013-images.tar.xz is an archive: unpack it"),
+])
+def test_fer2013_put_where_it_is_not_read_is_named_not_replaced_by_the_demo_set(tmp_path, capsys, misplace, says):
+    """`data.source: auto` took a half-unpacked FER2013 (train/ alone), one unpacked a folder too deep,
+    a CSV of another name or an archive not unpacked for no FER2013, and prepared the demo set
+    under a banner saying `no FER2013 in data/raw/`."""
+    raw = tmp_path / "raw"
+    write_folder_layout(raw / "fer2013", tiny_splits(1))
+    misplace(raw)
+    for source in ("auto", "fer2013"):
+        assert run_prepare(tmp_path, raw, source=source) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and says in err and err.startswith(f"error: {raw}/"), err
+        assert not (tmp_path / "prepared").exists()
+
+
 def test_real_fer2013_counts(tmp_path, fer2013_prepared):
     meta = load_meta(fer2013_prepared)
     for split, counts in FER_COUNTS.items():

@@ -51,6 +51,35 @@ def find_fer2013(raw_dir: Path) -> tuple[str, Path] | None:
     return None
 
 
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".7z", ".rar")
+
+
+def misplaced_fer2013(raw_dir: Path) -> str | None:
+    """Why raw_dir holds what looks like FER2013 that `find_fer2013` does not read (half of the
+    folder layout, the layout one folder too deep, a CSV of another name, an archive not
+    unpacked), or None. Without it `data.source: auto` prepared the demo set in silence."""
+    for base in (raw_dir, raw_dir / "fer2013"):
+        if not base.is_dir():
+            continue
+        halves = [name for name in ("train", "test") if (base / name).is_dir()]
+        if len(halves) == 1:
+            other = "test" if halves == ["train"] else "train"
+            return f"{base / halves[0]}/ is there but not its {other}/ (FER2013's folder layout needs both)"
+        for child in sorted(base.iterdir()):
+            if child.name.startswith(".") or child.name in ("train", "test"):
+                continue
+            if child.is_dir() and child != raw_dir / "fer2013" and (
+                    (child / CSV_NAME).is_file() or ((child / "train").is_dir() and (child / "test").is_dir())):
+                what = CSV_NAME if (child / CSV_NAME).is_file() else "train/ and test/"
+                return f"{child}/ holds FER2013's {what} one level too deep: move {what} into {raw_dir / 'fer2013'}/"
+            if child.is_file() and child.suffix.lower() == ".csv":
+                return f"{child} is a CSV but not {CSV_NAME}: rename it if it holds {','.join(CSV_COLUMNS)} rows"
+            if child.is_file() and child.name.lower().endswith(ARCHIVE_SUFFIXES):
+                return (f"{child} is an archive: unpack it into {raw_dir / 'fer2013'}/ (train/ and test/ "
+                        f"folders, or {CSV_NAME})")
+    return None
+
+
 def read_fer2013(raw_dir: Path, on_bad_row: str = "error") -> ReadResult:
     found = find_fer2013(raw_dir)
     if found is None:

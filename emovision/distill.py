@@ -28,8 +28,8 @@ import torch
 
 from emovision import fileio, scoring
 from emovision.data.prepared import DIGEST_CHARS, split_digest
-from emovision.errors import DataError
-from emovision.inference import load_classifier
+from emovision.errors import DataError, EmovisionError
+from emovision.inference import EmotionClassifier, load_classifier
 
 if TYPE_CHECKING:
     from emovision.config import Params
@@ -64,6 +64,14 @@ def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:DIGEST_CHARS]
 
 
+def load_teacher(ref: str, device: str = "auto") -> EmotionClassifier:
+    """The teacher `ref` names, or its loading error with the param named: `distill.teachers 'REF': ...`."""
+    try:
+        return load_classifier(ref, device)
+    except EmovisionError as err:
+        raise type(err)(f"distill.teachers {ref!r}: {err}") from None
+
+
 def teacher_probs(teachers: Sequence[str], x: np.ndarray, y: np.ndarray, classes: Sequence[str],
                   device: str = "auto", gpu_batch: int = scoring.DEFAULT_BATCH) -> TeacherCache:
     """Mean softmax probabilities of `teachers` for every view of the train split's uint8 faces
@@ -72,14 +80,19 @@ def teacher_probs(teachers: Sequence[str], x: np.ndarray, y: np.ndarray, classes
     the CPU (`scoring.batch_size_for`)."""
     if not teachers:
         raise ValueError("teacher_probs needs at least one teacher")
+    # Every teacher is loaded and checked before any scores: a bad last one was found only
+    # after the others had scored the whole train split (minutes each on FER2013).
+    classifiers = []
+    for ref in teachers:
+        clf = load_teacher(ref, device)
+        if tuple(clf.classes) != tuple(classes):
+            raise DataError(f"distill.teachers {ref!r} predicts classes {', '.join(clf.classes)}, but the prepared "
+                            f"data has {', '.join(classes)}: a teacher must share the data's class order")
+        classifiers.append(clf)
     total = np.zeros((len(VIEWS), len(x), len(classes)), np.float64)
     digests = []
     views = {"identity": x, "hflip": np.ascontiguousarray(x[:, :, ::-1])}
-    for ref in teachers:
-        clf = load_classifier(ref, device)
-        if tuple(clf.classes) != tuple(classes):
-            raise DataError(f"teacher {ref!r} predicts classes {', '.join(clf.classes)}, but the prepared "
-                            f"data has {', '.join(classes)}: a teacher must share the data's class order")
+    for ref, clf in zip(teachers, classifiers):
         digests.append(weights_digest(clf.model.state_dict()))
         for i, view in enumerate(VIEWS):
             total[i] += clf.predict_proba(views[view], tta=False,
@@ -123,7 +136,7 @@ def check_cache(path: str | Path, cache: TeacherCache, teachers: Sequence[str], 
     if not np.isfinite(cache.probs).all():
         raise DataError(f"{path} holds non-finite probabilities; {REDO}")
     for ref, digest in zip(cache.teachers, cache.digests):
-        now = weights_digest(load_classifier(ref, device).model.state_dict())
+        now = weights_digest(load_teacher(ref, device).model.state_dict())
         if now != digest:
             raise DataError(f"{path}: teacher {ref!r} now has other weights ({now}, the file was computed "
                             f"with {digest}); {REDO}")

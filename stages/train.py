@@ -95,10 +95,11 @@ def unexported_run(params: Params, models_dir: Path, inputs: dict[str, str]) -> 
     return None if _changed(params, saved, inputs) else info
 
 
-def initial_weights(params: Params, meta: dict) -> tuple[dict | None, dict]:
+def initial_weights(params: Params, meta: dict, written: Params | None = None) -> tuple[dict | None, dict]:
     """The state dict `train.init` names (None for random weights) and what to log about it;
     it must be a model of this very architecture, width, classes and preprocessing (dropout
-    may differ: it has no weights), and its weights must load into it (the one build)."""
+    may differ: it has no weights), and its weights must load into it (the one build).
+    `written` are the params before the demo set's caps, so a refusal can say what capped them."""
     ref = params.train.init
     if not ref:
         return None, {}
@@ -118,7 +119,9 @@ def initial_weights(params: Params, meta: dict) -> tuple[dict | None, dict]:
                                ("classes", tuple(spec.classes), tuple(wanted.classes)),
                                ("preprocessing", spec.preprocess, wanted.preprocess)):
         if theirs != ours:
-            raise ConfigError(f"{where} has {what} {theirs}, but params.yaml trains {ours}: "
+            capped = (f" (demo.width {params.demo.width} caps model.width {written.model.width} on the demo set)"
+                      if written is not None and written.model.width != params.model.width else "")
+            raise ConfigError(f"{where} has {what} {theirs}, but this training builds {ours}{capped}: "
                               f"training can start only from a model of the same shape")
     state_dict = artifact.build(spec, stored, where).state_dict()  # float32, wrapper prefixes gone
     digest = distill.weights_digest(state_dict)  # as distill hashes a teacher: the built model's
@@ -144,7 +147,7 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
             off += ", augment.app_view off (the app's detector is not made for drawn faces)"
         print(f"demo set: train.epochs {params.train.epochs} -> {capped.train.epochs}, model.width "
               f"{params.model.width} -> {capped.model.width}{off} (the demo section's caps; FER2013 is not capped)")
-    params = capped
+    written, params = params, capped
     # Everything is checked before anything is deleted or a run starts: the architecture
     # builds with these arguments and the outputs can be written where params say.
     probe = create_model(params.model.name, num_classes=len(meta["classes"]), **params.model.kwargs())
@@ -155,7 +158,7 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
     from emovision.distill import soft_targets
 
     soft, distill_info = soft_targets(params, meta, train_set.x.device)
-    init, init_info = initial_weights(params, meta)
+    init, init_info = initial_weights(params, meta, written)
     print(f"training {params.model.name} on {meta['source']} ({len(train_set):,} train / "
           f"{len(val_set):,} val) on {train_set.x.device}")
 

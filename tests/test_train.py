@@ -238,6 +238,18 @@ def test_a_bad_train_init_is_refused_before_anything_is_touched(project, capsys,
     assert experiment is None or not mlflow.MlflowClient().search_runs([experiment.experiment_id])
 
 
+def test_a_train_init_the_demo_cap_makes_another_shape_says_so(project, capsys):
+    """With demo.init, the shipped w48 model was refused on the demo set as `params.yaml trains
+    {'width': 32, ...}`, while params.yaml said 48: demo.width had capped it, unsaid."""
+    write_params(project / "params.yaml", {"train": {"init": "pretrained"}, "model": {"width": 48},
+                                           "demo": {"init": True, "width": 32}})
+    capsys.readouterr()
+    assert train_main(["--params", "params.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "params.yaml trains" not in err, err
+    assert "this training builds {'width': 32" in err and "demo.width 32 caps model.width 48" in err, err
+
+
 def _snapshot(folder):
     """The folder's files, less the hidden temporaries of a save in progress (.last.pt.*.partial)."""
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}

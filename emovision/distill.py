@@ -1,8 +1,9 @@
 """Teacher outputs for distillation: computed once, cached in one small file, checked on use.
 
-The teachers (any model references `load_classifier` accepts) score every Training image in
-a fixed set of views through the one prediction path (`EmotionClassifier.predict_proba`,
-i.e. `emovision.scoring`), and their softmax probabilities are averaged over teachers:
+The teachers (any PyTorch model reference `load_classifier` accepts; not an .onnx export)
+score every Training image in a fixed set of views through the one prediction path
+(`EmotionClassifier.predict_proba`, i.e. `emovision.scoring`), and their softmax
+probabilities are averaged over teachers:
 
     probs.npz   probs      float16 (V, N, C)  mean teacher probabilities per view and image
                 views      str (V,)           "identity", "hflip" (index 1 = mirrored image)
@@ -28,8 +29,9 @@ import torch
 
 from emovision import fileio, scoring
 from emovision.data.prepared import DIGEST_CHARS, split_digest
+from emovision.device import resolve_device
 from emovision.errors import DataError, EmovisionError
-from emovision.inference import EmotionClassifier, load_classifier
+from emovision.inference import EmotionClassifier, from_spec, load_artifact
 
 if TYPE_CHECKING:
     from emovision.config import Params
@@ -66,8 +68,8 @@ def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
 
 def load_teacher(ref: str, device: str = "auto") -> EmotionClassifier:
     """The teacher `ref` names, or its loading error with the param named: `distill.teachers 'REF': ...`."""
-    try:
-        return load_classifier(ref, device)
+    try:  # the PyTorch model even for an .onnx name: its weights are what the cache hashes
+        return from_spec(*load_artifact(ref), resolve_device(device), ref)
     except EmovisionError as err:
         raise type(err)(f"distill.teachers {ref!r}: {err}") from None
 

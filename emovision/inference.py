@@ -141,6 +141,9 @@ def load_artifact(ref: str) -> tuple[ModelSpec, dict]:
         from emovision import tracking
 
         return artifact.load_model_dir(tracking.download_model(ref))
+    if ref.endswith(".onnx"):  # a graph for ONNX Runtime: training and teacher hashes need the weights
+        raise ModelRefError(f"{ref}: an ONNX export, with no PyTorch weights to build the model from; name the "
+                            f"checkpoint or model folder it was exported from")
     if not Path(ref).exists():
         raise ModelRefError(f"model {ref!r} not found: pass {MODEL_REFS}")
     return artifact.load(ref)

@@ -15,6 +15,7 @@ from emovision import artifact, distill
 from emovision.config import Params
 from emovision.data.prepared import DIGEST_CHARS, load_split, split_digest
 from emovision.inference import load_classifier
+from emovision.onnx_backend import export_onnx
 from emovision.scoring import predict_proba
 from emovision.training import SoftTargets, SplitTensors, fit, load_train_val, preprocess_config
 from stages.prepare import main as prepare_main
@@ -181,11 +182,13 @@ def test_every_teacher_is_checked_before_any_teacher_runs(in_tmp, capsys):
     scored the whole train split (2 x 28,709 faces on FER2013), in a line naming no param."""
     spec, weights = artifact.load_model_dir(artifact.WEIGHTS_DIR)
     artifact.save_model_dir(in_tmp / "reordered", dataclasses.replace(spec, classes=spec.classes[::-1]), weights)
+    export_onnx(spec, weights, in_tmp / "fer.onnx")  # an export has no weights to hash: a traceback before
     write_params(in_tmp / "params.yaml", {**DEMO_DISTILLS, "distill": {"teachers": ["pretrained"]}})
     assert prepare_main(["--params", "params.yaml"]) == 0
     capsys.readouterr()
     for bad, says in (("models/nope.pt", "distill.teachers 'models/nope.pt': model 'models/nope.pt' not found"),
-                      ("reordered", "distill.teachers 'reordered' predicts classes neutral, surprise")):
+                      ("reordered", "distill.teachers 'reordered' predicts classes neutral, surprise"),
+                      ("fer.onnx", "distill.teachers 'fer.onnx': fer.onnx: an ONNX export, with no PyTorch weights")):
         write_params(in_tmp / "params.yaml", {**DEMO_DISTILLS, "distill": {"teachers": ["pretrained", bad]}})
         assert teach_main(["--params", "params.yaml"]) == 2
         out, err = capsys.readouterr()

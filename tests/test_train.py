@@ -18,6 +18,7 @@ import torch
 from emovision import artifact
 from emovision.artifact import read_checkpoint as load_checkpoint
 from emovision.inference import load_classifier
+from emovision.onnx_backend import export_onnx
 from stages.prepare import main as prepare_main
 from stages.train import main as train_main
 from tests.conftest import REPO, write_params
@@ -224,10 +225,13 @@ def test_training_starts_from_train_init(project, capsys):
     ("nosuch.pt", "model 'nosuch.pt' not found"),
     ("pretrained", "has model args {'width': 48"),  # the shipped w48 into the tiny w8
     ("params.yaml", "train.init 'params.yaml'"),  # not a model at all
+    ("fer.onnx", "fer.onnx: an ONNX export, with no PyTorch weights"),  # was: 'an exported ONNX model loads from a .onnx name'
 ])
 def test_a_bad_train_init_is_refused_before_anything_is_touched(project, capsys, init, expected):
     (project / "models").mkdir()
     (project / "models" / "best.pt").write_bytes(b"the previous model")
+    if init == "fer.onnx":
+        export_onnx(*artifact.load_model_dir(artifact.WEIGHTS_DIR), project / init)
     write_params(project / "params.yaml", {"train": {"init": init}, "demo": {"init": True}})
     capsys.readouterr()
     assert train_main(["--params", "params.yaml"]) == 2

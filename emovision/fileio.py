@@ -384,6 +384,17 @@ def npz_with(path: str | Path, keys: tuple[str, ...]) -> bool:
         return False
 
 
+ZIP_MAGIC = b"PK"  # every .npz is a zip file
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
+
+
 def check_replaceable_file(path: str | Path, key: str, keys: tuple[str, ...], example: str) -> None:
     """The param `key` names `path`, an .npz of `keys` that a stage replaces: it must be writable
     and new, or an earlier output of ours. Outputs persist in DVC (it no longer deletes them
@@ -393,8 +404,11 @@ def check_replaceable_file(path: str | Path, key: str, keys: tuple[str, ...], ex
     if why:
         raise ConfigError(f"{key} {path} cannot be written ({why}): name a new file ({example})")
     if path.exists() and not npz_with(path, keys):
+        # a zip that is no npz of ours may be one of ours cut short (a full disk, a partial copy),
+        # which the reader tells the user to delete: say that here too, or each points to the other
+        damaged = ", or delete it if it is a damaged output of this stage" if _starts_with(path, ZIP_MAGIC) else ""
         raise ConfigError(f"{key} {path} is a file this project did not write (not an .npz of "
-                          f"{', '.join(keys)}); the stage would overwrite it: name a new file ({example})")
+                          f"{', '.join(keys)}); the stage would overwrite it: name a new file ({example}){damaged}")
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -433,4 +447,4 @@ def read_npz(path: str | Path, keys: tuple[str, ...], what: str, redo: str) -> d
     except DataError:
         raise
     except Exception as err:  # a truncated or foreign file: zipfile, numpy and OS errors alike
-        raise DataError(f"{path}: unreadable {what} ({type(err).__name__}); {redo}") from None
+        raise DataError(f"{path}: unreadable {what} ({type(err).__name__}): delete it, then {redo}") from None

@@ -155,6 +155,22 @@ def test_a_stale_cache_is_refused_before_anything_is_touched(taught, capsys):
     assert (taught / "models" / "best.pt").read_bytes() == b"the previous model"
 
 
+def test_a_damaged_teacher_file_says_how_to_get_past_it(taught, capsys):
+    """A truncated probs.npz (a full disk, a partial copy) sent train's user to teach ('run
+    `python -m stages.teach` ... to recompute it'), and teach refused to replace it ('a file
+    this project did not write ... name a new file'): each sent the user to the other."""
+    probs = taught / PROBS
+    probs.write_bytes(probs.read_bytes()[: probs.stat().st_size // 2])
+    _refused(capsys, "unreadable teacher probabilities file (BadZipFile): delete it, then run",
+             "python -m stages.teach")
+    assert teach_main(["--params", "params.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "is a file this project did not write" in err, err
+    assert "or delete it if it is a damaged output of this stage" in err, err
+    probs.unlink()  # as both lines say
+    assert teach_main(["--params", "params.yaml"]) == 0
+
+
 @pytest.mark.parametrize("distill_params, expected", [
     ({"alpha": 0.5}, "distill.alpha must be 0 while distill.teachers is empty"),
     ({"teachers": ["pretrained"], "alpha": 1.5}, "distill.alpha must be in [0, 1]"),

@@ -158,6 +158,8 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
     from emovision.distill import soft_targets
 
     soft, distill_info = soft_targets(params, meta, train_set.x.device)
+    if soft is not None:  # params.yaml's defaults distil on FER2013: say so, not only in MLflow
+        print(f"distilling from {distill_info['distill']} ({params.distill.probs})")
     init, init_info = initial_weights(params, meta, written)
     print(f"training {params.model.name} on {meta['source']} ({len(train_set):,} train / "
           f"{len(val_set):,} val) on {train_set.x.device}")

@@ -112,8 +112,10 @@ def test_no_teachers_writes_an_empty_marker(in_tmp):
     assert cache.teachers == () and cache.probs.size == 0 and (in_tmp / PROBS).stat().st_size < 2000
 
 
-def test_train_distils_and_logs_the_teachers(taught):
+def test_train_distils_and_logs_the_teachers(taught, capsys):
     assert train_main(["--params", "params.yaml"]) == 0
+    # said where a user sees it: a FER2013 training with params.yaml's defaults distils, unsaid before
+    assert f"distilling from 1 teacher(s), alpha 0.5, T 4 ({PROBS})" in capsys.readouterr().out
     info = json.loads((taught / "models" / "run.json").read_text())
     run = mlflow.MlflowClient().get_run(info["run_id"])
     assert run.data.tags["distill"] == "1 teacher(s), alpha 0.5, T 4"

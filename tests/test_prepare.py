@@ -220,6 +220,8 @@ def test_auto_without_data_builds_the_demo_set(tmp_path):
      "icml_face_data.csv is a CSV but not fer2013.csv"),
     (lambda raw: shutil.rmtree(raw / "fer2013") or (raw / "fer2013-images.tar.xz").write_bytes(b"xz"),
      "fer2013-images.tar.xz is an archive: unpack it"),
+    (lambda raw: [(raw / "fer2013" / d).rename(raw / "fer2013" / d.upper()) for d in ("train", "test")],
+     "fer2013/TEST/ is named in another case: FER2013's folders are train/ and test/, lower case"),
 ])
 def test_fer2013_put_where_it_is_not_read_is_named_not_replaced_by_the_demo_set(tmp_path, capsys, misplace, says):
     """`data.source: auto` took a half-unpacked FER2013 (train/ alone), one unpacked a folder too deep,

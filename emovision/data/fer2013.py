@@ -68,6 +68,8 @@ def misplaced_fer2013(raw_dir: Path) -> str | None:
         for child in sorted(base.iterdir()):
             if child.name.startswith(".") or child.name in ("train", "test"):
                 continue
+            if child.is_dir() and child.name.lower() in ("train", "test"):  # class folders may be any case; these not
+                return f"{child}/ is named in another case: FER2013's folders are train/ and test/, lower case"
             if child.is_dir() and child != raw_dir / "fer2013" and (
                     (child / CSV_NAME).is_file() or ((child / "train").is_dir() and (child / "test").is_dir())):
                 what = CSV_NAME if (child / CSV_NAME).is_file() else "train/ and test/"

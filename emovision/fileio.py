@@ -385,6 +385,7 @@ def npz_with(path: str | Path, keys: tuple[str, ...]) -> bool:
 
 
 ZIP_MAGIC = b"PK"  # every .npz is a zip file
+DAMAGED = "delete it, then "  # read_npz's advice for a file it cannot read, before the caller's redo
 
 
 def _starts_with(path: Path, magic: bytes) -> bool:
@@ -447,4 +448,4 @@ def read_npz(path: str | Path, keys: tuple[str, ...], what: str, redo: str) -> d
     except DataError:
         raise
     except Exception as err:  # a truncated or foreign file: zipfile, numpy and OS errors alike
-        raise DataError(f"{path}: unreadable {what} ({type(err).__name__}): delete it, then {redo}") from None
+        raise DataError(f"{path}: unreadable {what} ({type(err).__name__}): {DAMAGED}{redo}") from None

@@ -63,8 +63,9 @@ def reusable(path: str, teachers, x: np.ndarray, y: np.ndarray, classes, device:
     try:
         cache = distill.read_cache(path)
         distill.check_cache(path, cache, teachers, classes, split_digest(x, y), len(x), device)
-    except DataError as err:
-        print(f"not reusing {str(err).removesuffix('; ' + distill.REDO)}: running the teachers")
+    except DataError as err:  # its advice is for distill.probs (recompute, delete), not for this file
+        why = str(err).removesuffix("; " + distill.REDO).removesuffix(": " + fileio.DAMAGED + distill.REDO)
+        print(f"not reusing {why}: running the teachers")
         return None
     print(f"reusing {path}: the same teachers, weights and train split (no teacher forward pass)")
     return cache

@@ -68,6 +68,11 @@ def test_teach_reuses_committed_outputs_only_when_they_match(taught, capsys):
     out = capsys.readouterr().out
     assert "not reusing committed.npz holds the outputs of teachers ['other']" in out and "stages.teach" not in out
     np.testing.assert_array_equal(distill.read_cache(taught / PROBS).probs, made.probs)
+    # damaged: not reused, and no advice meant for distill.probs (to delete the committed file)
+    (taught / "committed.npz").write_bytes((taught / PROBS).read_bytes()[:1000])
+    assert teach_main(["--params", "params.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "not reusing committed.npz: unreadable teacher probabilities file (BadZipFile): running the teachers" in out
 
 
 COMMITTED_OUTPUTS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "teachers").glob("*.npz"))

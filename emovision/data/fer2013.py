@@ -21,12 +21,11 @@ from emovision import progress
 from emovision.data import CLASSES, IMAGE_SIZE, SPLITS, USAGE_TO_SPLIT
 from emovision.device import usable_cpus
 from emovision.errors import DataError
-from emovision.images import read_image
+from emovision.images import IMAGE_EXTENSIONS, read_image  # the one reader's formats: a face in any is read
 
 CSV_NAME = "fer2013.csv"
 CSV_COLUMNS = ("emotion", "pixels", "Usage")
 N_PIXELS = IMAGE_SIZE * IMAGE_SIZE
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm")
 # Folder-layout file-name prefixes carry the original Usage of fer2013.csv.
 PREFIX_TO_SPLIT = {f"{usage}_": split for usage, split in USAGE_TO_SPLIT.items()}
 

@@ -84,22 +84,25 @@ def teacher_probs(teachers: Sequence[str], x: np.ndarray, y: np.ndarray, classes
         raise ValueError("teacher_probs needs at least one teacher")
     # Every teacher is loaded and checked before any scores: a bad last one was found only
     # after the others had scored the whole train split (minutes each on FER2013).
-    classifiers = []
+    classifiers, digests = [], []
     for ref in teachers:
         clf = load_teacher(ref, device)
         if tuple(clf.classes) != tuple(classes):
             raise DataError(f"distill.teachers {ref!r} predicts classes {', '.join(clf.classes)}, but the prepared "
                             f"data has {', '.join(classes)}: a teacher must share the data's class order")
+        digest = weights_digest(clf.model.state_dict())
+        if digest in digests:  # one model under two names (a path with a slash, a copy) would count twice
+            raise DataError(f"distill.teachers {ref!r} has the weights of {teachers[digests.index(digest)]!r} "
+                            f"({digest}): name each teacher once")
         classifiers.append(clf)
+        digests.append(digest)
     total = np.zeros((len(VIEWS), len(x), len(classes)), np.float64)
-    digests = []
     views = {"identity": x, "hflip": np.ascontiguousarray(x[:, :, ::-1])}
-    for ref, clf in zip(teachers, classifiers):
-        digests.append(weights_digest(clf.model.state_dict()))
+    for ref, clf, digest in zip(teachers, classifiers, digests):
         for i, view in enumerate(VIEWS):
             total[i] += clf.predict_proba(views[view], tta=False,
                                           batch_size=scoring.batch_size_for(clf.device, gpu_batch=gpu_batch))
-        print(f"teacher {ref}: weights {digests[-1]}, {len(x):,} images x {len(VIEWS)} views", flush=True)
+        print(f"teacher {ref}: weights {digest}, {len(x):,} images x {len(VIEWS)} views", flush=True)
     return TeacherCache(probs=(total / len(teachers)).astype(PROBS_DTYPE), views=VIEWS,
                         teachers=tuple(teachers), digests=tuple(digests), classes=tuple(classes),
                         train=split_digest(x, y))

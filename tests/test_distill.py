@@ -206,12 +206,14 @@ def test_every_teacher_is_checked_before_any_teacher_runs(in_tmp, capsys):
     spec, weights = artifact.load_model_dir(artifact.WEIGHTS_DIR)
     artifact.save_model_dir(in_tmp / "reordered", dataclasses.replace(spec, classes=spec.classes[::-1]), weights)
     export_onnx(spec, weights, in_tmp / "fer.onnx")  # an export has no weights to hash: a traceback before
+    artifact.save_model_dir(in_tmp / "same", spec, weights)  # the shipped model under another name
     write_params(in_tmp / "params.yaml", {**DEMO_DISTILLS, "distill": {"teachers": ["pretrained"]}})
     assert prepare_main(["--params", "params.yaml"]) == 0
     capsys.readouterr()
     for bad, says in (("models/nope.pt", "distill.teachers 'models/nope.pt': model 'models/nope.pt' not found"),
                       ("reordered", "distill.teachers 'reordered' predicts classes neutral, surprise"),
-                      ("fer.onnx", "distill.teachers 'fer.onnx': fer.onnx: an ONNX export, with no PyTorch weights")):
+                      ("fer.onnx", "distill.teachers 'fer.onnx': fer.onnx: an ONNX export, with no PyTorch weights"),
+                      ("same", "distill.teachers 'same' has the weights of 'pretrained'")):  # counted twice before
         write_params(in_tmp / "params.yaml", {**DEMO_DISTILLS, "distill": {"teachers": ["pretrained", bad]}})
         assert teach_main(["--params", "params.yaml"]) == 2
         out, err = capsys.readouterr()

@@ -68,7 +68,9 @@ def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
 
 def load_teacher(ref: str, device: str = "auto") -> EmotionClassifier:
     """The teacher `ref` names, or its loading error with the param named: `distill.teachers 'REF': ...`."""
-    try:  # the PyTorch model even for an .onnx name: its weights are what the cache hashes
+    # Not load_classifier: it runs an .onnx file on ONNX Runtime, which has no weights for the cache
+    # to hash; load_artifact refuses one in a line, here naming the param.
+    try:
         return from_spec(*load_artifact(ref), resolve_device(device), ref)
     except EmovisionError as err:
         raise type(err)(f"distill.teachers {ref!r}: {err}") from None

@@ -110,6 +110,7 @@ GOOD_PIXELS = " ".join(["7"] * 2304)
 
 @pytest.mark.parametrize("body, message", [
     ("emotion,pix,Usage\n0,1,Training\n", "missing column(s) pixels"),
+    (f"emotion,pixels,Usage, Usage\n0,{GOOD_PIXELS},Training,Training\n", "column(s) Usage appear twice"),
     (CSV_HEADER + f"0,{GOOD_PIXELS},Training\n3,1 2 3,Training\n", "line 3: pixels has 3 values, expected 2304"),
     (CSV_HEADER + f"0,{' '.join(['7'] * 2303)} x,Training\n", "line 2: pixels has a non-integer value 'x'"),
     (CSV_HEADER + f"0,{' '.join(['7'] * 2303)} 300,Training\n", "line 2: pixels has a value outside 0..255 (300)"),
@@ -130,6 +131,32 @@ def test_bad_csv_exits_2_naming_the_problem(tmp_path, capsys, body, message):
     # nothing half-written: the previous output is untouched, no temp folders remain
     assert (tmp_path / "prepared" / "meta.json").read_text() == "previous output"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "prepared", "raw"]
+
+
+def test_kaggle_icml_header_with_spaces_and_padded_usage_are_read(tmp_path, capsys):
+    """The Kaggle challenge download (icml_face_data.csv) has the header `emotion, Usage, pixels`:
+    saved as fer2013.csv it was refused ('missing column(s) pixels, Usage'). Names and Usage
+    values count without surrounding whitespace; another Usage is still refused by row and value."""
+    splits = tiny_splits()
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    usage = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
+    rows = ["emotion, Usage, pixels"]
+    for split, (x, y) in splits.items():
+        for i, (img, label) in enumerate(zip(x, y)):
+            padded = f"{usage[split]} " if i % 2 else f" {usage[split]}"
+            rows.append(f"{label},{padded},{' '.join(map(str, img.ravel()))}")
+    (raw / "fer2013.csv").write_text("\n".join(rows) + "\n")
+    assert run_prepare(tmp_path, raw) == 0
+    for split in ("train", "val", "test"):
+        x, y = load_split(tmp_path / "prepared", split)
+        np.testing.assert_array_equal(x, splits[split][0])
+        np.testing.assert_array_equal(y, splits[split][1])
+    with open(raw / "fer2013.csv", "a") as f:
+        f.write(f"1, Validation ,{GOOD_PIXELS}\n")
+    assert run_prepare(tmp_path, raw) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fer2013.csv line 44: unknown Usage ' Validation '" in err
 
 
 @pytest.mark.parametrize("folder, says", [("raw", "prepare replaces that whole folder"),

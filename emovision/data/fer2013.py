@@ -122,6 +122,14 @@ def read_csv(path: Path, on_bad_row: str = "error") -> ReadResult:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise DataError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
+    # Kaggle's challenge download (icml_face_data.csv) writes `emotion, Usage, pixels`: the same
+    # columns with a space after each comma, so names count without surrounding whitespace.
+    names = [str(c).strip() for c in df.columns]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DataError(f"{path}: column(s) {', '.join(twice)} appear twice in the header "
+                        f"({','.join(map(str, df.columns))}); expected each of {','.join(CSV_COLUMNS)} once")
+    df.columns = names
     missing = [c for c in CSV_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(
@@ -141,7 +149,8 @@ def read_csv(path: Path, on_bad_row: str = "error") -> ReadResult:
         if label is None:
             _bad(skipped, on_bad_row, where, f"emotion {emotion!r} is not a label 0..{len(CLASSES) - 1}")
             continue
-        if usage not in USAGE_TO_SPLIT:
+        split = USAGE_TO_SPLIT.get(usage.strip())  # `Training ` or ` PublicTest` (padded columns) too
+        if split is None:
             _bad(skipped, on_bad_row, where,
                  f"unknown Usage {usage!r} (expected {', '.join(USAGE_TO_SPLIT)})")
             continue
@@ -151,7 +160,7 @@ def read_csv(path: Path, on_bad_row: str = "error") -> ReadResult:
             continue
         x[keep] = values.reshape(IMAGE_SIZE, IMAGE_SIZE)
         y[keep] = label
-        split_of[keep] = USAGE_TO_SPLIT[usage]
+        split_of[keep] = split
         keep += 1
     x, y, split_of = x[:keep], y[:keep], split_of[:keep]
     splits = {s: (x[split_of == s], y[split_of == s]) for s in SPLITS}

@@ -31,6 +31,11 @@ def prepare(params: Params) -> dict:
         splits, skipped = result.splits, result.skipped
         meta = {"source": "fer2013", "layout": result.layout, "raw_path": str(result.path)}
         print(f"source: FER2013 ({result.layout}) from {result.path}")
+        for layout, path in result.ignored:  # two copies may differ: the user must know which one counts
+            what = f"{path}/ also holds FER2013 as image folders (train/ and test/)" if layout == "folders" \
+                else f"{path} is FER2013 too"
+            print(f"warning: {what}: ignored, prepare read {result.path} (move the copy you do not want "
+                  f"out of {raw_dir}/ to silence this)", file=sys.stderr)
         check_every_class_trains(splits, result.path, result.layout)
     else:
         splits = generate_synthetic(data.synthetic_train_per_class, params.base.seed)

@@ -217,6 +217,27 @@ def test_a_class_without_training_images_is_refused(tmp_path, capsys):
     assert err.count("\n") == 1 and not (tmp_path / "prepared").exists()
 
 
+@pytest.mark.parametrize("csv_in", ["raw", "raw/fer2013"])
+def test_csv_and_image_folders_both_there_read_the_csv_and_say_so(tmp_path, capsys, csv_in):
+    """With fer2013.csv and the image folders both in data/raw/, prepare read the CSV and said
+    nothing of the folders (which may hold other images, or another split of test/)."""
+    raw = tmp_path / "raw"
+    write_folder_layout(raw / "fer2013", tiny_splits(1, seed=1))
+    csv = tmp_path / csv_in / "fer2013.csv"
+    write_csv(tiny_splits(2), csv)
+    assert run_prepare(tmp_path, raw, source="auto") == 0
+    out = capsys.readouterr()
+    warnings = [line for line in out.err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {raw / 'fer2013'}/ also holds FER2013 as image folders (train/ and test/): "
+                        f"ignored, prepare read {csv} (move the copy you do not want out of {raw}/ to "
+                        f"silence this)"], out.err
+    assert load_meta(tmp_path / "prepared")["counts"]["val"] == {c: 2 for c in CLASSES}  # the CSV's
+    csv.unlink()
+    assert run_prepare(tmp_path, raw, source="auto") == 0  # one copy: nothing to say
+    assert "warning" not in capsys.readouterr().err
+    assert load_meta(tmp_path / "prepared")["counts"]["train"] == {c: 1 for c in CLASSES}
+
+
 def test_fer2013_source_without_data_says_where_to_put_it(tmp_path):
     params = write_params(tmp_path / "p.yaml", {"data": {"source": "fer2013", "raw_dir": str(tmp_path / "raw")}})
     out = subprocess.run([sys.executable, "-m", "stages.prepare", "--params", str(params)],

@@ -38,16 +38,26 @@ class ReadResult:
     layout: str  # "csv" or "folders"
     path: Path
     skipped: list[str] = field(default_factory=list)  # "where: why", one per skipped row/file
+    ignored: list[tuple[str, Path]] = field(default_factory=list)  # other copies found, not read
+
+
+def all_fer2013(raw_dir: Path) -> list[tuple[str, Path]]:
+    """Every copy of FER2013 under raw_dir, the one read first: ('csv', file) or ('folders', dir
+    with train/ and test/), raw_dir before raw_dir/fer2013 and, in one folder, the CSV before the
+    image folders (its Usage column gives the exact PublicTest/PrivateTest split)."""
+    found = []
+    for base in (raw_dir, raw_dir / "fer2013"):
+        if (base / CSV_NAME).is_file():
+            found.append(("csv", base / CSV_NAME))
+        if (base / "train").is_dir() and (base / "test").is_dir():
+            found.append(("folders", base))
+    return found
 
 
 def find_fer2013(raw_dir: Path) -> tuple[str, Path] | None:
-    """Locate FER2013 under raw_dir: ('csv', file) or ('folders', dir with train/ and test/)."""
-    for base in (raw_dir, raw_dir / "fer2013"):
-        if (base / CSV_NAME).is_file():
-            return "csv", base / CSV_NAME
-        if (base / "train").is_dir() and (base / "test").is_dir():
-            return "folders", base
-    return None
+    """The copy of FER2013 under raw_dir that prepare reads (`all_fer2013`'s first), or None."""
+    found = all_fer2013(raw_dir)
+    return found[0] if found else None
 
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".7z", ".rar")
@@ -82,15 +92,17 @@ def misplaced_fer2013(raw_dir: Path) -> str | None:
 
 
 def read_fer2013(raw_dir: Path, on_bad_row: str = "error") -> ReadResult:
-    found = find_fer2013(raw_dir)
-    if found is None:
+    found = all_fer2013(raw_dir)
+    if not found:
         raise DataError(
             f"no FER2013 found in {raw_dir}/: put fer2013.csv there, or unpack the image folders "
             f"(train/<class>/*.jpg, test/<class>/*.jpg) into {raw_dir}/fer2013/"
         )
-    layout, path = found
+    layout, path = found[0]
     reader = read_csv if layout == "csv" else read_folders
-    return reader(path, on_bad_row)
+    result = reader(path, on_bad_row)
+    result.ignored = found[1:]
+    return result
 
 
 def _bad(skipped: list[str], on_bad_row: str, where: str, why: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from emovision import fileio
 from emovision.config import Params
 from emovision.data import CLASSES, SPLITS
-from emovision.data.fer2013 import Splits, find_fer2013, misplaced_fer2013, read_fer2013
+from emovision.data.fer2013 import SPLIT_TO_USAGE, Splits, find_fer2013, misplaced_fer2013, read_fer2013
 from emovision.data.prepared import check_replaceable, class_counts, write_prepared
 from emovision.data.synthetic import generate_synthetic
 
@@ -37,6 +37,8 @@ def prepare(params: Params) -> dict:
             print(f"warning: {what}: ignored, prepare read {result.path} (move the copy you do not want "
                   f"out of {raw_dir}/ to silence this)", file=sys.stderr)
         check_every_class_trains(splits, result.path, result.layout)
+        for line in classes_missing_from_scoring(splits, result.path):
+            print(f"warning: {line}", file=sys.stderr)
     else:
         splits = generate_synthetic(data.synthetic_train_per_class, params.base.seed)
         skipped = []
@@ -71,6 +73,23 @@ def check_every_class_trains(splits: Splits, path: Path, layout: str) -> None:
         how = "a train/<class>/ folder each, any case" if layout == "folders" else "Training rows of each label"
         raise DataError(f"{path}: no Training images of {', '.join(missing)}; the model learns all "
                         f"{len(CLASSES)} classes ({', '.join(CLASSES)}), so each needs some ({how})")
+
+
+def classes_missing_from_scoring(splits: Splits, path: Path) -> list[str]:
+    """One line per val/test split without some class. FER2013 has every class in every split, so
+    a gap means a damaged or partial copy; nothing later crashes on it (precision, recall and the
+    confusion matrix guard empty rows), but that class's F1 counts as 0 in the split's macro-F1.
+    Not refused: the split still scores the other classes. Empty splits are write_prepared's to name."""
+    lines = []
+    for split in ("val", "test"):
+        y = splits[split][1]
+        missing = [name for name, n in class_counts(y).items() if n == 0] if len(y) else []
+        if missing:
+            usage = SPLIT_TO_USAGE[split]
+            lines.append(f"{path}: no {usage} ({split}) images of {', '.join(missing)}; FER2013 has every class "
+                         f"in every split, so this copy looks damaged or partial, and {split}'s macro-F1 counts "
+                         f"{'its' if len(missing) == 1 else 'their'} F1 as 0")
+    return lines
 
 
 @cli_main

@@ -238,6 +238,28 @@ def test_csv_and_image_folders_both_there_read_the_csv_and_say_so(tmp_path, caps
     assert load_meta(tmp_path / "prepared")["counts"]["train"] == {c: 1 for c in CLASSES}
 
 
+def test_a_class_without_val_or_test_images_is_named(tmp_path, capsys):
+    """A PublicTest or PrivateTest split without a class (a damaged or partial download) was
+    prepared in silence; evaluate then scores that class's F1 as 0 in macro-F1. Nothing crashes,
+    so prepare goes on, with a warning per split naming the classes."""
+    splits = tiny_splits(2)
+    for split, gone in (("val", [1]), ("test", [1, 2])):
+        x, y = splits[split]
+        keep = ~np.isin(y, gone)
+        splits[split] = (x[keep], y[keep])
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_csv(splits, raw / "fer2013.csv")
+    assert run_prepare(tmp_path, raw) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: {raw / 'fer2013.csv'}: no PublicTest (val) images of disgust; FER2013 has every class in "
+        f"every split, so this copy looks damaged or partial, and val's macro-F1 counts its F1 as 0",
+        f"warning: {raw / 'fer2013.csv'}: no PrivateTest (test) images of disgust, fear; FER2013 has every class "
+        f"in every split, so this copy looks damaged or partial, and test's macro-F1 counts their F1 as 0"]
+    assert load_meta(tmp_path / "prepared")["counts"]["test"]["fear"] == 0
+
+
 def test_fer2013_source_without_data_says_where_to_put_it(tmp_path):
     params = write_params(tmp_path / "p.yaml", {"data": {"source": "fer2013", "raw_dir": str(tmp_path / "raw")}})
     out = subprocess.run([sys.executable, "-m", "stages.prepare", "--params", str(params)],

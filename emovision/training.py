@@ -309,6 +309,21 @@ def batch_pixels(data: SplitTensors, idx: torch.Tensor, aug: AugmentParams,
     return torch.where(pick[:, None, None, None], data.app_x[idx], pixels)
 
 
+def images_per_epoch(n_train: int, cfg: TrainParams) -> int:
+    """How many of the n_train images one epoch trains on: all, or train.max_train_images (a new
+    random subset each epoch) when that is smaller. The epoch, the schedule and the lines users
+    read all take it from here."""
+    return n_train if cfg.max_train_images <= 0 else min(n_train, cfg.max_train_images)
+
+
+def describe_train_set(n_train: int, cfg: TrainParams) -> str:
+    """'140 train', or 'a random 100 of 140 train images each epoch: train.max_train_images' when
+    the cap is in effect: the count an epoch really uses, for the lines train and tune print."""
+    n = images_per_epoch(n_train, cfg)
+    return f"{n_train:,} train" if n == n_train else \
+        f"a random {n:,} of {n_train:,} train images each epoch: train.max_train_images"
+
+
 def train_one_epoch(
     model: nn.Module,
     data: SplitTensors,
@@ -333,7 +348,7 @@ def train_one_epoch(
     dtype = amp_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    n = len(data) if cfg.max_train_images <= 0 else min(len(data), cfg.max_train_images)
+    n = images_per_epoch(len(data), cfg)
     order = torch.randperm(len(data), generator=generator)[:n].to(device)
     steps = math.ceil(n / cfg.batch_size)
     total_loss = torch.zeros((), device=device)
@@ -452,8 +467,7 @@ def fit(
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
-    n_train = len(train) if cfg.max_train_images <= 0 else min(len(train), cfg.max_train_images)
-    scheduler = build_scheduler(optimizer, cfg, math.ceil(n_train / cfg.batch_size))
+    scheduler = build_scheduler(optimizer, cfg, math.ceil(images_per_epoch(len(train), cfg) / cfg.batch_size))
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     generator = torch.Generator().manual_seed(params.base.seed)
     loss_weight = class_weights(train.y, len(classes)) if cfg.class_weighted else None

@@ -17,7 +17,7 @@ from emovision import artifact, fileio, plots, serving, tracking
 from emovision.config import Params
 from emovision.errors import ConfigError, DataError, EmovisionError, cli_main
 from emovision.models import create_model
-from emovision.training import fit, input_digests, load_train_val, model_spec, resolve_amp
+from emovision.training import describe_train_set, fit, input_digests, load_train_val, model_spec, resolve_amp
 from stages import open_store, parse, stage_parser
 from stages.export import export as export_onnx_step
 
@@ -161,7 +161,7 @@ def train(params: Params, resume: bool = False, models_dir: Path | None = None,
     if soft is not None:  # params.yaml's defaults distil on FER2013: say so, not only in MLflow
         print(f"distilling from {distill_info['distill']} ({params.distill.probs})")
     init, init_info = initial_weights(params, meta, written)
-    print(f"training {params.model.name} on {meta['source']} ({len(train_set):,} train / "
+    print(f"training {params.model.name} on {meta['source']} ({describe_train_set(len(train_set), params.train)} / "
           f"{len(val_set):,} val) on {train_set.x.device}")
 
     inputs = input_digests(train_set, soft)

@@ -18,7 +18,7 @@ from emovision import fileio, progress, tracking, tuning
 from emovision.config import DEFAULT_PARAMS, Params
 from emovision.device import torch_threads
 from emovision.errors import ConfigError, DataError, cli_main, shown_uri
-from emovision.training import load_train_val
+from emovision.training import describe_train_set, load_train_val
 from stages import open_store, parse, stage_parser
 
 OUT_DIR = "tune"  # inside paths.reports
@@ -97,7 +97,7 @@ def run_trials(params: Params, study: optuna.Study, url: str, out_dir: Path, dat
               f"or lower the warm-up to tune the schedule train runs")
     print(f"study '{t.study_name}' in {shown_uri(url)}: {len(study.trials)} earlier trials; "
           f"running {t.n_trials} more ({t.epochs} epochs each, {t.n_jobs} at a time, on {meta['source']} "
-          f"{len(train):,} train / {len(val):,} val)")
+          f"{describe_train_set(len(train), params.train)} / {len(val):,} val)")
     import mlflow
 
     with tracking.tracked_run(run_name=f"tune-{t.study_name}",

@@ -129,6 +129,18 @@ def test_epoch_lines_and_quiet(project, capsys):
     assert "epoch   1/2" not in out and "registered fer version 2" in out
 
 
+def test_the_training_line_counts_the_images_an_epoch_uses(project, capsys):
+    """With train.max_train_images 100 of 140 demo faces the line said '140 train': an epoch
+    uses 100 (a new random 100 each epoch)."""
+    write_params(project / "params.yaml", {"train": {"epochs": 1, "max_train_images": 100}})
+    assert train_main(["--params", "params.yaml", "--quiet"]) == 0
+    assert ("training cnn_small on synthetic (a random 100 of 140 train images each epoch: "
+            "train.max_train_images / 28 val) on cpu") in capsys.readouterr().out
+    write_params(project / "params.yaml", {"train": {"epochs": 1, "max_train_images": 140}})  # no cap in effect
+    assert train_main(["--params", "params.yaml", "--quiet"]) == 0
+    assert "training cnn_small on synthetic (140 train / 28 val) on cpu" in capsys.readouterr().out
+
+
 def test_bad_params_fail_clearly(project, capsys):
     write_params(project / "params.yaml", {"model": {"name": "resnet_huge"}})
     assert train_main(["--params", "params.yaml"]) == 2

@@ -330,13 +330,12 @@ def write_run_file(models_dir: Path, info: dict[str, Any]) -> Path:
     return fileio.write_json(run_file(models_dir), info)
 
 
-def read_run_file(models_dir: Path, finished: bool = False) -> dict[str, Any] | None:
-    """The training recorded in `models_dir`: None when there is no run.json (and
-    `finished` is False); a DataError in one line when it is unreadable, not a training
-    record, or (with `finished`) a training that never registered its model."""
+def read_run_file(models_dir: Path, required: bool = False) -> dict[str, Any] | None:
+    """The training recorded in `models_dir`: None when there is no run.json (and `required`
+    is False); a DataError in one line when it is unreadable or not a training record."""
     path = run_file(models_dir)
     if not path.exists():
-        if finished:
+        if required:
             raise DataError(f"no trained model in {models_dir}/: {path} is missing "
                             f"(run `python -m stages.train` first)")
         return None
@@ -348,14 +347,23 @@ def read_run_file(models_dir: Path, finished: bool = False) -> dict[str, Any] | 
         raise DataError(f"{path} is not valid JSON (line {err.lineno}, column {err.colno}); {RUN_FILE_FIX}") from None
     if not isinstance(info, dict) or not isinstance(info.get("run_id"), str) or not info["run_id"]:
         raise DataError(f"{path} is not a training record (no run_id); {RUN_FILE_FIX}")
-    done = {"model_name", "model_version"} <= set(info)
-    if finished and not done:
-        raise DataError(f"{path}: the training in {models_dir}/ did not finish (no registered model); "
-                        f"finish it with `python -m stages.train --resume` or run `dvc repro`")
     return info
 
 
-TRAIN_AGAIN = "train again with `dvc repro -f --downstream train` (train, evaluate and bench)"
+def is_finished(info: dict[str, Any]) -> bool:
+    """Whether run.json records a training that registered its model (a killed one has only run_id)."""
+    return {"model_name", "model_version"} <= set(info)
+
+
+def check_finished(models_dir: Path, info: dict[str, Any]) -> None:
+    """A DataError in one line when run.json's training never registered its model. Asked after
+    `check_recorded_run`: --resume continues only a run the store in use holds."""
+    if not is_finished(info):
+        raise DataError(f"{run_file(models_dir)}: the training in {models_dir}/ did not finish (no registered "
+                        f"model); finish it with `python -m stages.train --resume` or run `dvc repro`")
+
+
+TRAIN_AGAIN = "or train again with `dvc repro -f --downstream train` (train, evaluate and bench)"
 
 
 def recorded_run_problem(models_dir: Path, info: dict[str, Any], version: bool = False,
@@ -370,7 +378,8 @@ def recorded_run_problem(models_dir: Path, info: dict[str, Any], version: bool =
     try:
         run = client.get_run(info["run_id"])
     except mlflow.exceptions.MlflowException:
-        return f"{where}, which is not in the store {shown_uri(tracking_uri())} (a new or another store)"
+        return (f"{where}, which is not in the store {shown_uri(tracking_uri())} (a new or another store: "
+                f"if another holds it, set MLFLOW_TRACKING_URI to that one)")
     if run.info.lifecycle_stage == "deleted":
         return f"{where}, which was deleted in MLflow (`mlflow ui` can restore it)"
     if version:

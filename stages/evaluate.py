@@ -54,20 +54,27 @@ def print_table(results: dict, classes: list[str]) -> None:
     print(f"{'macro-F1':>10} | " + " | ".join(f"{results[s]['macro_f1']:^20.4f}" for s in results))
 
 
-def finished_training(models_dir: Path) -> dict:
-    """run.json of a training that finished and registered its model, else a DataError:
-    after a killed training models/ holds a checkpoint but no registered version."""
+def finished_training(models_dir: Path, version: bool) -> dict:
+    """run.json of a training that finished and registered its model, and whose run (and, with
+    `version`, registered version) the store in use holds, else a DataError. The store is asked
+    first: after a killed training models/ holds a checkpoint but no registered version, which
+    `--resume` finishes only while the store still holds the run (not after mlflow.db was deleted)."""
     if not (models_dir / "best.pt").is_file():
         raise DataError(f"no trained model in {models_dir}/ (run `python -m stages.train` first)")
-    return tracking.read_run_file(models_dir, finished=True)
+    info = tracking.read_run_file(models_dir, required=True)
+    done = tracking.is_finished(info)
+    # the store answers: checked before reports/ is rewritten for a run it could not log; an
+    # interrupted run is left to train's --resume (not marked KILLED here)
+    open_store(keep=None if done else info["run_id"])
+    tracking.check_recorded_run(models_dir, info, version=version and done)
+    tracking.check_finished(models_dir, info)
+    return info
 
 
 def evaluate(params: Params, models_dir: Path | None = None) -> dict:
     models_dir = Path(params.paths.models) if models_dir is None else models_dir
     reports = Path(params.paths.reports)
-    info = finished_training(models_dir)
-    open_store()  # the store answers: checked before reports/ is rewritten for a run it could not log
-    tracking.check_recorded_run(models_dir, info, version=params.registry.promote)
+    info = finished_training(models_dir, version=params.registry.promote)
     prepared = Path(params.data.prepared_dir)
     meta = load_meta(prepared)
     clf = load_classifier(str(models_dir / "best.pt"), params.base.device)

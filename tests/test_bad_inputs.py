@@ -235,6 +235,31 @@ def test_a_store_without_the_recorded_run_stops_the_stage_before_writing(in_fini
     assert "\n" not in err and snapshot(in_finished) == before
 
 
+def test_evaluate_after_a_killed_training_whose_run_is_not_in_the_store_says_so(in_finished, capsys, monkeypatch,
+                                                                                migrated_mlflow_db, tmp_path):
+    """A training killed before it registered, then mlflow.db deleted: evaluate advised
+    `python -m stages.train --resume`, which refuses a run the store does not hold. It now names
+    the missing run and the two ways out: the store that holds it, or training again."""
+    run_file = in_finished / "models" / "run.json"
+    finished_info = run_file.read_text()
+    run_id = json.loads(finished_info)["run_id"]
+    store = tmp_path / "mlflow.db"
+    shutil.copy(migrated_mlflow_db, store)  # what MLflow makes where mlflow.db was deleted
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    try:
+        run_file.write_text(json.dumps({"run_id": run_id}))  # what a killed training leaves
+        before = snapshot(in_finished)
+        assert evaluate_main(["--params", "params.yaml"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"error: models/run.json names MLflow run {run_id}, which is not in the store "
+                       f"sqlite:///{store} (a new or another store: if another holds it, set MLFLOW_TRACKING_URI "
+                       f"to that one); or train again with `dvc repro -f --downstream train` (train, evaluate "
+                       f"and bench)"), err
+        assert snapshot(in_finished) == before
+    finally:
+        run_file.write_text(finished_info)
+
+
 def test_an_interrupted_training_whose_run_is_not_in_the_store_starts_over(in_finished, capsys, monkeypatch,
                                                                            migrated_mlflow_db, tmp_path):
     """A training interrupted, then mlflow.db deleted: every `dvc repro` tried to resume the run

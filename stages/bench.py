@@ -30,7 +30,7 @@ from emovision.device import APP_BACKEND, resolve_device, use_cpu_threads
 from emovision.inference import load_classifier
 from emovision.models import count_macs, count_params, create_model
 from emovision.preprocess import normalize, value_range
-from emovision.training import cpu_has_bf16, preprocess_config, resolve_amp
+from emovision.training import cpu_has_bf16, images_per_epoch, preprocess_config, resolve_amp
 from stages import open_store, parse, stage_parser
 
 BENCH_JSON = "bench.json"  # inside paths.reports
@@ -186,7 +186,7 @@ def bench(params: Params, models_dir: Path | None = None) -> dict:
     progress.info(f"bench 1/4: training images/s, fp32 and bf16 side by side ({params.bench.repeats} repeats "
                   f"of {params.bench.train_batches} batches)")
     train = train_throughput(params, device, sync)
-    n_train = sum(meta["counts"]["train"].values())
+    n_train = images_per_epoch(sum(meta["counts"]["train"].values()), params.train)  # what an epoch trains on
     epochs = params.train.epochs
     train["est_epoch_s"] = n_train / train["images_per_s_augmented"]
     train["est_total_s"] = train["est_epoch_s"] * epochs

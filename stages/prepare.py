@@ -26,6 +26,7 @@ def prepare(params: Params) -> dict:
     if source == "auto":
         source = "fer2013" if find_fer2013(raw_dir) else "synthetic"
     started = time.perf_counter()
+    warnings: list[str] = []  # printed once the data is written: a refusal stays one line
     if source == "fer2013":
         result = read_fer2013(raw_dir, data.on_bad_row)
         splits, skipped = result.splits, result.skipped
@@ -34,11 +35,10 @@ def prepare(params: Params) -> dict:
         for layout, path in result.ignored:  # two copies may differ: the user must know which one counts
             what = f"{path}/ also holds FER2013 as image folders (train/ and test/)" if layout == "folders" \
                 else f"{path} is FER2013 too"
-            print(f"warning: {what}: ignored, prepare read {result.path} (move the copy you do not want "
-                  f"out of {raw_dir}/ to silence this)", file=sys.stderr)
+            warnings.append(f"{what}: ignored, prepare read {result.path} (move the copy you do not want "
+                            f"out of {raw_dir}/ to silence this)")
         check_every_class_trains(splits, result.path, result.layout)
-        for line in classes_missing_from_scoring(splits, result.path):
-            print(f"warning: {line}", file=sys.stderr)
+        warnings += classes_missing_from_scoring(splits, result.path)
     else:
         splits = generate_synthetic(data.synthetic_train_per_class, params.base.seed)
         skipped = []
@@ -57,6 +57,8 @@ def prepare(params: Params) -> dict:
     for split in SPLITS:
         counts = meta["counts"][split]
         print(f"{split:>5}: {sum(counts.values()):>6,}  " + " ".join(f"{k}={v}" for k, v in counts.items()))
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
     print(f"wrote {data.prepared_dir}/ in {elapsed:.1f}s")
     return meta
 

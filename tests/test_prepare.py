@@ -232,6 +232,10 @@ def test_csv_and_image_folders_both_there_read_the_csv_and_say_so(tmp_path, caps
                         f"ignored, prepare read {csv} (move the copy you do not want out of {raw}/ to "
                         f"silence this)"], out.err
     assert load_meta(tmp_path / "prepared")["counts"]["val"] == {c: 2 for c in CLASSES}  # the CSV's
+    write_csv({s: v for s, v in tiny_splits(2).items() if s != "val"}, csv)  # a refusal stays one line
+    assert run_prepare(tmp_path, raw, source="auto") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "split 'val' is empty" in err
     csv.unlink()
     assert run_prepare(tmp_path, raw, source="auto") == 0  # one copy: nothing to say
     assert "warning" not in capsys.readouterr().err

@@ -133,6 +133,14 @@ def test_a_warm_up_longer_than_a_trial_is_capped_not_refused(project, capsys):
     assert [t.state.name for t in study.trials] == ["PRUNED"]  # trained its first epoch, not FAIL
 
 
+def test_the_study_line_counts_the_images_a_trial_epoch_uses(project, capsys):
+    """Trials train under train.max_train_images as train does: the line said '140 train'."""
+    write_params(project / "params.yaml", {"train": {"max_train_images": 100}})
+    assert tune_main(["--params", "params.yaml", "--n-trials", "1", "--storage", storage_url(project)]) == 0
+    assert "on synthetic a random 100 of 140 train images each epoch: train.max_train_images / 28 val)" \
+        in capsys.readouterr().out
+
+
 def test_apply_keeps_every_other_byte_and_writes_yaml_floats(tmp_path):
     path = tmp_path / "params.yaml"
     shutil.copy(REPO / "params.yaml", path)

@@ -70,6 +70,7 @@ def test_dvc_repro_end_to_end(tmp_path, mlflow_store):
     full = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in TINY.items():
         full[section].update(values)
+    full["train"]["max_train_images"] = 100  # of the demo set's 140: bench's epoch estimate counts 100
     (repo / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store,
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -91,6 +92,7 @@ def test_dvc_repro_end_to_end(tmp_path, mlflow_store):
     bench = json.loads((repo / "reports" / "bench.json").read_text())
     assert bench["train"]["images_per_s_augmented"] > 0
     assert bench["train"]["images_per_s_fp32"] > 0
+    assert bench["train"]["est_epoch_s"] * bench["train"]["images_per_s_augmented"] == pytest.approx(100)
     # bf16 is timed only where oneDNN can run it (an AVX2 CI machine writes null)
     bf16_ips = bench["train"]["images_per_s_bf16"]
     assert bf16_ips > 0 if cpu_has_bf16() else bf16_ips is None

@@ -141,21 +141,6 @@ def test_the_training_line_counts_the_images_an_epoch_uses(project, capsys):
     assert "training cnn_small on synthetic (140 train / 28 val) on cpu" in capsys.readouterr().out
 
 
-def test_bench_estimates_the_epoch_train_runs(trained, tmp_path, monkeypatch):
-    """bench estimated an epoch's time from every training image (140 demo faces) where
-    train.max_train_images 100 trains on 100."""
-    from stages.bench import main as bench_main
-
-    root = tmp_path / "proj"
-    shutil.copytree(trained, root, ignore=shutil.ignore_patterns("reports"))
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    write_params(root / "params.yaml", {"train": {"max_train_images": 100}})
-    assert bench_main(["--params", "params.yaml", "--quiet"]) == 0
-    train = json.loads((root / "reports" / "bench.json").read_text())["train"]
-    assert train["est_epoch_s"] * train["images_per_s_augmented"] == pytest.approx(100)
-
-
 def test_bad_params_fail_clearly(project, capsys):
     write_params(project / "params.yaml", {"model": {"name": "resnet_huge"}})
     assert train_main(["--params", "params.yaml"]) == 2

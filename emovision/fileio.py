@@ -14,6 +14,7 @@ left RUNNING.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import glob
@@ -352,7 +353,11 @@ def lock_holder(folder: Path, locks: str | None = None) -> tuple[int, str] | Non
 
 def user_path(text: str) -> Path:
     """A path as a user typed it, `~` expanded: the shell leaves `--output=~/out.mp4` and a quoted
-    "~/out.mp4" as they are, and they made a folder named `~` in the working directory."""
+    "~/out.mp4" as they are, and they made a folder named `~` in the working directory. An argparse
+    `type`: an empty text is refused there, naming the flag, since Path("") is the working folder
+    (`--output "$OUT"` with OUT unset was refused as "--output . is a folder", a name never typed)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?): give a file name")
     return Path(os.path.expanduser(text))
 
 

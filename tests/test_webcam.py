@@ -504,6 +504,25 @@ def test_an_empty_source_or_model_is_refused(still, tmp_path, monkeypatch, flag,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "still.png"]
 
 
+@pytest.mark.parametrize("app, args, name", [
+    ("webcam", ["--output="], "--output"), ("webcam", ["--log="], "--log"),
+    ("webcam", ["--detector", "haar", "--cascade="], "--cascade"),
+    ("predict", [""], "images"), ("predict", ["--detector", "haar", "--cascade=", "{still}"], "--cascade")])
+def test_an_empty_path_is_refused_naming_its_flag(still, tmp_path, monkeypatch, app, args, name, capsys):
+    """`--output "$OUT"` with OUT unset was taken as the folder "." ("--output . is a folder", a name
+    the user never typed), `--cascade ""` as "cascade file not found: .", and `predict ""` as
+    "cannot read image .: a folder". An empty path is now refused by the parser, naming the flag."""
+    monkeypatch.chdir(tmp_path)
+    args = [a.format(still=still) for a in args]
+    argv = ["--model", "nope.pt", *args] + (["--no-display", "--source", still] if app == "webcam" else [])
+    with pytest.raises(SystemExit) as exit_:
+        (webcam_main if app == "webcam" else predict_main)(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"error: argument {name}: an empty path" in err.splitlines()[-1], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["still.png"]
+
+
 def test_corrupt_video_fails_before_the_model_loads(tmp_path, capsys):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00" * 4096)

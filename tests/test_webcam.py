@@ -5,10 +5,12 @@ import contextlib
 import ctypes.util
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -781,6 +783,101 @@ def test_the_window_fits_a_laptop_screen_and_shows_small_frames_whole(tmp_path):
     finally:
         server.kill()
         server.wait()
+
+
+class XKeys:
+    """Key presses on an X display through its XTEST extension (libX11 and libXtst, as xdotool
+    does), with the pointer moved over the app's window first: Xvfb runs no window manager, so
+    the keyboard goes to the window under the pointer."""
+
+    def __init__(self, display: str):
+        self.x11, self.xtst = ctypes.CDLL("libX11.so.6"), ctypes.CDLL("libXtst.so.6")
+        self.x11.XOpenDisplay.restype = ctypes.c_void_p
+        self.x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
+        self.x11.XStringToKeysym.restype = ctypes.c_ulong
+        self.x11.XStringToKeysym.argtypes = [ctypes.c_char_p]
+        self.x11.XKeysymToKeycode.restype = ctypes.c_ubyte
+        self.x11.XKeysymToKeycode.argtypes = [ctypes.c_void_p, ctypes.c_ulong]
+        self.x11.XFlush.argtypes = self.x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
+        self.xtst.XTestFakeKeyEvent.argtypes = [ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_ulong]
+        self.xtst.XTestFakeMotionEvent.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                                   ctypes.c_ulong]
+        self.display = self.x11.XOpenDisplay(display.encode())
+        assert self.display, display
+
+    def press(self, key: str, at: tuple[int, int] = (200, 200)) -> None:
+        """Press and release `key` (an X keysym name: "s", "space", "Escape") over the point `at`."""
+        self.xtst.XTestFakeMotionEvent(self.display, -1, *at, 0)
+        code = self.x11.XKeysymToKeycode(self.display, self.x11.XStringToKeysym(key.encode()))
+        self.xtst.XTestFakeKeyEvent(self.display, code, 1, 0)
+        self.xtst.XTestFakeKeyEvent(self.display, code, 0, 0)
+        self.x11.XFlush(self.display)
+
+    def close(self) -> None:
+        self.x11.XCloseDisplay(self.display)
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None or not ctypes.util.find_library("Xtst"),
+                    reason="needs Xvfb and libXtst (apt install xvfb libxtst6)")
+@pytest.mark.parametrize("quit_key", ["q", "Escape"])
+def test_the_windows_keys_save_pause_and_quit(checkpoint, tmp_path, quit_key):
+    """README's keys, pressed on a real window: s saves the frame shown, space pauses (two
+    snapshots while paused are of consecutive frames: each key read in a pause shows the next
+    frame), q or Esc quits at the frame shown, exit 0, the video unfinished. Nothing tested them."""
+    video = make_benchmark_video(tmp_path / "v.mp4", frames=300)  # 10 s at its own 30 fps
+    server = subprocess.Popen(["Xvfb", "-displayfd", "1", "-screen", "0", "1366x768x24"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    app = keys = None
+    try:
+        display = f":{server.stdout.readline().strip()}"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+        app = subprocess.Popen([sys.executable, "-u", "-m", "emovision.webcam", "--model", checkpoint,
+                                "--source", str(video)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        keys = XKeys(display)
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in app.stdout], daemon=True).start()
+        saved: list[int] = []
+
+        def snapshot(timeout: float = 60.0) -> int:
+            """Press s until the app says it saved a snapshot (a key pressed before the window is up
+            is lost); the frame index in its name."""
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                keys.press("s")
+                with contextlib.suppress(queue.Empty):
+                    while not (line := lines.get(timeout=0.5)).startswith("saved snapshot_"):
+                        pass
+                    saved.append(int(line.split("_")[1].split(".")[0]))
+                    return saved[-1]
+                assert app.poll() is None, app.stderr.read()
+            raise AssertionError("no snapshot saved")
+
+        snapshot()  # the window is up and takes keys
+        time.sleep(1.0)  # a second s of the wait above, read late, saves now: not taken as the next one
+        with contextlib.suppress(queue.Empty):
+            while line := lines.get_nowait():
+                if line.startswith("saved snapshot_"):
+                    saved.append(int(line.split("_")[1].split(".")[0]))
+        keys.press("space")
+        time.sleep(0.5)  # playing, this would be ~15 frames
+        first = snapshot()
+        time.sleep(0.5)
+        second = snapshot()
+        assert second == first + 1, saved
+        keys.press(quit_key)
+        assert app.wait(timeout=60) == 0, app.stderr.read()
+        time.sleep(0.2)  # the reader thread's last lines
+        out = [lines.get_nowait() for _ in range(lines.qsize())]
+        assert out[-1].startswith(f"{second + 2} frames, "), out  # the frame after the last snapshot, then quit
+        assert sorted(p.name for p in tmp_path.glob("snapshot_*.png")) == [f"snapshot_{i:06d}.png" for i in saved]
+    finally:
+        if keys is not None:
+            keys.close()
+        for process in (app, server):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def test_the_bench_runs_the_apps_loop_headless_writing_nothing(checkpoint, tmp_path, monkeypatch):

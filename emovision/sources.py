@@ -36,6 +36,7 @@ IMAGE_KINDS = "JPEG, PNG, BMP, WebP, GIF, TIFF, PNM, JPEG 2000, AVIF"
 Frame = tuple[int, float, np.ndarray]  # (index, timestamp in seconds, BGR image)
 ASSUMED_FPS = 30.0  # the frame rate taken where a source gives none, or one outside SANE_FPS
 SANE_FPS = (1.0, 240.0)  # a stream may report 0, 1000 or 90,000 (its clock rate) for its fps
+STILL_SECONDS = 1.0  # an image source's step in time: one image a second in the window and the log
 
 
 def frame_rate(reported: float | None) -> float:
@@ -97,7 +98,7 @@ class ImageSource(FrameSource):
             if isinstance(frame, str):
                 self.skipped.append((path, frame))
                 continue
-            yield i, float(i), frame
+            yield i, i * STILL_SECONDS, frame
 
 
 class VideoSource(FrameSource):

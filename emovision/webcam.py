@@ -35,7 +35,7 @@ from emovision.faces import (DEFAULT_DETECTOR, DETECT_EVERY, DETECTORS, LARGE_FR
                              EmotionPipeline, make_detector)
 from emovision.framing import VIEW_CYCLE, face_fits
 from emovision.images import quiet_opencv
-from emovision.sources import FrameSource, frame_rate, open_source
+from emovision.sources import STILL_SECONDS, FrameSource, frame_rate, open_source
 
 WINDOW = "emovision"
 KEY_QUIT = (ord("q"), 27)
@@ -395,20 +395,28 @@ def summarize(times: dict[str, list[float]], detect_frames: list[bool], frames: 
 class PlaybackClock:
     """Shows a file's frames at their own timestamps: the milliseconds to wait before the
     next frame. Starts (and restarts after a pause) from the frame at hand, so a slow frame
-    or a pause never makes it rush to catch up."""
+    or a pause never makes it rush to catch up. `hold_s`: how long past its own time a frame
+    stays (a still's second; 0 for a video, whose next frame replaces it at that time)."""
 
-    def __init__(self, clock=time.perf_counter):
-        self.clock = clock
+    def __init__(self, clock=time.perf_counter, hold_s: float = 0.0):
+        self.clock, self.hold_s = clock, hold_s
         self.origin: float | None = None  # wall time at which the file's time 0 would be shown
 
     def wait_ms(self, stamp: float) -> int:
         now = self.clock()
         if self.origin is None or self.origin + stamp < now - 0.25:  # start, or fell behind
             self.origin = now - stamp
-        return max(1, round(1000 * (self.origin + stamp - now)))
+        return max(1, round(1000 * (self.origin + stamp + self.hold_s - now)))
 
     def restart(self) -> None:
         self.origin = None
+
+
+def playback_clock(source: FrameSource, clock=time.perf_counter) -> PlaybackClock:
+    """The window's clock for a file `source`. A still is held STILL_SECONDS: waiting only until
+    its own time (a video frame's start) showed a folder's first image for the 0.14 s the next one
+    took to process, and a single photo for 0.01 s before the window closed."""
+    return PlaybackClock(clock, hold_s=STILL_SECONDS if source.stills else 0.0)
 
 
 def save_snapshot(frame: np.ndarray, index: int, folder: Path = Path(".")) -> Path | None:
@@ -464,7 +472,7 @@ def run(pipeline: EmotionPipeline, source: FrameSource, options: RunOptions = Ru
     """The main loop, until the source ends, a key, `options.max_frames` or `stop` (set by
     Ctrl-C) ends it; returns a summary of frames, faces and per-stage times."""
     display = options.display
-    playback = PlaybackClock() if display and not source.live and not options.fast else None
+    playback = playback_clock(source) if display and not source.live and not options.fast else None
     times: dict[str, list[float]] = {"decode": [], "detect": [], "classify": [], "draw": []}
     detect_frames: list[bool] = []
     track_ids: set[int] = set()

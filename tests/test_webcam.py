@@ -745,6 +745,31 @@ def test_playback_clock_keeps_a_files_own_frame_rate():
     assert show(6, 0.0) == 1 and show(7, 0.0) == 32
 
 
+def test_a_still_stays_in_the_window_for_its_second(tmp_path):
+    """README: a folder plays at one image a second in the window. The clock waited until each
+    frame's own time, which for a video is its start: image 0 (time 0) was on screen only while
+    image 1 was processed (0.14 s measured on Xvfb) and a single photo (`--source photo.jpg`)
+    for 0.01 s before the window closed. A still is now held for its second; a video is as before."""
+    from emovision.sources import STILL_SECONDS, open_source
+    from emovision.webcam import playback_clock
+
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(tmp_path / name), grace_hopper())
+    video = make_benchmark_video(tmp_path / "v.mp4", frames=3)
+    for spec, first_ms in ((tmp_path / "a.png", 1000), (tmp_path, 1000), (video, 1)):
+        now = [50.0]
+        with open_source(str(spec)) as source:
+            clock = playback_clock(source, clock=lambda: now[0])
+            waits = []
+            for _, stamp, _ in source:
+                now[0] += 0.1  # processing
+                waits.append(clock.wait_ms(stamp))
+                now[0] += waits[-1] / 1000
+        assert waits[0] == first_ms, (spec, waits)
+        if source.stills:  # each image on screen one second, its processing included
+            assert waits[1:] == [round(1000 * STILL_SECONDS) - 100] * (len(waits) - 1) and STILL_SECONDS == 1.0
+
+
 SHOW_FRAMES = """
 import time
 from pathlib import Path

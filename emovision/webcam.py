@@ -41,6 +41,7 @@ WINDOW = "emovision"
 KEY_QUIT = (ord("q"), 27)
 KEY_PAUSE = ord(" ")
 KEY_SNAPSHOT = ord("s")
+PAUSED_POLL_MS = 100  # a paused window looks for Ctrl-C or kill this often between keys
 VIEWS = " and ".join(f"x{v:g}" for v in VIEW_CYCLE)  # the crop sides a face is classified at (--help)
 BENCH_VIDEO_FPS = 30  # the benchmark video's frame rate
 FPS_SMOOTH = 0.9  # the on-screen fps is an EMA, so the number is readable rather than flickering
@@ -419,6 +420,16 @@ def playback_clock(source: FrameSource, clock=time.perf_counter) -> PlaybackCloc
     return PlaybackClock(clock, hold_s=STILL_SECONDS if source.stills else 0.0)
 
 
+def wait_for_key(stop: threading.Event | None) -> int:
+    """A paused window's wait: the next key, or 255 (none) once `stop` is set. cv2.waitKey(0) held
+    the main loop until a key, so Ctrl-C and `kill` (which only set `stop`) did nothing to a
+    paused window: still running 8 s after SIGTERM, until a key was pressed."""
+    while True:
+        key = cv2.waitKey(PAUSED_POLL_MS)
+        if key != -1 or (stop is not None and stop.is_set()):
+            return key & 0xFF
+
+
 def save_snapshot(frame: np.ndarray, index: int, folder: Path = Path(".")) -> Path | None:
     """The window's `s` key: the annotated frame as `snapshot_<frame>.png` in `folder`, under a new
     name where that one is taken (a second run's frame 120 must not replace the first run's), written
@@ -525,7 +536,7 @@ def run(pipeline: EmotionPipeline, source: FrameSource, options: RunOptions = Ru
                 if display:
                     shown = show(frame, shown)
                     wait = 1 if playback is None else playback.wait_ms(stamp)
-                    key = cv2.waitKey(0 if paused else wait) & 0xFF
+                    key = wait_for_key(stop) if paused else cv2.waitKey(wait) & 0xFF
                     if key in KEY_QUIT:
                         stopped_early = True
                         break

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -842,14 +843,47 @@ class XKeys:
         self.x11.XCloseDisplay(self.display)
 
 
-@pytest.mark.skipif(shutil.which("Xvfb") is None or not ctypes.util.find_library("Xtst"),
-                    reason="needs Xvfb and libXtst (apt install xvfb libxtst6)")
-@pytest.mark.parametrize("quit_key", ["q", "Escape"])
-def test_the_windows_keys_save_pause_and_quit(checkpoint, tmp_path, quit_key):
-    """README's keys, pressed on a real window: s saves the frame shown, space pauses (two
-    snapshots while paused are of consecutive frames: each key read in a pause shows the next
-    frame), q or Esc quits at the frame shown, exit 0, the video unfinished. Nothing tested them."""
-    video = make_benchmark_video(tmp_path / "v.mp4", frames=300)  # 10 s at its own 30 fps
+class WindowApp:
+    """`python -m emovision.webcam` in a window on its own Xvfb display, its stdout read line by
+    line, keys pressed on it (`XKeys`)."""
+
+    def __init__(self, app: subprocess.Popen, keys: XKeys):
+        self.app, self.keys, self.saved = app, keys, []
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [self.lines.put(line) for line in app.stdout], daemon=True).start()
+
+    def snapshot(self, timeout: float = 60.0) -> int:
+        """Press s until the app says it saved a snapshot (a key pressed before the window is up
+        is lost); the frame index in its name."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.keys.press("s")
+            with contextlib.suppress(queue.Empty):
+                while not (line := self.lines.get(timeout=0.5)).startswith("saved snapshot_"):
+                    pass
+                self.saved.append(int(line.split("_")[1].split(".")[0]))
+                return self.saved[-1]
+            assert self.app.poll() is None, self.app.stderr.read()
+        raise AssertionError("no snapshot saved")
+
+    def window_up(self) -> None:
+        """Wait for the window to take keys (a snapshot saved), and for any second snapshot of that
+        wait, read late."""
+        self.snapshot()
+        time.sleep(1.0)
+        self.output()
+
+    def output(self) -> list[str]:
+        """The lines printed since the last call; snapshots among them recorded."""
+        lines = [self.lines.get_nowait() for _ in range(self.lines.qsize())]
+        self.saved += [int(line.split("_")[1].split(".")[0]) for line in lines if line.startswith("saved snapshot_")]
+        return lines
+
+
+@contextlib.contextmanager
+def window_app(checkpoint: str, tmp_path: Path, *flags: str) -> Iterator[WindowApp]:
+    """The app on a 300-frame video (10 s at its own 30 fps) in a window on a new Xvfb display."""
+    video = make_benchmark_video(tmp_path / "v.mp4", frames=300)
     server = subprocess.Popen(["Xvfb", "-displayfd", "1", "-screen", "0", "1366x768x24"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     app = keys = None
@@ -857,45 +891,10 @@ def test_the_windows_keys_save_pause_and_quit(checkpoint, tmp_path, quit_key):
         display = f":{server.stdout.readline().strip()}"
         env = {**os.environ, "PYTHONPATH": str(REPO), "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
         app = subprocess.Popen([sys.executable, "-u", "-m", "emovision.webcam", "--model", checkpoint,
-                                "--source", str(video)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                "--source", str(video), *flags], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
         keys = XKeys(display)
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(line) for line in app.stdout], daemon=True).start()
-        saved: list[int] = []
-
-        def snapshot(timeout: float = 60.0) -> int:
-            """Press s until the app says it saved a snapshot (a key pressed before the window is up
-            is lost); the frame index in its name."""
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                keys.press("s")
-                with contextlib.suppress(queue.Empty):
-                    while not (line := lines.get(timeout=0.5)).startswith("saved snapshot_"):
-                        pass
-                    saved.append(int(line.split("_")[1].split(".")[0]))
-                    return saved[-1]
-                assert app.poll() is None, app.stderr.read()
-            raise AssertionError("no snapshot saved")
-
-        snapshot()  # the window is up and takes keys
-        time.sleep(1.0)  # a second s of the wait above, read late, saves now: not taken as the next one
-        with contextlib.suppress(queue.Empty):
-            while line := lines.get_nowait():
-                if line.startswith("saved snapshot_"):
-                    saved.append(int(line.split("_")[1].split(".")[0]))
-        keys.press("space")
-        time.sleep(0.5)  # playing, this would be ~15 frames
-        first = snapshot()
-        time.sleep(0.5)
-        second = snapshot()
-        assert second == first + 1, saved
-        keys.press(quit_key)
-        assert app.wait(timeout=60) == 0, app.stderr.read()
-        time.sleep(0.2)  # the reader thread's last lines
-        out = [lines.get_nowait() for _ in range(lines.qsize())]
-        assert out[-1].startswith(f"{second + 2} frames, "), out  # the frame after the last snapshot, then quit
-        assert sorted(p.name for p in tmp_path.glob("snapshot_*.png")) == [f"snapshot_{i:06d}.png" for i in saved]
+        yield WindowApp(app, keys)
     finally:
         if keys is not None:
             keys.close()
@@ -903,6 +902,54 @@ def test_the_windows_keys_save_pause_and_quit(checkpoint, tmp_path, quit_key):
             if process is not None and process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+NEEDS_XTEST = pytest.mark.skipif(shutil.which("Xvfb") is None or not ctypes.util.find_library("Xtst"),
+                                 reason="needs Xvfb and libXtst (apt install xvfb libxtst6)")
+
+
+@NEEDS_XTEST
+@pytest.mark.parametrize("quit_key", ["q", "Escape"])
+def test_the_windows_keys_save_pause_and_quit(checkpoint, tmp_path, quit_key):
+    """README's keys, pressed on a real window: s saves the frame shown, space pauses (two
+    snapshots while paused are of consecutive frames: each key read in a pause shows the next
+    frame), q or Esc quits at the frame shown, exit 0, the video unfinished. Nothing tested them."""
+    with window_app(checkpoint, tmp_path) as window:
+        window.window_up()
+        window.keys.press("space")
+        time.sleep(0.5)  # playing, this would be ~15 frames
+        first = window.snapshot()
+        time.sleep(0.5)
+        second = window.snapshot()
+        assert second == first + 1, window.saved
+        window.keys.press(quit_key)
+        assert window.app.wait(timeout=60) == 0, window.app.stderr.read()
+        time.sleep(0.2)  # the reader thread's last lines
+        out = window.output()
+        assert out[-1].startswith(f"{second + 2} frames, "), out  # the frame after the last snapshot, then quit
+        names = sorted(p.name for p in tmp_path.glob("snapshot_*.png"))
+        assert names == [f"snapshot_{i:06d}.png" for i in sorted(window.saved)]
+
+
+@NEEDS_XTEST
+def test_kill_stops_a_paused_window(checkpoint, tmp_path):
+    """README: Ctrl-C or kill (SIGTERM) stops the app with exit 130, the outputs finished. Paused,
+    the window waited for a key (cv2.waitKey(0)), so a kill was taken only at the next key press:
+    still running 8 s after SIGTERM, until a key was pressed on the window."""
+    log = tmp_path / "faces.jsonl"
+    with window_app(checkpoint, tmp_path, "--log", str(log)) as window:
+        window.window_up()
+        window.keys.press("space")
+        time.sleep(0.5)  # OpenCV's Qt window keeps one key: a second one pressed at once replaces it
+        shown = window.snapshot()  # paused: the frame after this one is shown, and stays
+        time.sleep(1.0)  # that frame processed: the app waits on the window
+        window.app.send_signal(signal.SIGTERM)
+        try:
+            code = window.app.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pytest.fail("a paused window ignored SIGTERM for 15 s")
+        assert code == 130, window.app.stderr.read()
+        assert [r["frame"] for r in read_log(log)] == list(range(shown + 2))
 
 
 def test_the_bench_runs_the_apps_loop_headless_writing_nothing(checkpoint, tmp_path, monkeypatch):

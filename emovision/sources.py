@@ -311,4 +311,9 @@ def _open_live(spec: str) -> LiveSource:
         # FFmpeg's reason (401 Unauthorized, refused, not found) is silenced with its noise: say how to see it
         hint = f" ({FFMPEG_REASON_HINT})" if os.environ.get(FFMPEG_LOGLEVEL) == FFMPEG_QUIET else ""
         raise SourceError(f"cannot open stream {spec}: check the URL and that the stream is reachable{hint}")
+    # FFmpeg opens an image's URL as a stream of one frame, which the read above took: the app then
+    # processed 0 frames and exited 0 in silence. A photo is read by the one image reader, from a pipe.
+    if not camera and cap.get(cv2.CAP_PROP_FRAME_COUNT) == 1:
+        cap.release()
+        raise SourceError(f"stream {spec} holds a single image, not a video: for a photo, --source <(curl -s URL)")
     return LiveSource(cap, f"camera {spec}" if camera else f"stream {spec}")

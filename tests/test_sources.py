@@ -335,6 +335,33 @@ def test_a_stream_that_cannot_be_opened_says_how_to_see_ffmpegs_reason():
         open_source(f"rtsp://127.0.0.1:{port}/cam")
 
 
+def test_a_url_of_one_image_is_refused_in_one_line(tmp_path, capsys):
+    """`--source http://HOST/photo.jpg`: FFmpeg opens an image URL as a stream of one frame, which
+    the open check read and dropped, so the app processed 0 frames and exited 0 without a word.
+    A stream of one frame is now refused, pointing at the pipe that reads a photo from a URL."""
+    import functools
+    import http.server
+
+    cv2.imwrite(str(tmp_path / "photo.jpg"), grace_hopper())
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}/photo.jpg"
+            log = tmp_path / "faces.jsonl"
+            assert webcam_main(["--model", "nope.pt", "--no-display", "--source", url, "--log", str(log)]) == 2
+        finally:
+            server.shutdown()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"error: stream {url} holds a single image, not a video: for a photo, --source <(curl -s URL)" in err
+    assert not log.exists()
+
+
 def test_what_is_not_a_file_is_named_in_one_line(tmp_path):
     """A symlink loop and a dangling link were 'source not found'; so were -1 and a camera's device
     file (with a camera too: /dev/video0 is no regular file). Each now says what it is."""

@@ -61,6 +61,7 @@ class FrameSource:
     skipped: tuple[tuple[Path, str], ...] | list[tuple[Path, str]] = ()  # (file, why) passed over: image folders
     frame_size: tuple[int, int] | None = None  # (width, height) of every frame, where known at open
     expected_frames: int = 0  # the frames a video's header announces (0: unknown, or live)
+    stalled: str | None = None  # why a camera or stream ended the run: it stopped sending frames
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
@@ -175,21 +176,29 @@ class LiveSource(FrameSource):
         self._thread.start()
 
     def _read(self) -> None:
-        while not self._stop:
-            ok, frame = self.cap.read()
-            with self._cond:
-                if not ok:
-                    self._stop = True
-                else:
-                    self._frame, self._stamp, self._seq = frame, time.monotonic(), self._seq + 1
-                self._cond.notify_all()
+        try:
+            while not self._stop:
+                ok, frame = self.cap.read()
+                with self._cond:
+                    if not ok:
+                        self._stop = True
+                    else:
+                        self._frame, self._stamp, self._seq = frame, time.monotonic(), self._seq + 1
+                    self._cond.notify_all()
+        finally:
+            # released here, by the thread that reads it: close() released it under a read still
+            # waiting on a stream that had stopped sending, and the process crashed (SIGSEGV) when
+            # that read returned
+            self.cap.release()
 
     def __iter__(self) -> Iterator[Frame]:
         seen, i = 0, 0
         while True:
             with self._cond:
                 if not self._cond.wait_for(lambda: self._seq > seen or self._stop, LIVE_READ_TIMEOUT_S):
-                    raise SourceError(f"{self.name}: no frame for {LIVE_READ_TIMEOUT_S:.0f}s")
+                    # the end of the source, as a video's end is: the frames processed are kept
+                    self.stalled = f"{self.name} sent no frame for {LIVE_READ_TIMEOUT_S:g} s"
+                    return
                 if self._seq == seen:  # stopped and nothing new
                     return
                 self.dropped += self._seq - seen - 1
@@ -199,8 +208,7 @@ class LiveSource(FrameSource):
 
     def close(self) -> None:
         self._stop = True
-        self._thread.join(timeout=2)
-        self.cap.release()
+        self._thread.join(timeout=2)  # the thread releases the capture once its read returns
 
 
 def open_source(spec: str | int) -> FrameSource:

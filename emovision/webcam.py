@@ -606,6 +606,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted after {summary['frames']} frames" + (
             f"; {' and '.join(kept)} {'hold' if len(kept) > 1 else 'holds'} them" if kept else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
+    if source.stalled:  # a camera unplugged, a stream cut off: the outputs hold what came before
+        print(f"warning: {source.stalled}: stopped after {summary['frames']} frames; the outputs cover them",
+              file=sys.stderr)
+        return EXIT_INCOMPLETE
     if "expected_frames" in summary:  # a truncated or damaged file: say so, and exit non-zero
         print(f"warning: {args.source} ended after {summary['frames']} of the {summary['expected_frames']} frames "
               f"its header announces (truncated or damaged file); the outputs cover the frames read",

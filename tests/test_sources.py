@@ -362,6 +362,56 @@ def test_a_url_of_one_image_is_refused_in_one_line(tmp_path, capsys):
     assert not log.exists()
 
 
+def test_a_stream_that_stops_sending_keeps_the_frames_processed(tmp_path, monkeypatch, capsys):
+    """A camera or stream that stopped sending mid-run (unplugged, Wi-Fi lost) ended in 'error: ...:
+    no frame for 5s', exit 2, and --output and --log of every frame processed were deleted: a long
+    session lost for a dropped connection. Now it ends the run as a video's end does, its outputs
+    kept, with one warning line and exit 1. Here a real MJPEG-over-HTTP camera on 127.0.0.1 that
+    sends 12 frames, then nothing."""
+    import http.server
+
+    import emovision.sources as sources
+    from tests.media import model_ref
+
+    frame = np.full((240, 320, 3), 90, np.uint8)
+    frame[20:220, 80:240] = cv2.resize(grace_hopper(), (160, 200))
+    jpeg = cv2.imencode(".jpg", frame)[1].tobytes()
+    stalled = threading.Event()
+
+    class Camera(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            for _ in range(12):
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+                                 + jpeg + b"\r\n")
+                self.wfile.flush()
+            stalled.wait(30)  # connected, silent
+
+    monkeypatch.setattr(sources, "LIVE_READ_TIMEOUT_S", 1.0)
+    out, log = tmp_path / "out.mp4", tmp_path / "faces.jsonl"
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Camera) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/cam.mjpg"
+        try:
+            code = webcam_main(["--model", model_ref(tmp_path), "--backend", "torch", "--no-display", "--source", url,
+                                "--output", str(out), "--log", str(log)])
+        finally:
+            stalled.set()
+            server.shutdown()
+    err = capsys.readouterr().err
+    assert code == 1, err
+    frames = len(log.read_text().splitlines())
+    assert frames >= 1 and cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FRAME_COUNT) == frames
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"warning: stream {url} sent no frame for 1 s: stopped after {frames} frames; "
+                          "the outputs cover them"), err
+
+
 def test_what_is_not_a_file_is_named_in_one_line(tmp_path):
     """A symlink loop and a dangling link were 'source not found'; so were -1 and a camera's device
     file (with a camera too: /dev/video0 is no regular file). Each now says what it is."""

@@ -587,6 +587,9 @@ def read_client():
                 f"no MLflow store at {uri.removeprefix('sqlite:///')} yet: nothing is registered in this project; "
                 f"`dvc repro` trains and registers a model, `python -m stages.promote --pretrained` registers "
                 f"the shipped one (or name it directly: pretrained)")
+        if os.environ.get("MLFLOW_TRACKING_URI"):  # the user's own name for it, not the project's store
+            raise ModelRefError(f"no MLflow store at {uri.removeprefix('sqlite:///')}, the SQLite file "
+                                f"MLFLOW_TRACKING_URI names: correct it, or unset it to use the project's store")
         raise ModelRefError(
             f"no MLflow store at {uri.removeprefix('sqlite:///')} (the project root is the nearest folder "
             f"with {PROJECT_MARKER} from {Path.cwd()} up); run this from the project, or set MLFLOW_TRACKING_URI")

@@ -560,6 +560,19 @@ def test_bad_registry_refs(in_trained, still, ref, message, capsys):
     one_error_line(capsys.readouterr().err, message)
 
 
+def test_a_missing_store_named_by_the_environment_says_so(still, tmp_path, monkeypatch, capsys):
+    """MLFLOW_TRACKING_URI naming an SQLite file that does not exist (a typo) was answered as if the
+    project's own store were missing: '(the project root is the nearest folder with dvc.yaml from
+    ... up); run this from the project, or set MLFLOW_TRACKING_URI', to a user who had set it."""
+    store = tmp_path / "typo" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    monkeypatch.chdir(tmp_path)
+    assert webcam_main(["--model", "models:/fer/Production", "--no-display", "--source", still]) == 2
+    one_error_line(capsys.readouterr().err, f"error: no MLflow store at {store}, the SQLite file MLFLOW_TRACKING_URI "
+                                            "names: correct it, or unset it to use the project's store")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["still.png"]  # no store made
+
+
 def test_errors_in_a_real_process(in_trained, still, tmp_path):
     """Exit code 2 and one line, without a traceback, from `python -m` with MLflow loaded."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="average each face with its mirror image (default: on, as the model card measures; "
                         f"--no-tta halves the classify time; it drops the mirror only, the {VIEWS} cuts stay)")
     p.add_argument("--threads", type=int, default=INFERENCE_THREADS,
-                   help="CPU threads for the classifier (default: %(default)s; see the note in webcam.py)")
+                   help="CPU threads for the classifier (default: %(default)s: a face is too small a job to split; a "
+                        "second thread barely helps on an idle CPU and is several times slower on a busy one)")
     return p
 
 

@@ -61,7 +61,7 @@ class FrameSource:
     skipped: tuple[tuple[Path, str], ...] | list[tuple[Path, str]] = ()  # (file, why) passed over: image folders
     frame_size: tuple[int, int] | None = None  # (width, height) of every frame, where known at open
     expected_frames: int = 0  # the frames a video's header announces (0: unknown, or live)
-    stalled: str | None = None  # why a camera or stream ended the run: it stopped sending frames
+    stalled: str | None = None  # why a camera or stream ended the run early: silent for a while, or gone
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
@@ -156,12 +156,13 @@ def frame_time(ms: float, previous: float | None, fps: float) -> float:
 
 
 class LiveSource(FrameSource):
-    """A camera or stream: a reader thread keeps only the newest frame (a 1-slot buffer)."""
+    """A camera or stream: a reader thread keeps only the newest frame (a 1-slot buffer).
+    `camera`: a device, whose failed read means it is gone (a stream may simply end)."""
 
     live = True
 
-    def __init__(self, cap: cv2.VideoCapture, name: str):
-        self.cap, self.name = cap, name
+    def __init__(self, cap: cv2.VideoCapture, name: str, camera: bool = False):
+        self.cap, self.name, self.camera = cap, name, camera
         self.fps = frame_rate(cap.get(cv2.CAP_PROP_FPS))
         size = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
         self.frame_size = size if min(size) > 0 else None
@@ -181,6 +182,8 @@ class LiveSource(FrameSource):
                 ok, frame = self.cap.read()
                 with self._cond:
                     if not ok:
+                        if self.camera and not self._stop:  # not closed by us: unplugged, or taken
+                            self.stalled = f"{self.name} stopped giving frames (unplugged, or taken by another program)"
                         self._stop = True
                     else:
                         self._frame, self._stamp, self._seq = frame, time.monotonic(), self._seq + 1
@@ -324,4 +327,4 @@ def _open_live(spec: str) -> LiveSource:
     if not camera and cap.get(cv2.CAP_PROP_FRAME_COUNT) == 1:
         cap.release()
         raise SourceError(f"stream {spec} holds a single image, not a video: for a photo, --source <(curl -s URL)")
-    return LiveSource(cap, f"camera {spec}" if camera else f"stream {spec}")
+    return LiveSource(cap, f"camera {spec}" if camera else f"stream {spec}", camera=camera)

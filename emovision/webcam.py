@@ -608,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
             f"; {' and '.join(kept)} {'hold' if len(kept) > 1 else 'holds'} them" if kept else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
     if source.stalled:  # a camera unplugged, a stream cut off: the outputs hold what came before
-        print(f"warning: {source.stalled}: stopped after {summary['frames']} frames; the outputs cover them",
+        print(f"warning: {source.stalled}: the run ended after {summary['frames']} frames; the outputs cover them",
               file=sys.stderr)
         return EXIT_INCOMPLETE
     if "expected_frames" in summary:  # a truncated or damaged file: say so, and exit non-zero

@@ -408,8 +408,24 @@ def test_a_stream_that_stops_sending_keeps_the_frames_processed(tmp_path, monkey
     frames = len(log.read_text().splitlines())
     assert frames >= 1 and cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FRAME_COUNT) == frames
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert err.startswith(f"warning: stream {url} sent no frame for 1 s: stopped after {frames} frames; "
+    assert err.startswith(f"warning: stream {url} sent no frame for 1 s: the run ended after {frames} frames; "
                           "the outputs cover them"), err
+
+
+def test_a_camera_that_stops_giving_frames_is_said_and_a_stream_that_ends_is_not(tmp_path):
+    """A camera whose read fails (unplugged, taken by another program) ended the run like a finished
+    video: exit 0, not a word, so a headless recording that died looked complete. A camera's read
+    only fails when it is gone; a stream may simply end. The frames of a real video file, read as
+    a camera and as a stream."""
+    from emovision.sources import LiveSource
+    from emovision.webcam import make_benchmark_video
+
+    video = make_benchmark_video(tmp_path / "v.mp4", frames=5)
+    for camera in (True, False):
+        with LiveSource(cv2.VideoCapture(str(video)), "camera 0" if camera else "stream x", camera=camera) as source:
+            frames = list(source)
+        assert frames and source.stalled == ("camera 0 stopped giving frames (unplugged, or taken by another "
+                                             "program)" if camera else None)
 
 
 def test_what_is_not_a_file_is_named_in_one_line(tmp_path):

@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         return ship_ensemble(args)
     if (args.score_only or args.teacher) and (args.check or args.checkpoint is None):
         raise DataError("--score-only and --teacher need a CHECKPOINT (and no --check)")
+    if args.check and args.checkpoint is not None:  # it would score the shipped weights under CHECKPOINT's name
+        raise DataError(f"--check scores the shipped model ({WEIGHTS_DIR}), not {args.checkpoint}: "
+                        f"drop one (python scripts/ship_model.py {args.checkpoint} --score-only scores it)")
     if args.teacher and args.teacher.exists():
         raise DataError(f"--teacher {args.teacher}: already exists; teachers are never overwritten "
                         f"(their outputs are cached under their weights' hash)")

@@ -221,6 +221,21 @@ def test_ship_model_scores_a_checkpoint_beside_the_shipped_claims(fer2013_prepar
     assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
 
 
+def test_ship_model_check_refuses_a_checkpoint_it_would_not_score(tmp_path, capsys):
+    """`ship_model.py models/best.pt --check` scored the shipped model, not best.pt, and printed
+    its figures as if they were the checkpoint's: now one line, exit 2, before any data is read."""
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    script = importlib.util.spec_from_file_location("ship_model", REPO / "scripts" / "ship_model.py")
+    ship_model = importlib.util.module_from_spec(script)
+    script.loader.exec_module(ship_model)
+    assert ship_model.main([str(tmp_path / "best.pt"), "--check", "--prepared", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "--check scores the shipped model" in err and "\n" not in err.strip() and "Traceback" not in err
+
+
 @pytest.mark.parametrize("user,shown", [(None, "GOMP_SPINCOUNT = '0'"), ("ACTIVE", "OMP_WAIT_POLICY = 'ACTIVE'")],
                          ids=["unset", "user's own"])
 def test_torch_threads_wait_passively_unless_the_user_chose(user, shown):

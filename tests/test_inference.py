@@ -236,6 +236,32 @@ def test_ship_model_check_refuses_a_checkpoint_it_would_not_score(tmp_path, caps
     assert "--check scores the shipped model" in err and "\n" not in err.strip() and "Traceback" not in err
 
 
+def test_latency_script_times_both_modes_the_way_the_readme_states(capsys):
+    """The README's and model card's ms per face ("batch 1, one thread, median of 5 rounds of
+    100 calls", with and without TTA) had no command that measured them: ship_model times 200
+    calls with TTA only. `scripts/latency.py` measures exactly that (here 2 rounds of 3 calls)."""
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    script = importlib.util.spec_from_file_location("latency", REPO / "scripts" / "latency.py")
+    latency = importlib.util.module_from_spec(script)
+    script.loader.exec_module(latency)
+    assert latency.main(["pretrained", "--rounds", "2", "--calls", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "batch 1, 1 thread(s), median of 2 rounds of 3 calls" in out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| pretrained |")]
+    assert [(r[1].strip(), r[2].strip()) for r in rows] == [("torch", "none"), ("torch", "flip")]
+    assert all(float(r[3]) > 0 for r in rows)
+    clf = load_classifier("pretrained", "cpu")
+    times = latency.round_medians({("pretrained", "torch"): clf}, 1, rounds=3, calls=2)
+    assert {k: len(v) for k, v in times.items()} == {("pretrained", "torch", False): 3, ("pretrained", "torch", True): 3}
+    for bad, message in ((["--rounds", "0"], "--rounds must be >= 1"), (["--threads", "0"], "--threads must be 1..")):
+        assert latency.main(bad) == 2
+        err = capsys.readouterr().err
+        assert message in err and "\n" not in err.strip() and "Traceback" not in err
+
+
 @pytest.mark.parametrize("user,shown", [(None, "GOMP_SPINCOUNT = '0'"), ("ACTIVE", "OMP_WAIT_POLICY = 'ACTIVE'")],
                          ids=["unset", "user's own"])
 def test_torch_threads_wait_passively_unless_the_user_chose(user, shown):

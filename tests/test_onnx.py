@@ -81,6 +81,28 @@ def test_shipped_model_onnx_parity_on_publictest_sample(fer2013_prepared, tmp_pa
         assert np.abs(a - b).max() <= PARITY_MAX_DIFF and (a.argmax(1) == b.argmax(1)).all()
 
 
+def test_onnx_parity_script_gives_the_stages_figures_for_any_model(in_trained, capsys):
+    """The README's parity figures for the shipped model (every PublicTest face) named a function,
+    `stages.export.parity`, and no command: the stage only checks a trained best.pt.
+    `scripts/onnx_parity.py MODEL` runs the stage's check on any model reference."""
+    import importlib.util
+
+    from emovision.data.prepared import load_split
+    from tests.conftest import REPO
+
+    script = importlib.util.spec_from_file_location("onnx_parity", REPO / "scripts" / "onnx_parity.py")
+    onnx_parity = importlib.util.module_from_spec(script)
+    script.loader.exec_module(onnx_parity)
+    assert onnx_parity.main(["models/best.pt", "--prepared", "data/prepared"]) == 0
+    check = json.loads(capsys.readouterr().out)
+    assert check["faces"] == len(load_split(in_trained / "data" / "prepared", "val")[1]) > 0
+    assert check["prediction_mismatches_plain"] == check["prediction_mismatches_tta"] == 0
+    assert max(check["max_prob_diff_plain"], check["max_prob_diff_tta"]) <= PARITY_MAX_DIFF
+    assert onnx_parity.main(["models/nothing.pt", "--prepared", "data/prepared"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing.pt" in err and "\n" not in err.strip() and "Traceback" not in err
+
+
 def test_onnx_refuses_foreign_files(tmp_path):
     from emovision.errors import ModelRefError
 

@@ -319,3 +319,26 @@ def test_model_flag_help_names_every_kind_of_reference(app):
                  "a checkpoint", "a model folder", ".onnx", "'pretrained'", "'pretrained-ensemble'"):
         assert kind in out.stdout, f"{app} --help does not name {kind}"
     assert "pip install" not in out.stdout
+
+
+def test_ship_model_check_names_each_claim_its_re_score_misses():
+    """`ship_model.py --check` printed the shipped model's figures and exited 0 whatever they
+    were, so a reviewer had to compare them with the model card by hand. It now exits 1 naming
+    each accuracy more than 0.2 points (7 PublicTest or PrivateTest faces) from its claim."""
+    import copy
+    import importlib.util
+
+    from emovision import artifact
+    from tests.conftest import REPO
+
+    script = importlib.util.spec_from_file_location("ship_model", REPO / "scripts" / "ship_model.py")
+    ship_model = importlib.util.module_from_spec(script)
+    script.loader.exec_module(ship_model)
+    claims = artifact.read_spec(WEIGHTS_DIR).metrics
+    assert ship_model.claims_drift(claims, claims) == []
+    rescored = copy.deepcopy(claims)
+    rescored["test"]["accuracy"] += 0.0015  # 0.15 points: within the tolerance
+    rescored["no_tta"]["val"]["accuracy"] -= 0.0025
+    assert ship_model.claims_drift(rescored, claims) == [
+        f"PublicTest no TTA {100 * rescored['no_tta']['val']['accuracy']:.2f}% "
+        f"(claimed {100 * claims['no_tta']['val']['accuracy']:.2f}%)"]

@@ -213,7 +213,9 @@ def project(in_tmp, mlflow_store):
     return in_tmp
 
 
-def train_and_evaluate(params_overrides: dict, raw_dir: str | None = None) -> dict:
+def train_and_evaluate(params_overrides: dict, raw_dir: str | None = None, prepare: bool = True) -> dict:
+    """`prepare=False`: the data params are those of the last call, so data/prepared is already
+    theirs (prepare would write the same bytes again)."""
     # Enough steps (no augmentation) for a small model to learn the demo set well above chance.
     overrides = {"model": {"width": 16, "dropout": 0.0},
                  "train": {"epochs": 6, "batch_size": 32, "patience": 0, "weight_decay": 0.0},
@@ -224,7 +226,8 @@ def train_and_evaluate(params_overrides: dict, raw_dir: str | None = None) -> di
     if raw_dir:
         overrides["data"]["raw_dir"] = raw_dir
     write_params(Path("params.yaml"), overrides)
-    assert prepare_main(["--params", "params.yaml"]) == 0
+    if prepare:
+        assert prepare_main(["--params", "params.yaml"]) == 0
     assert train_main(["--params", "params.yaml"]) == 0
     assert evaluate_main(["--params", "params.yaml"]) == 0
     return json.loads(Path("models/run.json").read_text())
@@ -239,7 +242,7 @@ def test_promotion_gate(project, capsys):
     assert acc1 == pytest.approx(json.loads(Path("reports/metrics.json").read_text())["val_acc"], abs=1e-4)
     assert acc1 > 0.3  # well above chance (1/7) on the demo set
     # v2: learning rate so small it cannot learn -> worse, not promoted
-    train_and_evaluate({"train": {"epochs": 1, "lr": 1e-7, "warmup_epochs": 0.0}})
+    train_and_evaluate({"train": {"epochs": 1, "lr": 1e-7, "warmup_epochs": 0.0}}, prepare=False)
     v2 = versions()["2"]
     assert v2.tags["promotion"] == "rejected" and champion() == "1"
     assert float(v2.tags["champion_val_acc_tta"]) == pytest.approx(acc1, abs=1e-4)
@@ -248,12 +251,12 @@ def test_promotion_gate(project, capsys):
     assert champion() == "2" and production() == ["2"]
     assert versions()["1"].current_stage == "Archived"
     # v3: v1's recipe beats the bad champion v2, so only a min_delta it cannot clear rejects it
-    train_and_evaluate({"registry": {"min_delta": 0.99}})
+    train_and_evaluate({"registry": {"min_delta": 0.99}}, prepare=False)
     v3 = versions()["3"]
     assert float(v3.tags["val_acc_tta"]) > float(v3.tags["champion_val_acc_tta"]) + 0.002  # the default would promote
     assert v3.tags["promotion"] == "rejected" and champion() == "2"
     # v4: better than the (bad) champion v2 at the default min_delta -> promoted
-    train_and_evaluate({})
+    train_and_evaluate({}, prepare=False)
     assert versions()["4"].tags["promotion"] == "promoted" and champion() == "4"
     assert "PROMOTED" in capsys.readouterr().out
 

@@ -271,19 +271,22 @@ def _snapshot(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
 
 
-def test_a_second_training_in_the_same_models_folder_is_refused(project, mlflow_store, capsys):
+def test_a_second_training_is_refused_and_a_killed_run_not_resumed_is_marked_killed(project, mlflow_store, capsys):
     """Two `python -m stages.train` at once: the second deleted the first's best.pt/last.pt,
     and each registered whatever best.pt the other had written last. It now stops in one
-    line before touching models/, and the lock goes with the first (kill -9 included)."""
+    line before touching models/, and the lock goes with the first (kill -9 included).
+    kill -9 leaves the MLflow run RUNNING; --auto-resume continues it, but when the params
+    changed the next training starts over and the killed run stayed RUNNING forever.
+    (Both were two tests, each starting and killing its own 50-epoch training: one serves.)"""
     write_params(project / "params.yaml", {"train": {"epochs": 50}})
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    models = project / "models"
     first = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=project, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for line in first.stdout:  # epoch 2's line: epoch 1 is checkpointed
             if line.startswith("epoch   2/"):
                 break
-        models = project / "models"
         before = _snapshot(models)
         assert train_main(["--params", "params.yaml"]) == 2
         err = capsys.readouterr().err.strip()
@@ -296,32 +299,16 @@ def test_a_second_training_in_the_same_models_folder_is_refused(project, mlflow_
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    # the lock died with the first: a training starts (a new 2-epoch one; resuming the first
-    # would train its 48 epochs left, and takes the same lock)
-    write_params(project / "params.yaml", {"train": {"epochs": 2}})
-    assert train_main(["--params", "params.yaml"]) == 0
-
-
-def test_a_killed_run_that_is_not_resumed_is_marked_killed(project, mlflow_store, capsys):
-    """kill -9 leaves the MLflow run RUNNING; --auto-resume continues it, but when the params
-    changed the next training starts over and the killed run stayed RUNNING forever."""
-    write_params(project / "params.yaml", {"train": {"epochs": 50}})
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=project, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        if line.startswith("epoch   2/"):
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed = json.loads((project / "models" / "run.json").read_text())["run_id"]
+    killed = json.loads((models / "run.json").read_text())["run_id"]
     client = mlflow.MlflowClient()
     assert client.get_run(killed).info.status == "RUNNING"
+    # the lock died with the first: a training starts (a new 2-epoch one, its params changed;
+    # resuming the first would train its 48 epochs left, and takes the same lock)
     write_params(project / "params.yaml", {"train": {"epochs": 2, "lr": 0.002}})
     assert train_main(["--params", "params.yaml", "--auto-resume"]) == 0
     assert f"the interrupted run {killed} is not continued: marked KILLED" in capsys.readouterr().out
     assert client.get_run(killed).info.status == "KILLED"
-    new = json.loads((project / "models" / "run.json").read_text())["run_id"]
+    new = json.loads((models / "run.json").read_text())["run_id"]
     assert new != killed and client.get_run(new).info.status == "FINISHED"
 
 

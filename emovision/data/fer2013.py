@@ -45,12 +45,14 @@ def all_fer2013(raw_dir: Path) -> list[tuple[str, Path]]:
     """Every copy of FER2013 under raw_dir, the one read first: ('csv', file) or ('folders', dir
     with train/ and test/), raw_dir before raw_dir/fer2013 and, in one folder, the CSV before the
     image folders (its Usage column gives the exact PublicTest/PrivateTest split)."""
-    found = []
-    for base in (raw_dir, raw_dir / "fer2013"):
-        if (base / CSV_NAME).is_file():
-            found.append(("csv", base / CSV_NAME))
-        if (base / "train").is_dir() and (base / "test").is_dir():
-            found.append(("folders", base))
+    return [copy for base in (raw_dir, raw_dir / "fer2013") for copy in copies_in(base)]
+
+
+def copies_in(folder: Path) -> list[tuple[str, Path]]:
+    """The copies of FER2013 directly in `folder`, the CSV first: ('csv', file), ('folders', folder)."""
+    found = [("csv", folder / CSV_NAME)] if (folder / CSV_NAME).is_file() else []
+    if (folder / "train").is_dir() and (folder / "test").is_dir():
+        found.append(("folders", folder))
     return found
 
 
@@ -79,9 +81,9 @@ def misplaced_fer2013(raw_dir: Path) -> str | None:
                 continue
             if child.is_dir() and child.name.lower() in ("train", "test"):  # class folders may be any case; these not
                 return f"{child}/ is named in another case: FER2013's folders are train/ and test/, lower case"
-            if child.is_dir() and child != raw_dir / "fer2013" and (
-                    (child / CSV_NAME).is_file() or ((child / "train").is_dir() and (child / "test").is_dir())):
-                what = CSV_NAME if (child / CSV_NAME).is_file() else "train/ and test/"
+            deeper = copies_in(child) if child.is_dir() and child != raw_dir / "fer2013" else []
+            if deeper:
+                what = CSV_NAME if deeper[0][0] == "csv" else "train/ and test/"
                 return f"{child}/ holds FER2013's {what} one level too deep: move {what} into {raw_dir / 'fer2013'}/"
             if child.is_file() and child.suffix.lower() == ".csv":
                 return f"{child} is a CSV but not {CSV_NAME}: rename it if it holds {','.join(CSV_COLUMNS)} rows"

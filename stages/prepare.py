@@ -99,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     _, params = parse(parser, argv)
     raw_dir = Path(params.data.raw_dir)
-    misplaced = misplaced_fer2013(raw_dir) if params.data.source != "synthetic" and not find_fer2013(raw_dir) else None
+    found = find_fer2013(raw_dir)
+    misplaced = misplaced_fer2013(raw_dir) if params.data.source != "synthetic" and not found else None
     if misplaced:  # auto would prepare the demo set, saying there is no FER2013
         raise DataError(f"{misplaced}; or set data.source: synthetic for the demo set")
-    if params.data.source == "fer2013" and not find_fer2013(raw_dir):
+    if params.data.source == "fer2013" and not found:
         raise DataError(
             f"data.source is fer2013 but no dataset is in {params.data.raw_dir}/: put fer2013.csv there "
             f"or unpack the image folders with `mkdir -p {params.data.raw_dir}/fer2013 && tar -xJf "
